@@ -38,9 +38,7 @@ class EventBatch:
 
     @classmethod
     def empty(cls) -> EventBatch:
-        return cls(
-            np.empty(0, np.uint16), np.empty(0, np.uint16), np.empty(0, np.int64), np.empty(0, np.uint8)
-        )
+        return cls(np.empty(0, np.uint16), np.empty(0, np.uint16), np.empty(0, np.int64), np.empty(0, np.uint8))
 
     @classmethod
     def from_arrays(cls, x, y, t, p) -> EventBatch:
