@@ -1,0 +1,23 @@
+"""Shared test fixtures: repository paths and the read-only reference data beside the checkout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DIR = REPO_ROOT.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    path = SHARED_DIR / "reference"
+    if not path.is_dir():
+        pytest.skip(f"reference data not found at {path} (the ../shared folder beside the checkout)")
+    return path
