@@ -48,7 +48,7 @@ if ! python -c "import event_camera_msgs.msg" 2>/dev/null; then
   prefix=$(cd "$VENV" && pwd)
   export AMENT_PREFIX_PATH="$prefix${AMENT_PREFIX_PATH:+:$AMENT_PREFIX_PATH}"
   export CMAKE_PREFIX_PATH="$prefix${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}"
-  rm -rf build/event_camera_msgs
+  rm -rf build/event_camera_msgs && mkdir -p build
   {
     cmake -S interfaces/event_camera_msgs -B build/event_camera_msgs -DCMAKE_BUILD_TYPE=Release \
       -DCMAKE_INSTALL_PREFIX="$prefix" -DPython3_EXECUTABLE="$(command -v python)" -DBUILD_TESTING=OFF &&
