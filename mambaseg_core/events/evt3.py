@@ -1,0 +1,448 @@
+"""Prophesee EVT 3.0 codec: a stateful streaming decoder and an encoder that round-trips with it.
+
+EVT3 is a stream of little-endian 16-bit words; the code is bits 15..12 (table in docs/spec ros.md §3).
+Semantics follow the ROS driver's decoder (ros-event-camera/event_camera_codecs), not the Metavision SDK:
+- decoding starts once a TIME_HIGH and then a TIME_LOW were seen; words before that only update the clock;
+- time = TIME_HIGH bits | last TIME_LOW (a TIME_HIGH does not clear TIME_LOW);
+- the 24-bit µs time wraps every 2**24 µs; a rollover is counted when TIME_HIGH decreases by more than
+  `ROLLOVER_TOLERANCE` (smaller decreases are sensor jitter: time steps back without a rollover);
+- OTHERS / CONTINUED_4 / CONTINUED_12 / EXT_TRIGGER are skipped; unknown codes are skipped and counted
+  (the C++ decoder throws on them, which newer firmware triggers);
+- with a sensor size given, events outside it are dropped and counted.
+
+Output times are unwrapped sensor µs (int64) starting from the first TIME_HIGH's 24-bit value.
+
+Two decoders produce identical batches: a vectorised numpy one (the reference, always available) and the PyPI
+`evt3` package (Rust, ~10x faster), used for a packet only when its semantics provably agree with the reference
+on that packet (see `_Evt3PackagePath`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from mambaseg_core.events.batch import EventBatch
+
+try:  # optional fast path
+    import evt3 as _evt3_package
+except ImportError:  # pragma: no cover - the package is pinned in constraints.txt
+    _evt3_package = None
+
+# Word codes (bits 15..12).
+ADDR_Y, ADDR_X, VECT_BASE_X, VECT_12, VECT_8 = 0x0, 0x2, 0x3, 0x4, 0x5
+TIME_LOW, CONTINUED_4, TIME_HIGH, EXT_TRIGGER = 0x6, 0x7, 0x8, 0xA
+OTHERS, CONTINUED_12 = 0xE, 0xF
+_KNOWN_SKIPPED = (CONTINUED_4, EXT_TRIGGER, OTHERS, CONTINUED_12)
+_UNKNOWN = tuple(sorted(set(range(16)) - {ADDR_Y, ADDR_X, VECT_BASE_X, VECT_12, VECT_8, TIME_LOW, TIME_HIGH}
+                        - set(_KNOWN_SKIPPED)))
+_EVENT_CODES = (ADDR_X, VECT_12, VECT_8)
+
+TIME_WRAP_US = 1 << 24
+ROLLOVER_TOLERANCE = 10  # TIME_HIGH units (4096 µs); same constant as event_camera_codecs
+_MAX_COORD = (1 << 11) - 1
+
+_POPCOUNT12 = np.array([bin(i).count("1") for i in range(1 << 12)], np.int64)
+_BIT_INDEX = np.arange(12, dtype=np.uint16)
+
+
+@dataclass
+class Evt3Stats:
+    """Running counters of one decoder (since construction or the last `reset`)."""
+
+    events: int = 0  # CD events returned
+    words: int = 0  # 16-bit words consumed
+    skipped_words: int = 0  # words before the clock was valid, plus OTHERS/CONTINUED/EXT_TRIGGER words
+    unknown_codes: int = 0  # words with a code EVT3 does not define (skipped)
+    out_of_sensor: int = 0  # events dropped because x >= width or y >= height
+    time_wraps: int = 0  # 24-bit rollovers detected
+    fast_path_packets: int = 0  # packets decoded by the evt3 package
+    reference_packets: int = 0  # packets decoded by the numpy reference
+
+    def as_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass
+class _ClockState:
+    """Decoder state carried from one packet to the next (all plain ints)."""
+
+    time_valid: bool = False  # TIME_HIGH then TIME_LOW seen: events are decoded from here on
+    seen_high: bool = False  # a TIME_HIGH was seen while waiting for the clock
+    wraps: int = 0
+    high_raw: int = 0  # last TIME_HIGH payload (12 bits)
+    low: int = 0  # last TIME_LOW payload
+    y: int = 0
+    base_x: int = 0
+    polarity: int = 0
+
+    @property
+    def high_full(self) -> int:
+        return (self.wraps << 24) | (self.high_raw << 12)
+
+
+def _as_bytes_view(data: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
+    """A uint8 view of `data` (no copy); numpy arrays are taken as their raw bytes."""
+    if isinstance(data, np.ndarray):
+        return np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+    if isinstance(data, bytes | bytearray | memoryview):
+        return np.frombuffer(data, np.uint8)
+    raise TypeError(f"evt3 data must be bytes, bytearray, memoryview or a numpy array, got {type(data).__name__}")
+
+
+def _forward_fill(positions: np.ndarray, values: np.ndarray, initial: int, queries: np.ndarray) -> np.ndarray:
+    """Value of the last `positions` entry at or before each query position (`initial` if none).
+
+    positions: (K,) increasing word indices; values: (K,); queries: (Q,) increasing → (Q,) int64.
+    """
+    table = np.concatenate([np.array([initial], np.int64), values.astype(np.int64)])
+    return table[np.searchsorted(positions, queries, side="right")]
+
+
+def _last_index(codes: np.ndarray, code: int) -> int:
+    """Index of the last word with `code`, or -1; searches backwards in growing chunks (usually near the end)."""
+    end, chunk = len(codes), 256
+    while end > 0:
+        start = max(0, end - chunk)
+        hits = np.flatnonzero(codes[start:end] == code)
+        if hits.size:
+            return start + int(hits[-1])
+        end, chunk = start, chunk * 4
+    return -1
+
+
+def _unwrap_time_high(high_values: np.ndarray, state: _ClockState) -> np.ndarray:
+    """Unwrapped TIME_HIGH times (µs, int64) for consecutive TIME_HIGH payloads; updates state.wraps/high_raw."""
+    if high_values.size == 0:
+        return np.empty(0, np.int64)
+    values = high_values.astype(np.int64)
+    previous = np.concatenate([[state.high_raw], values[:-1]])
+    rollover = (values < previous) & (previous - values > ROLLOVER_TOLERANCE)
+    wraps = state.wraps + np.cumsum(rollover)
+    state.wraps, state.high_raw = int(wraps[-1]), int(values[-1])
+    return (wraps << 24) | (values << 12)
+
+
+class Evt3Decoder:
+    """Stateful EVT3 decoder: feed packets in stream order, get an `EventBatch` per packet.
+
+    width/height: sensor size; when given, events with x >= width or y >= height are dropped and counted.
+    backend: "auto" (the evt3 package where it agrees with the reference, numpy elsewhere) or "numpy".
+    A packet may end in the middle of a 16-bit word: the odd byte is carried into the next packet.
+    """
+
+    def __init__(self, width: int | None = None, height: int | None = None, *, backend: str = "auto") -> None:
+        if backend not in ("auto", "numpy"):
+            raise ValueError(f"Evt3Decoder backend must be 'auto' or 'numpy', got {backend!r}")
+        for name, value in (("width", width), ("height", height)):
+            if value is not None and not 0 < value <= 1 << 16:
+                raise ValueError(f"Evt3Decoder {name} must be in 1..65536, got {value}")
+        self.width, self.height = width, height
+        self._fast = _Evt3PackagePath() if backend == "auto" and _evt3_package is not None else None
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget all stream state (clock, rollovers, carried byte) and the stats."""
+        self.stats = Evt3Stats()
+        self._state = _ClockState()
+        self._carry = np.empty(0, np.uint8)
+        if self._fast is not None:
+            self._fast.invalidate()
+
+    def decode(self, data: bytes | bytearray | memoryview | np.ndarray) -> EventBatch:
+        """Decode one packet (any byte count) → the CD events it completes, in stream order."""
+        raw = _as_bytes_view(data)
+        if self._carry.size:
+            raw = np.concatenate([self._carry, raw])
+        n_words = raw.size // 2
+        self._carry = raw[2 * n_words :].copy()
+        words = raw[: 2 * n_words].view("<u2")
+        self.stats.words += n_words
+        codes = words >> 12
+        if not self._state.time_valid:
+            start = self._find_valid_time(words, codes)
+            self.stats.skipped_words += start
+            words, codes = words[start:], codes[start:]
+        if words.size == 0:
+            return EventBatch.empty()
+        histogram = np.bincount(codes, minlength=16)
+        self.stats.unknown_codes += int(histogram[list(_UNKNOWN)].sum())
+        self.stats.skipped_words += int(histogram[list(_KNOWN_SKIPPED)].sum())
+
+        batch = None
+        if self._fast is not None:
+            batch = self._fast.try_decode(words, codes, self._state)
+        if batch is None:
+            batch = _decode_words_numpy(words, codes, self._state)
+            self.stats.reference_packets += 1
+            if self._fast is not None:
+                self._fast.invalidate()
+        else:
+            self.stats.fast_path_packets += 1
+        self.stats.time_wraps = self._state.wraps
+        batch = self._drop_out_of_sensor(batch)
+        self.stats.events += len(batch)
+        return batch
+
+    def _find_valid_time(self, words: np.ndarray, codes: np.ndarray) -> int:
+        """Consume the clock-only prefix (up to the first TIME_LOW after a TIME_HIGH); return its length."""
+        state = self._state
+        for i in np.flatnonzero((codes == TIME_HIGH) | (codes == TIME_LOW)):
+            payload = int(words[i]) & 0xFFF
+            if codes[i] == TIME_HIGH:
+                _unwrap_time_high(np.array([payload]), state)
+                state.seen_high = True
+            else:
+                state.low = payload
+                if state.seen_high:
+                    state.time_valid = True
+                    return int(i) + 1
+        return len(words)
+
+    def _drop_out_of_sensor(self, batch: EventBatch) -> EventBatch:
+        if self.width is None and self.height is None:
+            return batch
+        inside = np.ones(len(batch), bool)
+        if self.width is not None:
+            inside &= batch.x < self.width
+        if self.height is not None:
+            inside &= batch.y < self.height
+        dropped = len(batch) - int(np.count_nonzero(inside))
+        if dropped == 0:
+            return batch
+        self.stats.out_of_sensor += dropped
+        return batch[inside]
+
+
+def _decode_words_numpy(words: np.ndarray, codes: np.ndarray, state: _ClockState) -> EventBatch:
+    """Reference decoder for words after the clock became valid; updates `state` to the end of the packet."""
+    payload = (words & 0xFFF).astype(np.int64)
+    is_code = {c: codes == c for c in (ADDR_Y, ADDR_X, VECT_BASE_X, VECT_12, VECT_8, TIME_LOW, TIME_HIGH)}
+    pos = {c: np.flatnonzero(mask) for c, mask in is_code.items()}
+
+    high_at_start = state.high_full
+    high_times = _unwrap_time_high(payload[pos[TIME_HIGH]], state)
+    event_pos = np.flatnonzero(is_code[ADDR_X] | is_code[VECT_12] | is_code[VECT_8])
+    event_code = codes[event_pos]
+    high = _forward_fill(pos[TIME_HIGH], high_times, high_at_start, event_pos)
+    low = _forward_fill(pos[TIME_LOW], payload[pos[TIME_LOW]], state.low, event_pos)
+    y = _forward_fill(pos[ADDR_Y], payload[pos[ADDR_Y]] & _MAX_COORD, state.y, event_pos)
+
+    # Vector base x: the last VECT_BASE_X value plus 12 / 8 per vector word since it.
+    vector_pos = np.flatnonzero(is_code[VECT_12] | is_code[VECT_8])
+    increments = np.where(codes[vector_pos] == VECT_12, 12, 8)
+    done_before = np.concatenate([[0], np.cumsum(increments)])  # increments of vector words [0, j)
+    base_pos = pos[VECT_BASE_X]
+    base_values = payload[base_pos] & _MAX_COORD
+    base_polarity = payload[base_pos] >> 11
+    vectors_before_base = np.searchsorted(vector_pos, base_pos)
+    last_base = np.searchsorted(base_pos, vector_pos, side="right") - 1
+    start_x = np.concatenate([[state.base_x], base_values])[last_base + 1]
+    start_done = np.concatenate([[0], done_before[vectors_before_base]])[last_base + 1]
+    vector_base = start_x + done_before[:-1] - start_done
+    vector_polarity = np.concatenate([[state.polarity], base_polarity])[last_base + 1]
+
+    # Per event word: base x, polarity and validity mask (ADDR_X is a one-bit vector at its own x).
+    event_payload = payload[event_pos]
+    base = event_payload & _MAX_COORD
+    polarity = event_payload >> 11
+    mask = np.ones(event_pos.size, np.int64)
+    is_vector = event_code != ADDR_X
+    base[is_vector] = vector_base
+    polarity[is_vector] = vector_polarity
+    mask[is_vector] = np.where(event_code[is_vector] == VECT_12, event_payload[is_vector], event_payload[is_vector] & 0xFF)
+
+    counts = _POPCOUNT12[mask]
+    row = np.repeat(np.arange(event_pos.size), counts)
+    if is_vector.any():
+        bits = ((mask[is_vector, None] >> _BIT_INDEX) & 1).astype(bool)  # (V, 12)
+        bit_offsets = np.nonzero(bits)[1]
+        offset = np.zeros(row.size, np.int64)
+        offset[is_vector[row]] = bit_offsets
+    else:
+        offset = np.zeros(row.size, np.int64)
+    x = (base[row] + offset) & 0xFFFF
+    t = high[row] | low[row]
+
+    # Carry the state to the next packet.
+    if pos[TIME_LOW].size:
+        state.low = int(payload[pos[TIME_LOW][-1]])
+    if pos[ADDR_Y].size:
+        state.y = int(payload[pos[ADDR_Y][-1]] & _MAX_COORD)
+    if base_pos.size:
+        state.base_x = int(base_values[-1] + done_before[-1] - done_before[vectors_before_base[-1]])
+        state.polarity = int(base_polarity[-1])
+    else:
+        state.base_x += int(done_before[-1])
+    return EventBatch(x.astype(np.uint16), y[row].astype(np.uint16), t, polarity[row].astype(np.uint8))
+
+
+class _Evt3PackagePath:
+    """The PyPI `evt3` decoder, used only on packets where its semantics equal the reference's.
+
+    It differs from event_camera_codecs in three ways, each checked per packet (a mismatch sends that packet to
+    the numpy reference and re-primes the package afterwards):
+    - a TIME_HIGH clears TIME_LOW: safe when no event word sits between a TIME_HIGH and the next TIME_LOW;
+    - rollover only when TIME_HIGH drops by >= 4085 units (we: > 10): unsafe for drops in 11..4084;
+    - it starts at the first TIME_HIGH: we prime it with synthetic clock/y/base-x words instead.
+    Its times count rollovers since priming, so `offset` adds ours at priming time.
+    """
+
+    _PACKAGE_ROLLOVER_MIN_DROP = 4085
+
+    def __init__(self) -> None:
+        self.invalidate()
+
+    def invalidate(self) -> None:
+        self._decoder = None
+        self._offset = 0
+
+    def try_decode(self, words: np.ndarray, codes: np.ndarray, state: _ClockState) -> EventBatch | None:
+        high_pos = np.flatnonzero(codes == TIME_HIGH)
+        if not self._clock_words_safe(words, codes, high_pos, state):
+            return None
+        if self._decoder is None and not self._prime(state):
+            return None
+        assert self._decoder is not None
+        events = self._decoder.feed(words.tobytes())
+        _unwrap_time_high(words[high_pos] & 0xFFF, state)  # keeps our rollover count and last TIME_HIGH
+        self._update_tail_state(words, codes, state)
+        t = events.t.view(np.int64)
+        if self._offset:
+            t = t + self._offset
+        return EventBatch(events.x, events.y, t, events.p)
+
+    def _clock_words_safe(self, words: np.ndarray, codes: np.ndarray, high_pos: np.ndarray, state: _ClockState) -> bool:
+        # Rollover detection must agree: no TIME_HIGH drop in the band where the two rules differ.
+        values = (words[high_pos] & 0xFFF).astype(np.int64)
+        previous = np.concatenate([[state.high_raw], values[:-1]])
+        drop = previous - values
+        if np.any((drop > ROLLOVER_TOLERANCE) & (drop < self._PACKAGE_ROLLOVER_MIN_DROP)):
+            return False
+        # No event word between a TIME_HIGH and the next TIME_LOW (the packet's last word is handled by
+        # refusing: the next packet would need a look-behind).
+        if high_pos.size == 0:
+            return True
+        if high_pos[-1] == len(codes) - 1:
+            return False
+        following = codes[high_pos + 1]
+        suspicious = high_pos[(following != TIME_LOW) & (following != TIME_HIGH)]
+        for i in suspicious:
+            rest = codes[i + 1 :]
+            next_low = np.flatnonzero(rest == TIME_LOW)
+            stop = int(next_low[0]) if next_low.size else rest.size
+            if np.isin(rest[:stop], _EVENT_CODES).any():
+                return False
+        return True
+
+    def _prime(self, state: _ClockState) -> bool:
+        if state.base_x > _MAX_COORD:
+            return False  # VECT_BASE_X cannot express it
+        decoder = _evt3_package.Decoder(sensor_width=1 << 16, sensor_height=1 << 16)
+        prime = np.array(
+            [
+                (TIME_HIGH << 12) | state.high_raw,
+                (TIME_LOW << 12) | state.low,
+                (ADDR_Y << 12) | state.y,
+                (VECT_BASE_X << 12) | (state.polarity << 11) | state.base_x,
+            ],
+            "<u2",
+        )
+        decoder.feed(prime.tobytes())
+        self._decoder = decoder
+        self._offset = state.wraps << 24
+        return True
+
+    @staticmethod
+    def _update_tail_state(words: np.ndarray, codes: np.ndarray, state: _ClockState) -> None:
+        """Bring `state` to the end of a packet the package decoded (kept for a later fallback/re-prime)."""
+        i = _last_index(codes, TIME_LOW)
+        if i >= 0:
+            state.low = int(words[i]) & 0xFFF
+        i = _last_index(codes, ADDR_Y)
+        if i >= 0:
+            state.y = int(words[i]) & _MAX_COORD
+        i = _last_index(codes, VECT_BASE_X)
+        tail = codes[i + 1 :]
+        advanced = 12 * int(np.count_nonzero(tail == VECT_12)) + 8 * int(np.count_nonzero(tail == VECT_8))
+        if i >= 0:
+            state.base_x = (int(words[i]) & _MAX_COORD) + advanced
+            state.polarity = (int(words[i]) >> 11) & 1
+        else:
+            state.base_x += advanced
+
+
+def _word(code: int, payload: np.ndarray | int) -> np.ndarray:
+    return (np.int64(code) << 12) | (np.asarray(payload, np.int64) & 0xFFF)
+
+
+def encode_evt3(batch: EventBatch, *, vectors: bool = False) -> bytes:
+    """Encode a time-sorted batch as an EVT3 byte stream that `Evt3Decoder` decodes back exactly.
+
+    Emits TIME_HIGH/TIME_LOW/ADDR_Y words only when they change, then ADDR_X per event; with `vectors=True`,
+    runs of >= 2 events with equal (t, y, p) and increasing x (gaps <= 12) become VECT_BASE_X + VECT_12 words
+    (the last one VECT_8 when it fits). Gaps of more than 2048 TIME_HIGH periods (8.4 s) get intermediate
+    TIME_HIGH words so the decoder can unwrap them, as a sensor's periodic TIME_HIGH would.
+    EVT3 carries time modulo 2**24 µs: decoding yields t - (t[0] // 2**24) * 2**24.
+    Requires non-decreasing t >= 0 and x, y < 2048 (11-bit fields).
+    """
+    n = len(batch)
+    if n == 0:
+        return b""
+    t, x, y, p = batch.t, batch.x.astype(np.int64), batch.y.astype(np.int64), batch.p.astype(np.int64)
+    if t[0] < 0 or np.any(np.diff(t) < 0):
+        raise ValueError("encode_evt3 needs non-negative, non-decreasing times")
+    if x.max() > _MAX_COORD or y.max() > _MAX_COORD:
+        raise ValueError(f"encode_evt3: x and y must be < 2048 (11-bit), got max x={x.max()}, y={y.max()}")
+    if p.max() > 1:
+        raise ValueError(f"encode_evt3: polarity must be 0 or 1, got {p.max()}")
+
+    # Units: one ADDR_X event, or one vector group (events sharing t, y, p with increasing, close x).
+    starts_unit = np.ones(n, bool)
+    if vectors:
+        same = (t[1:] == t[:-1]) & (y[1:] == y[:-1]) & (p[1:] == p[:-1])
+        step = x[1:] - x[:-1]
+        starts_unit[1:] = ~(same & (step > 0) & (step <= 12))
+    unit_first = np.flatnonzero(starts_unit)
+    unit_of_event = np.cumsum(starts_unit) - 1
+    unit_size = np.diff(np.append(unit_first, n))
+    is_vector = unit_size > 1
+    ut, uy, up, base = t[unit_first], y[unit_first], p[unit_first], x[unit_first]
+    unit_last_x = x[np.append(unit_first[1:], n) - 1]
+    n_masks = np.where(is_vector, (unit_last_x - base) // 12 + 1, 0)
+
+    high = ut >> 12
+    prev_high = np.concatenate([[high[0] - 1], high[:-1]])
+    n_high = -((prev_high - high) // 2048)  # ceil(step / 2048): intermediate TIME_HIGHs for long gaps
+    has_low = (n_high > 0) | np.concatenate([[True], ut[1:] != ut[:-1]])
+    has_y = np.concatenate([[True], uy[1:] != uy[:-1]])
+    n_payload = np.where(is_vector, 1 + n_masks, 1)
+    n_words = n_high + has_low + has_y + n_payload
+    offset = np.concatenate([[0], np.cumsum(n_words)[:-1]])
+    out = np.zeros(int(n_words.sum()), np.int64)
+
+    rep = np.repeat(np.arange(len(ut)), n_high)
+    k = np.arange(rep.size) - np.repeat(np.cumsum(n_high) - n_high, n_high) + 1
+    out[offset[rep] + k - 1] = _word(TIME_HIGH, np.minimum(prev_high[rep] + 2048 * k, high[rep]))
+    low_at = offset + n_high
+    out[low_at[has_low]] = _word(TIME_LOW, ut[has_low])
+    y_at = low_at + has_low
+    out[y_at[has_y]] = _word(ADDR_Y, uy[has_y])
+    payload_at = y_at + has_y
+    single = ~is_vector
+    out[payload_at[single]] = _word(ADDR_X, (up[single] << 11) | base[single])
+    if is_vector.any():
+        out[payload_at[is_vector]] = _word(VECT_BASE_X, (up[is_vector] << 11) | base[is_vector])
+        mask_offset = np.concatenate([[0], np.cumsum(n_masks)[:-1]])
+        masks = np.zeros(int(n_masks.sum()), np.int64)
+        in_vector = is_vector[unit_of_event]
+        u = unit_of_event[in_vector]
+        rel = x[in_vector] - base[u]
+        np.bitwise_or.at(masks, mask_offset[u] + rel // 12, 1 << (rel % 12))
+        mask_unit = np.repeat(np.arange(len(ut)), n_masks)
+        j = np.arange(masks.size) - mask_offset[mask_unit]
+        last = j == n_masks[mask_unit] - 1
+        codes = np.where(last & (masks < 256), VECT_8, VECT_12)
+        out[payload_at[mask_unit] + 1 + j] = (codes << 12) | masks
+    return out.astype("<u2").tobytes()
