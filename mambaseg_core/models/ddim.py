@@ -1,0 +1,219 @@
+"""DDIM fusion (one per stage): CTIM (cross-temporal, a Mamba over the channel axis) + CSIM (cross-spatial).
+
+Reproduces the official code, oddities included (spec §4, §9): odd channels are swapped between the
+modalities before the CTIM, the shared SE gate of one modality is computed from the other, the TSSM
+merge is the official scrambled permutation (unless `channel_merge="intended"`), and the CSIM gate
+maps are applied crosswise. B = batch, C = channels, D = 2C inner channels, P = H*W tokens.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from mambaseg_core.models.layers import LayerNorm2d, per_pixel_linear
+from mambaseg_core.models.ssm import DirectionalSSM
+from mambaseg_core.models.vmamba import SS2D
+from mambaseg_core.ops import cross_scan as scan_order
+
+
+class CrossChannelGate(nn.Module):
+    """Squeeze-excitation gate sigma(W2 ReLU(W1 GAP(z))): (B, C, H, W) -> (B, C, 1, 1); reduction 4, no biases."""
+
+    def __init__(self, dim: int, reduction: int = 4):
+        super().__init__()
+        self.reduce = nn.Conv2d(dim, dim // reduction, 1, bias=False)
+        self.expand = nn.Conv2d(dim // reduction, dim, 1, bias=False)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.expand(torch.relu(self.reduce(z.mean(dim=(2, 3), keepdim=True)))))
+
+
+class ChannelAttention(nn.Module):
+    """CBAM channel attention sigma(M(GAP x) + M(GMP x)): (B, C, H, W) -> (B, C, 1, 1); reduction 16."""
+
+    def __init__(self, dim: int, reduction: int = 16):
+        super().__init__()
+        self.reduce = nn.Conv2d(dim, dim // reduction, 1, bias=False)
+        self.expand = nn.Conv2d(dim // reduction, dim, 1, bias=False)
+
+    def _mlp(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.expand(torch.relu(self.reduce(pooled)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self._mlp(x.mean(dim=(2, 3), keepdim=True)) + self._mlp(x.amax(dim=(2, 3), keepdim=True)))
+
+
+class SpatialAttention(nn.Module):
+    """CBAM spatial attention sigma(conv7x7([mean_c x, max_c x])): (B, C, H, W) -> (B, 1, H, W)."""
+
+    def __init__(self, kernel_size: int = 7):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
+        return torch.sigmoid(self.conv(pooled))
+
+
+class JointSpatialGate(nn.Module):
+    """Two spatial gates from both modalities' channel statistics: (B, C, H, W) x 2 -> (B, 1, H, W) x 2.
+
+    m = sigma(Conv1x1(16->2)(ReLU(Conv1x1(4->16)([mean n_I, max n_I, mean n_E, max n_E])))).
+    Official naming swap: map 0 is called "att_img" there but gates the events; map 1 gates the image.
+    """
+
+    def __init__(self, hidden: int = 16):
+        super().__init__()
+        self.hidden = nn.Conv2d(4, hidden, 1)
+        self.out = nn.Conv2d(hidden, 2, 1)
+
+    def forward(self, image: torch.Tensor, events: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (gate applied to the image, gate applied to the events)."""
+        stats = torch.cat(
+            [
+                image.mean(dim=1, keepdim=True),
+                image.amax(dim=1, keepdim=True),
+                events.mean(dim=1, keepdim=True),
+                events.amax(dim=1, keepdim=True),
+            ],
+            dim=1,
+        )
+        maps = torch.sigmoid(self.out(torch.relu(self.hidden(stats))))
+        return maps[:, 1:2], maps[:, 0:1]
+
+
+class TSSM(nn.Module):
+    """Temporal SSM ("vc_noz"): a bidirectional Mamba whose sequence is the channel axis.
+
+    (B, C, H, W) -> Linear(C->D) -> SiLU(dwconv3x3) -> channel_scan (B, 2, P, D) -> 2 selective scans with
+    P-dimensional tokens (so every weight is sized by P: the model is resolution-locked) -> channel merge
+    (B, D, H, W) -> LN2d -> Linear(D->C). in_proj/out_proj are true nn.Linear layers as in the official code.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        tokens: int,
+        *,
+        d_state: int,
+        ssm_ratio: float,
+        conv_bias: bool,
+        channel_merge: scan_order.ChannelMerge = "official",
+        scan_backend: str = "auto",
+    ):
+        super().__init__()
+        if channel_merge not in scan_order.CHANNEL_MERGES:
+            raise ValueError(f"channel_merge must be one of {list(scan_order.CHANNEL_MERGES)}, got {channel_merge!r}")
+        inner = int(ssm_ratio * dim)
+        self.tokens = tokens
+        self.channel_merge = channel_merge
+        self.in_proj = nn.Linear(dim, inner, bias=False)
+        self.conv = nn.Conv2d(inner, inner, kernel_size=3, padding=1, groups=inner, bias=conv_bias)
+        self.act = nn.SiLU()
+        # dt rank is ceil(P/16) here: the official code applies "auto" to the token count, not to C.
+        self.scan = DirectionalSSM(
+            2, tokens, d_state, math.ceil(tokens / 16), scan_in_fp32=True, backend=scan_backend
+        )
+        self.out_norm = LayerNorm2d(inner)
+        self.out_proj = nn.Linear(inner, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        if height * width != self.tokens:
+            raise ValueError(
+                f"TSSM input has {height}x{width}={height * width} tokens, but its weights are sized for "
+                f"{self.tokens}: the model only accepts its configured image_size"
+            )
+        v = self.act(self.conv(per_pixel_linear(self.in_proj, x)))
+        ys = self.scan(scan_order.channel_scan(v))
+        y = scan_order.channel_merge(ys, height, width, self.channel_merge)
+        return per_pixel_linear(self.out_proj, self.out_norm(y).to(x.dtype))
+
+
+class CTIM(nn.Module):
+    """Cross-temporal interaction: (n_I, n_E) (B, C, H, W) x 2 -> (c_I, c_E) (B, C, H, W) x 2."""
+
+    def __init__(self, dim: int, tokens: int, **tssm_kwargs):
+        super().__init__()
+        self.channel_gate = CrossChannelGate(dim)
+        self.image_tssm = TSSM(dim, tokens, **tssm_kwargs)
+        self.event_tssm = TSSM(dim, tokens, **tssm_kwargs)
+        self.image_skip = nn.Conv2d(dim, dim, 1)
+        self.event_skip = nn.Conv2d(dim, dim, 1)
+        self.image_attention = ChannelAttention(dim)
+        self.event_attention = ChannelAttention(dim)
+
+    @staticmethod
+    def swap_odd_channels(image: torch.Tensor, events: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exchange channels 1, 3, 5, ... between the modalities; even channels stay put."""
+        odd = (torch.arange(image.shape[1], device=image.device) % 2 == 1).view(1, -1, 1, 1)
+        return torch.where(odd, events, image), torch.where(odd, image, events)
+
+    def forward(self, image: torch.Tensor, events: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        image, events = self.swap_odd_channels(image, events)
+        # One gate shared by both modalities, each gated by the other's statistics.
+        image, events = image * self.channel_gate(events), events * self.channel_gate(image)
+        image = self.image_tssm(image) + self.image_skip(image)
+        events = self.event_tssm(events) + self.event_skip(events)
+        return image * self.image_attention(image), events * self.event_attention(events)
+
+
+class CSIM(nn.Module):
+    """Cross-spatial interaction: (n_I, n_E) (B, C, H, W) x 2 -> (q_I, q_E) (B, C, H, W) x 2."""
+
+    def __init__(self, dim: int, **ss2d_kwargs):
+        super().__init__()
+        self.spatial_gate = JointSpatialGate()
+        self.image_ss2d = SS2D(dim, **ss2d_kwargs)
+        self.event_ss2d = SS2D(dim, **ss2d_kwargs)
+        self.image_skip = nn.Conv2d(dim, dim, 1)
+        self.event_skip = nn.Conv2d(dim, dim, 1)
+        self.image_attention = SpatialAttention()
+        self.event_attention = SpatialAttention()
+
+    def forward(self, image: torch.Tensor, events: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        image_gate, event_gate = self.spatial_gate(image, events)
+        image, events = image * image_gate, events * event_gate
+        image = self.image_ss2d(image) + self.image_skip(image)
+        events = self.event_ss2d(events) + self.event_skip(events)
+        return image * self.image_attention(image), events * self.event_attention(events)
+
+
+class DDIM(nn.Module):
+    """Dual-dimensional interaction: (a_I, a_E) -> (f_I, f_E), all (B, C, H, W).
+
+    n = LN2d(a) per modality; f = a + Conv1x1(2C->C)([CTIM(n), CSIM(n)]). The residual is on the DDIM
+    input a (the encoder's out-norm output), which is what makes MambaSeg's next-stage input o + LN(o) + delta.
+    DDIM's drop path is 0 in the official model, so there is none here.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        tokens: int,
+        *,
+        d_state: int,
+        ssm_ratio: float,
+        conv_bias: bool,
+        channel_merge: scan_order.ChannelMerge = "official",
+        scan_backend: str = "auto",
+    ):
+        super().__init__()
+        ssm_kwargs = dict(d_state=d_state, ssm_ratio=ssm_ratio, conv_bias=conv_bias, scan_backend=scan_backend)
+        self.image_norm = LayerNorm2d(dim)
+        self.event_norm = LayerNorm2d(dim)
+        self.ctim = CTIM(dim, tokens, channel_merge=channel_merge, **ssm_kwargs)
+        self.csim = CSIM(dim, **ssm_kwargs)
+        self.image_out = nn.Conv2d(2 * dim, dim, 1)
+        self.event_out = nn.Conv2d(2 * dim, dim, 1)
+
+    def forward(self, image: torch.Tensor, events: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        image_norm, event_norm = self.image_norm(image), self.event_norm(events)
+        image_temporal, event_temporal = self.ctim(image_norm, event_norm)
+        image_spatial, event_spatial = self.csim(image_norm, event_norm)
+        image = image + self.image_out(torch.cat([image_temporal, image_spatial], dim=1))
+        events = events + self.event_out(torch.cat([event_temporal, event_spatial], dim=1))
+        return image, events

@@ -1,0 +1,58 @@
+"""Small building blocks shared by the encoder, the fusion modules and the head."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of every pixel of a (B, C, H, W) tensor (eps 1e-5, affine)."""
+
+    def __init__(self, num_channels: int, eps: float = 1e-5):
+        super().__init__(num_channels, eps=eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class Linear2d(nn.Linear):
+    """A per-pixel linear layer on (B, C_in, H, W) -> (B, C_out, H, W), applied as a 1x1 conv.
+
+    It keeps nn.Linear's 2-D (C_out, C_in) weight, as the official VMamba checkpoints store it.
+    It is deliberately a subclass, not nn.Linear itself: the paper's thop count skips it (spec §9.1).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight[:, :, None, None], self.bias)
+
+
+def per_pixel_linear(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """Apply a plain nn.Linear to every pixel of (B, C_in, H, W), giving (B, C_out, H, W).
+
+    Used where the official model has a true nn.Linear on flattened tokens (TSSM, SegFormer head),
+    so that the module type, and thus the thop-style count, stays the official one.
+    """
+    return linear(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: zero a whole residual branch per sample with probability `drop_prob` in training."""
+
+    def __init__(self, drop_prob: float = 0.0):
+        super().__init__()
+        if not 0.0 <= drop_prob < 1.0:
+            raise ValueError(f"drop_prob must be in [0, 1), got {drop_prob}")
+        self.drop_prob = drop_prob
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.drop_prob == 0.0:
+            return x
+        keep = 1.0 - self.drop_prob
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob}"

@@ -1,0 +1,115 @@
+"""MambaSeg: two VMamba-T encoders (image, events) fused by a DDIM at every stage, then a SegFormer head."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from mambaseg_core.models.config import ModelConfig
+from mambaseg_core.models.ddim import DDIM
+from mambaseg_core.models.segformer_head import SegFormerHead
+from mambaseg_core.models.ssm import DirectionalSSM
+from mambaseg_core.models.vmamba import VMambaEncoder
+
+
+class MambaSegFeatures(NamedTuple):
+    """Intermediates of one forward pass, per stage i (C_i channels at H_i x W_i).
+
+    decoder_inputs[i]: F_i = decoder_proj[i](cat[f_I, f_E]), (B, C_i, H_i, W_i).
+    fusion_outputs[i]: (f_I, f_E), the DDIM outputs, each (B, C_i, H_i, W_i).
+    """
+
+    decoder_inputs: list[torch.Tensor]
+    fusion_outputs: list[tuple[torch.Tensor, torch.Tensor]]
+
+
+class MambaSeg(nn.Module):
+    """Image + event-voxel-grid semantic segmentation, computing what the official model computes.
+
+    forward(image=(B, image_channels, H, W), events=(B, event_bins, H, W)) -> logits (B, classes, H, W).
+    (H, W) must equal config.image_size: the TSSM weights are sized by the per-stage token counts.
+
+    Per stage i, for each branch b in (image, events):
+        o_b = stages_b[i](x_b);  a_b = out_norms_b[i](o_b);  (f_I, f_E) = fusion[i](a_I, a_E)
+        F_i = decoder_proj[i](cat[f_I, f_E]);  x_b = downsamples_b[i](o_b + f_b)
+    Since f = a + delta, the next stage sees o + LN(o) + delta (the official double residual).
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        config.validate()
+        self.config = config
+        enc = config.encoder
+        encoder_kwargs = dict(
+            d_state=enc.d_state,
+            ssm_ratio=enc.ssm_ratio,
+            dt_rank=enc.dt_rank,
+            conv_bias=enc.conv_bias,
+            mlp_ratio=enc.mlp_ratio,
+            drop_path_rate=enc.drop_path_rate,
+            scan_backend=config.scan_backend,
+        )
+        self.image_encoder = VMambaEncoder(config.image_channels, config.dims, config.depths, **encoder_kwargs)
+        self.event_encoder = VMambaEncoder(config.event_bins, config.dims, config.depths, **encoder_kwargs)
+        self.fusion = nn.ModuleList(
+            DDIM(
+                dim,
+                tokens,
+                d_state=config.fusion.d_state,
+                ssm_ratio=config.fusion.ssm_ratio,
+                conv_bias=config.fusion.conv_bias,
+                channel_merge=config.ctim_merge,
+                scan_backend=config.scan_backend,
+            )
+            for dim, tokens in zip(config.dims, config.stage_tokens)
+        )
+        self.decoder_proj = nn.ModuleList(nn.Conv2d(2 * dim, dim, 1) for dim in config.dims)
+        self.decoder = SegFormerHead(config.dims, config.num_classes, config.decoder_dim, config.decoder_dropout)
+
+    def set_scan_backend(self, backend: str) -> None:
+        """Route every selective scan through `backend` ("auto", "reference", "torch", ...)."""
+        for module in self.modules():
+            if isinstance(module, DirectionalSSM):
+                module.backend = backend
+        self.config.scan_backend = backend  # type: ignore[assignment]
+
+    def _check_inputs(self, image: torch.Tensor, events: torch.Tensor) -> None:
+        height, width = self.config.image_size
+        expected = {
+            "image": (self.config.image_channels, height, width),
+            "events": (self.config.event_bins, height, width),
+        }
+        for name, tensor in (("image", image), ("events", events)):
+            if tensor.dim() != 4 or tuple(tensor.shape[1:]) != expected[name]:
+                raise ValueError(
+                    f"{name} must be (B, {', '.join(map(str, expected[name]))}), got {tuple(tensor.shape)}; "
+                    f"the model is locked to image_size {height}x{width} because its TSSM weights are sized by "
+                    "the token count of every stage"
+                )
+        if image.shape[0] != events.shape[0]:
+            raise ValueError(f"image and events batch sizes differ: {image.shape[0]} vs {events.shape[0]}")
+
+    def forward_features(self, *, image: torch.Tensor, events: torch.Tensor) -> MambaSegFeatures:
+        """Run both encoders and the fusion modules; see MambaSegFeatures for the shapes."""
+        self._check_inputs(image, events)
+        x_image, x_events = self.image_encoder.stem(image), self.event_encoder.stem(events)
+        decoder_inputs, fusion_outputs = [], []
+        for i, fusion in enumerate(self.fusion):
+            o_image = self.image_encoder.stages[i](x_image)
+            o_events = self.event_encoder.stages[i](x_events)
+            f_image, f_events = fusion(self.image_encoder.out_norms[i](o_image), self.event_encoder.out_norms[i](o_events))
+            fusion_outputs.append((f_image, f_events))
+            decoder_inputs.append(self.decoder_proj[i](torch.cat([f_image, f_events], dim=1)))
+            if i < len(self.image_encoder.downsamples):
+                x_image = self.image_encoder.downsamples[i](o_image + f_image)
+                x_events = self.event_encoder.downsamples[i](o_events + f_events)
+        return MambaSegFeatures(decoder_inputs, fusion_outputs)
+
+    def forward(self, *, image: torch.Tensor, events: torch.Tensor) -> torch.Tensor:
+        """Logits (B, num_classes, H, W), bilinearly upsampled from 1/4 resolution."""
+        features = self.forward_features(image=image, events=events)
+        logits = self.decoder(features.decoder_inputs)
+        return F.interpolate(logits, size=tuple(image.shape[-2:]), mode="bilinear", align_corners=False)
