@@ -9,6 +9,7 @@ maps are applied crosswise. B = batch, C = channels, D = 2C inner channels, P = 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -114,9 +115,7 @@ class TSSM(nn.Module):
         self.conv = nn.Conv2d(inner, inner, kernel_size=3, padding=1, groups=inner, bias=conv_bias)
         self.act = nn.SiLU()
         # dt rank is ceil(P/16) here: the official code applies "auto" to the token count, not to C.
-        self.scan = DirectionalSSM(
-            2, tokens, d_state, math.ceil(tokens / 16), scan_in_fp32=True, backend=scan_backend
-        )
+        self.scan = DirectionalSSM(2, tokens, d_state, math.ceil(tokens / 16), scan_in_fp32=True, backend=scan_backend)
         self.out_norm = LayerNorm2d(inner)
         self.out_proj = nn.Linear(inner, dim, bias=False)
 
@@ -202,7 +201,9 @@ class DDIM(nn.Module):
         scan_backend: str = "auto",
     ):
         super().__init__()
-        ssm_kwargs = dict(d_state=d_state, ssm_ratio=ssm_ratio, conv_bias=conv_bias, scan_backend=scan_backend)
+        ssm_kwargs: dict[str, Any] = dict(
+            d_state=d_state, ssm_ratio=ssm_ratio, conv_bias=conv_bias, scan_backend=scan_backend
+        )
         self.image_norm = LayerNorm2d(dim)
         self.event_norm = LayerNorm2d(dim)
         self.ctim = CTIM(dim, tokens, channel_merge=channel_merge, **ssm_kwargs)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn as nn
@@ -43,7 +43,7 @@ class MambaSeg(nn.Module):
         config.validate()
         self.config = config
         enc = config.encoder
-        encoder_kwargs = dict(
+        encoder_kwargs: dict[str, Any] = dict(
             d_state=enc.d_state,
             ssm_ratio=enc.ssm_ratio,
             dt_rank=enc.dt_rank,
@@ -100,7 +100,9 @@ class MambaSeg(nn.Module):
         for i, fusion in enumerate(self.fusion):
             o_image = self.image_encoder.stages[i](x_image)
             o_events = self.event_encoder.stages[i](x_events)
-            f_image, f_events = fusion(self.image_encoder.out_norms[i](o_image), self.event_encoder.out_norms[i](o_events))
+            f_image, f_events = fusion(
+                self.image_encoder.out_norms[i](o_image), self.event_encoder.out_norms[i](o_events)
+            )
             fusion_outputs.append((f_image, f_events))
             decoder_inputs.append(self.decoder_proj[i](torch.cat([f_image, f_events], dim=1)))
             if i < len(self.image_encoder.downsamples):
