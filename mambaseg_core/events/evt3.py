@@ -35,8 +35,9 @@ ADDR_Y, ADDR_X, VECT_BASE_X, VECT_12, VECT_8 = 0x0, 0x2, 0x3, 0x4, 0x5
 TIME_LOW, CONTINUED_4, TIME_HIGH, EXT_TRIGGER = 0x6, 0x7, 0x8, 0xA
 OTHERS, CONTINUED_12 = 0xE, 0xF
 _KNOWN_SKIPPED = (CONTINUED_4, EXT_TRIGGER, OTHERS, CONTINUED_12)
-_UNKNOWN = tuple(sorted(set(range(16)) - {ADDR_Y, ADDR_X, VECT_BASE_X, VECT_12, VECT_8, TIME_LOW, TIME_HIGH}
-                        - set(_KNOWN_SKIPPED)))
+_UNKNOWN = tuple(
+    sorted(set(range(16)) - {ADDR_Y, ADDR_X, VECT_BASE_X, VECT_12, VECT_8, TIME_LOW, TIME_HIGH} - set(_KNOWN_SKIPPED))
+)
 _EVENT_CODES = (ADDR_X, VECT_12, VECT_8)
 
 TIME_WRAP_US = 1 << 24
@@ -251,7 +252,9 @@ def _decode_words_numpy(words: np.ndarray, codes: np.ndarray, state: _ClockState
     is_vector = event_code != ADDR_X
     base[is_vector] = vector_base
     polarity[is_vector] = vector_polarity
-    mask[is_vector] = np.where(event_code[is_vector] == VECT_12, event_payload[is_vector], event_payload[is_vector] & 0xFF)
+    mask[is_vector] = np.where(
+        event_code[is_vector] == VECT_12, event_payload[is_vector], event_payload[is_vector] & 0xFF
+    )
 
     counts = _POPCOUNT12[mask]
     row = np.repeat(np.arange(event_pos.size), counts)

@@ -1,0 +1,170 @@
+"""A time-indexed ring buffer of the most recent events of one stream (preallocated, bounded memory).
+
+Policy:
+- Capacity: at most `max_events` events and only events with t >= latest_time - max_duration_us; older ones
+  are dropped (oldest first) and counted in `stats.dropped_overflow`.
+- Storage is kept sorted by t so queries are binary searches.
+- Time going backwards: an event older than the newest stored one by more than `backwards_tolerance_us`
+  (bag loop, sensor reset, a new camera session) resets the buffer (the older history is discarded,
+  `stats.resets_time_backwards` += 1) and the stream continues from that event.
+- Small disorder within the tolerance (USB packet reordering, EVT3 TIME_HIGH jitter) is clamped: such an
+  event is stored with t = the newest stored time (so at most `backwards_tolerance_us` late), counted in
+  `stats.clamped_out_of_order`.
+- Thread safety: one lock guards appends and queries (one writer and any readers); queries return copies.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from mambaseg_core.events.batch import EventBatch
+
+_FIELDS = ("x", "y", "t", "p")
+_DTYPES = {"x": np.uint16, "y": np.uint16, "t": np.int64, "p": np.uint8}
+
+
+@dataclass
+class RingBufferStats:
+    appended: int = 0  # events passed to append()
+    dropped_overflow: int = 0  # events dropped for capacity or age (oldest first)
+    resets_time_backwards: int = 0  # resets caused by time jumping back beyond the tolerance
+    clamped_out_of_order: int = 0  # events re-stamped to the newest time (disorder within the tolerance)
+
+
+class EventRingBuffer:
+    """Holds the last `max_duration_us` µs (and at most `max_events` events) of an event stream."""
+
+    def __init__(self, max_duration_us: int, max_events: int, *, backwards_tolerance_us: int = 1000) -> None:
+        if max_duration_us <= 0 or max_events <= 0 or backwards_tolerance_us < 0:
+            raise ValueError(
+                f"EventRingBuffer needs max_duration_us > 0, max_events > 0, backwards_tolerance_us >= 0; got "
+                f"{max_duration_us}, {max_events}, {backwards_tolerance_us}"
+            )
+        self.max_duration_us = int(max_duration_us)
+        self.max_events = int(max_events)
+        self.backwards_tolerance_us = int(backwards_tolerance_us)
+        self._store = {name: np.zeros(self.max_events, _DTYPES[name]) for name in _FIELDS}
+        self._head = 0  # storage index of the oldest event
+        self._count = 0
+        self._lock = threading.Lock()
+        self.stats = RingBufferStats()
+
+    def __len__(self) -> int:
+        return self._count
+
+    @property
+    def latest_time(self) -> int | None:
+        """t of the newest stored event (µs), None when empty."""
+        with self._lock:
+            return self._time_at(self._count - 1) if self._count else None
+
+    @property
+    def earliest_time(self) -> int | None:
+        with self._lock:
+            return self._time_at(0) if self._count else None
+
+    def clear(self) -> None:
+        with self._lock:
+            self._head = self._count = 0
+
+    def append(self, batch: EventBatch) -> None:
+        """Add a packet (in stream order); applies the time-backwards and capacity policies above."""
+        if len(batch) == 0:
+            return
+        with self._lock:
+            self.stats.appended += len(batch)
+            t = batch.t
+            while len(t):
+                newest = self._time_at(self._count - 1) if self._count else t[0]
+                running_max = np.maximum.accumulate(np.concatenate([[newest], t]))[:-1]
+                jumps = np.flatnonzero(t < running_max - self.backwards_tolerance_us)
+                end = int(jumps[0]) if jumps.size else len(t)
+                self._append_sorted(batch[:end], running_max[:end])
+                if end == len(t):
+                    break
+                self.stats.resets_time_backwards += 1
+                self._head = self._count = 0
+                batch, t = batch[end:], t[end:]
+
+    def window(self, t0: int, t1: int) -> EventBatch:
+        """Copy of the stored events with t0 <= t < t1 (empty when t1 <= t0)."""
+        with self._lock:
+            i0, i1 = self._search(t0), self._search(t1)
+            return self._copy(i0, max(i0, i1))
+
+    def last_n(self, n: int, t_end: int) -> EventBatch:
+        """Copy of the last (up to) n stored events with t < t_end."""
+        if n < 0:
+            raise ValueError(f"last_n needs n >= 0, got {n}")
+        with self._lock:
+            i1 = self._search(t_end)
+            return self._copy(max(0, i1 - n), i1)
+
+    # -- internals (lock held) -------------------------------------------------------------------------
+
+    def _time_at(self, logical: int) -> int:
+        return int(self._store["t"][(self._head + logical) % self.max_events])
+
+    def _append_sorted(self, batch: EventBatch, running_max: np.ndarray) -> None:
+        """Append events whose disorder is within the tolerance, clamping them to the running maximum."""
+        if len(batch) == 0:
+            return
+        t = np.maximum(batch.t, running_max)
+        clamped = int(np.count_nonzero(t != batch.t))
+        if clamped:
+            self.stats.clamped_out_of_order += clamped
+            batch = EventBatch(batch.x, batch.y, t, batch.p)
+        k = len(batch)
+        if k >= self.max_events:  # only the newest max_events survive
+            self.stats.dropped_overflow += self._count + k - self.max_events
+            batch = batch[k - self.max_events :]
+            self._head = self._count = 0
+            k = self.max_events
+        overflow = self._count + k - self.max_events
+        if overflow > 0:
+            self._drop_oldest(overflow)
+        start = (self._head + self._count) % self.max_events
+        first = min(k, self.max_events - start)
+        for name in _FIELDS:
+            values, store = getattr(batch, name), self._store[name]
+            store[start : start + first] = values[:first]
+            store[: k - first] = values[first:]
+        self._count += k
+        expired = self._search(self._time_at(self._count - 1) - self.max_duration_us)
+        if expired:
+            self._drop_oldest(expired)
+
+    def _drop_oldest(self, n: int) -> None:
+        self.stats.dropped_overflow += n
+        self._head = (self._head + n) % self.max_events
+        self._count -= n
+
+    def _segments(self) -> tuple[slice, slice]:
+        """Storage slices of the logical contents: [head, ...) then the wrapped part from 0."""
+        first = min(self._count, self.max_events - self._head)
+        return slice(self._head, self._head + first), slice(0, self._count - first)
+
+    def _search(self, value: int) -> int:
+        """Logical index of the first stored event with t >= value."""
+        head_part, wrapped_part = self._segments()
+        t = self._store["t"]
+        index = int(np.searchsorted(t[head_part], value, side="left"))
+        if index == head_part.stop - head_part.start:
+            index += int(np.searchsorted(t[wrapped_part], value, side="left"))
+        return index
+
+    def _copy(self, i0: int, i1: int) -> EventBatch:
+        """Copy of logical [i0, i1) (at most two storage slices)."""
+        if i1 <= i0:
+            return EventBatch.empty()
+        start, length = (self._head + i0) % self.max_events, i1 - i0
+        first = min(length, self.max_events - start)
+        return EventBatch(
+            *(
+                np.concatenate([self._store[name][start : start + first], self._store[name][: length - first]])
+                for name in _FIELDS
+            )
+        )
