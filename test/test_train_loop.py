@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 
 import numpy as np
@@ -145,4 +144,3 @@ def test_official_recipe_defaults():
     assert (cfg.optim.lr, cfg.optim.betas, cfg.optim.eps, cfg.optim.weight_decay) == (2e-4, (0.9, 0.999), 1e-8, 0.01)
     assert cfg.schedule.policy == "fixed" and cfg.schedule.warmup_iters == 0 and cfg.schedule.epochs == 60
     assert cfg.runtime.precision == "fp32" and cfg.optim.grad_clip_norm is None and cfg.ema is None
-    _ = copy  # noqa: F841

@@ -19,7 +19,9 @@ from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 
 class SampleKey(NamedTuple):
-    index: int
+    """A training item: dataset `position` (the int index) in `epoch`."""
+
+    position: int
     epoch: int
 
 
@@ -100,7 +102,7 @@ class AugmentedDataset(Dataset):
         return len(self.base)  # type: ignore[arg-type]
 
     def __getitem__(self, key: SampleKey | int) -> dict[str, torch.Tensor | int]:
-        index, epoch = (key.index, key.epoch) if isinstance(key, SampleKey) else (int(key), None)
+        index, epoch = (key.position, key.epoch) if isinstance(key, SampleKey) else (int(key), None)
         image, events, label = unpack_sample(self.base[index])
         if self.augment is not None:
             rng = np.random.default_rng([self.seed, index] if epoch is None else [self.seed, epoch, index])

@@ -91,7 +91,8 @@ class Trainer:
         self.iters_per_epoch = len(self.sampler) // self.per_rank_batch
         if self.iters_per_epoch == 0:
             raise ValueError(
-                f"the train split has {len(self.sampler)} samples per rank, fewer than one batch of {self.per_rank_batch}"
+                f"the train split has {len(self.sampler)} samples per rank, "
+                f"fewer than one batch of {self.per_rank_batch}"
             )
         self.epochs = cfg.schedule.epochs
         self.max_iter = self.epochs * self.iters_per_epoch
@@ -251,7 +252,7 @@ class Trainer:
 
     # ----------------------------------------------------------------- checkpoints
     def model_state(self) -> dict[str, Any]:
-        """A model checkpoint of the evaluated weights, in the `models.save_checkpoint` layout (`load_model` reads it)."""
+        """The evaluated weights in the `models.save_checkpoint` layout, so `load_model` reads the file."""
         return {
             "format": CHECKPOINT_FORMAT,
             "version": CHECKPOINT_VERSION,
