@@ -82,6 +82,7 @@ def capture_rng_state() -> dict[str, Any]:
     Only plain types and tensors, so checkpoints load with `torch.load(..., weights_only=True)`.
     """
     kind, keys, position, has_gauss, cached_gauss = np.random.get_state(legacy=True)  # type: ignore[misc]
+    keys = np.asarray(keys)
     state: dict[str, Any] = {
         "python": random.getstate(),
         "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached_gauss),
