@@ -11,27 +11,47 @@ from collections.abc import Callable
 
 import torch
 
+from mambaseg_core.ops.selective_scan.errors import BackendUnavailableError
 from mambaseg_core.ops.selective_scan.reference import selective_scan_reference
+from mambaseg_core.ops.selective_scan.torch_scan import selective_scan_torch
 
 BACKENDS = ("reference", "torch", "cuda", "mamba_ssm")
 
-
-class BackendUnavailableError(RuntimeError):
-    """A requested selective-scan backend cannot run here; the message says why and how to fix it."""
-
-
 ScanFn = Callable[..., torch.Tensor]
+
+# name -> scan function, or the BackendUnavailableError it raised: each backend is built/imported once.
+_LOADED: dict[str, ScanFn | BackendUnavailableError] = {}
+
+
+def _import_backend(name: str) -> ScanFn:
+    if name == "reference":
+        return selective_scan_reference
+    if name == "torch":
+        return selective_scan_torch
+    if name == "cuda":
+        from mambaseg_core.ops.selective_scan.cuda_scan import load_extension, make_cuda_scan
+
+        return make_cuda_scan(load_extension())
+    from mambaseg_core.ops.selective_scan.mamba_ssm_scan import load_mamba_ssm, make_mamba_ssm_scan
+
+    return make_mamba_ssm_scan(load_mamba_ssm())
 
 
 def _load_backend(name: str) -> ScanFn:
-    """Return the scan function of `name` or raise BackendUnavailableError."""
-    if name == "reference":
-        return selective_scan_reference
-    raise BackendUnavailableError(f"selective-scan backend {name!r} is not implemented yet")
+    """Return the scan function of `name` or raise BackendUnavailableError (the outcome is cached)."""
+    if name not in _LOADED:
+        try:
+            _LOADED[name] = _import_backend(name)
+        except BackendUnavailableError as exc:
+            _LOADED[name] = exc
+    loaded = _LOADED[name]
+    if isinstance(loaded, BackendUnavailableError):
+        raise loaded
+    return loaded
 
 
 def available_backends(device: torch.device | str = "cpu") -> list[str]:
-    """Backends that can run on `device`, fastest first."""
+    """Backends that can run on `device`, fastest first (a first call may compile the CUDA kernels)."""
     device = torch.device(device)
     names = ("cuda", "mamba_ssm", "torch", "reference") if device.type == "cuda" else ("torch", "reference")
     usable = []
@@ -79,11 +99,19 @@ def selective_scan(
     """Mamba-1 selective scan; see `selective_scan_reference` for the semantics and shapes."""
     _check_inputs(u, delta, A, B, C, D, delta_bias)
     if backend == "auto":
-        backend = available_backends(u.device)[0]
+        # The CUDA kernels take fp32/fp16/bf16 only; float64 (e.g. gradcheck) goes to the torch backend.
+        backend = "torch" if u.dtype == torch.float64 else available_backends(u.device)[0]
     elif backend not in BACKENDS:
         raise ValueError(f"unknown selective-scan backend {backend!r}; choose one of auto, {', '.join(BACKENDS)}")
     fn = _load_backend(backend)
     return fn(u, delta, A, B, C, D, delta_bias, delta_softplus)
 
 
-__all__ = ["BACKENDS", "BackendUnavailableError", "available_backends", "selective_scan", "selective_scan_reference"]
+__all__ = [
+    "BACKENDS",
+    "BackendUnavailableError",
+    "available_backends",
+    "selective_scan",
+    "selective_scan_reference",
+    "selective_scan_torch",
+]

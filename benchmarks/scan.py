@@ -1,0 +1,222 @@
+"""Selective-scan backends at the real MambaSeg scan shapes: time, achieved bandwidth, scans per forward.
+
+Shapes (model spec §1, §3, §4), per stage i with C_i = 96 * 2^i channels and HW_i tokens:
+  encoder SS2D  u (1, 4*C_i, HW_i),  N = 1,  4 groups; 2 branches x depth_i blocks (2, 2, 8, 2) per forward
+  CSIM SS2D     u (1, 8*C_i, HW_i),  N = 16, 4 groups; 2 per stage (image, events)
+  TSSM          u (1, 2*HW_i, 2*C_i), N = 16, 2 groups; 2 per stage (image, events)
+On a GPU: DDD17 (200x346) and DSEC (440x640) sizes, forward and forward+backward, every available backend, and
+the bandwidth each reaches against the compulsory bytes (inputs read once, output written once) and a measured
+device-to-device copy. On CPU: the DDD17 forward set with the torch backend only (what inference on the robot's
+CPU costs). Usage: python benchmarks/scan.py [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _report import table, write_section
+
+from mambaseg_core.ops.selective_scan import available_backends, selective_scan
+
+CHANNELS = (96, 192, 384, 768)
+DEPTHS = (2, 2, 8, 2)
+TOKENS = {"DDD17": (4350, 1100, 286, 77), "DSEC": (17600, 4400, 1120, 280)}
+REFERENCE_MAX_STEPS = 1200  # the reference loops over L in Python: skip it beyond this
+
+
+@dataclass(frozen=True)
+class ScanShape:
+    dataset: str
+    module: str
+    stage: int
+    channels: int
+    state: int
+    length: int
+    groups: int
+    per_forward: int  # calls of this shape in one model forward
+
+    @property
+    def label(self) -> str:
+        return f"{self.dataset} {self.module}{self.stage} ({self.channels}, N={self.state}, L={self.length})"
+
+    def forward_bytes(self, elem: int = 4) -> int:
+        """Compulsory traffic of the forward: read u, delta, B, C once, write y (fp32) once."""
+        return (2 * self.channels + 2 * self.groups * self.state) * self.length * elem + 4 * self.channels * self.length
+
+    def backward_bytes(self, elem: int = 4) -> int:
+        """Backward: read u, delta, B, C and dy, write du, ddelta, dB, dC (fp32)."""
+        rows, groups = self.channels * self.length, self.groups * self.state * self.length
+        return (2 * rows + 2 * groups) * elem + 4 * rows + 4 * (2 * rows + 2 * groups)
+
+
+def model_shapes(dataset: str) -> list[ScanShape]:
+    shapes = []
+    for i, (c, hw) in enumerate(zip(CHANNELS, TOKENS[dataset], strict=True)):
+        shapes.append(ScanShape(dataset, "encoder", i, 4 * c, 1, hw, 4, 2 * DEPTHS[i]))
+        shapes.append(ScanShape(dataset, "CSIM", i, 8 * c, 16, hw, 4, 2))
+        shapes.append(ScanShape(dataset, "TSSM", i, 2 * hw, 16, 2 * c, 2, 2))
+    return shapes
+
+
+def make_inputs(shape: ScanShape, device: str, requires_grad: bool) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+
+    def rand(*size: int, scale: float = 1.0, shift: float = 0.0) -> torch.Tensor:
+        x = (torch.randn(*size, generator=gen) * scale + shift).to(device)
+        return x.requires_grad_(requires_grad)
+
+    r, n, length, g = shape.channels, shape.state, shape.length, shape.groups
+    return {
+        "u": rand(1, r, length),
+        "delta": rand(1, r, length, scale=0.5, shift=-1.0),
+        "A": rand(r, n, scale=0.5).detach().exp().neg().requires_grad_(requires_grad),
+        "B": rand(1, g, n, length),
+        "C": rand(1, g, n, length),
+        "D": rand(r),
+        "delta_bias": rand(r, scale=0.3),
+    }
+
+
+def time_call(fn: Callable[[], object], device: str, budget_s: float = 0.3, max_reps: int = 50) -> float:
+    """Median seconds of fn() after a warm-up; device work is synchronised around every repetition."""
+    fn()
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    sync()
+    times: list[float] = []
+    start_all = time.perf_counter()
+    while len(times) < max_reps and (len(times) < 3 or time.perf_counter() - start_all < budget_s):
+        if device == "cuda":
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(begin.elapsed_time(end) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def copy_bandwidth() -> float:
+    """Bytes per second of a large device-to-device copy, counting bytes read plus bytes written."""
+    src = torch.randn(256 << 20, device="cuda")  # 1 GiB
+    dst = torch.empty_like(src)
+    seconds = time_call(lambda: dst.copy_(src), "cuda")
+    return 2 * src.numel() * src.element_size() / seconds
+
+
+def bench_shape(shape: ScanShape, backends: list[str], copy_bw: float) -> tuple[list[list[str]], dict[str, float]]:
+    """Table rows for one shape and the forward seconds of each backend."""
+    fwd_in = make_inputs(shape, "cuda", requires_grad=False)
+    bwd_in = make_inputs(shape, "cuda", requires_grad=True)
+    rows, forward_s, outputs = [], {}, {}
+    for backend in [*backends, "reference"]:
+        if backend == "reference" and shape.length > REFERENCE_MAX_STEPS:
+            rows.append([shape.label, backend, "skipped: sequential loop too slow at this L", "", "", "", ""])
+            continue
+
+        def fwd(b: str = backend) -> torch.Tensor:
+            with torch.no_grad():
+                return selective_scan(**fwd_in, delta_softplus=True, backend=b)
+
+        def fwd_bwd(b: str = backend) -> None:
+            selective_scan(**bwd_in, delta_softplus=True, backend=b).sum().backward()
+
+        outputs[backend] = fwd()
+        forward_s[backend] = time_call(fwd, "cuda")
+        both = time_call(fwd_bwd, "cuda", max_reps=1 if backend == "reference" else 50)
+        bw = shape.forward_bytes() / forward_s[backend]
+        bw_both = (shape.forward_bytes() + shape.backward_bytes()) / both
+        first = outputs[backends[0]]
+        err = ((outputs[backend] - first).abs().max() / first.abs().max()).item()
+        rows.append(
+            [
+                shape.label,
+                backend,
+                f"{forward_s[backend] * 1e6:.1f}",
+                f"{bw / 1e9:.0f} ({bw / copy_bw:.0%})",
+                f"{both * 1e6:.1f}",
+                f"{bw_both / 1e9:.0f} ({bw_both / copy_bw:.0%})",
+                f"{err:.1e}",
+            ]
+        )
+    return rows, forward_s
+
+
+def bench_gpu(backends: list[str]) -> tuple[str, str]:
+    copy_bw = copy_bandwidth()
+    rows, totals = [], dict.fromkeys(backends, 0.0)
+    for shape in model_shapes("DDD17") + model_shapes("DSEC"):
+        shape_rows, forward_s = bench_shape(shape, backends, copy_bw)
+        rows += shape_rows
+        if shape.dataset == "DSEC":
+            for backend in backends:
+                totals[backend] += shape.per_forward * forward_s[backend]
+        torch.cuda.empty_cache()
+    headers = [
+        "shape (channels, N, L)",
+        "backend",
+        "fwd µs",
+        "fwd GB/s (of copy)",
+        "fwd+bwd µs",
+        "fwd+bwd GB/s (of copy)",
+        f"max rel diff vs {backends[0]}",
+    ]
+    calls = sum(s.per_forward for s in model_shapes("DSEC"))
+    summary = [
+        f"Device-to-device copy: {copy_bw / 1e9:.0f} GB/s (read + write). Compulsory bytes: u, delta, B, C read "
+        "once and y written once (fp32 inputs); the backward adds dy, du, ddelta, dB, dC.",
+        "",
+        f"One DSEC-size model forward makes {calls} scans (encoder 2 branches x 14 blocks, 2 CSIM and 2 TSSM per "
+        "stage); their summed forward time:",
+        "",
+        table(["backend", "scans of one DSEC forward, ms"], [[b, f"{t * 1e3:.2f}"] for b, t in totals.items()]),
+    ]
+    return table(headers, rows), "\n".join(summary)
+
+
+def bench_cpu() -> tuple[str, str]:
+    rows, total = [], 0.0
+    for shape in model_shapes("DDD17"):
+        inputs = make_inputs(shape, "cpu", requires_grad=False)
+        with torch.no_grad():
+            fwd = time_call(lambda i=inputs: selective_scan(**i, delta_softplus=True, backend="torch"), "cpu", 1.0, 5)
+        total += shape.per_forward * fwd
+        rows.append([shape.label, "torch", f"{fwd * 1e3:.1f}", shape.per_forward])
+    calls = sum(s.per_forward for s in model_shapes("DDD17"))
+    summary = f"All {calls} scans of one DDD17 model forward (torch backend, no grad): {total:.2f} s."
+    return table(["shape (channels, N, L)", "backend", "fwd ms", "calls per forward"], rows), summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    args = parser.parse_args()
+    if torch.cuda.is_available():
+        backends = [b for b in available_backends("cuda") if b != "reference"]
+        body, summary = bench_gpu(backends)
+        name = "Selective scan"
+    else:
+        body, summary = bench_cpu()
+        name = "Selective scan (CPU)"
+    text = f"{summary}\n\n{body}\n"
+    print(text)
+    if not args.no_write:
+        write_section(name, text)
+
+
+if __name__ == "__main__":
+    main()

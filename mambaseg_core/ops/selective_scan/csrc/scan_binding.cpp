@@ -1,0 +1,129 @@
+// Python binding of the selective-scan kernels: checks every tensor, then launches on the current stream.
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/extension.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "scan_params.h"
+
+namespace {
+
+using mambaseg::ScanDtype;
+using mambaseg::ScanParams;
+
+ScanDtype scan_dtype(const at::Tensor& u) {
+  switch (u.scalar_type()) {
+    case at::kFloat: return ScanDtype::kFloat32;
+    case at::kHalf: return ScanDtype::kFloat16;
+    case at::kBFloat16: return ScanDtype::kBFloat16;
+    default: break;
+  }
+  TORCH_CHECK(false, "selective_scan cuda: u must be float32, float16 or bfloat16, got ", u.scalar_type());
+}
+
+void check_tensor(const at::Tensor& x, const char* name, const at::Tensor& u, at::ScalarType dtype,
+                  std::vector<int64_t> shape) {
+  TORCH_CHECK(x.is_cuda() && x.device() == u.device(), "selective_scan cuda: ", name, " must be on ", u.device(),
+              ", got ", x.device());
+  TORCH_CHECK(x.scalar_type() == dtype, "selective_scan cuda: ", name, " must be ", dtype, ", got ", x.scalar_type());
+  TORCH_CHECK(x.sizes() == at::IntArrayRef(shape), "selective_scan cuda: ", name, " must have shape ",
+              at::IntArrayRef(shape), ", got ", x.sizes());
+  TORCH_CHECK(x.is_contiguous(), "selective_scan cuda: ", name, " must be contiguous");
+}
+
+// Validates the inputs and fills the input half of the parameters.
+ScanParams make_params(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
+                       const at::Tensor& C, const std::optional<at::Tensor>& D,
+                       const std::optional<at::Tensor>& delta_bias, bool softplus) {
+  TORCH_CHECK(u.is_cuda(), "selective_scan cuda: u must be a CUDA tensor");
+  TORCH_CHECK(u.dim() == 3, "selective_scan cuda: u must be (batch, channels, L), got ", u.sizes());
+  TORCH_CHECK(B.dim() == 4, "selective_scan cuda: B must be (batch, groups, N, L), got ", B.sizes());
+  TORCH_CHECK(A.dim() == 2, "selective_scan cuda: A must be (channels, N), got ", A.sizes());
+  const int64_t batch = u.size(0), channels = u.size(1), length = u.size(2), groups = B.size(1), state = A.size(1);
+  TORCH_CHECK(state >= 1 && state <= 16, "selective_scan cuda: N must be in 1..16, got ", state);
+  TORCH_CHECK(groups >= 1 && channels % groups == 0, "selective_scan cuda: channels (", channels,
+              ") must be divisible by groups (", groups, ")");
+  TORCH_CHECK(length >= 1 && batch * channels * length < (int64_t(1) << 31),
+              "selective_scan cuda: need 1 <= L and batch*channels*L < 2^31, got ", u.sizes());
+  const auto dtype = u.scalar_type();
+  scan_dtype(u);
+  check_tensor(u, "u", u, dtype, {batch, channels, length});
+  check_tensor(delta, "delta", u, dtype, {batch, channels, length});
+  check_tensor(A, "A", u, at::kFloat, {channels, state});
+  check_tensor(B, "B", u, dtype, {batch, groups, state, length});
+  check_tensor(C, "C", u, dtype, {batch, groups, state, length});
+  if (D) check_tensor(*D, "D", u, at::kFloat, {channels});
+  if (delta_bias) check_tensor(*delta_bias, "delta_bias", u, at::kFloat, {channels});
+
+  ScanParams p{};
+  p.batch = batch, p.channels = channels, p.groups = groups, p.state = state, p.length = length;
+  p.softplus = softplus;
+  mambaseg::choose_tiling(p);
+  p.u = u.data_ptr(), p.delta = delta.data_ptr(), p.A = A.data_ptr<float>();
+  p.Bm = B.data_ptr(), p.Cm = C.data_ptr();
+  p.D = D ? D->data_ptr<float>() : nullptr;
+  p.delta_bias = delta_bias ? delta_bias->data_ptr<float>() : nullptr;
+  return p;
+}
+
+at::Tensor sync_buffer(const ScanParams& p, const at::Tensor& u) {
+  return at::zeros({1 + int64_t(p.batch) * p.channels * p.n_tiles}, u.options().dtype(at::kInt));
+}
+
+void check_launch() {
+  const cudaError_t err = cudaGetLastError();
+  TORCH_CHECK(err == cudaSuccess, "selective_scan cuda: kernel launch failed: ", cudaGetErrorString(err));
+}
+
+// Returns y (batch, channels, L) fp32 and the tile end states (batch*channels, n_tiles, N) for the backward.
+std::vector<at::Tensor> forward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
+                                const at::Tensor& B, const at::Tensor& C, const std::optional<at::Tensor>& D,
+                                const std::optional<at::Tensor>& delta_bias, bool softplus) {
+  ScanParams p = make_params(u, delta, A, B, C, D, delta_bias, softplus);
+  const c10::cuda::CUDAGuard guard(u.device());
+  auto f32 = u.options().dtype(at::kFloat);
+  at::Tensor y = at::empty(u.sizes(), f32);
+  at::Tensor states = at::empty({int64_t(p.batch) * p.channels, p.n_tiles, p.state}, f32);
+  at::Tensor sync = sync_buffer(p, u);
+  p.y = y.data_ptr<float>(), p.tile_states = states.data_ptr<float>(), p.sync = sync.data_ptr<int>();
+  mambaseg::launch_scan_fwd(p, scan_dtype(u), c10::cuda::getCurrentCUDAStream());
+  check_launch();
+  return {y, states};
+}
+
+// Returns du, ddelta (fp32, u's shape), dA, dB, dC (fp32) and dD, ddelta_bias (fp32, empty when not given).
+std::vector<at::Tensor> backward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
+                                 const at::Tensor& B, const at::Tensor& C, const std::optional<at::Tensor>& D,
+                                 const std::optional<at::Tensor>& delta_bias, bool softplus, const at::Tensor& dy,
+                                 const at::Tensor& tile_states) {
+  ScanParams p = make_params(u, delta, A, B, C, D, delta_bias, softplus);
+  check_tensor(dy, "dy", u, at::kFloat, {p.batch, p.channels, p.length});
+  check_tensor(tile_states, "tile_states", u, at::kFloat, {int64_t(p.batch) * p.channels, p.n_tiles, p.state});
+  const c10::cuda::CUDAGuard guard(u.device());
+  auto f32 = u.options().dtype(at::kFloat);
+  at::Tensor du = at::empty(u.sizes(), f32), ddelta = at::empty(u.sizes(), f32);
+  at::Tensor dA = at::zeros(A.sizes(), f32), dB = at::zeros(B.sizes(), f32), dC = at::zeros(C.sizes(), f32);
+  at::Tensor dD = D ? at::zeros({p.channels}, f32) : at::empty({0}, f32);
+  at::Tensor dbias = delta_bias ? at::zeros({p.channels}, f32) : at::empty({0}, f32);
+  at::Tensor reverse_states = at::empty_like(tile_states);
+  at::Tensor sync = sync_buffer(p, u);
+  p.dy = dy.data_ptr<float>(), p.tile_states = tile_states.data_ptr<float>();
+  p.du = du.data_ptr<float>(), p.ddelta = ddelta.data_ptr<float>();
+  p.dA = dA.data_ptr<float>(), p.dB = dB.data_ptr<float>(), p.dC = dC.data_ptr<float>();
+  p.dD = D ? dD.data_ptr<float>() : nullptr;
+  p.dbias = delta_bias ? dbias.data_ptr<float>() : nullptr;
+  p.reverse_states = reverse_states.data_ptr<float>(), p.sync = sync.data_ptr<int>();
+  mambaseg::launch_scan_bwd(p, scan_dtype(u), c10::cuda::getCurrentCUDAStream());
+  check_launch();
+  return {du, ddelta, dA, dB, dC, dD, dbias};
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("forward", &forward, "selective scan forward: (y, tile_states)");
+  m.def("backward", &backward, "selective scan backward: (du, ddelta, dA, dB, dC, dD, ddelta_bias)");
+}

@@ -1,0 +1,125 @@
+"""Our own CUDA selective scan (csrc/), built on first use with torch.utils.cpp_extension.load.
+
+The build is cached under $MAMBASEG_BUILD_DIR (default ~/.cache/mambaseg/torch_extensions), one folder per
+torch/CUDA version and GPU architecture, so only the first call of a fresh machine compiles (about a minute).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+
+from mambaseg_core.ops.selective_scan.errors import BackendUnavailableError
+
+CSRC = Path(__file__).resolve().with_name("csrc")
+SOURCES = ("scan_binding.cpp", "scan_fwd.cu", "scan_bwd.cu")
+_INPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _build_dir() -> Path:
+    root = Path(os.environ.get("MAMBASEG_BUILD_DIR", "~/.cache/mambaseg/torch_extensions")).expanduser()
+    major, minor = torch.cuda.get_device_capability()
+    tag = f"torch{torch.__version__}_cuda{torch.version.cuda}_sm{major}{minor}".replace("+", "_")
+    path = root / f"selective_scan_{tag}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def load_extension() -> ModuleType:
+    """Compile (or load the cached build of) the kernels; BackendUnavailableError saying why if impossible."""
+    if not torch.cuda.is_available():
+        raise BackendUnavailableError("selective-scan backend 'cuda' needs a CUDA GPU, and torch sees none")
+    from torch.utils import cpp_extension
+
+    if cpp_extension.CUDA_HOME is None:
+        raise BackendUnavailableError(
+            "selective-scan backend 'cuda' is built on first use and needs the CUDA toolkit (nvcc); "
+            "none found: install it or set CUDA_HOME"
+        )
+    try:
+        return cpp_extension.load(
+            name="mambaseg_selective_scan",
+            sources=[str(CSRC / name) for name in SOURCES],
+            extra_cflags=["-O3"],
+            extra_cuda_cflags=["-O3", "--use_fast_math", "-lineinfo"],
+            build_directory=str(_build_dir()),
+            verbose=False,
+        )
+    except Exception as exc:  # the build log is in the message: hand its tail to the user
+        raise BackendUnavailableError(f"building the CUDA selective scan failed:\n{str(exc)[-3000:]}") from exc
+
+
+class _CudaScanFunction(torch.autograd.Function):
+    """Autograd over the kernels; inputs already validated, contiguous, and in kernel dtypes."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        extension: ModuleType,
+        u: torch.Tensor,
+        delta: torch.Tensor,
+        A: torch.Tensor,
+        B: torch.Tensor,
+        C: torch.Tensor,
+        D: torch.Tensor | None,
+        delta_bias: torch.Tensor | None,
+        delta_softplus: bool,
+    ) -> torch.Tensor:
+        y, tile_states = extension.forward(u, delta, A, B, C, D, delta_bias, delta_softplus)
+        ctx.extension, ctx.delta_softplus = extension, delta_softplus
+        ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, tile_states)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        u, delta, A, B, C, D, delta_bias, tile_states = ctx.saved_tensors
+        du, ddelta, dA, dB, dC, dD, dbias = ctx.extension.backward(
+            u, delta, A, B, C, D, delta_bias, ctx.delta_softplus, dy.float().contiguous(), tile_states
+        )
+        return (
+            None,
+            du.to(u.dtype),
+            ddelta.to(delta.dtype),
+            dA,
+            dB.to(B.dtype),
+            dC.to(C.dtype),
+            dD if D is not None else None,
+            dbias if delta_bias is not None else None,
+            None,
+        )
+
+
+def make_cuda_scan(extension: ModuleType):
+    """The `cuda` backend's scan function over a loaded extension."""
+
+    def selective_scan_cuda(
+        u: torch.Tensor,
+        delta: torch.Tensor,
+        A: torch.Tensor,
+        B: torch.Tensor,
+        C: torch.Tensor,
+        D: torch.Tensor | None = None,
+        delta_bias: torch.Tensor | None = None,
+        delta_softplus: bool = False,
+    ) -> torch.Tensor:
+        """Same semantics and shapes as `selective_scan_reference`; CUDA tensors, N <= 16; returns float32."""
+        if not u.is_cuda:
+            raise ValueError(f"selective-scan backend 'cuda' needs CUDA tensors, got u on {u.device}")
+        if A.shape[1] > 16:
+            raise ValueError(f"selective-scan backend 'cuda' supports N <= 16, got A of shape {tuple(A.shape)}")
+        if u.numel() == 0:
+            return u.new_zeros(u.shape, dtype=torch.float32)
+        # One input dtype for u, delta, B, C: keep it if they agree and the kernel has it, else float32.
+        dtypes = {x.dtype for x in (u, delta, B, C)}
+        dtype = dtypes.pop() if len(dtypes) == 1 else torch.float32
+        if dtype not in _INPUT_DTYPES:
+            dtype = torch.float32
+        u, delta, B, C = (x.to(dtype).contiguous() for x in (u, delta, B, C))
+        A, D, delta_bias = (x.float().contiguous() if x is not None else None for x in (A, D, delta_bias))
+        return _CudaScanFunction.apply(extension, u, delta, A, B, C, D, delta_bias, delta_softplus)
+
+    return selective_scan_cuda

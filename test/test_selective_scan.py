@@ -1,0 +1,262 @@
+"""Selective scan: every fast backend against the sequential reference, forward and backward.
+
+CPU tests cover the `torch` backend and the API; `@pytest.mark.cuda` tests cover our CUDA kernel.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+
+from mambaseg_core.ops.selective_scan import (
+    BackendUnavailableError,
+    available_backends,
+    selective_scan,
+)
+
+# module attribute `selective_scan` is the function, so reach the submodule through importlib
+torch_scan = importlib.import_module("mambaseg_core.ops.selective_scan.torch_scan")
+
+needs_cuda = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU: the cuda backend runs our own kernel"
+)
+
+# (forward, gradient) tolerances (rtol, atol) relative to tensors normalised by their max |value|.
+TOLERANCES = {
+    torch.float64: ((1e-10, 1e-10), (1e-9, 1e-9)),
+    torch.float32: ((2e-5, 2e-5), (2e-4, 2e-4)),
+    torch.float16: ((2e-5, 2e-5), (2e-3, 2e-3)),  # same rounded inputs, fp32 maths; grads returned in fp16
+    torch.bfloat16: ((2e-5, 2e-5), (1e-2, 1e-2)),  # grads returned in bf16
+}
+
+
+def make_inputs(
+    batch: int,
+    channels: int,
+    state: int,
+    length: int,
+    groups: int,
+    *,
+    with_d: bool = True,
+    with_bias: bool = True,
+    dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
+    seed: int = 0,
+    decay_scale: float = 1.0,
+    softplus: bool = True,
+) -> dict[str, torch.Tensor | None]:
+    """Random scan inputs shaped like SS2D's: A = -exp(.) < 0; delta around the softplus knee, or (without
+    softplus) a small positive step, since a negative dt makes the recurrence grow without bound."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def rand(*shape: int, scale: float = 1.0, shift: float = 0.0) -> torch.Tensor:
+        return (torch.randn(*shape, generator=gen) * scale + shift).to(device)
+
+    io_dtype = dtype  # u, delta, B, C in the tested dtype; A, D, bias stay fp32 (fp64 for gradcheck)
+    param_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    delta = rand(batch, channels, length, scale=0.5, shift=-1.0)
+    return {
+        "u": rand(batch, channels, length).to(io_dtype),
+        "delta": (delta if softplus else 0.2 * delta.abs()).to(io_dtype),
+        "A": (-torch.exp(rand(channels, state, scale=0.5)) * decay_scale).to(param_dtype),
+        "B": rand(batch, groups, state, length).to(io_dtype),
+        "C": rand(batch, groups, state, length).to(io_dtype),
+        "D": rand(channels).to(param_dtype) if with_d else None,
+        "delta_bias": rand(channels, scale=0.3).to(param_dtype) if with_bias else None,
+    }
+
+
+def run_with_grads(
+    inputs: dict[str, torch.Tensor | None], backend: str, softplus: bool, seed: int = 1
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Output and the gradient of <y, dy> (dy random) with respect to every given input."""
+    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in inputs.items() if v is not None}
+    args = {k: leaves.get(k) for k in inputs}
+    y = selective_scan(**args, delta_softplus=softplus, backend=backend)
+    gen = torch.Generator().manual_seed(seed)
+    dy = torch.randn(y.shape, generator=gen, dtype=y.dtype).to(y.device)
+    grads = torch.autograd.grad(y, list(leaves.values()), dy)
+    return y.detach(), dict(zip(leaves, grads, strict=True))
+
+
+def assert_close(name: str, actual: torch.Tensor, expected: torch.Tensor, tol: tuple[float, float]) -> None:
+    """Compare after scaling both by max |expected| so tolerances mean 'relative to the tensor's size'."""
+    assert torch.isfinite(actual).all(), f"{name}: non-finite values"
+    scale = expected.double().abs().max().clamp_min(1e-30)
+    a, e = actual.double() / scale, expected.double() / scale
+    print(f"{name}: max |diff| / max |ref| = {(a - e).abs().max().item():.3e}")
+    torch.testing.assert_close(a, e, rtol=tol[0], atol=tol[1], msg=lambda m: f"{name}: {m}")
+
+
+def compare_backends(
+    inputs: dict[str, torch.Tensor | None], backend: str, oracle: str, softplus: bool, dtype: torch.dtype
+) -> None:
+    fwd_tol, grad_tol = TOLERANCES[dtype]
+    y, grads = run_with_grads(inputs, backend, softplus)
+    y_ref, grads_ref = run_with_grads(inputs, oracle, softplus)
+    assert y.dtype == y_ref.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    assert_close("y", y, y_ref, fwd_tol)
+    for name, grad in grads.items():
+        assert grad.dtype == grads_ref[name].dtype, name
+        assert_close(f"d{name}", grad, grads_ref[name], grad_tol)
+
+
+# --------------------------------------------------------------------------------------- torch backend (CPU)
+
+# (batch, channels, N, L, groups, with_d, with_bias, softplus)
+CPU_CASES = [
+    (2, 8, 16, 37, 2, True, True, True),
+    (2, 12, 4, 77, 4, False, False, False),
+    (1, 6, 16, 286, 1, True, False, True),
+    (1, 4, 1, 4350, 4, True, True, True),  # DDD17 stage-0 token count, encoder-like N = 1
+    (1, 3, 2, 1, 1, True, True, False),  # a single step
+]
+
+
+@pytest.mark.parametrize(
+    ("batch", "channels", "state", "length", "groups", "with_d", "with_bias", "softplus"), CPU_CASES
+)
+def test_torch_backend_matches_reference(batch, channels, state, length, groups, with_d, with_bias, softplus):
+    inputs = make_inputs(batch, channels, state, length, groups, with_d=with_d, with_bias=with_bias, softplus=softplus)
+    compare_backends(inputs, "torch", "reference", softplus, torch.float32)
+
+
+def test_torch_backend_carries_state_across_segments(monkeypatch):
+    # A tiny segment budget cuts L = 203 into 13 segments of 16 steps, each with its own chunking.
+    monkeypatch.setitem(torch_scan._SEGMENT_ELEMENTS, "cpu", 1)
+    inputs = make_inputs(2, 4, 3, 203, 2)
+    compare_backends(inputs, "torch", "reference", True, torch.float32)
+
+
+def test_torch_backend_gradcheck_float64():
+    inputs = make_inputs(1, 4, 3, 11, 2, dtype=torch.float64)
+    names = list(inputs)
+
+    def scan(*tensors: torch.Tensor) -> torch.Tensor:
+        return selective_scan(**dict(zip(names, tensors, strict=True)), delta_softplus=True, backend="torch")
+
+    leaves = tuple(inputs[k].clone().requires_grad_(True) for k in names)  # type: ignore[union-attr]
+    assert scan(*leaves).dtype == torch.float64
+    assert torch.autograd.gradcheck(scan, leaves)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_torch_backend_low_precision_inputs(dtype):
+    inputs = make_inputs(2, 8, 16, 77, 4, dtype=dtype)
+    compare_backends(inputs, "torch", "reference", True, dtype)
+
+
+@pytest.mark.parametrize("decay_scale", [1e3, 1e-4])
+def test_torch_backend_stable_for_strong_and_weak_decay(decay_scale):
+    # |A| * dt up to ~1e3 per step (states vanish within a step) or ~1e-5 (states accumulate over all of L).
+    inputs = make_inputs(1, 2, 4, 4350, 2, decay_scale=decay_scale)
+    y = selective_scan(**inputs, delta_softplus=True, backend="torch")
+    y_ref = selective_scan(**inputs, delta_softplus=True, backend="reference")
+    assert_close("y", y, y_ref, TOLERANCES[torch.float32][0])
+
+
+# --------------------------------------------------------------------------------------- API
+
+
+def test_cpu_auto_uses_torch_backend():
+    assert available_backends("cpu") == ["torch", "reference"]
+    inputs = make_inputs(1, 4, 2, 33, 2)
+    assert torch.equal(selective_scan(**inputs), selective_scan(**inputs, backend="torch"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised where no CUDA GPU is present")
+def test_explicit_cuda_backend_without_gpu_raises_clear_error():
+    with pytest.raises(BackendUnavailableError, match="needs a CUDA GPU"):
+        selective_scan(**make_inputs(1, 2, 1, 5, 1), backend="cuda")
+    assert "cuda" not in available_backends("cuda")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mamba_ssm") is not None, reason="mamba_ssm is installed here")
+def test_missing_mamba_ssm_raises_install_hint():
+    with pytest.raises(BackendUnavailableError, match="pip install mamba-ssm"):
+        selective_scan(**make_inputs(1, 2, 1, 5, 1), backend="mamba_ssm")
+
+
+def test_unknown_backend_raises():
+    with pytest.raises(ValueError, match="unknown selective-scan backend 'fast'"):
+        selective_scan(**make_inputs(1, 2, 1, 5, 1), backend="fast")
+
+
+@pytest.mark.parametrize(
+    ("name", "bad_shape", "message"),
+    [
+        ("u", (2, 5), "u must be"),
+        ("delta", (1, 4, 6), "delta must"),
+        ("A", (3, 2), "A must be"),
+        ("B", (1, 2, 3, 5), "B must be"),
+        ("C", (1, 2, 2, 4), "C must be"),
+        ("D", (5,), "D must be"),
+        ("delta_bias", (4, 1), "delta_bias must be"),
+    ],
+)
+def test_bad_shapes_raise_value_error_naming_the_tensor(name, bad_shape, message):
+    inputs = make_inputs(1, 4, 2, 5, 2)
+    inputs[name] = torch.zeros(bad_shape)
+    with pytest.raises(ValueError, match=message):
+        selective_scan(**inputs)
+
+
+def test_groups_must_divide_channels():
+    inputs = make_inputs(1, 4, 2, 5, 2)
+    inputs["B"], inputs["C"] = torch.zeros(1, 3, 2, 5), torch.zeros(1, 3, 2, 5)
+    with pytest.raises(ValueError, match="divisible by groups"):
+        selective_scan(**inputs)
+
+
+# --------------------------------------------------------------------------------------- cuda backend (GPU)
+
+GPU_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize(
+    ("state", "length", "groups"),
+    [(1, 1, 1), (1, 1031, 4), (4, 77, 2), (4, 4350, 1), (16, 286, 4), (16, 1025, 2)],
+)
+def test_cuda_backend_matches_reference(dtype, state, length, groups):
+    inputs = make_inputs(2, 8, state, length, groups, dtype=dtype, device="cuda", seed=state + length)
+    compare_backends(inputs, "cuda", "reference", True, dtype)
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_cuda_backend_without_optional_inputs():
+    inputs = make_inputs(1, 6, 3, 999, 3, with_d=False, with_bias=False, device="cuda", softplus=False)
+    compare_backends(inputs, "cuda", "reference", False, torch.float32)
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize(
+    ("batch", "channels", "state", "length", "groups"),
+    [
+        (1, 384, 1, 17600, 4),  # DSEC stage-0 encoder scan
+        (2, 8, 16, 20000, 2),  # longest sequences we support
+        (1, 4400, 16, 192, 2),  # TSSM-like: many channels, short L
+    ],
+)
+def test_cuda_backend_long_and_wide_against_torch_backend(batch, channels, state, length, groups):
+    inputs = make_inputs(batch, channels, state, length, groups, device="cuda")
+    y, grads = run_with_grads(inputs, "cuda", True)
+    y_ref, grads_ref = run_with_grads(inputs, "torch", True)
+    assert_close("y", y, y_ref, (1e-4, 1e-4))
+    for name, grad in grads.items():
+        assert_close(f"d{name}", grad, grads_ref[name], (1e-3, 1e-3))
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_cuda_forward_is_deterministic_and_auto_picks_it():
+    assert available_backends("cuda")[0] == "cuda"
+    inputs = make_inputs(1, 64, 16, 5000, 4, device="cuda")
+    first = selective_scan(**inputs, delta_softplus=True, backend="cuda")
+    assert torch.equal(first, selective_scan(**inputs, delta_softplus=True))
