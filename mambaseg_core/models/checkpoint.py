@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import pickle
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ import torch.nn as nn
 from mambaseg_core.config import to_dict
 from mambaseg_core.models.config import EncoderSSMConfig, FusionSSMConfig, ModelConfig, load_model_config, stage_grids
 from mambaseg_core.models.mambaseg import MambaSeg
-from mambaseg_core.models.official import ENCODER_KEYS, MODEL_KEYS, convert_official_state_dict
+from mambaseg_core.models.official import ENCODER_KEYS, MODEL_KEYS, rename_keys
 
 FORMAT = "mambaseg"
 VERSION = 1
@@ -45,11 +45,16 @@ def _read(path: str | Path, allow_unsafe_pickle: bool) -> Any:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
-def _check_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], names=lambda key: key) -> None:
-    """Raise ValueError listing missing, unexpected and mis-shaped keys (named by `names`)."""
+def _check_state_dict(
+    model: nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    names: Callable[[str], str] = str,
+    unknown: Sequence[str] = (),
+) -> None:
+    """Raise ValueError listing missing, unexpected (incl. `unknown`) and mis-shaped keys, named by `names`."""
     expected = model.state_dict()
     missing = sorted(names(k) for k in expected.keys() - state_dict.keys())
-    unexpected = sorted(names(k) for k in state_dict.keys() - expected.keys())
+    unexpected = sorted([*unknown, *(names(k) for k in state_dict.keys() - expected.keys())])
     misshaped = sorted(
         f"{names(k)}: checkpoint {tuple(state_dict[k].shape)}, model expects {tuple(v.shape)}"
         for k, v in expected.items()
@@ -179,19 +184,15 @@ def load_official_checkpoint(
     config = infer_official_config(official_sd, image_size)
     if scan_backend is not None:
         config.scan_backend = scan_backend  # type: ignore[assignment]
-    return _build_and_load(config, convert_official_state_dict(official_sd), device, official_names=True)
-
-
-def _build_and_load(
-    config: ModelConfig, state_dict: Mapping[str, torch.Tensor], device: str | torch.device, official_names: bool
-) -> MambaSeg:
+    state_dict, unknown = rename_keys(official_sd, MODEL_KEYS.to_ours)
     with torch.device("meta"):
         model = MambaSeg(config)
-    if official_names:
-        _check_state_dict(model, state_dict, lambda key: f"{MODEL_KEYS.to_official(key)} (ours: {key})")
-    else:
-        _check_state_dict(model, state_dict)
-    # Allocate for real only now; load_state_dict copies (and casts, e.g. fp16 storage) into fp32 parameters.
+    _check_state_dict(model, state_dict, lambda key: f"{MODEL_KEYS.to_official(key)} (ours: {key})", unknown)
+    return _materialise(model, state_dict, device)
+
+
+def _materialise(model: MambaSeg, state_dict: Mapping[str, torch.Tensor], device: str | torch.device) -> MambaSeg:
+    """Allocate a meta-device model on `device` and copy `state_dict` in (casting, e.g. fp16 storage, to fp32)."""
     model = model.to_empty(device=device)
     model.load_state_dict(state_dict, strict=True)
     return model.eval()
@@ -235,7 +236,10 @@ def load_model(
         raise ValueError(f"{path}: checkpoint version {checkpoint.get('version')!r}, this code reads {VERSION}")
     overrides = {} if scan_backend is None else {"scan_backend": scan_backend}
     config = load_model_config(dict(checkpoint["model_config"]), **overrides)
-    return _build_and_load(config, checkpoint["state_dict"], device, official_names=False)
+    with torch.device("meta"):
+        model = MambaSeg(config)
+    _check_state_dict(model, checkpoint["state_dict"])
+    return _materialise(model, checkpoint["state_dict"], device)
 
 
 # ---------------------------------------------------------------------------------------------------

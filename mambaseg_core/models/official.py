@@ -8,7 +8,7 @@ buffer name (weight, bias, running_mean, ...), and rules apply in both direction
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TypeVar
 
 V = TypeVar("V")
@@ -122,7 +122,8 @@ MODEL_KEYS = KeyMap(MODEL_RULES)
 ENCODER_KEYS = KeyMap(ENCODER_RULES)
 
 
-def _rename(mapping: Mapping[str, V], rename, what: str) -> dict[str, V]:
+def rename_keys(mapping: Mapping[str, V], rename: Callable[[str], str | None]) -> tuple[dict[str, V], list[str]]:
+    """(mapping with renamed keys, keys that `rename` does not know)."""
     renamed: dict[str, V] = {}
     unknown = []
     for key, value in mapping.items():
@@ -131,6 +132,11 @@ def _rename(mapping: Mapping[str, V], rename, what: str) -> dict[str, V]:
             unknown.append(key)
         else:
             renamed[new_key] = value
+    return renamed, unknown
+
+
+def _rename_all(mapping: Mapping[str, V], rename: Callable[[str], str | None], what: str) -> dict[str, V]:
+    renamed, unknown = rename_keys(mapping, rename)
     if unknown:
         shown = ", ".join(unknown[:10]) + (f" ... ({len(unknown)} in all)" if len(unknown) > 10 else "")
         raise KeyError(f"no {what} name for these keys: {shown}")
@@ -142,9 +148,9 @@ def convert_official_state_dict(official_sd: Mapping[str, V]) -> dict[str, V]:
 
     Nothing is ignored: the official model has no parameter or buffer that ours lacks (`augs` is empty).
     """
-    return _rename(official_sd, MODEL_KEYS.to_ours, "MambaSeg")
+    return _rename_all(official_sd, MODEL_KEYS.to_ours, "MambaSeg")
 
 
 def to_official_state_dict(our_mapping: Mapping[str, V]) -> dict[str, V]:
     """Any mapping keyed by our parameter/buffer names (weights, gradients, ...) -> official names."""
-    return _rename(our_mapping, MODEL_KEYS.to_official, "official")
+    return _rename_all(our_mapping, MODEL_KEYS.to_official, "official")

@@ -1,0 +1,216 @@
+"""MambaSeg on small random configs: gradients, configs, our checkpoint format, VMamba pretrained loading."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from mambaseg_core.config import ConfigError
+from mambaseg_core.models import (
+    MambaSeg,
+    ModelConfig,
+    load_model,
+    load_model_config,
+    load_vmamba_pretrained,
+    save_checkpoint,
+)
+from mambaseg_core.models.official import ENCODER_KEYS
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = REPO_ROOT / "config" / "model"
+# Stage grids 6x10, 3x5, 2x3, 1x2: every stage scans >= 2 steps, so every A gets a gradient.
+SMALL = dict(image_size=(24, 40), dims=(16, 32, 64, 128), depths=(1, 1, 2, 1), decoder_dim=32)
+
+
+def small_model(seed: int = 0, **overrides) -> MambaSeg:
+    torch.manual_seed(seed)
+    config = load_model_config({**SMALL, "image_channels": 1, "num_classes": 3, **overrides})
+    return MambaSeg(config)
+
+
+def inputs_for(model: MambaSeg, batch: int = 2, seed: int = 1) -> dict[str, torch.Tensor]:
+    cfg = model.config
+    generator = torch.Generator().manual_seed(seed)
+    return dict(
+        image=torch.rand(batch, cfg.image_channels, *cfg.image_size, generator=generator),
+        events=torch.randn(batch, cfg.event_bins, *cfg.image_size, generator=generator),
+    )
+
+
+@torch.no_grad()
+def randomise_non_default_parameters(model: MambaSeg, seed: int = 2) -> None:
+    """Perturb what the official init leaves constant (norm weights/biases, biases, D) so no symmetry hides bugs."""
+    generator = torch.Generator().manual_seed(seed)
+    for name, param in model.named_parameters():
+        if name.endswith(("bias", ".D")) or "norm" in name:
+            param.add_(0.1 * torch.randn(param.shape, generator=generator))
+
+
+def test_every_parameter_gets_a_finite_nonzero_gradient():
+    model = small_model().eval()
+    randomise_non_default_parameters(model)
+    logits = model(**inputs_for(model))
+    assert logits.shape == (2, 3, 24, 40)
+    weights = torch.randn(logits.shape, generator=torch.Generator().manual_seed(3))
+    (logits * weights).sum().backward()
+    bad = {}
+    for name, param in model.named_parameters():
+        grad = param.grad
+        if grad is None or not torch.isfinite(grad).all() or grad.abs().max() == 0:
+            bad[name] = None if grad is None else grad.abs().max().item()
+    print(f"{len(bad)} parameters without a usable gradient: {list(bad)[:10]}")
+    assert bad == {}
+
+
+def test_batch_items_are_independent():
+    model = small_model().eval()
+    randomise_non_default_parameters(model)
+    inputs = inputs_for(model, batch=2)
+    with torch.no_grad():
+        both = model(**inputs)
+        second = model(**{k: v[1:] for k, v in inputs.items()})
+    print("max diff", (both[1:] - second).abs().max().item())
+    torch.testing.assert_close(both[1:], second, rtol=1e-4, atol=1e-5)
+
+
+def test_own_checkpoint_round_trip(tmp_path: Path):
+    model = small_model().eval()
+    randomise_non_default_parameters(model)
+    path = tmp_path / "model.pt"
+    save_checkpoint(model, path, epoch=4, metrics={"miou": 0.5})
+    checkpoint = torch.load(path, weights_only=True)
+    assert (checkpoint["format"], checkpoint["version"], checkpoint["epoch"]) == ("mambaseg", 1, 4)
+    assert load_model(path, scan_backend="reference").config.scan_backend == "reference"
+    loaded = load_model(path)
+    assert not loaded.training
+    assert loaded.config.image_size == model.config.image_size
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    inputs = inputs_for(model, batch=1)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**inputs), model(**inputs), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="reserved"):
+        save_checkpoint(model, path, state_dict={})
+
+
+def test_own_checkpoint_errors(tmp_path: Path):
+    model = small_model()
+    path = tmp_path / "model.pt"
+    save_checkpoint(model, path)
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["state_dict"]["decoder.classifier.bias"] = torch.zeros(7)
+    del checkpoint["state_dict"]["fusion.0.image_norm.weight"]
+    torch.save(checkpoint, path)
+    with pytest.raises(ValueError, match=r"(?s)missing keys \(1\).*fusion.0.image_norm.weight.*decoder.classifier.bias"):
+        load_model(path)
+    checkpoint["version"] = 99
+    torch.save(checkpoint, path)
+    with pytest.raises(ValueError, match="version 99"):
+        load_model(path)
+
+
+@pytest.mark.parametrize(
+    ("name", "size", "channels", "classes"), [("ddd17", (200, 346), 1, 6), ("dsec", (440, 640), 3, 11)]
+)
+def test_shipped_configs(name, size, channels, classes):
+    path = CONFIGS / f"mambaseg_{name}.yaml"
+    config = load_model_config(path)
+    assert (config.image_size, config.image_channels, config.num_classes, config.event_bins) == (
+        size,
+        channels,
+        classes,
+        10,
+    )
+    assert config.dims == (96, 192, 384, 768) and config.depths == (2, 2, 8, 2)
+    assert (config.encoder.d_state, config.encoder.ssm_ratio, config.encoder.conv_bias) == (1, 1.0, False)
+    assert (config.fusion.d_state, config.fusion.ssm_ratio, config.fusion.conv_bias) == (16, 2.0, True)
+    assert (config.scan_backend, config.ctim_merge, config.decoder_dim) == ("auto", "official", 768)
+    for line in path.read_text().splitlines():
+        if line.strip():
+            assert "#" in line, f"uncommented config line in {path.name}: {line!r}"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        ({"dims": [96, 8, 384, 768]}, "dims[1]"),
+        ({"depths": [2, 2, 8]}, "dims"),
+        ({"ctim_merge": "fixed"}, "ctim_merge"),
+        ({"scan_backend": "fast"}, "scan_backend"),
+        ({"encoder": {"d_state": 0}}, "encoder.d_state"),
+        ({"image_size": [0, 10]}, "image_size"),
+        ({"colour": True}, "colour"),
+    ],
+)
+def test_config_errors_name_the_key(overrides, key):
+    with pytest.raises(ConfigError) as info:
+        load_model_config({"image_size": [64, 96], **overrides})
+    print(info.value)
+    assert info.value.key == key
+
+
+def _synthetic_vssm_checkpoint(path: Path, seed: int = 5) -> dict[str, torch.Tensor]:
+    """A VMamba ImageNet checkpoint in the VSSM layout (spec §8) for SMALL's encoder: 3-channel stem,
+    classifier head, no outnorms."""
+    with torch.device("meta"):
+        reference = MambaSeg(ModelConfig(**SMALL, image_channels=3)).image_encoder
+    generator = torch.Generator().manual_seed(seed)
+    vssm = {}
+    for key, value in reference.state_dict().items():
+        vssm_key = ENCODER_KEYS.to_official(key)
+        if vssm_key is not None and not vssm_key.startswith("outnorm"):
+            vssm[vssm_key] = torch.randn(value.shape, generator=generator)
+    dim = SMALL["dims"][-1]
+    vssm.update({
+        "classifier.norm.weight": torch.ones(dim),
+        "classifier.norm.bias": torch.zeros(dim),
+        "classifier.head.weight": torch.randn(1000, dim, generator=generator),
+        "classifier.head.bias": torch.zeros(1000),
+    })
+    torch.save({"model": vssm, "epoch": 264, "max_accuracy": 82.5}, path)
+    return vssm
+
+
+@pytest.mark.parametrize("image_channels", [1, 3])
+def test_vmamba_pretrained_loads_both_encoders(tmp_path: Path, image_channels: int):
+    path = tmp_path / "vssm1_tiny_0230s_ckpt_epoch_264.pth"
+    vssm = _synthetic_vssm_checkpoint(path)
+    model = small_model(image_channels=image_channels)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    report = load_vmamba_pretrained(model, path)
+    after = model.state_dict()
+    for branch, prefix in (("image", "image_encoder."), ("event", "event_encoder.")):
+        stem_loaded = branch == "image" and image_channels == 3
+        for vssm_key, value in vssm.items():
+            if vssm_key.startswith("classifier."):
+                assert f"{branch}:{vssm_key}" in report.skipped
+                continue
+            ours = prefix + ENCODER_KEYS.to_ours(vssm_key)
+            if vssm_key.startswith("patch_embed.") and not stem_loaded:
+                assert torch.equal(after[ours], before[ours]), f"{ours} should keep its fresh init"
+                assert f"{branch}:{vssm_key}" in report.skipped
+            else:
+                assert torch.equal(after[ours], value), ours
+                assert ours in report.loaded
+        for i in range(4):
+            assert prefix + f"out_norms.{i}.weight" in report.not_in_checkpoint
+    untouched = [k for k in after if not k.startswith(("image_encoder.", "event_encoder."))]
+    assert all(torch.equal(after[k], before[k]) for k in untouched)
+
+
+def test_vmamba_pretrained_never_falls_back_silently(tmp_path: Path):
+    model = small_model()
+    with pytest.raises(FileNotFoundError):
+        load_vmamba_pretrained(model, tmp_path / "missing.pth")
+    path = tmp_path / "garbage.pth"
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(Exception, match=r"(?i)pickle|load|invalid|zip"):
+        load_vmamba_pretrained(model, path)
+    torch.save({"state_dict": {}}, path)
+    with pytest.raises(ValueError, match="'model'"):
+        load_vmamba_pretrained(model, path)
+    torch.save({"model": {"layers.0.blocks.0.op.Ds": torch.zeros(3), "head.weight": torch.zeros(2)}}, path)
+    with pytest.raises(ValueError, match=r"(?s)unknown keys \['head.weight'\].*mis-shaped"):
+        load_vmamba_pretrained(model, path)
