@@ -1,0 +1,174 @@
+"""Voxel grid: bit-exact against a literal restatement of the official formula, torch agreement, edge cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mambaseg_core.events import crop_bottom, voxel_grid, voxel_grid_torch
+
+
+def literal_voxel_grid(x, y, t, p, bins: int, height: int, width: int) -> np.ndarray:
+    """The official generate_voxel_grid (separate_pol=False), restated one event at a time in plain Python.
+
+    Mirrors its order of float32 additions: per polarity grid, all left terms in event order, then all right.
+    """
+    t = [int(v) if np.issubdtype(np.asarray(t).dtype, np.integer) else float(v) for v in t]
+    delta = t[-1] - t[0]
+    if delta == 0:
+        delta = 1.0
+    positive = np.zeros(bins * height * width, np.float32)
+    negative = np.zeros(bins * height * width, np.float32)
+    terms = []
+    for xv, yv, tv, pv in zip(x, y, t, p):
+        tau = float((bins - 1) * (tv - t[0])) / float(delta)
+        xi, yi = int(np.int32(xv)), int(np.int32(yv))  # truncation toward zero
+        if not (0 <= xi < width and 0 <= yi < height and 0 <= tau < bins):
+            continue
+        b = int(tau)
+        terms.append((positive if pv == 1 else negative, b * height * width + yi * width + xi, b, tau - b))
+    for right in (False, True):
+        for grid, index, b, frac in terms:
+            if right and b + 1 >= bins:
+                continue
+            target = index + height * width if right else index
+            grid[target] = np.float32(float(grid[target]) + (frac if right else 1.0 - frac))
+    return (positive - negative).reshape(bins, height, width)
+
+
+def add_at_voxel_grid(x, y, t, p, bins: int, height: int, width: int) -> np.ndarray:
+    """The official vectorised form (np.add.at on float32 grids) on a float64 (N, 4) event array."""
+    events = np.stack([x, y, t, p], -1).astype(np.float64)
+    delta = events[-1, 2] - events[0, 2]
+    delta = 1.0 if delta == 0 else delta
+    xs, ys = events[:, 0].astype(np.int32), events[:, 1].astype(np.int32)
+    ts = (bins - 1) * (events[:, 2] - events[0, 2]) / delta
+    tis = ts.astype(np.int32)
+    frac = ts - tis
+    valid = (xs >= 0) & (xs < width) & (ys >= 0) & (ys < height) & (ts >= 0) & (ts < bins)
+    grids = []
+    for sel in (events[:, 3] == 1, events[:, 3] != 1):
+        grid = np.zeros(bins * height * width, np.float32)
+        m = valid & sel
+        np.add.at(grid, xs[m] + ys[m] * width + tis[m] * width * height, 1.0 - frac[m])
+        m = valid & sel & (tis + 1 < bins)
+        np.add.at(grid, xs[m] + ys[m] * width + (tis[m] + 1) * width * height, frac[m])
+        grids.append(grid.reshape(bins, height, width))
+    return grids[0] - grids[1]
+
+
+def random_events(rng: np.random.Generator, n: int, height: int, width: int, *, rectified: bool):
+    if rectified:  # DSEC: float32 rectified coordinates, some negative (-0.7 → 0) and some beyond the frame
+        x = rng.uniform(-1.5, width + 1.5, n).astype(np.float32)
+        y = rng.uniform(-1.5, height + 1.5, n).astype(np.float32)
+    else:  # DDD17: integer coordinates
+        x, y = rng.integers(0, width, n).astype(np.int16), rng.integers(0, height, n).astype(np.int16)
+    t = np.sort(rng.integers(0, 50_000, n)).astype(np.int64)
+    p = rng.integers(0, 2, n).astype(np.uint8)
+    return x, y, t, p
+
+
+def assert_bit_exact(a: np.ndarray, b: np.ndarray) -> None:
+    print("max abs diff", float(np.abs(a.astype(np.float64) - b).max()) if a.size else 0.0)
+    assert a.dtype == np.float32 and a.shape == b.shape
+    assert a.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize("rectified", [True, False])
+@pytest.mark.parametrize("seed", range(6))
+def test_bit_exact_against_literal_and_add_at(seed: int, rectified: bool) -> None:
+    rng = np.random.default_rng(seed)
+    bins, height, width = int(rng.integers(1, 11)), int(rng.integers(1, 9)), int(rng.integers(1, 9))
+    n = int(rng.integers(1, 400))  # small frames: many collisions, so the addition order matters
+    x, y, t, p = random_events(rng, n, height, width, rectified=rectified)
+    ours = voxel_grid(x, y, t, p, bins=bins, height=height, width=width)
+    assert_bit_exact(ours, literal_voxel_grid(x, y, t, p, bins, height, width))
+    assert_bit_exact(ours, add_at_voxel_grid(x, y, t, p, bins, height, width))
+
+
+def test_bit_exact_on_unsorted_float_times_and_signed_polarity() -> None:
+    rng = np.random.default_rng(7)
+    n, bins, height, width = 500, 5, 4, 6
+    x, y = rng.integers(-2, 8, n), rng.integers(-2, 6, n)
+    t = rng.uniform(0.0, 1.0, n)  # unsorted: τ may be < 0 or >= bins → dropped
+    p = rng.choice([-1, 1], n)
+    ours = voxel_grid(x, y, t, p, bins=bins, height=height, width=width)
+    assert_bit_exact(ours, literal_voxel_grid(x, y, t, p, bins, height, width))
+    assert_bit_exact(ours, add_at_voxel_grid(x, y, t, p, bins, height, width))
+
+
+def test_rectified_negative_fraction_kept_and_out_of_frame_dropped() -> None:
+    x = np.array([-0.7, -1.0, 3.9, 4.0, 0.0], np.float32)
+    y = np.array([0.5, 0.0, 2.99, 0.0, -0.2], np.float32)
+    t = np.array([0, 1, 2, 3, 4])
+    p = np.array([1, 1, 0, 1, 1], np.uint8)
+    grid = voxel_grid(x, y, t, p, bins=2, height=3, width=4)
+    assert grid[:, 0, 0].sum() == pytest.approx(2.0)  # x=-0.7 → column 0; y=-0.2 → row 0
+    assert grid[:, 2, 3].sum() == pytest.approx(-1.0)  # (3.9, 2.99) → (3, 2), OFF
+    assert np.abs(grid).sum() == pytest.approx(3.0)  # x=-1.0 and x=4.0 dropped
+
+
+def test_inputs_unchanged_and_empty_and_constant_time() -> None:
+    rng = np.random.default_rng(1)
+    x, y, t, p = random_events(rng, 200, 8, 8, rectified=True)
+    p[::3] = 0
+    copies = [a.copy() for a in (x, y, t, p)]
+    voxel_grid(x, y, t, p, bins=4, height=8, width=8)
+    for before, after in zip(copies, (x, y, t, p)):
+        assert np.array_equal(before, after)
+    empty = np.empty(0)
+    assert not voxel_grid(empty, empty, empty, empty, bins=3, height=2, width=2).any()
+    same_t = voxel_grid([0, 1], [0, 0], [5, 5], [1, 1], bins=3, height=1, width=2)  # Δ = 0 → Δ = 1.0
+    assert same_t[0].tolist() == [[1.0, 1.0]] and not same_t[1:].any()
+
+
+def test_bad_inputs_raise() -> None:
+    with pytest.raises(ValueError, match="NaN"):
+        voxel_grid([0, 0], [0, 0], [0.0, np.nan], [1, 1], bins=2, height=1, width=1)
+    with pytest.raises(ValueError, match="length"):
+        voxel_grid([0], [0, 0], [0, 1], [1, 1], bins=2, height=1, width=1)
+    with pytest.raises(ValueError, match="bins"):
+        voxel_grid([0], [0], [0], [1], bins=0, height=1, width=1)
+    with pytest.raises(TypeError, match="t must be integer or float"):
+        voxel_grid([0], [0], np.array(["a"]), [1], bins=1, height=1, width=1)
+
+
+def test_sum_equals_signed_event_count() -> None:
+    rng = np.random.default_rng(2)
+    x, y, t, p = random_events(rng, 5000, 48, 64, rectified=False)
+    grid = voxel_grid(x, y, t, p, bins=10, height=48, width=64)
+    expected = int(np.count_nonzero(p == 1)) - int(np.count_nonzero(p != 1))
+    print("sum", float(grid.sum(dtype=np.float64)), "expected", expected)
+    assert float(grid.sum(dtype=np.float64)) == pytest.approx(expected, abs=1e-3)
+
+
+def _torch_matches_numpy(device: str) -> None:
+    rng = np.random.default_rng(4)
+    for rectified in (True, False):
+        x, y, t, p = random_events(rng, 20_000, 30, 40, rectified=rectified)
+        expected = voxel_grid(x, y, t, p, bins=10, height=30, width=40)
+        tensors = [torch.from_numpy(a.astype(np.int64) if a.dtype == np.uint8 else a) for a in (x, y, t, p)]
+        got = voxel_grid_torch(*tensors, bins=10, height=30, width=40, device=device)
+        diff = float((got.cpu() - torch.from_numpy(expected)).abs().max())
+        print(device, "rectified" if rectified else "integer", "max abs diff", diff)
+        assert got.dtype == torch.float32 and got.device.type == device
+        assert diff < 1e-4  # float32 sums of up to ~100 unit weights per cell, different order
+
+
+def test_torch_matches_numpy_cpu() -> None:
+    _torch_matches_numpy("cpu")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: voxel_grid_torch on device")
+def test_torch_matches_numpy_cuda() -> None:
+    _torch_matches_numpy("cuda")
+
+
+def test_crop_bottom() -> None:
+    grid = np.arange(2 * 5 * 3).reshape(2, 5, 3)
+    assert crop_bottom(grid, 2).shape == (2, 3, 3) and np.array_equal(crop_bottom(grid, 2), grid[:, :3])
+    assert crop_bottom(torch.zeros(10, 480, 640), 40).shape == (10, 440, 640)
+    with pytest.raises(ValueError, match="rows"):
+        crop_bottom(grid, 5)
