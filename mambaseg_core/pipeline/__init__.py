@@ -1,0 +1,32 @@
+"""Frames + events -> class masks: the Segmenter (one code path for the node, bag tools and benchmarks)."""
+
+from mambaseg_core.pipeline.colorize import UNLABELED_COLOR, colorize, overlay, palette_lut, to_rgb8
+from mambaseg_core.pipeline.event_clock import EventClock, EventClockMode
+from mambaseg_core.pipeline.segmenter import (
+    ClassInfo,
+    NetworkInputs,
+    SegmentationResult,
+    Segmenter,
+    SegmenterConfig,
+    SegmenterStats,
+    build_model,
+    resolve_classes,
+)
+
+__all__ = [
+    "UNLABELED_COLOR",
+    "ClassInfo",
+    "EventClock",
+    "EventClockMode",
+    "NetworkInputs",
+    "SegmentationResult",
+    "Segmenter",
+    "SegmenterConfig",
+    "SegmenterStats",
+    "build_model",
+    "colorize",
+    "overlay",
+    "palette_lut",
+    "resolve_classes",
+    "to_rgb8",
+]

@@ -1,0 +1,379 @@
+"""The one code path from an event stream + camera frames to class masks (ROS node, bag tools, benchmarks).
+
+Per frame (image (H_in, W_in[, 3]) at `stamp_us`, network input (H, W) = model.config.image_size):
+1. Window: the events strictly before `stamp_us` from the ring buffer -- the last `window_events`
+   (mode `count`, DSEC: 100k) or those in [stamp - window_duration_us, stamp) (mode `duration`, DDD17: 50 ms).
+2. Voxel grid (event_bins, H_in, W_in) of the window at the sensor size, which must equal the image size:
+   events are expected pixel-aligned with the image (as DSEC's ev_inf frames and DDD17's DAVIS frames are).
+   torch on CUDA devices, numpy otherwise. With no events, `missing_events` decides: `skip` the frame or
+   `zeros` (an image-only prediction with an all-zero voxel grid).
+3. Image -> float (image_channels, H_in, W_in) in [0, 1] (uint8 / 255, uint16 / 65535; no mean/std, as trained);
+   RGB -> gray uses the ITU-R 601 luma weights, gray -> RGB repeats the channel.
+4. Fit to the network size, the same transform for image and voxel grid (`image_fit`):
+   - `crop_bottom`: keep the top H rows (DSEC drops the bottom 40 of 480 rows, DDD17 60 of 260: the car
+     hood); needs W_in == W and H_in >= H.
+   - `resize`: bilinear with antialiasing to (H, W), any input size.
+5. Model forward under `torch.inference_mode`, argmax over classes -> uint8 ids.
+6. Output at `output_resolution`: `network` (H, W) or `input` (H_in, W_in): ids resized nearest-neighbour
+   (`resize`) or padded with 255 = unlabeled below the kept rows (`crop_bottom`); then palette + overlay.
+
+`add_events` and `reset` may be called from another thread while `segment` runs (the ring buffer locks).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mambaseg_core.config import ConfigError
+from mambaseg_core.data.classes import CLASS_SETS, IGNORE_INDEX
+from mambaseg_core.events import EventBatch, EventRingBuffer, voxel_grid, voxel_grid_torch
+from mambaseg_core.pipeline.colorize import colorize, overlay, palette_lut, to_rgb8
+
+log = logging.getLogger(__name__)
+
+# ITU-R 601-2 luma, the weights of PIL's convert("L") (torchvision Grayscale).
+_LUMA = (0.299, 0.587, 0.114)
+# The default class set for a model with this many classes.
+_CLASS_SET_BY_COUNT = {cs.num_classes: key for key, cs in CLASS_SETS.items()}
+
+
+@dataclass
+class SegmenterConfig:
+    """How frames and events become network inputs and masks. Every key is validated at load time."""
+
+    window_mode: Literal["count", "duration"] = "count"  # last N events (DSEC) or a fixed time span (DDD17)
+    window_events: int = 100_000  # N for `count`
+    window_duration_us: int = 50_000  # span for `duration`, µs
+    sensor_size: tuple[int, int] | None = None  # (H, W) of the event sensor; None = each image's size
+    buffer_duration_us: int = 2_000_000  # history kept in the ring buffer, µs
+    buffer_max_events: int = 4_000_000  # hard cap on buffered events (13 B each): bounds memory in floods
+    missing_events: Literal["skip", "zeros"] = "skip"  # no event in the window: drop the frame or run image-only
+    image_fit: Literal["resize", "crop_bottom"] = "resize"  # image size -> network size (module docstring)
+    output_resolution: Literal["input", "network"] = "input"  # masks at the image's size or the network's
+    overlay_alpha: float = 0.5  # weight of the class colour in the overlay
+    class_set: str = "auto"  # dsec11 | dsec19 | ddd17 | auto (from the model's class count)
+    class_names: list[str] | None = None  # overrides the class set's names (one per class)
+    palette: list[tuple[int, int, int]] | None = None  # overrides the class set's RGB palette (one per class)
+
+    def validate(self) -> None:
+        if self.window_events < 1:
+            raise ConfigError("window_events", f"must be >= 1, got {self.window_events}")
+        if self.window_duration_us < 1:
+            raise ConfigError("window_duration_us", f"must be >= 1, got {self.window_duration_us}")
+        if self.sensor_size is not None and min(self.sensor_size) < 1:
+            raise ConfigError("sensor_size", f"must be positive (H, W) or null, got {self.sensor_size}")
+        if self.buffer_max_events < 1:
+            raise ConfigError("buffer_max_events", f"must be >= 1, got {self.buffer_max_events}")
+        if self.window_mode == "count" and self.buffer_max_events < self.window_events:
+            raise ConfigError(
+                "buffer_max_events", f"must be >= window_events ({self.window_events}), got {self.buffer_max_events}"
+            )
+        if self.buffer_duration_us < 1:
+            raise ConfigError("buffer_duration_us", f"must be >= 1, got {self.buffer_duration_us}")
+        if self.window_mode == "duration" and self.buffer_duration_us < self.window_duration_us:
+            raise ConfigError(
+                "buffer_duration_us",
+                f"must be >= window_duration_us ({self.window_duration_us}), got {self.buffer_duration_us}",
+            )
+        if not 0.0 <= self.overlay_alpha <= 1.0:
+            raise ConfigError("overlay_alpha", f"must be in [0, 1], got {self.overlay_alpha}")
+        if self.class_set != "auto" and self.class_set not in CLASS_SETS:
+            raise ConfigError("class_set", f"must be 'auto' or one of {sorted(CLASS_SETS)}, got {self.class_set!r}")
+        for i, rgb in enumerate(self.palette or ()):
+            if any(not 0 <= c <= 255 for c in rgb):
+                raise ConfigError(f"palette[{i}]", f"RGB values must be in 0..255, got {list(rgb)}")
+
+
+@dataclass(frozen=True)
+class ClassInfo:
+    """Names and (K, 3) uint8 RGB palette of the model's K classes."""
+
+    key: str
+    names: tuple[str, ...]
+    palette: np.ndarray
+
+
+def resolve_classes(config: SegmenterConfig, num_classes: int) -> ClassInfo:
+    """The class names and palette for a model with `num_classes` outputs; errors name the config key."""
+    key = config.class_set
+    if key == "auto":
+        if num_classes not in _CLASS_SET_BY_COUNT and (config.palette is None or config.class_names is None):
+            raise ConfigError(
+                "class_set",
+                f"no built-in class set has {num_classes} classes ({sorted(_CLASS_SET_BY_COUNT)} exist): "
+                "set class_names and palette",
+            )
+        key = _CLASS_SET_BY_COUNT.get(num_classes, "custom")
+    base = CLASS_SETS.get(key)
+    if base is not None and base.num_classes != num_classes:
+        raise ConfigError("class_set", f"{key!r} has {base.num_classes} classes but the model predicts {num_classes}")
+    names = tuple(config.class_names) if config.class_names is not None else base.names  # type: ignore[union-attr]
+    palette = np.array(config.palette, np.uint8) if config.palette is not None else base.palette  # type: ignore[union-attr]
+    if len(names) != num_classes:
+        raise ConfigError("class_names", f"needs {num_classes} names (one per class), got {len(names)}")
+    if palette.shape != (num_classes, 3):
+        raise ConfigError("palette", f"needs {num_classes} RGB colours (one per class), got shape {palette.shape}")
+    return ClassInfo(key, names, palette)
+
+
+@dataclass
+class SegmentationResult:
+    """Masks of one frame. (H', W') is the input or the network size per `output_resolution`."""
+
+    class_ids: np.ndarray  # (H', W') uint8, 255 = unlabeled
+    colored: np.ndarray  # (H', W', 3) uint8 RGB
+    overlay: np.ndarray  # (H', W', 3) uint8 RGB
+    events_used: int  # events in the voxel grid (0: image-only, `missing_events: zeros`)
+    timings_ms: dict[str, float]  # per stage: window, voxel, preprocess, forward, postprocess, total
+
+
+@dataclass
+class SegmenterStats:
+    """Counters since construction (not cleared by `reset`)."""
+
+    frames: int = 0  # segment() calls that returned a result
+    skipped_no_events: int = 0  # frames dropped by missing_events=skip
+    image_only: int = 0  # frames run with an all-zero voxel grid (missing_events=zeros)
+    resets: int = 0  # reset() calls (time jumps)
+
+
+@dataclass
+class NetworkInputs:
+    """What the model sees for one frame: image (1, C, H, W), events (1, bins, H, W), both float32."""
+
+    image: torch.Tensor
+    events: torch.Tensor
+    events_used: int
+
+
+class Segmenter:
+    """Events + image -> class ids, colored mask and overlay with one model on one device (module docstring)."""
+
+    def __init__(self, model: torch.nn.Module, config: SegmenterConfig, device: str | torch.device = "cpu"):
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        model_config = model.config
+        self.config = config
+        self.network_size: tuple[int, int] = (int(model_config.image_size[0]), int(model_config.image_size[1]))
+        self.image_channels: int = int(model_config.image_channels)
+        self.event_bins: int = int(model_config.event_bins)
+        if self.image_channels not in (1, 3):
+            raise ValueError(f"model image_channels must be 1 or 3, got {self.image_channels}")
+        self.classes = resolve_classes(config, int(model_config.num_classes))
+        self._lut = palette_lut(self.classes.palette)
+        if config.sensor_size is not None:
+            self._check_fit((config.sensor_size[0], config.sensor_size[1]), "sensor_size")
+        self.stats = SegmenterStats()
+        self._buffer = EventRingBuffer(config.buffer_duration_us, config.buffer_max_events)
+
+    # ---- event stream -------------------------------------------------------------------------------
+
+    def add_events(self, batch: EventBatch) -> None:
+        """Append events whose times (µs) are already in the image clock (the ring buffer's policies apply)."""
+        self._buffer.append(batch)
+
+    @property
+    def latest_event_us(self) -> int | None:
+        """The newest buffered event time (µs, image clock); None when the buffer is empty."""
+        return self._buffer.latest_time
+
+    @property
+    def buffer(self) -> EventRingBuffer:
+        """The event ring buffer (its `stats` count overflow drops and resets; `len` is the events held)."""
+        return self._buffer
+
+    def reset(self) -> None:
+        """Forget every buffered event (the clock jumped, e.g. a bag looped)."""
+        self._buffer.clear()
+        self.stats.resets += 1
+
+    def window(self, stamp_us: int) -> EventBatch:
+        """The events the frame at `stamp_us` uses (strictly before it), per `window_mode`."""
+        if self.config.window_mode == "count":
+            return self._buffer.last_n(self.config.window_events, stamp_us)
+        return self._buffer.window(stamp_us - self.config.window_duration_us, stamp_us)
+
+    # ---- frames -------------------------------------------------------------------------------------
+
+    def _check_fit(self, size: tuple[int, int], what: str) -> None:
+        height, width = self.network_size
+        if self.config.image_fit == "crop_bottom" and (size[1] != width or size[0] < height):
+            raise ValueError(
+                f"{what} {size[0]}x{size[1]} cannot be cropped to the network input {height}x{width} "
+                "(image_fit=crop_bottom keeps the top rows: needs the same width and at least as many rows)"
+            )
+
+    def _check_image(self, image: np.ndarray) -> tuple[int, int]:
+        if image.dtype not in (np.uint8, np.uint16):
+            raise ValueError(f"image must be uint8 or uint16, got {image.dtype}")
+        if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
+            raise ValueError(f"image must be (H, W) gray or (H, W, 3) RGB, got shape {image.shape}")
+        size = (int(image.shape[0]), int(image.shape[1]))
+        sensor = self.config.sensor_size
+        if sensor is not None and size != tuple(sensor):
+            raise ValueError(f"image size {size[0]}x{size[1]} differs from sensor_size {sensor[0]}x{sensor[1]}")
+        self._check_fit(size, "image size")
+        return size
+
+    def _image_tensor(self, image: np.ndarray) -> torch.Tensor:
+        """(H, W[, 3]) uint8/uint16 -> (image_channels, H, W) float32 in [0, 1] on the device."""
+        if image.dtype == np.uint16:  # torch has no general uint16 arithmetic
+            tensor = torch.from_numpy(image.astype(np.float32)).to(self.device) / 65535.0
+        else:
+            tensor = torch.from_numpy(np.ascontiguousarray(image)).to(self.device).float() / 255.0
+        tensor = tensor[None] if tensor.dim() == 2 else tensor.permute(2, 0, 1)
+        if self.image_channels == 1 and tensor.shape[0] == 3:
+            weights = torch.tensor(_LUMA, device=self.device).view(3, 1, 1)
+            tensor = (tensor * weights).sum(0, keepdim=True)
+        elif self.image_channels == 3 and tensor.shape[0] == 1:
+            tensor = tensor.expand(3, -1, -1)
+        return tensor
+
+    def _voxel_tensor(self, events: EventBatch, size: tuple[int, int]) -> torch.Tensor:
+        """(event_bins, H, W) float32 voxel grid of `events` on the device (zeros for no events)."""
+        height, width = size
+        if len(events) == 0:
+            return torch.zeros(self.event_bins, height, width, device=self.device)
+        args = (events.x, events.y, events.t, events.p)
+        if self.device.type == "cuda":
+            return voxel_grid_torch(*args, bins=self.event_bins, height=height, width=width, device=self.device)
+        return torch.from_numpy(voxel_grid(*args, bins=self.event_bins, height=height, width=width))
+
+    def _fit(self, tensor: torch.Tensor) -> torch.Tensor:
+        """(C, H_in, W_in) -> (C, H, W) by `image_fit`."""
+        height, width = self.network_size
+        if tuple(tensor.shape[-2:]) == (height, width):
+            return tensor
+        if self.config.image_fit == "crop_bottom":
+            return tensor[:, :height, :width]
+        return F.interpolate(tensor[None], size=(height, width), mode="bilinear", align_corners=False, antialias=True)[
+            0
+        ]
+
+    def _unfit_ids(self, ids: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """(H, W) uint8 ids at the network size -> (H_in, W_in) at the input size, the inverse of `_fit`."""
+        if tuple(ids.shape) == size:
+            return ids
+        if self.config.image_fit == "crop_bottom":
+            full = torch.full(size, IGNORE_INDEX, dtype=torch.uint8, device=ids.device)
+            full[: ids.shape[0]] = ids
+            return full
+        # Nearest neighbour: interpolating ids would invent classes at borders.
+        return F.interpolate(ids[None, None].float(), size=size, mode="nearest-exact")[0, 0].to(torch.uint8)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def prepare(self, image: np.ndarray, stamp_us: int) -> NetworkInputs:
+        """Steps 1-4 of the module docstring: the network inputs for this frame (no skip policy applied)."""
+        return self._prepare(image, stamp_us, {})
+
+    def _prepare(self, image: np.ndarray, stamp_us: int, timings: dict[str, float]) -> NetworkInputs:
+        size = self._check_image(image)
+        start = time.perf_counter()
+        events = self.window(stamp_us)
+        timings["window"] = _ms_since(start)
+        start = time.perf_counter()
+        voxels = self._voxel_tensor(events, size)
+        self._sync()
+        timings["voxel"] = _ms_since(start)
+        start = time.perf_counter()
+        image_tensor = self._fit(self._image_tensor(image))
+        voxels = self._fit(voxels)
+        self._sync()
+        timings["preprocess"] = _ms_since(start)
+        return NetworkInputs(image_tensor[None].contiguous(), voxels[None].contiguous(), len(events))
+
+    def segment(self, image: np.ndarray, stamp_us: int) -> SegmentationResult | None:
+        """Segment one frame (image (H, W) gray or (H, W, 3) RGB, uint8/uint16) taken at `stamp_us` (image clock).
+
+        Returns None when the window holds no events and `missing_events` is `skip`.
+        Raises ValueError for images of the wrong dtype, layout or size.
+        """
+        total_start = time.perf_counter()
+        timings: dict[str, float] = {}
+        inputs = self._prepare(image, stamp_us, timings)
+        if inputs.events_used == 0:
+            if self.config.missing_events == "skip":
+                self.stats.skipped_no_events += 1
+                return None
+            if self.stats.image_only == 0:
+                log.warning("no events before frame at %d us: running image-only (zero voxel grid)", stamp_us)
+            self.stats.image_only += 1
+        start = time.perf_counter()
+        with torch.inference_mode():
+            logits = self.model(image=inputs.image, events=inputs.events)
+            ids = logits[0].argmax(0).to(torch.uint8)
+        self._sync()
+        timings["forward"] = _ms_since(start)
+        start = time.perf_counter()
+        if self.config.output_resolution == "input":
+            ids = self._unfit_ids(ids, (int(image.shape[0]), int(image.shape[1])))
+            base = to_rgb8(image)
+        else:
+            # The overlay shows what the network saw: the fitted (and possibly gray) image.
+            pixels = (inputs.image[0] * 255.0).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0)
+            base = to_rgb8(pixels.cpu().numpy().squeeze(2) if self.image_channels == 1 else pixels.cpu().numpy())
+        class_ids = ids.cpu().numpy()
+        colored = colorize(class_ids, self._lut)
+        blended = overlay(base, colored, class_ids, self.config.overlay_alpha)
+        timings["postprocess"] = _ms_since(start)
+        timings["total"] = _ms_since(total_start)
+        self.stats.frames += 1
+        return SegmentationResult(class_ids, colored, blended, inputs.events_used, timings)
+
+
+def _ms_since(start: float) -> float:
+    return (time.perf_counter() - start) * 1e3
+
+
+def build_model(
+    checkpoint: str | Path | None,
+    model_config: str | Path | dict | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    scan_backend: str | None = None,
+    random_seed: int | None = None,
+) -> torch.nn.Module:
+    """The segmentation model in eval mode on `device`.
+
+    With a `checkpoint` (ours or official): its weights and, for ours, its stored config; `model_config`
+    then only supplies the image_size that official checkpoints do not record. Without one, and only when
+    `random_seed` is given: random weights for `model_config` (proof-of-life tests, plumbing demos).
+    Raises FileNotFoundError / ValueError naming the missing input otherwise.
+    """
+    from mambaseg_core.models import MambaSeg, load_model, load_model_config
+
+    if checkpoint:
+        if not Path(checkpoint).is_file():
+            raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
+        image_size = load_model_config(model_config).image_size if model_config else None
+        return load_model(str(checkpoint), device=device, scan_backend=scan_backend, image_size=image_size)
+    if random_seed is None:
+        raise ValueError("no checkpoint given (random weights were not allowed)")
+    if not model_config:
+        raise ValueError("random weights need a model_config (no checkpoint given)")
+    config = load_model_config(model_config, **({"scan_backend": scan_backend} if scan_backend else {}))
+    torch.manual_seed(random_seed)
+    return MambaSeg(config).to(device).eval()
+
+
+__all__ = [
+    "ClassInfo",
+    "NetworkInputs",
+    "SegmentationResult",
+    "Segmenter",
+    "SegmenterConfig",
+    "SegmenterStats",
+    "build_model",
+    "resolve_classes",
+]

@@ -1,0 +1,194 @@
+"""Test helpers for the segmentation pipeline and node: a tiny random-weight model, synthetic frames + events,
+and a lock-step frame driver for ROS tests. ROS modules are imported lazily (pipeline tests import this too).
+
+Run as a script it is the separate publisher process of the cross-process test:
+    python test/seg_harness.py --frames 4 --image-topic /cam/image --events-topic /cam/events \
+        --mask-topic /mambaseg_node/raw_mask --height 64 --width 96
+It publishes each frame's events then its image, waits for the mask of that frame, and exits 0 once every
+frame got its mask (1 on timeout).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from mambaseg_core.events import EventBatch
+
+TINY_MODEL = dict(
+    image_size=[32, 48],
+    image_channels=3,
+    num_classes=6,
+    event_bins=10,
+    dims=[16, 16, 32, 64],
+    depths=[1, 1, 1, 1],
+    decoder_dim=32,
+)
+BASE_US = 1_000_000_000  # frame 0 at t = 1000 s
+FRAME_PERIOD_US = 50_000
+EVENTS_PER_FRAME = 1500
+
+
+def write_tiny_model_config(folder: Path) -> Path:
+    path = folder / "tiny_model.yaml"
+    path.write_text(yaml.safe_dump(TINY_MODEL))
+    return path
+
+
+def write_params(folder: Path, model_config: Path, **overrides: Any) -> Path:
+    """A params file for the node with the tiny random-weight model on CPU and test-friendly QoS/latency."""
+    params = {
+        "model_config": str(model_config),
+        "allow_random_weights": True,
+        "device": "cpu",
+        "window_events": 1000,
+        "image_reliability": "reliable",
+        "events_reliability": "reliable",
+        "max_event_latency_ms": 5000.0,
+        **overrides,
+    }
+    path = folder / "node_params.yaml"
+    path.write_text(yaml.safe_dump({"/**": {"ros__parameters": params}}))
+    return path
+
+
+@dataclass
+class Frame:
+    image: np.ndarray  # (H, W, 3) uint8 RGB
+    events: EventBatch  # times in [stamp - FRAME_PERIOD_US, stamp + 1 ms): the last ones release the node's wait
+    stamp_us: int
+
+
+def synthetic_frame(index: int, height: int, width: int) -> Frame:
+    rng = np.random.default_rng(index)
+    stamp = BASE_US + index * FRAME_PERIOD_US
+    n = EVENTS_PER_FRAME
+    events = EventBatch.from_arrays(
+        rng.integers(0, width, n),
+        rng.integers(0, height, n),
+        np.sort(rng.integers(stamp - FRAME_PERIOD_US, stamp + 1000, n)),
+        rng.integers(0, 2, n),
+    )
+    return Frame(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), events, stamp)
+
+
+def event_packet(events: EventBatch, width: int, height: int) -> Any:
+    """A mono EventPacket whose time_base is the first event's time (ns), stamped with that time."""
+    from event_camera_msgs.msg import EventPacket
+
+    from mambaseg_core.events import encode_mono
+    from mambaseg_ros.conversions import us_to_stamp
+
+    time_base = int(events.t[0]) * 1000
+    msg = EventPacket(encoding="mono", width=width, height=height, time_base=time_base, is_bigendian=False)
+    msg.header.stamp = us_to_stamp(int(events.t[0]))
+    msg.events = encode_mono(events, time_base)
+    return msg
+
+
+def image_message(image: np.ndarray, stamp_us: int, frame_id: str = "camera") -> Any:
+    from std_msgs.msg import Header
+
+    from mambaseg_ros.conversions import numpy_to_image, us_to_stamp
+
+    return numpy_to_image(image, "rgb8", Header(stamp=us_to_stamp(stamp_us), frame_id=frame_id))
+
+
+class FrameDriver:
+    """Publishes frames into the node and collects what it publishes; spins its own executor (one node)."""
+
+    def __init__(self, node: Any, image_topic: str, events_topic: str, output_topics: list[str]):
+        from event_camera_msgs.msg import EventPacket
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import Image
+
+        qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+        self.node = node
+        self.image_pub = node.create_publisher(Image, image_topic, qos)
+        self.events_pub = node.create_publisher(
+            EventPacket, events_topic, QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
+        )
+        self.received: dict[str, list[Any]] = {topic: [] for topic in output_topics}
+        self._subscriptions = [
+            node.create_subscription(Image, topic, self.received[topic].append, qos) for topic in output_topics
+        ]
+        self.executor = SingleThreadedExecutor(context=node.context)
+        self.executor.add_node(node)
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                return False
+            self.executor.spin_once(timeout_sec=0.05)
+        return True
+
+    def wait_for_connections(self, timeout: float = 60.0) -> bool:
+        return self.wait_for(
+            lambda: (
+                self.image_pub.get_subscription_count() > 0
+                and self.events_pub.get_subscription_count() > 0
+                and all(sub.get_publisher_count() > 0 for sub in self._subscriptions)
+            ),
+            timeout,
+        )
+
+    def send(self, frame: Frame) -> None:
+        height, width = frame.image.shape[:2]
+        self.events_pub.publish(event_packet(frame.events, width, height))
+        self.image_pub.publish(image_message(frame.image, frame.stamp_us))
+
+    def run_lockstep(self, frames: list[Frame], timeout_per_frame: float = 60.0) -> bool:
+        """Send each frame after the previous one's outputs arrived on every output topic."""
+        for count, frame in enumerate(frames, start=1):
+            self.send(frame)
+            if not self.wait_for(lambda c=count: all(len(v) >= c for v in self.received.values()), timeout_per_frame):
+                return False
+        return True
+
+
+def stamps_us(messages: list[Any]) -> list[int]:
+    from mambaseg_ros.conversions import stamp_to_us
+
+    return [stamp_to_us(m.header.stamp) for m in messages]
+
+
+def main() -> int:
+    import rclpy
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--frames", type=int, default=4)
+    parser.add_argument("--image-topic", required=True)
+    parser.add_argument("--events-topic", required=True)
+    parser.add_argument("--mask-topic", required=True)
+    parser.add_argument("--height", type=int, default=64)
+    parser.add_argument("--width", type=int, default=96)
+    parser.add_argument("--timeout", type=float, default=60.0)
+    args = parser.parse_args()
+    rclpy.init()
+    node = rclpy.create_node("seg_harness_publisher")
+    try:
+        driver = FrameDriver(node, args.image_topic, args.events_topic, [args.mask_topic])
+        if not driver.wait_for_connections(args.timeout):
+            print("publisher: the node never connected", file=sys.stderr)
+            return 1
+        frames = [synthetic_frame(i, args.height, args.width) for i in range(args.frames)]
+        ok = driver.run_lockstep(frames, args.timeout)
+        print(f"publisher: {len(driver.received[args.mask_topic])} masks for {len(frames)} frames", flush=True)
+        return 0 if ok else 1
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,267 @@
+"""Segmenter: shapes, ids == argmax of the model on independently built inputs, windows, policies, geometry."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from seg_harness import TINY_MODEL
+
+from mambaseg_core.config import ConfigError, load_config
+from mambaseg_core.data.classes import IGNORE_INDEX
+from mambaseg_core.events import EventBatch, voxel_grid
+from mambaseg_core.models import MambaSeg, load_model_config
+from mambaseg_core.pipeline import EventClock, Segmenter, SegmenterConfig, build_model
+
+NET_H, NET_W = TINY_MODEL["image_size"]
+BINS = TINY_MODEL["event_bins"]
+
+
+def tiny_config(image_channels: int = 3) -> dict:
+    return {**TINY_MODEL, "image_channels": image_channels}
+
+
+@pytest.fixture(scope="module")
+def model() -> MambaSeg:
+    torch.manual_seed(0)
+    return MambaSeg(load_model_config(tiny_config())).eval()
+
+
+def make_events(n: int, t0: int, t1: int, height: int = NET_H, width: int = NET_W, seed: int = 0) -> EventBatch:
+    """n events with sorted times in [t0, t1), uniformly over the frame."""
+    rng = np.random.default_rng(seed)
+    return EventBatch.from_arrays(
+        rng.integers(0, width, n), rng.integers(0, height, n), np.sort(rng.integers(t0, t1, n)), rng.integers(0, 2, n)
+    )
+
+
+def make_image(height: int = NET_H, width: int = NET_W, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def segmenter(model, **config) -> Segmenter:
+    return Segmenter(model, load_config(SegmenterConfig, config), "cpu")
+
+
+def direct_ids(model: MambaSeg, image: np.ndarray, events: EventBatch) -> np.ndarray:
+    """The reference: the model called on a voxel grid and image built here, not by the Segmenter."""
+    grid = voxel_grid(events.x, events.y, events.t, events.p, bins=BINS, height=NET_H, width=NET_W)
+    image_tensor = torch.from_numpy(image).permute(2, 0, 1).float()[None] / 255.0
+    with torch.inference_mode():
+        logits = model(image=image_tensor, events=torch.from_numpy(grid)[None])
+    return logits[0].argmax(0).numpy().astype(np.uint8)
+
+
+def test_segment_outputs_and_ids_match_the_model_called_directly(model):
+    seg = segmenter(model, window_mode="count", window_events=700)
+    events = make_events(3000, 0, 100_000)
+    seg.add_events(events)
+    stamp = 60_000
+    image = make_image()
+    result = seg.segment(image, stamp)
+    assert result is not None
+    assert result.class_ids.shape == (NET_H, NET_W) and result.class_ids.dtype == np.uint8
+    assert result.colored.shape == result.overlay.shape == (NET_H, NET_W, 3)
+    assert result.colored.dtype == result.overlay.dtype == np.uint8
+    assert set(result.timings_ms) == {"window", "voxel", "preprocess", "forward", "postprocess", "total"}
+    expected_window = events[events.t < stamp][-700:]
+    assert result.events_used == 700
+    expected = direct_ids(model, image, expected_window)
+    mismatches = int((result.class_ids != expected).sum())
+    print(f"ids differing from the direct model call: {mismatches} of {expected.size}")
+    assert mismatches == 0
+    assert int(result.class_ids.max()) < 6
+
+
+@pytest.mark.parametrize("mode", ["count", "duration"])
+def test_window_is_strictly_before_the_stamp(model, mode):
+    seg = segmenter(model, window_mode=mode, window_events=50, window_duration_us=10_000)
+    # One event per 100 µs, including exactly at the window start and at the stamp.
+    times = np.arange(0, 50_000, 100)
+    batch = EventBatch.from_arrays(times % NET_W, times % NET_H, times, times % 2)
+    seg.add_events(batch)
+    stamp = 30_000
+    window = seg.window(stamp)
+    if mode == "count":
+        expected = times[times < stamp][-50:]
+    else:
+        expected = times[(times >= stamp - 10_000) & (times < stamp)]
+    print(f"{mode}: {len(window)} events [{window.t.min()}, {window.t.max()}]")
+    np.testing.assert_array_equal(window.t, expected)
+
+
+def test_count_window_with_fewer_events_uses_what_there_is(model):
+    seg = segmenter(model, window_mode="count", window_events=1000)
+    seg.add_events(make_events(120, 0, 10_000))
+    assert len(seg.window(20_000)) == 120
+
+
+def test_missing_events_skip_returns_none(model):
+    seg = segmenter(model, missing_events="skip")
+    seg.add_events(make_events(100, 50_000, 60_000))
+    assert seg.segment(make_image(), 40_000) is None  # all events are after the frame
+    assert seg.stats.skipped_no_events == 1 and seg.stats.frames == 0
+
+
+def test_missing_events_zeros_runs_image_only(model):
+    seg = segmenter(model, missing_events="zeros")
+    image = make_image(seed=3)
+    result = seg.segment(image, 40_000)
+    assert result is not None and result.events_used == 0
+    assert seg.stats.image_only == 1
+    np.testing.assert_array_equal(result.class_ids, direct_ids(model, image, EventBatch.empty()))
+
+
+def test_crop_bottom_pads_unlabeled_rows_at_input_resolution(model):
+    events = make_events(2000, 0, 50_000, height=NET_H + 8)
+    image = make_image(NET_H + 8)
+    results = {}
+    for resolution in ("input", "network"):
+        seg = segmenter(model, image_fit="crop_bottom", output_resolution=resolution)
+        seg.add_events(events)
+        results[resolution] = seg.segment(image, 50_000)
+    full, net = results["input"].class_ids, results["network"].class_ids
+    assert full.shape == (NET_H + 8, NET_W) and net.shape == (NET_H, NET_W)
+    assert (full[NET_H:] == IGNORE_INDEX).all()
+    np.testing.assert_array_equal(full[:NET_H], net)
+    # The network saw the top rows only: the same as an uncropped frame holding those rows and their events.
+    top_events = events[events.y < NET_H]
+    np.testing.assert_array_equal(net, direct_ids(model, image[:NET_H], top_events))
+    np.testing.assert_array_equal(results["input"].overlay[NET_H:], image[NET_H:])  # unlabeled: plain image
+
+
+def test_resize_upsamples_ids_nearest_neighbour(model):
+    events = make_events(4000, 0, 50_000, height=2 * NET_H, width=2 * NET_W)
+    image = make_image(2 * NET_H, 2 * NET_W)
+    results = {}
+    for resolution in ("input", "network"):
+        seg = segmenter(model, image_fit="resize", output_resolution=resolution)
+        seg.add_events(events)
+        results[resolution] = seg.segment(image, 50_000)
+    full, net = results["input"].class_ids, results["network"].class_ids
+    assert full.shape == (2 * NET_H, 2 * NET_W) and net.shape == (NET_H, NET_W)
+    np.testing.assert_array_equal(full[::2, ::2], net)
+    np.testing.assert_array_equal(full[1::2, 1::2], net)
+
+
+def test_image_conversion_to_the_model_channels():
+    torch.manual_seed(0)
+    gray_model = MambaSeg(load_model_config(tiny_config(image_channels=1))).eval()
+    seg = segmenter(gray_model, missing_events="zeros")
+    rgb = make_image()
+    inputs = seg.prepare(rgb, 0)
+    luma = (rgb.astype(np.float32) / 255.0) @ np.array([0.299, 0.587, 0.114], np.float32)
+    diff = np.abs(inputs.image[0, 0].numpy() - luma).max()
+    print(f"max |gray - luma| = {diff}")
+    assert inputs.image.shape == (1, 1, NET_H, NET_W) and diff < 1e-6
+    gray16 = np.random.default_rng(0).integers(0, 65536, (NET_H, NET_W), dtype=np.uint16)
+    np.testing.assert_allclose(seg.prepare(gray16, 0).image[0, 0].numpy(), gray16 / 65535.0, atol=1e-6)
+
+
+def test_gray_image_is_repeated_for_an_rgb_model(model):
+    seg = segmenter(model)
+    gray = make_image()[:, :, 0]
+    image = seg.prepare(gray, 0).image[0]
+    assert image.shape == (3, NET_H, NET_W)
+    np.testing.assert_array_equal(image[0].numpy(), image[2].numpy())
+
+
+def test_bad_images_raise_value_error(model):
+    seg = segmenter(model, sensor_size=[NET_H, NET_W])
+    with pytest.raises(ValueError, match="uint8 or uint16"):
+        seg.segment(np.zeros((NET_H, NET_W, 3), np.float32), 0)
+    with pytest.raises(ValueError, match="shape"):
+        seg.segment(np.zeros((NET_H, NET_W, 4), np.uint8), 0)
+    with pytest.raises(ValueError, match="sensor_size"):
+        seg.segment(np.zeros((NET_H + 2, NET_W, 3), np.uint8), 0)
+    crop = segmenter(model, image_fit="crop_bottom")
+    with pytest.raises(ValueError, match="crop_bottom"):
+        crop.segment(np.zeros((NET_H + 4, NET_W - 2, 3), np.uint8), 0)
+
+
+def test_reset_forgets_events(model):
+    seg = segmenter(model)
+    seg.add_events(make_events(100, 0, 1000))
+    assert seg.latest_event_us is not None
+    seg.reset()
+    assert len(seg.window(2000)) == 0 and seg.latest_event_us is None
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ({"overlay_alpha": 2.0}, "overlay_alpha"),
+        ({"window_events": 0}, "window_events"),
+        ({"window_mode": "frames"}, "window_mode"),
+        ({"class_set": "cityscapes"}, "class_set"),
+        ({"window_events": 10, "buffer_max_events": 5}, "buffer_max_events"),
+        ({"palette": [[0, 0, 256]]}, "palette[0]"),
+    ],
+)
+def test_config_errors_name_the_key(override, key):
+    with pytest.raises(ConfigError) as info:
+        load_config(SegmenterConfig, override)
+    print(info.value)
+    assert info.value.key == key
+
+
+def test_class_set_must_match_the_model(model):
+    with pytest.raises(ConfigError, match="class_set"):
+        segmenter(model, class_set="dsec11")
+    seg = segmenter(model)  # auto: 6 classes -> ddd17
+    assert seg.classes.key == "ddd17" and len(seg.classes.names) == 6
+    custom = segmenter(model, class_set="auto", palette=[[i, i, i] for i in range(6)])
+    np.testing.assert_array_equal(custom.classes.palette[:, 0], np.arange(6))
+
+
+def test_build_model_random_weights_are_seeded_and_need_permission():
+    config = tiny_config()
+    first = build_model(None, config, random_seed=7)
+    second = build_model("", config, random_seed=7)
+    for a, b in zip(first.state_dict().values(), second.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="no checkpoint"):
+        build_model(None, config)
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        build_model("/nonexistent/model.pt", config)
+
+
+# ---- EventClock ------------------------------------------------------------------------------------------
+
+
+def _batch(times) -> EventBatch:
+    times = np.asarray(times)
+    return EventBatch.from_arrays(np.zeros_like(times), np.zeros_like(times), times, np.ones_like(times))
+
+
+def test_event_clock_header_offset_is_estimated_on_the_first_packet():
+    clock = EventClock("header_offset", tolerance_us=100_000)
+    aligned, jumped = clock.align(_batch([1000, 1500]), stamp_us=5_000_000)
+    assert not jumped and clock.offset_us == 4_999_000
+    np.testing.assert_array_equal(aligned.t, [5_000_000, 5_000_500])
+    aligned, jumped = clock.align(_batch([2000, 2600]), stamp_us=5_001_100)
+    assert not jumped
+    np.testing.assert_array_equal(aligned.t, [5_001_000, 5_001_600])
+
+
+def test_event_clock_detects_bag_loops_and_re_estimates():
+    clock = EventClock("header_offset", tolerance_us=100_000)
+    clock.align(_batch([1000]), stamp_us=5_000_000)
+    clock.align(_batch([900_000]), stamp_us=5_899_000)
+    aligned, jumped = clock.align(_batch([1000]), stamp_us=5_000_000)  # the bag started over
+    assert jumped and clock.jumps == 1
+    np.testing.assert_array_equal(aligned.t, [5_000_000])
+    # A sensor clock reset: stamps go on, event times restart -> the aligned time strays from the stamp.
+    aligned, jumped = clock.align(_batch([10]), stamp_us=5_500_000)
+    assert jumped and aligned.t[0] == 5_500_000
+
+
+def test_event_clock_as_is_keeps_times_and_flags_steps_back():
+    clock = EventClock("as_is", tolerance_us=1000)
+    aligned, jumped = clock.align(_batch([10_000, 20_000]), stamp_us=0)
+    assert not jumped
+    np.testing.assert_array_equal(aligned.t, [10_000, 20_000])
+    _, jumped = clock.align(_batch([19_500]), stamp_us=0)  # within tolerance
+    assert not jumped
+    _, jumped = clock.align(_batch([5_000]), stamp_us=0)
+    assert jumped
