@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 from mambaseg_core.data.fixtures import write_ddd17_fixture, write_dsec_download_fixture, write_dsec_fixture
 
-WRITERS = {"dsec": write_dsec_fixture, "ddd17": write_ddd17_fixture, "dsec-download": write_dsec_download_fixture}
+WRITERS: dict[str, Callable[..., Path]] = {
+    "dsec": write_dsec_fixture,
+    "ddd17": write_ddd17_fixture,
+    "dsec-download": write_dsec_download_fixture,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

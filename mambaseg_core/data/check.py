@@ -87,7 +87,7 @@ class _LabelHistogram:
 
     def add(self, report: CheckReport, path: Path, label: np.ndarray) -> None:
         counts = np.bincount(label.ravel(), minlength=256)
-        invalid = sorted(set(np.flatnonzero(counts)) - self.class_set.valid_ids())
+        invalid = sorted(set(np.flatnonzero(counts).tolist()) - self.class_set.valid_ids())
         if invalid:
             report.problem(
                 path,

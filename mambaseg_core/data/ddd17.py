@@ -197,23 +197,31 @@ class Ddd17Segmentation(Dataset):
         if self._events_pid != os.getpid():
             self._events, self._events_pid = {}, os.getpid()
         if folder.name not in self._events:
-            self._events[folder.name] = Ddd17Events(folder)
+            try:
+                self._events[folder.name] = Ddd17Events(folder)
+            except (OSError, ValueError) as err:
+                raise DatasetError(folder, f"cannot open events.dat.t/events.dat.xyp ({err})") from err
         return self._events[folder.name]
 
     def event_grid(self, folder: Path, frame_id: int) -> np.ndarray:
         """float32 (B, 200, 346) event tensor for the image `frame_id` of `folder`."""
         _, end, start = (int(v) for v in self.indices[folder.name][frame_id - 1])
         start = max(end - self.num_events, 0) if self.window_ms is None else max(start, 0)
-        batch = self.events_of(folder).slice(start, end)
-        if self.window_ms is not None and len(batch) > 0:
-            batch = batch[: official_window_end(batch.t)]
-        if len(batch) == 0:
+        try:
+            events = self.events_of(folder).slice(start, end)
+        except IndexError as err:
+            raise DatasetError(folder / "index", f"frame {frame_id}: {err}") from err
+        keep = len(events.t_ns)
+        if self.window_ms is not None and keep > 0:
+            keep = official_window_end(events.t_ns)
+        if keep == 0:
             raise DatasetError(
                 folder / "events.dat.t",
                 f"window [{start}, {end}) of frame {frame_id} has fewer than 2 distinct timestamps;"
                 " the official loader cannot build a voxel grid from it",
             )
-        grid = voxel_grid(batch.x, batch.y, batch.t, batch.p, bins=self.bins, height=SENSOR_HEIGHT, width=SENSOR_WIDTH)
+        x, y, t_ns, p = (a[:keep] for a in (events.x, events.y, events.t_ns, events.p))
+        grid = voxel_grid(x, y, t_ns, p, bins=self.bins, height=SENSOR_HEIGHT, width=SENSOR_WIDTH)
         return crop_bottom(grid, CROP_BOTTOM_ROWS)
 
     def __getitem__(self, index: int) -> dict[str, Any]:

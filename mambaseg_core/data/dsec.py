@@ -153,7 +153,10 @@ class DsecSequence(Dataset):
         self.generator = generator
         # Samples: every `label_stride`-th label after the first `label_skip` ones.
         self.label_indices = np.arange(label_skip, len(self.files.timestamps), label_stride)
-        self.rectify_map = load_rectify_map(self.files.rectify_map_h5)
+        try:
+            self.rectify_map = load_rectify_map(self.files.rectify_map_h5)
+        except (OSError, KeyError, ValueError) as err:
+            raise DatasetError(self.files.rectify_map_h5, f"cannot load the rectify map ({err})") from err
         self._reader: DsecEventReader | None = None
         self._reader_pid = -1
 
@@ -169,7 +172,10 @@ class DsecSequence(Dataset):
     def reader(self) -> DsecEventReader:
         """The events.h5 reader of this process, opened on first use (also after a fork)."""
         if self._reader is None or self._reader_pid != os.getpid():
-            self._reader = DsecEventReader(self.files.events_h5)
+            try:
+                self._reader = DsecEventReader(self.files.events_h5)
+            except (OSError, KeyError) as err:  # corrupt file, or not a DSEC events.h5
+                raise DatasetError(self.files.events_h5, f"cannot read as a DSEC events.h5 ({err})") from err
             self._reader_pid = os.getpid()
         return self._reader
 
@@ -201,6 +207,8 @@ class DsecSequence(Dataset):
                     self.files.events_h5,
                     f"no events in the window before label time {t_end_us} µs; cannot build a voxel grid",
                 )
+            if batch.x.max() >= SENSOR_WIDTH or batch.y.max() >= SENSOR_HEIGHT:
+                raise DatasetError(self.files.events_h5, f"events outside the {SENSOR_WIDTH}x{SENSOR_HEIGHT} sensor")
             x_rect, y_rect = rectify(batch.x, batch.y, self.rectify_map)
             grid = voxel_grid(
                 x_rect, y_rect, batch.t, batch.p, bins=self.bins, height=SENSOR_HEIGHT, width=SENSOR_WIDTH

@@ -95,7 +95,8 @@ def ev_inf_remap(homography: np.ndarray, height: int = EVENT_HEIGHT, width: int 
 
 def warp_to_event_camera(image: np.ndarray, remap: np.ndarray) -> np.ndarray:
     """Warp a rectified frame (H1, W1[, C]) into the event camera's view: (H, W[, C]), bicubic, black border."""
-    return cv2.remap(image, remap, None, interpolation=cv2.INTER_CUBIC)
+    # The official call (one 2-channel map, map2=None); OpenCV's stubs do not declare map2 optional.
+    return cv2.remap(image, remap, None, interpolation=cv2.INTER_CUBIC)  # type: ignore[call-overload]
 
 
 @dataclass(frozen=True)
