@@ -103,7 +103,8 @@ def test_own_checkpoint_errors(tmp_path: Path):
     checkpoint["state_dict"]["decoder.classifier.bias"] = torch.zeros(7)
     del checkpoint["state_dict"]["fusion.0.image_norm.weight"]
     torch.save(checkpoint, path)
-    with pytest.raises(ValueError, match=r"(?s)missing keys \(1\).*fusion.0.image_norm.weight.*decoder.classifier.bias"):
+    expected = r"(?s)missing keys \(1\).*fusion.0.image_norm.weight.*decoder.classifier.bias"
+    with pytest.raises(ValueError, match=expected):
         load_model(path)
     checkpoint["version"] = 99
     torch.save(checkpoint, path)
@@ -163,12 +164,14 @@ def _synthetic_vssm_checkpoint(path: Path, seed: int = 5) -> dict[str, torch.Ten
         if vssm_key is not None and not vssm_key.startswith("outnorm"):
             vssm[vssm_key] = torch.randn(value.shape, generator=generator)
     dim = SMALL["dims"][-1]
-    vssm.update({
-        "classifier.norm.weight": torch.ones(dim),
-        "classifier.norm.bias": torch.zeros(dim),
-        "classifier.head.weight": torch.randn(1000, dim, generator=generator),
-        "classifier.head.bias": torch.zeros(1000),
-    })
+    vssm.update(
+        {
+            "classifier.norm.weight": torch.ones(dim),
+            "classifier.norm.bias": torch.zeros(dim),
+            "classifier.head.weight": torch.randn(1000, dim, generator=generator),
+            "classifier.head.bias": torch.zeros(1000),
+        }
+    )
     torch.save({"model": vssm, "epoch": 264, "max_accuracy": 82.5}, path)
     return vssm
 
