@@ -139,6 +139,8 @@ class MambaSegNode(Node):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(NODE_NAME, **kwargs)
+        self._slot = _FrameSlot()  # first: destroy_node must work even if start-up fails below
+        self._worker: threading.Thread | None = None
         declare_parameters(self)
         self.settings: NodeSettings = read_settings(self)
         settings = self.settings
@@ -154,10 +156,9 @@ class MambaSegNode(Node):
         self._event_clock: EventClock | None = None
         self._event_clock_key: str | None = None
         self._last_image_us: int | None = None
-        self._slot = _FrameSlot()
 
         output_qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
-        self._publishers = {
+        self._mask_publishers = {
             name: self.create_publisher(Image, f"~/{name}", output_qos)
             for name, wanted in (
                 ("raw_mask", settings.publish_raw_mask),
@@ -228,7 +229,7 @@ class MambaSegNode(Node):
         try:
             return Segmenter(model, settings.segmenter, self.device)
         except ConfigError as exc:  # class set vs. the model's class count
-            raise ParameterError(exc.key, str(exc)) from None
+            raise ParameterError(exc.key, str(exc).split(": ", 1)[-1]) from None
         except ValueError as exc:  # sensor size vs. the network input
             raise ParameterError("sensor_width", str(exc)) from None
 
@@ -353,7 +354,7 @@ class MambaSegNode(Node):
                 "overlay": (result.overlay, "rgb8"),
             }
             try:
-                for name, publisher in self._publishers.items():
+                for name, publisher in self._mask_publishers.items():
                     array, encoding = outputs[name]
                     publisher.publish(numpy_to_image(array, encoding, frame.header))
             except Exception as exc:
@@ -421,7 +422,8 @@ class MambaSegNode(Node):
 
     def destroy_node(self) -> None:
         self._slot.close()
-        self._worker.join(timeout=30.0)
+        if self._worker is not None:
+            self._worker.join(timeout=30.0)
         super().destroy_node()
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
-from rclpy.exceptions import ParameterException
+from rclpy.exceptions import ParameterException, ParameterUninitializedException
 from rclpy.parameter import Parameter
 
 from mambaseg_core.config import ConfigError, load_config
@@ -22,6 +22,7 @@ from mambaseg_core.pipeline import SegmenterConfig
 RELIABILITY_CHOICES = ("best_effort", "reliable", "system_default")
 EVENT_MSG_TYPES = ("event_packet", "dvs", "prophesee")
 EVENT_CLOCKS = ("auto", "header_offset", "as_is")
+_CONFIG_KEY_TO_PARAMETER = {"sensor_size": "sensor_width"}  # SegmenterConfig keys that are not parameter names
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
 
@@ -203,9 +204,16 @@ def _palette(values: list[int] | None) -> list[tuple[int, int, int]] | None:
     return [((v >> 16) & 0xFF, (v >> 8) & 0xFF, v & 0xFF) for v in values]
 
 
+def _value(node: Any, name: str) -> Any:
+    try:
+        return node.get_parameter(name).value
+    except ParameterUninitializedException:  # an array parameter left unset (or `[]` in a params file)
+        return None
+
+
 def read_settings(node: Any) -> NodeSettings:
     """Read and validate all parameters (declared by `declare_parameters`)."""
-    values = {spec.name: node.get_parameter(spec.name).value for spec in PARAMETERS}
+    values = {spec.name: _value(node, spec.name) for spec in PARAMETERS}
     for spec in PARAMETERS:
         if spec.choices and values[spec.name] not in spec.choices:
             raise ParameterError(spec.name, f"must be one of {list(spec.choices)}, got {values[spec.name]!r}")
@@ -240,6 +248,7 @@ def read_settings(node: Any) -> NodeSettings:
             },
         )
     except ConfigError as exc:
-        raise ParameterError(exc.key.split(".")[0].split("[")[0], str(exc)) from None
+        key = exc.key.split(".")[0].split("[")[0]
+        raise ParameterError(_CONFIG_KEY_TO_PARAMETER.get(key, key), str(exc).split(": ", 1)[-1]) from None
     own = {name: values[name] for name in NodeSettings.__dataclass_fields__ if name != "segmenter"}
     return NodeSettings(segmenter=segmenter, **own)

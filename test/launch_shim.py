@@ -171,7 +171,7 @@ def _executable(package: str, executable: str, fallback_modules: dict[str, str])
         path = Path(get_package_prefix(package)) / "lib" / package / executable
         if path.is_file():
             return [str(path)]
-    except (ImportError, PackageNotFoundError):
+    except (ImportError, PackageNotFoundError, OSError):  # OSError: AMENT_PREFIX_PATH unset
         pass
     key = f"{package}/{executable}"
     if key not in fallback_modules:

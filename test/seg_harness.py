@@ -11,6 +11,9 @@ frame got its mask (1 on timeout).
 from __future__ import annotations
 
 import argparse
+import os
+import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -35,6 +38,7 @@ TINY_MODEL = dict(
 BASE_US = 1_000_000_000  # frame 0 at t = 1000 s
 FRAME_PERIOD_US = 50_000
 EVENTS_PER_FRAME = 1500
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_tiny_model_config(folder: Path) -> Path:
@@ -160,6 +164,25 @@ def stamps_us(messages: list[Any]) -> list[int]:
     from mambaseg_ros.conversions import stamp_to_us
 
     return [stamp_to_us(m.header.stamp) for m in messages]
+
+
+def process_env() -> dict[str, str]:
+    """This environment (ROS domain, discovery range, FastDDS profile) with the source tree importable."""
+    path = os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "test"), os.environ.get("PYTHONPATH", "")])
+    return {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1"}
+
+
+def stop(process: subprocess.Popen, timeout: float = 60.0) -> tuple[int, str]:
+    """SIGINT, wait, return (rc, output)."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        output, _ = process.communicate()
+        return -9, output
+    return process.returncode, output
 
 
 def main() -> int:

@@ -1,0 +1,142 @@
+"""mambaseg_node in-process: one mask per image with the input header, right encodings and sizes, class ids equal
+to the Segmenter called directly on the same inputs; parameter validation at start-up names the parameter."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("rclpy", reason="needs the ROS 2 Python wheels")
+pytest.importorskip("event_camera_msgs", reason="needs the built event_camera_msgs interface (make setup)")
+pytestmark = pytest.mark.ros
+
+import rclpy  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from seg_harness import FrameDriver, stamps_us, synthetic_frame, write_tiny_model_config  # noqa: E402
+
+from mambaseg_core.pipeline import Segmenter, build_model  # noqa: E402
+from mambaseg_ros.conversions import image_to_numpy  # noqa: E402
+from mambaseg_ros.node import MambaSegNode  # noqa: E402
+from mambaseg_ros.params import ParameterError  # noqa: E402
+
+OUTPUTS = ["/mambaseg_node/raw_mask", "/mambaseg_node/colored_mask", "/mambaseg_node/overlay"]
+IMAGE_H, IMAGE_W = 64, 96  # twice the tiny model's 32x48: exercises resize + nearest upsampling
+
+
+@pytest.fixture
+def context() -> Iterator[Any]:
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    yield context
+    rclpy.try_shutdown(context=context)
+
+
+def node_overrides(tiny_model_config, **values) -> list[Parameter]:
+    params = {
+        "model_config": str(tiny_model_config),
+        "allow_random_weights": True,
+        "device": "cpu",
+        "window_events": 1000,
+        "image_reliability": "reliable",
+        "events_reliability": "reliable",
+        "max_event_latency_ms": 5000.0,
+        **values,
+    }
+    return [Parameter(name, value=value) for name, value in params.items()]
+
+
+class SpunNode:
+    """The node under test spinning in its own executor thread."""
+
+    def __init__(self, node: MambaSegNode):
+        self.node = node
+        self.executor = SingleThreadedExecutor(context=node.context)
+        self.executor.add_node(node)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.executor.shutdown(timeout_sec=5.0)
+        self.node.destroy_node()
+        self.thread.join(timeout=10.0)
+
+
+def test_one_mask_per_image_matching_the_segmenter(context, tmp_path):
+    model_config = write_tiny_model_config(tmp_path)
+    spun = SpunNode(MambaSegNode(context=context, parameter_overrides=node_overrides(model_config)))
+    client = rclpy.create_node("test_client", context=context)
+    try:
+        driver = FrameDriver(client, "/image", "/events", OUTPUTS)
+        assert driver.wait_for_connections(), "the node's topics never connected"
+        frames = [synthetic_frame(i, IMAGE_H, IMAGE_W) for i in range(3)]
+        assert driver.run_lockstep(frames), f"received {[len(v) for v in driver.received.values()]} of 3 each"
+        driver.wait_for(lambda: False, 0.5)  # anything extra would arrive now
+        settings = spun.node.settings
+    finally:
+        spun.stop()
+        client.destroy_node()
+
+    for topic, encoding, channels in zip(OUTPUTS, ("mono8", "rgb8", "rgb8"), (1, 3, 3)):
+        messages = driver.received[topic]
+        assert stamps_us(messages) == [f.stamp_us for f in frames], topic
+        for msg in messages:
+            assert (msg.encoding, msg.height, msg.width) == (encoding, IMAGE_H, IMAGE_W), topic
+            assert msg.step == IMAGE_W * channels and msg.header.frame_id == "camera"
+
+    # The same frames through a Segmenter built the way the node builds it.
+    direct = Segmenter(build_model(None, str(model_config), random_seed=0), settings.segmenter, "cpu")
+    for frame in frames:
+        direct.add_events(frame.events)
+    for frame, raw, colored in zip(frames, *(driver.received[t] for t in OUTPUTS[:2])):
+        expected = direct.segment(frame.image, frame.stamp_us)
+        ids = image_to_numpy(raw)
+        print(f"frame {frame.stamp_us}: {int((ids != expected.class_ids).sum())} ids differ")
+        np.testing.assert_array_equal(ids, expected.class_ids)
+        np.testing.assert_array_equal(image_to_numpy(colored), expected.colored)
+
+
+def test_network_resolution_output_and_publish_toggles(context, tmp_path):
+    model_config = write_tiny_model_config(tmp_path)
+    overrides = node_overrides(model_config, output_resolution="network", publish_overlay=False)
+    spun = SpunNode(MambaSegNode(context=context, parameter_overrides=overrides))
+    client = rclpy.create_node("test_client", context=context)
+    try:
+        assert spun.node.count_publishers("/mambaseg_node/overlay") == 0
+        driver = FrameDriver(client, "/image", "/events", OUTPUTS[:2])
+        assert driver.wait_for_connections()
+        assert driver.run_lockstep([synthetic_frame(0, IMAGE_H, IMAGE_W)])
+    finally:
+        spun.stop()
+        client.destroy_node()
+    raw = driver.received[OUTPUTS[0]][0]
+    assert (raw.height, raw.width) == (32, 48)
+
+
+@pytest.mark.parametrize(
+    ("values", "name"),
+    [
+        ({"overlay_alpha": 2.0}, "overlay_alpha"),
+        ({"device": "tpu:0"}, "device"),
+        ({"allow_random_weights": False}, "checkpoint"),
+        ({"checkpoint": "/nonexistent/mambaseg.pt"}, "checkpoint"),
+        ({"model_config": ""}, "model_config"),
+        ({"window_mode": "frames"}, "window_mode"),
+        ({"window_events": 0}, "window_events"),
+        ({"image_reliability": "sometimes"}, "image_reliability"),
+        ({"class_set": "dsec11"}, "class_set"),  # the tiny model has 6 classes
+        ({"palette": [0xFF0000, 0x00FF00]}, "palette"),
+        ({"sensor_width": 48}, "sensor_width"),
+        ({"sensor_width": 40, "sensor_height": 32, "image_fit": "crop_bottom"}, "sensor_width"),
+    ],
+)
+def test_invalid_parameters_are_rejected_at_start_up(context, tmp_path, values, name):
+    model_config = write_tiny_model_config(tmp_path)
+    with pytest.raises(ParameterError) as info:
+        MambaSegNode(context=context, parameter_overrides=node_overrides(model_config, **values))
+    print(info.value)
+    assert info.value.name == name and f"'{name}'" in str(info.value)
