@@ -9,6 +9,7 @@ for the maths.
 from __future__ import annotations
 
 import math
+import pickle
 import shutil
 from pathlib import Path
 
@@ -413,3 +414,6 @@ def test_dataloader_with_two_workers_gives_the_single_process_samples(dsec_root:
         got_labels = torch.cat([b["label"] for b in batches])
         assert torch.equal(got_events, torch.stack([e["events"] for e in expected]))
         assert torch.equal(got_labels, torch.stack([e["label"] for e in expected]))
+        # Spawned workers receive a pickled copy: no open h5 handle or memmap travels with it.
+        copy = pickle.loads(pickle.dumps(dataset))
+        assert torch.equal(copy[0]["events"], expected[0]["events"])

@@ -96,14 +96,19 @@ class DsecSequenceFiles:
             raise DatasetError(self.path, "sequence folder not found")
         self.timestamps_path = self.path / "semantic" / "timestamps.txt"
         self.timestamps = load_label_timestamps(self.timestamps_path)
-        self.labels = _sorted_pngs(self.path / "semantic" / f"{classes}classes" / "data")
-        self.images = _sorted_pngs(self.path / "images" / "left" / "ev_inf")
+        labels_dir = self.path / "semantic" / f"{classes}classes" / "data"
+        images_dir = self.path / "images" / "left" / "ev_inf"
+        self.labels = _sorted_pngs(labels_dir)
+        self.images = _sorted_pngs(images_dir)
         self.events_h5 = self.path / "events" / "left" / "events.h5"
         self.rectify_map_h5 = self.path / "events" / "left" / "rectify_map.h5"
         n = len(self.timestamps)
-        for what, files in (("label PNGs", self.labels), ("ev_inf images", self.images)):
+        for folder, what, files in (
+            (labels_dir, "label PNGs", self.labels),
+            (images_dir, "ev_inf images", self.images),
+        ):
             if len(files) != n:
-                raise DatasetError(files[0].parent if files else self.path, f"{len(files)} {what} but {n} timestamps")
+                raise DatasetError(folder, f"{len(files)} {what} but {n} timestamps in {self.timestamps_path.name}")
         for file in (self.events_h5, self.rectify_map_h5):
             if not file.is_file():
                 raise DatasetError(file, "file not found")

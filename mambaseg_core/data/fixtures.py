@@ -200,8 +200,17 @@ def ddd17_frame_times_ns(n_frames: int) -> np.ndarray:
     return DDD17_T0_NS + 100_000_000 + 50_000_000 * np.arange(n_frames, dtype=np.int64)
 
 
-def write_ddd17_fixture(root: Path, *, seed: int = 0, n_frames: int = 8, num_events: int = 20_000) -> Path:
+def write_ddd17_fixture(
+    root: Path,
+    *,
+    seed: int = 0,
+    n_frames: int = 8,
+    num_events: int = 20_000,
+    mask_frames: Sequence[int] = DDD17_MASK_FRAMES,
+) -> Path:
     """Write `ddd17_seg`-style folders `dir0, dir1, dir3..dir7`; returns `root`.
+
+    Masks exist for the 1-based frame ids `mask_frames` (dir5 gets only the first, like the real dir5).
 
     Events have µs-quantised ns timestamps (as the real ones). Three extra events sit exactly 1 µs before
     each frame, i.e. at the last timestamp of its window, which the official loader drops (spec §2.4).
@@ -229,8 +238,7 @@ def write_ddd17_fixture(root: Path, *, seed: int = 0, n_frames: int = 8, num_eve
             np.save(folder / "index" / f"index_{window_ms}ms.npy", index)
         for frame_id in range(1, n_frames + 1):
             _write_png(folder / "imgs" / f"img_{frame_id:08d}.png", _block_image(rng, 260, 346, 3))
-        mask_frames = DDD17_MASK_FRAMES[:1] if dir_name == "dir5" else DDD17_MASK_FRAMES
-        for frame_id in mask_frames:
+        for frame_id in mask_frames[:1] if dir_name == "dir5" else mask_frames:
             _write_png(
                 folder / "segmentation_masks" / f"segmentation_{frame_id:08d}.png", _block_labels(rng, 200, 346, 6)
             )

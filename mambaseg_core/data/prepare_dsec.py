@@ -199,7 +199,9 @@ def prepare_sequence(
     if (seq.root / "images" / "timestamps.txt").is_file():
         _place(seq.root / "images" / "timestamps.txt", out / "images" / "timestamps.txt", "copy")
 
-    remap = ev_inf_remap(event_to_frame_homography(load_calibration(calibration_path), calibration_path))
+    calibration = load_calibration(calibration_path)
+    remap = ev_inf_remap(event_to_frame_homography(calibration, calibration_path))
+    frame_size = calibration["intrinsics"]["camRect1"].get("resolution")  # [width, height] when given
     label_names = [p.name for p in _sorted_pngs(seq.semantic / "11classes")]
     ev_inf_dir = out / "images" / "left" / "ev_inf"
     ev_inf_dir.mkdir(parents=True, exist_ok=True)
@@ -211,6 +213,8 @@ def prepare_sequence(
         image = cv2.imread(str(frame), cv2.IMREAD_COLOR)
         if image is None:
             raise DatasetError(frame, "cannot decode image")
+        if frame_size is not None and [image.shape[1], image.shape[0]] != list(frame_size):
+            raise DatasetError(frame, f"frame is {image.shape[1]}x{image.shape[0]}, calibration says {frame_size}")
         if not cv2.imwrite(str(target), warp_to_event_camera(image, remap)):
             raise DatasetError(target, "cannot write image")
 
