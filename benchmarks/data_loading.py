@@ -9,6 +9,7 @@ The first pass (worker start-up, numba JIT load) is not timed. Run: `python benc
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import time
@@ -19,10 +20,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _report import table, write_section  # noqa: E402
+from _report import table, write_section
 
-from mambaseg_core.data import Ddd17Segmentation, DsecSemantic  # noqa: E402
-from mambaseg_core.data.fixtures import write_ddd17_fixture, write_dsec_fixture  # noqa: E402
+from mambaseg_core.data import Ddd17Segmentation, DsecSemantic
+from mambaseg_core.data.fixtures import write_ddd17_fixture, write_dsec_fixture
 
 MIN_SECONDS = 3.0
 
@@ -84,11 +85,15 @@ def main() -> None:
                     print(rows[-1], flush=True)
     headers = ["dataset", "split", "workers", "samples/s", "events ms (1 proc)", "sample ms (1 proc)"]
     body = table(headers, rows)
+    load = os.getloadavg()[0]
     notes = (
-        "DataLoader batch 4, shuffled, 2 CPU cores, torch threads 1 in every process; train = official augmentation (scale, crop, flip on image,"
-        " label and each of the 10 event bins), test = none. `events ms` = h5/memmap read + rectification +"
-        " voxel grid; `sample ms` = the whole `__getitem__` (adds PNG decode and augmentation). Synthetic"
-        " fixtures at real sizes (`benchmarks/data_loading.py`); real photographs decode somewhat slower."
+        "DataLoader batch 4, shuffled, torch threads 1 in every process (workers use 1 anyway).\n"
+        "train = official augmentation (scale, crop, flip on image, label and each of the 10 event bins);"
+        " test = none. `events ms` = h5/memmap read + rectification + voxel grid; `sample ms` = the whole"
+        " `__getitem__` (adds PNG decode and augmentation), both in-process medians.\n"
+        "Synthetic fixtures at real sizes; real photographs decode somewhat slower than the flat-block PNGs.\n"
+        f"1-minute load average at the end of the run: {load:.1f} on {os.cpu_count()} cores"
+        " (other jobs shared the machine, so the worker rows understate what 2 free cores give)."
     )
     print(body)
     write_section("Data loading", body + "\n\n" + notes)
