@@ -183,6 +183,14 @@ def test_evt3_vectors_time_high_keeps_time_low_and_unknown_codes(backend: str) -
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_evt3_time_high_at_packet_end_keeps_time_low(backend: str) -> None:
+    decoder = Evt3Decoder(backend=backend)
+    first = decoder.decode(words(TH(0), TL(1), AY(2), AX(3), TH(5)))
+    second = decoder.decode(words(AX(4), TL(9), AX(5)))
+    assert first.t.tolist() == [1] and second.t.tolist() == [(5 << 12) | 1, (5 << 12) | 9]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_evt3_out_of_sensor_events_dropped_and_counted(backend: str) -> None:
     decoder = Evt3Decoder(width=100, height=50, backend=backend)
     out = decoder.decode(words(TH(0), TL(1), AY(10), AX(99), AX(100), AY(50), AX(3)))

@@ -19,8 +19,9 @@ on that packet (see `_Evt3PackagePath`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
+import numba
 import numpy as np
 
 from mambaseg_core.events.batch import EventBatch
@@ -34,14 +35,10 @@ except ImportError:  # pragma: no cover - the package is pinned in constraints.t
 ADDR_Y, ADDR_X, VECT_BASE_X, VECT_12, VECT_8 = 0x0, 0x2, 0x3, 0x4, 0x5
 TIME_LOW, CONTINUED_4, TIME_HIGH, EXT_TRIGGER = 0x6, 0x7, 0x8, 0xA
 OTHERS, CONTINUED_12 = 0xE, 0xF
-_KNOWN_SKIPPED = (CONTINUED_4, EXT_TRIGGER, OTHERS, CONTINUED_12)
-_UNKNOWN = tuple(
-    sorted(set(range(16)) - {ADDR_Y, ADDR_X, VECT_BASE_X, VECT_12, VECT_8, TIME_LOW, TIME_HIGH} - set(_KNOWN_SKIPPED))
-)
-_EVENT_CODES = (ADDR_X, VECT_12, VECT_8)
 
 TIME_WRAP_US = 1 << 24
 ROLLOVER_TOLERANCE = 10  # TIME_HIGH units (4096 µs); same constant as event_camera_codecs
+_PACKAGE_ROLLOVER_MIN_DROP = 4085  # the evt3 package's (Metavision's) rule: MAX_TIMESTAMP_BASE - 10 periods
 _MAX_COORD = (1 << 11) - 1
 
 _POPCOUNT12 = np.array([bin(i).count("1") for i in range(1 << 12)], np.int64)
@@ -75,12 +72,56 @@ class _ClockState:
     high_raw: int = 0  # last TIME_HIGH payload (12 bits)
     low: int = 0  # last TIME_LOW payload
     y: int = 0
-    base_x: int = 0
+    base_x: int = 0  # vector base x (unbounded: VECT_12/VECT_8 advance it past 2047 on bad streams)
     polarity: int = 0
+    time_low_pending: bool = False  # a TIME_HIGH came after the last TIME_LOW
 
     @property
     def high_full(self) -> int:
         return (self.wraps << 24) | (self.high_raw << 12)
+
+
+@numba.njit(cache=True, nogil=True)
+def _scan_words(words, wraps, high_raw, low, y, base_x, polarity, time_low_pending):  # pragma: no cover - jit
+    """One pass over a packet: skip/unknown counts, the end-of-packet state, and whether the evt3 package
+    would decode it exactly like the reference (see `_Evt3PackagePath`).
+
+    Returns (skipped, unknown, package_safe, wraps, high_raw, low, y, base_x, polarity, time_low_pending).
+    """
+    skipped = 0
+    unknown = 0
+    package_safe = True
+    for i in range(words.shape[0]):
+        code = words[i] >> 12
+        value = words[i] & 0xFFF
+        if code in (ADDR_X, VECT_12, VECT_8):
+            if time_low_pending:
+                package_safe = False  # the package would stamp this event with TIME_LOW = 0
+            if code == VECT_12:
+                base_x += 12
+            elif code == VECT_8:
+                base_x += 8
+        elif code == ADDR_Y:
+            y = value & _MAX_COORD
+        elif code == VECT_BASE_X:
+            base_x = value & _MAX_COORD
+            polarity = value >> 11
+        elif code == TIME_LOW:
+            low = value
+            time_low_pending = False
+        elif code == TIME_HIGH:
+            drop = high_raw - value
+            if drop > ROLLOVER_TOLERANCE:
+                wraps += 1
+                if drop < _PACKAGE_ROLLOVER_MIN_DROP:
+                    package_safe = False  # the package would not count this rollover
+            high_raw = value
+            time_low_pending = True
+        elif code in (CONTINUED_4, EXT_TRIGGER, OTHERS, CONTINUED_12):
+            skipped += 1
+        else:
+            unknown += 1
+    return skipped, unknown, package_safe, wraps, high_raw, low, y, base_x, polarity, time_low_pending
 
 
 def _as_bytes_view(data: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
@@ -101,28 +142,12 @@ def _forward_fill(positions: np.ndarray, values: np.ndarray, initial: int, queri
     return table[np.searchsorted(positions, queries, side="right")]
 
 
-def _last_index(codes: np.ndarray, code: int) -> int:
-    """Index of the last word with `code`, or -1; searches backwards in growing chunks (usually near the end)."""
-    end, chunk = len(codes), 256
-    while end > 0:
-        start = max(0, end - chunk)
-        hits = np.flatnonzero(codes[start:end] == code)
-        if hits.size:
-            return start + int(hits[-1])
-        end, chunk = start, chunk * 4
-    return -1
-
-
-def _unwrap_time_high(high_values: np.ndarray, state: _ClockState) -> np.ndarray:
-    """Unwrapped TIME_HIGH times (µs, int64) for consecutive TIME_HIGH payloads; updates state.wraps/high_raw."""
-    if high_values.size == 0:
-        return np.empty(0, np.int64)
+def _unwrap_time_high(high_values: np.ndarray, wraps: int, high_raw: int) -> np.ndarray:
+    """Unwrapped times (µs, int64) of consecutive TIME_HIGH payloads, given the state before the first."""
     values = high_values.astype(np.int64)
-    previous = np.concatenate([[state.high_raw], values[:-1]])
+    previous = np.concatenate([[high_raw], values[:-1]])
     rollover = (values < previous) & (previous - values > ROLLOVER_TOLERANCE)
-    wraps = state.wraps + np.cumsum(rollover)
-    state.wraps, state.high_raw = int(wraps[-1]), int(values[-1])
-    return (wraps << 24) | (values << 12)
+    return ((wraps + np.cumsum(rollover)) << 24) | (values << 12)
 
 
 class Evt3Decoder:
@@ -160,39 +185,45 @@ class Evt3Decoder:
         self._carry = raw[2 * n_words :].copy()
         words = raw[: 2 * n_words].view("<u2")
         self.stats.words += n_words
-        codes = words >> 12
         if not self._state.time_valid:
-            start = self._find_valid_time(words, codes)
+            start = self._find_valid_time(words)
             self.stats.skipped_words += start
-            words, codes = words[start:], codes[start:]
+            words = words[start:]
         if words.size == 0:
             return EventBatch.empty()
-        histogram = np.bincount(codes, minlength=16)
-        self.stats.unknown_codes += int(histogram[list(_UNKNOWN)].sum())
-        self.stats.skipped_words += int(histogram[list(_KNOWN_SKIPPED)].sum())
 
-        batch = None
-        if self._fast is not None:
-            batch = self._fast.try_decode(words, codes, self._state)
+        start_state = replace(self._state)
+        s = self._state
+        skipped, unknown, package_safe, *end = _scan_words(
+            words, s.wraps, s.high_raw, s.low, s.y, s.base_x, s.polarity, s.time_low_pending
+        )
+        s.wraps, s.high_raw, s.low, s.y, s.base_x, s.polarity = (int(v) for v in end[:-1])
+        s.time_low_pending = bool(end[-1])
+        self.stats.skipped_words += int(skipped)
+        self.stats.unknown_codes += int(unknown)
+        self.stats.time_wraps = s.wraps
+
+        batch = self._fast.decode(words, start_state) if self._fast is not None and package_safe else None
         if batch is None:
-            batch = _decode_words_numpy(words, codes, self._state)
+            batch = _decode_words_numpy(words, start_state)
             self.stats.reference_packets += 1
             if self._fast is not None:
                 self._fast.invalidate()
         else:
             self.stats.fast_path_packets += 1
-        self.stats.time_wraps = self._state.wraps
         batch = self._drop_out_of_sensor(batch)
         self.stats.events += len(batch)
         return batch
 
-    def _find_valid_time(self, words: np.ndarray, codes: np.ndarray) -> int:
+    def _find_valid_time(self, words: np.ndarray) -> int:
         """Consume the clock-only prefix (up to the first TIME_LOW after a TIME_HIGH); return its length."""
         state = self._state
+        codes = words >> 12
         for i in np.flatnonzero((codes == TIME_HIGH) | (codes == TIME_LOW)):
             payload = int(words[i]) & 0xFFF
             if codes[i] == TIME_HIGH:
-                _unwrap_time_high(np.array([payload]), state)
+                state.wraps = int(_unwrap_time_high(np.array([payload]), state.wraps, state.high_raw)[0] >> 24)
+                state.high_raw = payload
                 state.seen_high = True
             else:
                 state.low = payload
@@ -216,33 +247,30 @@ class Evt3Decoder:
         return batch[inside]
 
 
-def _decode_words_numpy(words: np.ndarray, codes: np.ndarray, state: _ClockState) -> EventBatch:
-    """Reference decoder for words after the clock became valid; updates `state` to the end of the packet."""
+def _decode_words_numpy(words: np.ndarray, state: _ClockState) -> EventBatch:
+    """Reference decoder for words after the clock became valid, given the state at the packet start."""
+    codes = words >> 12
     payload = (words & 0xFFF).astype(np.int64)
-    is_code = {c: codes == c for c in (ADDR_Y, ADDR_X, VECT_BASE_X, VECT_12, VECT_8, TIME_LOW, TIME_HIGH)}
-    pos = {c: np.flatnonzero(mask) for c, mask in is_code.items()}
-
-    high_at_start = state.high_full
-    high_times = _unwrap_time_high(payload[pos[TIME_HIGH]], state)
-    event_pos = np.flatnonzero(is_code[ADDR_X] | is_code[VECT_12] | is_code[VECT_8])
+    pos = {c: np.flatnonzero(codes == c) for c in (ADDR_Y, VECT_BASE_X, TIME_LOW, TIME_HIGH)}
+    event_pos = np.flatnonzero((codes == ADDR_X) | (codes == VECT_12) | (codes == VECT_8))
     event_code = codes[event_pos]
-    high = _forward_fill(pos[TIME_HIGH], high_times, high_at_start, event_pos)
+
+    high_times = _unwrap_time_high(payload[pos[TIME_HIGH]], state.wraps, state.high_raw)
+    high = _forward_fill(pos[TIME_HIGH], high_times, state.high_full, event_pos)
     low = _forward_fill(pos[TIME_LOW], payload[pos[TIME_LOW]], state.low, event_pos)
     y = _forward_fill(pos[ADDR_Y], payload[pos[ADDR_Y]] & _MAX_COORD, state.y, event_pos)
 
     # Vector base x: the last VECT_BASE_X value plus 12 / 8 per vector word since it.
-    vector_pos = np.flatnonzero(is_code[VECT_12] | is_code[VECT_8])
+    vector_pos = event_pos[event_code != ADDR_X]
     increments = np.where(codes[vector_pos] == VECT_12, 12, 8)
     done_before = np.concatenate([[0], np.cumsum(increments)])  # increments of vector words [0, j)
     base_pos = pos[VECT_BASE_X]
-    base_values = payload[base_pos] & _MAX_COORD
-    base_polarity = payload[base_pos] >> 11
     vectors_before_base = np.searchsorted(vector_pos, base_pos)
     last_base = np.searchsorted(base_pos, vector_pos, side="right") - 1
-    start_x = np.concatenate([[state.base_x], base_values])[last_base + 1]
+    start_x = np.concatenate([[state.base_x], payload[base_pos] & _MAX_COORD])[last_base + 1]
     start_done = np.concatenate([[0], done_before[vectors_before_base]])[last_base + 1]
     vector_base = start_x + done_before[:-1] - start_done
-    vector_polarity = np.concatenate([[state.polarity], base_polarity])[last_base + 1]
+    vector_polarity = np.concatenate([[state.polarity], payload[base_pos] >> 11])[last_base + 1]
 
     # Per event word: base x, polarity and validity mask (ADDR_X is a one-bit vector at its own x).
     event_payload = payload[event_pos]
@@ -252,47 +280,29 @@ def _decode_words_numpy(words: np.ndarray, codes: np.ndarray, state: _ClockState
     is_vector = event_code != ADDR_X
     base[is_vector] = vector_base
     polarity[is_vector] = vector_polarity
-    mask[is_vector] = np.where(
-        event_code[is_vector] == VECT_12, event_payload[is_vector], event_payload[is_vector] & 0xFF
-    )
+    vector_payload = event_payload[is_vector]
+    mask[is_vector] = np.where(event_code[is_vector] == VECT_12, vector_payload, vector_payload & 0xFF)
 
-    counts = _POPCOUNT12[mask]
-    row = np.repeat(np.arange(event_pos.size), counts)
+    row = np.repeat(np.arange(event_pos.size), _POPCOUNT12[mask])
+    offset = np.zeros(row.size, np.int64)
     if is_vector.any():
-        bits = ((mask[is_vector, None] >> _BIT_INDEX) & 1).astype(bool)  # (V, 12)
-        bit_offsets = np.nonzero(bits)[1]
-        offset = np.zeros(row.size, np.int64)
-        offset[is_vector[row]] = bit_offsets
-    else:
-        offset = np.zeros(row.size, np.int64)
+        bits = ((mask[is_vector, None] >> _BIT_INDEX) & 1).astype(bool)  # (V, 12), row-major = stream order
+        offset[is_vector[row]] = np.nonzero(bits)[1]
     x = (base[row] + offset) & 0xFFFF
     t = high[row] | low[row]
-
-    # Carry the state to the next packet.
-    if pos[TIME_LOW].size:
-        state.low = int(payload[pos[TIME_LOW][-1]])
-    if pos[ADDR_Y].size:
-        state.y = int(payload[pos[ADDR_Y][-1]] & _MAX_COORD)
-    if base_pos.size:
-        state.base_x = int(base_values[-1] + done_before[-1] - done_before[vectors_before_base[-1]])
-        state.polarity = int(base_polarity[-1])
-    else:
-        state.base_x += int(done_before[-1])
     return EventBatch(x.astype(np.uint16), y[row].astype(np.uint16), t, polarity[row].astype(np.uint8))
 
 
 class _Evt3PackagePath:
     """The PyPI `evt3` decoder, used only on packets where its semantics equal the reference's.
 
-    It differs from event_camera_codecs in three ways, each checked per packet (a mismatch sends that packet to
-    the numpy reference and re-primes the package afterwards):
-    - a TIME_HIGH clears TIME_LOW: safe when no event word sits between a TIME_HIGH and the next TIME_LOW;
-    - rollover only when TIME_HIGH drops by >= 4085 units (we: > 10): unsafe for drops in 11..4084;
+    It differs from event_camera_codecs in three ways; `_scan_words` flags packets where one matters (those go
+    to the numpy reference, and the package is re-primed afterwards):
+    - a TIME_HIGH clears TIME_LOW: matters only for an event word between a TIME_HIGH and the next TIME_LOW;
+    - rollover only when TIME_HIGH drops by >= 4085 units (we: > 10): matters for drops in 11..4084;
     - it starts at the first TIME_HIGH: we prime it with synthetic clock/y/base-x words instead.
-    Its times count rollovers since priming, so `offset` adds ours at priming time.
+    Its times count rollovers since priming, so `_offset` adds ours at priming time.
     """
-
-    _PACKAGE_ROLLOVER_MIN_DROP = 4085
 
     def __init__(self) -> None:
         self.invalidate()
@@ -301,43 +311,16 @@ class _Evt3PackagePath:
         self._decoder = None
         self._offset = 0
 
-    def try_decode(self, words: np.ndarray, codes: np.ndarray, state: _ClockState) -> EventBatch | None:
-        high_pos = np.flatnonzero(codes == TIME_HIGH)
-        if not self._clock_words_safe(words, codes, high_pos, state):
-            return None
+    def decode(self, words: np.ndarray, state: _ClockState) -> EventBatch | None:
+        """Events of `words` given the state at their start, or None where the package cannot be primed."""
         if self._decoder is None and not self._prime(state):
             return None
         assert self._decoder is not None
         events = self._decoder.feed(words.tobytes())
-        _unwrap_time_high(words[high_pos] & 0xFFF, state)  # keeps our rollover count and last TIME_HIGH
-        self._update_tail_state(words, codes, state)
         t = events.t.view(np.int64)
         if self._offset:
             t = t + self._offset
         return EventBatch(events.x, events.y, t, events.p)
-
-    def _clock_words_safe(self, words: np.ndarray, codes: np.ndarray, high_pos: np.ndarray, state: _ClockState) -> bool:
-        # Rollover detection must agree: no TIME_HIGH drop in the band where the two rules differ.
-        values = (words[high_pos] & 0xFFF).astype(np.int64)
-        previous = np.concatenate([[state.high_raw], values[:-1]])
-        drop = previous - values
-        if np.any((drop > ROLLOVER_TOLERANCE) & (drop < self._PACKAGE_ROLLOVER_MIN_DROP)):
-            return False
-        # No event word between a TIME_HIGH and the next TIME_LOW (the packet's last word is handled by
-        # refusing: the next packet would need a look-behind).
-        if high_pos.size == 0:
-            return True
-        if high_pos[-1] == len(codes) - 1:
-            return False
-        following = codes[high_pos + 1]
-        suspicious = high_pos[(following != TIME_LOW) & (following != TIME_HIGH)]
-        for i in suspicious:
-            rest = codes[i + 1 :]
-            next_low = np.flatnonzero(rest == TIME_LOW)
-            stop = int(next_low[0]) if next_low.size else rest.size
-            if np.isin(rest[:stop], _EVENT_CODES).any():
-                return False
-        return True
 
     def _prime(self, state: _ClockState) -> bool:
         if state.base_x > _MAX_COORD:
@@ -356,24 +339,6 @@ class _Evt3PackagePath:
         self._decoder = decoder
         self._offset = state.wraps << 24
         return True
-
-    @staticmethod
-    def _update_tail_state(words: np.ndarray, codes: np.ndarray, state: _ClockState) -> None:
-        """Bring `state` to the end of a packet the package decoded (kept for a later fallback/re-prime)."""
-        i = _last_index(codes, TIME_LOW)
-        if i >= 0:
-            state.low = int(words[i]) & 0xFFF
-        i = _last_index(codes, ADDR_Y)
-        if i >= 0:
-            state.y = int(words[i]) & _MAX_COORD
-        i = _last_index(codes, VECT_BASE_X)
-        tail = codes[i + 1 :]
-        advanced = 12 * int(np.count_nonzero(tail == VECT_12)) + 8 * int(np.count_nonzero(tail == VECT_8))
-        if i >= 0:
-            state.base_x = (int(words[i]) & _MAX_COORD) + advanced
-            state.polarity = (int(words[i]) >> 11) & 1
-        else:
-            state.base_x += advanced
 
 
 def _word(code: int, payload: np.ndarray | int) -> np.ndarray:
