@@ -92,9 +92,10 @@ def main() -> None:
         " test = none. `events ms` = h5/memmap read + rectification + voxel grid; `sample ms` = the whole"
         " `__getitem__` (adds PNG decode and augmentation), both in-process medians.\n"
         "Synthetic fixtures at real sizes; real photographs decode somewhat slower than the flat-block PNGs.\n"
-        f"1-minute load average at the end of the run: {load:.1f} on {os.cpu_count()} cores"
-        " (other jobs shared the machine, so the worker rows understate what 2 free cores give)."
+        f"1-minute load average at the end of the run: {load:.1f} on {os.cpu_count()} cores."
     )
+    if load > (os.cpu_count() or 1):
+        notes += " Other jobs shared the machine, so the worker rows understate what free cores give."
     print(body)
     write_section("Data loading", body + "\n\n" + notes)
 

@@ -227,6 +227,16 @@ def test_dsec_samples_equal_the_official_loader(dsec_root: Path, classes: int, n
             assert_sample_equal(sample, official_dsec_sample(seq, i, classes=classes, nr_events=num_events))
 
 
+def test_dsec_label_selection_is_configurable(dsec_root: Path):
+    path = dsec_root / "train" / "zurich_city_00_a"
+    times = np.loadtxt(path / "semantic" / "timestamps.txt", dtype=np.int64)
+    official = DsecSequence(path)
+    assert [official.timestamp_us(i) for i in range(len(official))] == times[6::2].tolist()
+    every = DsecSequence(path, label_skip=1, label_stride=1, num_events=500)
+    assert len(every) == 8 and every.timestamp_us(0) == times[1]
+    assert every[2]["timestamp_us"] == times[3]
+
+
 def test_dsec_window_is_the_last_n_events_strictly_before_the_label(dsec_root: Path):
     seq = DsecSequence(dsec_root / "train" / "zurich_city_00_a", num_events=3000)
     all_t = OfficialEventSlicer(seq.files.events_h5).events["t"].astype(np.int64) + DSEC_T_OFFSET_US

@@ -17,7 +17,8 @@ Official quirk, reproduced on purpose: with one chunk the loader keeps `events[:
 which drops every event carrying the window's last timestamp; a window with fewer than two distinct
 timestamps is therefore empty and the official loader crashes — here it raises `DatasetError`.
 Deliberate deviations (sample content unchanged): the split needs >= 7 `dir*` folders and says so; memmaps
-are opened lazily per process; errors name the file.
+are opened lazily per process; errors name the file; a mask id outside 1..F is an error (the official
+`index[id - 1]` would silently read the last row for id 0).
 """
 
 from __future__ import annotations
