@@ -53,6 +53,11 @@ def load_extension() -> ModuleType:
         raise BackendUnavailableError(f"building the CUDA selective scan failed:\n{str(exc)[-3000:]}") from exc
 
 
+def _as(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """x in `dtype`, contiguous; no dispatch at all when it already is (this path is per call)."""
+    return x if x.dtype == dtype and x.is_contiguous() else x.to(dtype).contiguous()
+
+
 class _CudaScanFunction(torch.autograd.Function):
     """Autograd over the kernels; inputs already validated, contiguous, and in kernel dtypes."""
 
@@ -69,16 +74,16 @@ class _CudaScanFunction(torch.autograd.Function):
         delta_bias: torch.Tensor | None,
         delta_softplus: bool,
     ) -> torch.Tensor:
-        y, tile_states = extension.forward(u, delta, A, B, C, D, delta_bias, delta_softplus)
+        y, tile_carries = extension.forward(u, delta, A, B, C, D, delta_bias, delta_softplus)
         ctx.extension, ctx.delta_softplus = extension, delta_softplus
-        ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, tile_states)
+        ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, tile_carries)
         return y
 
     @staticmethod
     def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
-        u, delta, A, B, C, D, delta_bias, tile_states = ctx.saved_tensors
+        u, delta, A, B, C, D, delta_bias, tile_carries = ctx.saved_tensors
         du, ddelta, dA, dB, dC, dD, dbias = ctx.extension.backward(
-            u, delta, A, B, C, D, delta_bias, ctx.delta_softplus, dy.float().contiguous(), tile_states
+            u, delta, A, B, C, D, delta_bias, ctx.delta_softplus, _as(dy, torch.float32), tile_carries
         )
         return (
             None,
@@ -118,8 +123,9 @@ def make_cuda_scan(extension: ModuleType):
         dtype = dtypes.pop() if len(dtypes) == 1 else torch.float32
         if dtype not in _INPUT_DTYPES:
             dtype = torch.float32
-        u, delta, B, C = (x.to(dtype).contiguous() for x in (u, delta, B, C))
-        A, D, delta_bias = (x.float().contiguous() if x is not None else None for x in (A, D, delta_bias))
+        u, delta, B, C = (_as(x, dtype) for x in (u, delta, B, C))
+        A = _as(A, torch.float32)
+        D, delta_bias = (_as(x, torch.float32) if x is not None else None for x in (D, delta_bias))
         return _CudaScanFunction.apply(extension, u, delta, A, B, C, D, delta_bias, delta_softplus)
 
     return selective_scan_cuda

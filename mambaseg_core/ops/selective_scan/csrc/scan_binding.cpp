@@ -69,8 +69,10 @@ ScanParams make_params(const at::Tensor& u, const at::Tensor& delta, const at::T
   return p;
 }
 
-at::Tensor sync_buffer(const ScanParams& p, const at::Tensor& u) {
-  return at::zeros({1 + int64_t(p.batch) * p.channels * p.n_tiles}, u.options().dtype(at::kInt));
+// Per-tile buffers (rows, n_tiles, per_tile) fp32; rows that fit one tile need none.
+at::Tensor tile_buffer(const ScanParams& p, const at::Tensor& u, int64_t per_tile) {
+  const int64_t tiles = p.n_tiles > 1 ? p.n_tiles : 0;
+  return at::empty({int64_t(p.batch) * p.channels, tiles, per_tile}, u.options().dtype(at::kFloat));
 }
 
 void check_launch() {
@@ -78,7 +80,8 @@ void check_launch() {
   TORCH_CHECK(err == cudaSuccess, "selective_scan cuda: kernel launch failed: ", cudaGetErrorString(err));
 }
 
-// Returns y (batch, channels, L) fp32 and the tile end states (batch*channels, n_tiles, N) for the backward.
+// Returns y (batch, channels, L) fp32 and the state entering every tile, (batch*channels, n_tiles, N), for the
+// backward (n_tiles = 0 when a row fits one tile).
 std::vector<at::Tensor> forward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
                                 const at::Tensor& B, const at::Tensor& C, const std::optional<at::Tensor>& D,
                                 const std::optional<at::Tensor>& delta_bias, bool softplus) {
@@ -86,36 +89,35 @@ std::vector<at::Tensor> forward(const at::Tensor& u, const at::Tensor& delta, co
   const c10::cuda::CUDAGuard guard(u.device());
   auto f32 = u.options().dtype(at::kFloat);
   at::Tensor y = at::empty(u.sizes(), f32);
-  at::Tensor states = at::empty({int64_t(p.batch) * p.channels, p.n_tiles, p.state}, f32);
-  at::Tensor sync = sync_buffer(p, u);
-  p.y = y.data_ptr<float>(), p.tile_states = states.data_ptr<float>(), p.sync = sync.data_ptr<int>();
+  at::Tensor maps = tile_buffer(p, u, 2 * p.state), carries = tile_buffer(p, u, p.state);
+  p.y = y.data_ptr<float>(), p.tile_maps = maps.data_ptr<float>(), p.tile_carries = carries.data_ptr<float>();
   mambaseg::launch_scan_fwd(p, scan_dtype(u), c10::cuda::getCurrentCUDAStream());
   check_launch();
-  return {y, states};
+  return {y, carries};
 }
 
 // Returns du, ddelta (fp32, u's shape), dA, dB, dC (fp32) and dD, ddelta_bias (fp32, empty when not given).
 std::vector<at::Tensor> backward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
                                  const at::Tensor& B, const at::Tensor& C, const std::optional<at::Tensor>& D,
                                  const std::optional<at::Tensor>& delta_bias, bool softplus, const at::Tensor& dy,
-                                 const at::Tensor& tile_states) {
+                                 const at::Tensor& tile_carries) {
   ScanParams p = make_params(u, delta, A, B, C, D, delta_bias, softplus);
   check_tensor(dy, "dy", u, at::kFloat, {p.batch, p.channels, p.length});
-  check_tensor(tile_states, "tile_states", u, at::kFloat, {int64_t(p.batch) * p.channels, p.n_tiles, p.state});
+  check_tensor(tile_carries, "tile_carries", u, at::kFloat,
+               {int64_t(p.batch) * p.channels, p.n_tiles > 1 ? p.n_tiles : 0, p.state});
   const c10::cuda::CUDAGuard guard(u.device());
   auto f32 = u.options().dtype(at::kFloat);
   at::Tensor du = at::empty(u.sizes(), f32), ddelta = at::empty(u.sizes(), f32);
   at::Tensor dA = at::zeros(A.sizes(), f32), dB = at::zeros(B.sizes(), f32), dC = at::zeros(C.sizes(), f32);
   at::Tensor dD = D ? at::zeros({p.channels}, f32) : at::empty({0}, f32);
   at::Tensor dbias = delta_bias ? at::zeros({p.channels}, f32) : at::empty({0}, f32);
-  at::Tensor reverse_states = at::empty_like(tile_states);
-  at::Tensor sync = sync_buffer(p, u);
-  p.dy = dy.data_ptr<float>(), p.tile_states = tile_states.data_ptr<float>();
+  at::Tensor reverse_maps = tile_buffer(p, u, 2 * p.state), reverse_carries = tile_buffer(p, u, p.state);
+  p.dy = dy.data_ptr<float>(), p.tile_carries = tile_carries.data_ptr<float>();
   p.du = du.data_ptr<float>(), p.ddelta = ddelta.data_ptr<float>();
   p.dA = dA.data_ptr<float>(), p.dB = dB.data_ptr<float>(), p.dC = dC.data_ptr<float>();
   p.dD = D ? dD.data_ptr<float>() : nullptr;
   p.dbias = delta_bias ? dbias.data_ptr<float>() : nullptr;
-  p.reverse_states = reverse_states.data_ptr<float>(), p.sync = sync.data_ptr<int>();
+  p.reverse_maps = reverse_maps.data_ptr<float>(), p.reverse_carries = reverse_carries.data_ptr<float>();
   mambaseg::launch_scan_bwd(p, scan_dtype(u), c10::cuda::getCurrentCUDAStream());
   check_launch();
   return {du, ddelta, dA, dB, dC, dD, dbias};
@@ -124,6 +126,6 @@ std::vector<at::Tensor> backward(const at::Tensor& u, const at::Tensor& delta, c
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("forward", &forward, "selective scan forward: (y, tile_states)");
+  m.def("forward", &forward, "selective scan forward: (y, tile_carries)");
   m.def("backward", &backward, "selective scan backward: (du, ddelta, dA, dB, dC, dD, ddelta_bias)");
 }

@@ -2,8 +2,8 @@
 //   dC_t += dy_t h_t,  dB_t += g_t dt_t u_t,  du_t = sum_n g_t dt_t B_t + D dy_t,
 //   ddt_t = sum_n g_t (u_t B_t + A exp(dt_t A) h_{t-1}),  dA += g_t dt_t exp(dt_t A) h_{t-1}.
 // The reverse scan runs over r_{t-1} = exp(dt_t A) (dy_t C_t + r_t), whose map at step t depends on step t
-// only, so it uses the same affine-map block scan as the forward, in reversed thread order. The forward
-// states h_{t-1} are recomputed from the tile start states saved by the forward kernel.
+// only, so it uses the same affine-map block scan and tile carries as the forward, in reversed order. The
+// forward states h_{t-1} are recomputed from the tile entering states saved by the forward.
 #include "scan_common.cuh"
 
 namespace mambaseg {
@@ -22,26 +22,24 @@ __device__ __forceinline__ float block_sum(float v, float* smem_warps) {
   return total;
 }
 
-template <typename T, int kMaxN>
+// kMapOnly: write this tile's reverse map from a zero incoming gradient and stop (first launch of a
+// multi-tile row). Otherwise: compute every gradient from the tile's forward and reverse entering states.
+template <typename T, int kMaxN, int kItems, bool kMapOnly>
 __global__ void __launch_bounds__(kMaxThreads) scan_bwd_kernel(ScanParams p) {
   __shared__ float smem[kMaxWarps][2][kMaxN];
-  __shared__ float carry_in[kMaxN];
   __shared__ float block_total[2][kMaxN];
   __shared__ float smem_warps[kMaxWarps];
-  __shared__ int ticket_slot;
-  // Tiles of a row are taken last to first: the reverse scan hands its state leftwards.
-  const int ticket = take_ticket(p.sync, &ticket_slot);
-  const int row = ticket / p.n_tiles, tile = p.n_tiles - 1 - ticket % p.n_tiles;
+  const int row = blockIdx.x / p.n_tiles, tile = blockIdx.x % p.n_tiles;
   const int batch = row / p.channels, channel = row % p.channels;
   const int group = channel / (p.channels / p.groups);
   const int L = p.length, N = p.state;
   const int t0 = tile * p.tile_len + threadIdx.x * kItems;
   const int64_t row_offset = static_cast<int64_t>(row) * L;
+  const int64_t tile_index = static_cast<int64_t>(row) * p.n_tiles + tile;
 
-  float u[kItems], raw_delta[kItems], dt[kItems], dy[kItems];
-  load_items(static_cast<const T*>(p.u) + row_offset, t0, L, u);
-  load_items(static_cast<const T*>(p.delta) + row_offset, t0, L, raw_delta);
-  load_items(p.dy + row_offset, t0, L, dy);
+  float raw_delta[kItems], dt[kItems], dy[kItems];
+  load_items<kItems>(static_cast<const T*>(p.delta) + row_offset, t0, L, raw_delta);
+  load_items<kItems>(p.dy + row_offset, t0, L, dy);
   const float bias = p.delta_bias ? p.delta_bias[channel] : 0.f;
 #pragma unroll
   for (int i = 0; i < kItems; ++i) {
@@ -58,39 +56,14 @@ __global__ void __launch_bounds__(kMaxThreads) scan_bwd_kernel(ScanParams p) {
   const T* Bg = static_cast<const T*>(p.Bm) + group_offset;
   const T* Cg = static_cast<const T*>(p.Cm) + group_offset;
 
-  // Forward state entering this thread's first step: tile start state (from the forward) + block scan.
-  float fwd_p[kMaxN], fwd_h[kMaxN];
-#pragma unroll
-  for (int n = 0; n < kMaxN; ++n) {
-    float decay = 1.f, h = 0.f;
-    if (n < N) {
-      float b[kItems];
-      load_items(Bg + static_cast<int64_t>(n) * L, t0, L, b);
-#pragma unroll
-      for (int i = 0; i < kItems; ++i) {
-        const float a = exp2f(dt[i] * A2[n]);
-        h = fmaf(a, h, dt[i] * u[i] * b[i]);
-        decay *= a;
-      }
-    }
-    fwd_p[n] = decay, fwd_h[n] = h;
-  }
-  block_exclusive_scan<kMaxN, false>(fwd_p, fwd_h, smem, block_total);
-  const float* tile_start = p.tile_states + (static_cast<int64_t>(row) * p.n_tiles + tile - 1) * N;
-#pragma unroll
-  for (int n = 0; n < kMaxN; ++n) {
-    const float start = tile > 0 && n < N ? tile_start[n] : 0.f;
-    fwd_h[n] = fmaf(fwd_p[n], start, fwd_h[n]);  // now h entering this thread
-  }
-
-  // Reverse: r entering this thread's last step from the right.
+  // Reverse: the map taking r entering this thread's last step (from the right) to r_{t0 - 1}.
   float rev_p[kMaxN], rev_r[kMaxN];
 #pragma unroll
   for (int n = 0; n < kMaxN; ++n) {
     float decay = 1.f, r = 0.f;
     if (n < N) {
       float c[kItems];
-      load_items(Cg + static_cast<int64_t>(n) * L, t0, L, c);
+      load_items<kItems>(Cg + static_cast<int64_t>(n) * L, t0, L, c);
 #pragma unroll
       for (int i = kItems - 1; i >= 0; --i) {
         const float a = exp2f(dt[i] * A2[n]);
@@ -101,12 +74,40 @@ __global__ void __launch_bounds__(kMaxThreads) scan_bwd_kernel(ScanParams p) {
     rev_p[n] = decay, rev_r[n] = r;
   }
   block_exclusive_scan<kMaxN, true>(rev_p, rev_r, smem, block_total);
-  if (threadIdx.x == 0) {
-    float* states = p.reverse_states + static_cast<int64_t>(row) * p.n_tiles * N;
-    hand_over<kMaxN>(N, tile < p.n_tiles - 1, p.sync + ticket, states + (tile + 1) * N, p.sync + 1 + ticket,
-                     states + tile * N, block_total, carry_in);
+  if constexpr (kMapOnly) {
+    write_tile_map<kMaxN>(p.reverse_maps + tile_index * 2 * N, N, block_total);
+    return;
   }
-  __syncthreads();
+
+  // Forward: the state entering this thread's first step (tile entering state saved by the forward).
+  float u[kItems];
+  load_items<kItems>(static_cast<const T*>(p.u) + row_offset, t0, L, u);
+  float fwd_p[kMaxN], fwd_h[kMaxN];
+#pragma unroll
+  for (int n = 0; n < kMaxN; ++n) {
+    float decay = 1.f, h = 0.f;
+    if (n < N) {
+      float b[kItems];
+      load_items<kItems>(Bg + static_cast<int64_t>(n) * L, t0, L, b);
+#pragma unroll
+      for (int i = 0; i < kItems; ++i) {
+        const float a = exp2f(dt[i] * A2[n]);
+        h = fmaf(a, h, dt[i] * u[i] * b[i]);
+        decay *= a;
+      }
+    }
+    fwd_p[n] = decay, fwd_h[n] = h;
+  }
+  block_exclusive_scan<kMaxN, false>(fwd_p, fwd_h, smem, block_total);
+  const float* fwd_carry = p.tile_carries + tile_index * N;
+  const float* rev_carry = p.reverse_carries + tile_index * N;
+#pragma unroll
+  for (int n = 0; n < kMaxN; ++n) {
+    if (p.n_tiles > 1 && n < N) {
+      fwd_h[n] = fmaf(fwd_p[n], fwd_carry[n], fwd_h[n]);
+      rev_r[n] = fmaf(rev_p[n], rev_carry[n], rev_r[n]);
+    }
+  }
 
   float du[kItems], ddt[kItems];
 #pragma unroll
@@ -127,7 +128,7 @@ __global__ void __launch_bounds__(kMaxThreads) scan_bwd_kernel(ScanParams p) {
         h_before[i] = h;
         h = fmaf(exp2f(dt[i] * A2[n]), h, dt[i] * u[i] * b[i]);
       }
-      float r = fmaf(rev_p[n], carry_in[n], rev_r[n]);
+      float r = rev_r[n];
 #pragma unroll
       for (int i = kItems - 1; i >= 0; --i) {
         if (t0 + i >= L) continue;
@@ -172,24 +173,34 @@ __global__ void __launch_bounds__(kMaxThreads) scan_bwd_kernel(ScanParams p) {
   }
 }
 
-template <typename T>
+template <typename T, int kMaxN>
 static void launch_bwd_typed(const ScanParams& p, cudaStream_t stream) {
+  constexpr int kItems = kMaxN == 1 ? 8 : 4;  // must match items_per_thread()
   const dim3 grid(p.batch * p.channels * p.n_tiles), block(p.threads);
+  if (p.n_tiles > 1) {
+    scan_bwd_kernel<T, kMaxN, kItems, true><<<grid, block, 0, stream>>>(p);
+    launch_carry<true>(p.reverse_maps, p.reverse_carries, p, stream);
+  }
+  scan_bwd_kernel<T, kMaxN, kItems, false><<<grid, block, 0, stream>>>(p);
+}
+
+template <typename T>
+static void launch_bwd_dispatch_state(const ScanParams& p, cudaStream_t stream) {
   if (p.state <= 1)
-    scan_bwd_kernel<T, 1><<<grid, block, 0, stream>>>(p);
+    launch_bwd_typed<T, 1>(p, stream);
   else if (p.state <= 4)
-    scan_bwd_kernel<T, 4><<<grid, block, 0, stream>>>(p);
+    launch_bwd_typed<T, 4>(p, stream);
   else if (p.state <= 8)
-    scan_bwd_kernel<T, 8><<<grid, block, 0, stream>>>(p);
+    launch_bwd_typed<T, 8>(p, stream);
   else
-    scan_bwd_kernel<T, 16><<<grid, block, 0, stream>>>(p);
+    launch_bwd_typed<T, 16>(p, stream);
 }
 
 void launch_scan_bwd(const ScanParams& p, ScanDtype dtype, cudaStream_t stream) {
   switch (dtype) {
-    case ScanDtype::kFloat32: launch_bwd_typed<float>(p, stream); break;
-    case ScanDtype::kFloat16: launch_bwd_typed<__half>(p, stream); break;
-    case ScanDtype::kBFloat16: launch_bwd_typed<__nv_bfloat16>(p, stream); break;
+    case ScanDtype::kFloat32: launch_bwd_dispatch_state<float>(p, stream); break;
+    case ScanDtype::kFloat16: launch_bwd_dispatch_state<__half>(p, stream); break;
+    case ScanDtype::kBFloat16: launch_bwd_dispatch_state<__nv_bfloat16>(p, stream); break;
   }
 }
 

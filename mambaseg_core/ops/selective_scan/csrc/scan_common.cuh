@@ -1,16 +1,18 @@
-// Shared device code of the selective-scan kernels: element loads, the block-wide scan of affine
-// maps, and the tile-to-tile hand-over of the state.
+// Shared device code of the selective-scan kernels: element loads, the block-wide scan of affine maps, and
+// the kernel that carries the state from tile to tile.
 //
 // Work split: one CUDA block scans one tile of kItems * blockDim.x consecutive steps of one (batch, channel)
-// row; each thread owns kItems consecutive steps. The state recurrence h_t = a_t * h_{t-1} + x_t is a
-// composition of affine maps (a, x), so a tile is scanned in parallel: every thread composes its own steps,
-// the block scans those maps (warp shuffles, then across warps), and the tiles of a row hand their end state
-// to the next tile through global memory (a chained scan). Blocks take tiles in order from an atomic ticket
-// counter, so the tile a block waits on has always started already and the chain cannot deadlock.
+// row; each thread owns kItems consecutive steps. The recurrence h_t = a_t * h_{t-1} + x_t is a composition
+// of affine maps (a, x), so a tile is scanned in parallel: every thread composes its own steps, and the block
+// scans those maps (warp shuffles, then across warps). Rows longer than one tile take three launches, none
+// of which waits on another block: (1) every tile's map from a zero state, (2) one thread per (row, state)
+// composes those maps in sequence into the state entering each tile, (3) every tile rescans with its
+// entering state and writes the output.
 #pragma once
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+
 #include <cstdint>
 
 #include "scan_params.h"
@@ -26,13 +28,17 @@ __device__ __forceinline__ float to_float<__half>(__half x) { return __half2floa
 template <>
 __device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 x) { return __bfloat162float(x); }
 
-// Loads kItems consecutive elements starting at step t0 of a row (zero past `length`).
-template <typename T>
+// Loads kItems consecutive elements starting at step t0 of a row (zero past `length`); 16-byte loads for
+// fp32 where the whole run is in bounds and aligned.
+template <int kItems, typename T>
 __device__ __forceinline__ void load_items(const T* row, int t0, int length, float (&out)[kItems]) {
-  if constexpr (sizeof(T) == 4 && kItems == 4) {
+  if constexpr (sizeof(T) == 4 && kItems % 4 == 0) {
     if (t0 + kItems <= length && (reinterpret_cast<uintptr_t>(row + t0) & 15) == 0) {
-      const float4 v = *reinterpret_cast<const float4*>(row + t0);
-      out[0] = v.x, out[1] = v.y, out[2] = v.z, out[3] = v.w;
+#pragma unroll
+      for (int i = 0; i < kItems; i += 4) {
+        const float4 v = *reinterpret_cast<const float4*>(row + t0 + i);
+        out[i] = v.x, out[i + 1] = v.y, out[i + 2] = v.z, out[i + 3] = v.w;
+      }
       return;
     }
   }
@@ -40,24 +46,17 @@ __device__ __forceinline__ void load_items(const T* row, int t0, int length, flo
   for (int i = 0; i < kItems; ++i) out[i] = t0 + i < length ? to_float(row[t0 + i]) : 0.f;
 }
 
+template <int kItems>
 __device__ __forceinline__ void store_items(float* row, int t0, int length, const float (&v)[kItems]) {
   if (t0 + kItems <= length && (reinterpret_cast<uintptr_t>(row + t0) & 15) == 0) {
-    *reinterpret_cast<float4*>(row + t0) = make_float4(v[0], v[1], v[2], v[3]);
+#pragma unroll
+    for (int i = 0; i < kItems; i += 4)
+      *reinterpret_cast<float4*>(row + t0 + i) = make_float4(v[i], v[i + 1], v[i + 2], v[i + 3]);
     return;
   }
 #pragma unroll
   for (int i = 0; i < kItems; ++i)
     if (t0 + i < length) row[t0 + i] = v[i];
-}
-
-__device__ __forceinline__ int load_acquire(const int* flag) {
-  int v;
-  asm volatile("ld.acquire.gpu.global.s32 %0, [%1];" : "=r"(v) : "l"(flag) : "memory");
-  return v;
-}
-
-__device__ __forceinline__ void store_release(int* flag, int v) {
-  asm volatile("st.release.gpu.global.s32 [%0], %1;" ::"l"(flag), "r"(v) : "memory");
 }
 
 // dt = softplus(delta + bias) (or delta + bias), zero on padded steps so they act as the identity.
@@ -116,38 +115,37 @@ __device__ __forceinline__ void block_exclusive_scan(float (&p)[kMaxN], float (&
     p[n] *= before_p;
     if (threadIdx.x == 0) total[0][n] = all_p, total[1][n] = all_h;
   }
-  __syncthreads();  // smem is reused by the caller
+  __syncthreads();  // smem is reused and total is read by the caller
 }
 
-// Blocks take tiles in ticket order; returns the ticket (broadcast through shared memory).
-__device__ __forceinline__ int take_ticket(int* counter, int* shared_slot) {
-  if (threadIdx.x == 0) *shared_slot = atomicAdd(counter, 1);
-  __syncthreads();
-  return *shared_slot;
-}
-
-// Chained hand-over: wait for the previous tile of this row (if any) to publish its end state, read it into
-// carry_in, publish this tile's end state (total applied to carry_in), then raise this tile's flag.
-// Called by thread 0 only. `prev_states`/`own_states` point at N floats.
+// Writes a tile's map (decay, state) for states n < N, laid out (2, N), from shared memory.
 template <int kMaxN>
-__device__ __forceinline__ void hand_over(int state, bool has_prev, const int* prev_flag, const float* prev_states,
-                                         int* own_flag, float* own_states, const float (&total)[2][kMaxN],
-                                         float* carry_in) {
-  if (has_prev) {
-    while (load_acquire(prev_flag) == 0) {
-    }
+__device__ __forceinline__ void write_tile_map(float* out, int state, const float (&total)[2][kMaxN]) {
+  const int n = threadIdx.x;
+  if (n < state) out[n] = total[0][n], out[state + n] = total[1][n];
+}
+
+// One thread per (row, state): composes the tile maps (rows, n_tiles, 2, N) in order (last to first if
+// kReverse) and writes the state entering each tile, (rows, n_tiles, N).
+template <bool kReverse>
+__global__ void carry_kernel(const float* __restrict__ maps, float* __restrict__ carries, int rows, int n_tiles,
+                             int state) {
+  const int index = blockIdx.x * blockDim.x + threadIdx.x;
+  if (index >= rows * state) return;
+  const int row = index / state, n = index % state;
+  float h = 0.f;
+  for (int i = 0; i < n_tiles; ++i) {
+    const int64_t tile = static_cast<int64_t>(row) * n_tiles + (kReverse ? n_tiles - 1 - i : i);
+    carries[tile * state + n] = h;
+    h = fmaf(maps[tile * 2 * state + n], h, maps[tile * 2 * state + state + n]);
   }
-#pragma unroll
-  for (int n = 0; n < kMaxN; ++n) {
-    if (n < state) {
-      const float prev = has_prev ? __ldcg(prev_states + n) : 0.f;
-      carry_in[n] = prev;
-      own_states[n] = fmaf(total[0][n], prev, total[1][n]);
-    } else {
-      carry_in[n] = 0.f;
-    }
-  }
-  store_release(own_flag, 1);
+}
+
+template <bool kReverse>
+inline void launch_carry(const float* maps, float* carries, const ScanParams& p, cudaStream_t stream) {
+  const int rows = p.batch * p.channels, threads = 256;
+  carry_kernel<kReverse><<<(rows * p.state + threads - 1) / threads, threads, 0, stream>>>(maps, carries, rows,
+                                                                                           p.n_tiles, p.state);
 }
 
 }  // namespace mambaseg

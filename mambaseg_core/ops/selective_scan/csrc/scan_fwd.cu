@@ -3,22 +3,22 @@
 
 namespace mambaseg {
 
-template <typename T, int kMaxN>
-__global__ void __launch_bounds__(kMaxThreads) scan_fwd_kernel(ScanParams p) {
+// kMapOnly: write this tile's map from a zero state and stop (first launch of a multi-tile row).
+// Otherwise: scan from the state entering the tile (zero, or tile_carries) and write y.
+template <typename T, int kMaxN, int kItems, bool kMapOnly>
+__global__ void __launch_bounds__(kMaxThreads, 2) scan_fwd_kernel(ScanParams p) {
   __shared__ float smem[kMaxWarps][2][kMaxN];
-  __shared__ float carry_in[kMaxN];
   __shared__ float block_total[2][kMaxN];
-  __shared__ int ticket_slot;
-  const int ticket = take_ticket(p.sync, &ticket_slot);
-  const int row = ticket / p.n_tiles, tile = ticket % p.n_tiles;
+  const int row = blockIdx.x / p.n_tiles, tile = blockIdx.x % p.n_tiles;
   const int batch = row / p.channels, channel = row % p.channels;
   const int group = channel / (p.channels / p.groups);
   const int L = p.length, N = p.state;
   const int t0 = tile * p.tile_len + threadIdx.x * kItems;
+  const int64_t row_offset = static_cast<int64_t>(row) * L;
 
   float u[kItems], dt[kItems];
-  load_items(static_cast<const T*>(p.u) + static_cast<int64_t>(row) * L, t0, L, u);
-  load_items(static_cast<const T*>(p.delta) + static_cast<int64_t>(row) * L, t0, L, dt);
+  load_items<kItems>(static_cast<const T*>(p.u) + row_offset, t0, L, u);
+  load_items<kItems>(static_cast<const T*>(p.delta) + row_offset, t0, L, dt);
   const float bias = p.delta_bias ? p.delta_bias[channel] : 0.f;
 #pragma unroll
   for (int i = 0; i < kItems; ++i) dt[i] = t0 + i < L ? delta_to_dt(dt[i] + bias, p.softplus) : 0.f;
@@ -26,8 +26,9 @@ __global__ void __launch_bounds__(kMaxThreads) scan_fwd_kernel(ScanParams p) {
   float A2[kMaxN];  // A * log2(e): exp(dt A) = exp2(dt A2)
 #pragma unroll
   for (int n = 0; n < kMaxN; ++n) A2[n] = n < N ? p.A[channel * N + n] * kLog2e : 0.f;
-  const T* Bg = static_cast<const T*>(p.Bm) + static_cast<int64_t>(batch * p.groups + group) * N * L;
-  const T* Cg = static_cast<const T*>(p.Cm) + static_cast<int64_t>(batch * p.groups + group) * N * L;
+  const int64_t group_offset = static_cast<int64_t>(batch * p.groups + group) * N * L;
+  const T* Bg = static_cast<const T*>(p.Bm) + group_offset;
+  const T* Cg = static_cast<const T*>(p.Cm) + group_offset;
 
   // This thread's steps as one affine map per state.
   float map_p[kMaxN], map_h[kMaxN];
@@ -36,7 +37,7 @@ __global__ void __launch_bounds__(kMaxThreads) scan_fwd_kernel(ScanParams p) {
     float decay = 1.f, h = 0.f;
     if (n < N) {
       float b[kItems];
-      load_items(Bg + static_cast<int64_t>(n) * L, t0, L, b);
+      load_items<kItems>(Bg + static_cast<int64_t>(n) * L, t0, L, b);
 #pragma unroll
       for (int i = 0; i < kItems; ++i) {
         const float a = exp2f(dt[i] * A2[n]);
@@ -47,25 +48,24 @@ __global__ void __launch_bounds__(kMaxThreads) scan_fwd_kernel(ScanParams p) {
     map_p[n] = decay, map_h[n] = h;
   }
   block_exclusive_scan<kMaxN, false>(map_p, map_h, smem, block_total);
-
-  if (threadIdx.x == 0) {
-    float* states = p.tile_states + static_cast<int64_t>(row) * p.n_tiles * N;
-    hand_over<kMaxN>(N, tile > 0, p.sync + ticket, states + (tile - 1) * N, p.sync + 1 + ticket, states + tile * N,
-                     block_total, carry_in);
+  const int64_t tile_index = static_cast<int64_t>(row) * p.n_tiles + tile;
+  if constexpr (kMapOnly) {
+    write_tile_map<kMaxN>(p.tile_maps + tile_index * 2 * N, N, block_total);
+    return;
   }
-  __syncthreads();
 
   float y[kItems];
   const float skip = p.D ? p.D[channel] : 0.f;
 #pragma unroll
   for (int i = 0; i < kItems; ++i) y[i] = skip * u[i];
+  const float* carry = p.tile_carries + tile_index * N;
 #pragma unroll
   for (int n = 0; n < kMaxN; ++n) {
     if (n < N) {
       float b[kItems], c[kItems];
-      load_items(Bg + static_cast<int64_t>(n) * L, t0, L, b);
-      load_items(Cg + static_cast<int64_t>(n) * L, t0, L, c);
-      float h = fmaf(map_p[n], carry_in[n], map_h[n]);
+      load_items<kItems>(Bg + static_cast<int64_t>(n) * L, t0, L, b);
+      load_items<kItems>(Cg + static_cast<int64_t>(n) * L, t0, L, c);
+      float h = p.n_tiles > 1 ? fmaf(map_p[n], carry[n], map_h[n]) : map_h[n];
 #pragma unroll
       for (int i = 0; i < kItems; ++i) {
         h = fmaf(exp2f(dt[i] * A2[n]), h, dt[i] * u[i] * b[i]);
@@ -73,27 +73,37 @@ __global__ void __launch_bounds__(kMaxThreads) scan_fwd_kernel(ScanParams p) {
       }
     }
   }
-  store_items(p.y + static_cast<int64_t>(row) * L, t0, L, y);
+  store_items<kItems>(p.y + row_offset, t0, L, y);
+}
+
+template <typename T, int kMaxN>
+static void launch_fwd_typed(const ScanParams& p, cudaStream_t stream) {
+  constexpr int kItems = kMaxN == 1 ? 8 : 4;  // must match items_per_thread()
+  const dim3 grid(p.batch * p.channels * p.n_tiles), block(p.threads);
+  if (p.n_tiles > 1) {
+    scan_fwd_kernel<T, kMaxN, kItems, true><<<grid, block, 0, stream>>>(p);
+    launch_carry<false>(p.tile_maps, p.tile_carries, p, stream);
+  }
+  scan_fwd_kernel<T, kMaxN, kItems, false><<<grid, block, 0, stream>>>(p);
 }
 
 template <typename T>
-static void launch_fwd_typed(const ScanParams& p, cudaStream_t stream) {
-  const dim3 grid(p.batch * p.channels * p.n_tiles), block(p.threads);
+static void launch_fwd_dispatch_state(const ScanParams& p, cudaStream_t stream) {
   if (p.state <= 1)
-    scan_fwd_kernel<T, 1><<<grid, block, 0, stream>>>(p);
+    launch_fwd_typed<T, 1>(p, stream);
   else if (p.state <= 4)
-    scan_fwd_kernel<T, 4><<<grid, block, 0, stream>>>(p);
+    launch_fwd_typed<T, 4>(p, stream);
   else if (p.state <= 8)
-    scan_fwd_kernel<T, 8><<<grid, block, 0, stream>>>(p);
+    launch_fwd_typed<T, 8>(p, stream);
   else
-    scan_fwd_kernel<T, 16><<<grid, block, 0, stream>>>(p);
+    launch_fwd_typed<T, 16>(p, stream);
 }
 
 void launch_scan_fwd(const ScanParams& p, ScanDtype dtype, cudaStream_t stream) {
   switch (dtype) {
-    case ScanDtype::kFloat32: launch_fwd_typed<float>(p, stream); break;
-    case ScanDtype::kFloat16: launch_fwd_typed<__half>(p, stream); break;
-    case ScanDtype::kBFloat16: launch_fwd_typed<__nv_bfloat16>(p, stream); break;
+    case ScanDtype::kFloat32: launch_fwd_dispatch_state<float>(p, stream); break;
+    case ScanDtype::kFloat16: launch_fwd_dispatch_state<__half>(p, stream); break;
+    case ScanDtype::kBFloat16: launch_fwd_dispatch_state<__nv_bfloat16>(p, stream); break;
   }
 }
 

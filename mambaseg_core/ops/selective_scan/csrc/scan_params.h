@@ -8,7 +8,6 @@
 
 namespace mambaseg {
 
-constexpr int kItems = 4;        // consecutive steps per thread
 constexpr int kMaxThreads = 256;  // threads per block, at most
 constexpr int kMaxWarps = kMaxThreads / 32;
 constexpr float kLog2e = 1.4426950408889634f;
@@ -17,7 +16,7 @@ enum class ScanDtype : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 
 struct ScanParams {
   int batch, channels, groups, state, length;  // state = N
-  int threads, tile_len, n_tiles;               // n_tiles tiles of tile_len steps per row
+  int items, threads, tile_len, n_tiles;        // n_tiles tiles of tile_len = threads * items steps per row
   bool softplus;
   // Inputs, contiguous: u, delta (B, C, L) and B, C (B, K, N, L) in the input dtype; A (C, N), D, bias (C,) fp32.
   const void* u;
@@ -27,10 +26,13 @@ struct ScanParams {
   const void* Cm;
   const float* D;           // may be null
   const float* delta_bias;  // may be null
-  // Forward outputs: y (B, C, L) and the inclusive end state of every tile (B*C, n_tiles, N), fp32.
+  // Forward: y (B, C, L); per tile (row = batch * C + channel) its map from a zero state, (B*C, n_tiles, 2, N),
+  // and the state entering it, (B*C, n_tiles, N), saved for the backward. All fp32. The per-tile buffers are
+  // used only when n_tiles > 1.
   float* y;
-  float* tile_states;
-  // Backward: dy (B, C, L); gradients, fp32, the reduced ones zero-initialised; reverse tile states.
+  float* tile_maps;
+  float* tile_carries;
+  // Backward: dy (B, C, L); gradients, fp32, the reduced ones zero-initialised; the reverse scan's tile buffers.
   const float* dy;
   float* du;
   float* ddelta;
@@ -39,16 +41,20 @@ struct ScanParams {
   float* dC;
   float* dD;      // may be null
   float* dbias;   // may be null
-  float* reverse_states;
-  int* sync;  // [0] ticket counter, [1 + tile] "state published" flag; zero-initialised
+  float* reverse_maps;
+  float* reverse_carries;
 };
+
+// Steps per thread: more for N = 1 (few registers per step, and more bytes in flight per thread).
+inline int items_per_thread(int state) { return state == 1 ? 8 : 4; }
 
 // Tiling for a row of `length` steps: threads per block and steps per tile.
 inline void choose_tiling(ScanParams& p) {
+  p.items = items_per_thread(p.state);
   int threads = 32;
-  while (threads < kMaxThreads && threads * kItems < p.length) threads *= 2;
+  while (threads < kMaxThreads && threads * p.items < p.length) threads *= 2;
   p.threads = threads;
-  p.tile_len = threads * kItems;
+  p.tile_len = threads * p.items;
   p.n_tiles = (p.length + p.tile_len - 1) / p.tile_len;
 }
 
