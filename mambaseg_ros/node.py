@@ -260,6 +260,12 @@ class MambaSegNode(Node):
             self.counters.add("images_rejected")
             self.get_logger().warning(f"image rejected: {exc}", throttle_duration_sec=5.0)
             return
+        try:
+            self.segmenter.check_image(image)
+        except ValueError as exc:
+            self.counters.add("images_wrong_size")
+            self.get_logger().warning(f"image rejected: {exc}", throttle_duration_sec=5.0)
+            return
         stamp_us = stamp_to_us(msg.header.stamp)
         if self._last_image_us is not None and stamp_us < self._last_image_us - self._jump_tolerance_us:
             self._on_time_jump("image stamp went back")

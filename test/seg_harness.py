@@ -11,12 +11,14 @@ frame got its mask (1 on timeout).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,9 +49,9 @@ def write_tiny_model_config(folder: Path) -> Path:
     return path
 
 
-def write_params(folder: Path, model_config: Path, **overrides: Any) -> Path:
-    """A params file for the node with the tiny random-weight model on CPU and test-friendly QoS/latency."""
-    params = {
+def node_params(model_config: Path, **overrides: Any) -> dict[str, Any]:
+    """Node parameters for tests: the tiny random-weight model on CPU, reliable QoS, a generous event wait."""
+    return {
         "model_config": str(model_config),
         "allow_random_weights": True,
         "device": "cpu",
@@ -59,8 +61,12 @@ def write_params(folder: Path, model_config: Path, **overrides: Any) -> Path:
         "max_event_latency_ms": 5000.0,
         **overrides,
     }
+
+
+def write_params(folder: Path, model_config: Path, **overrides: Any) -> Path:
+    """`node_params` as a params file."""
     path = folder / "node_params.yaml"
-    path.write_text(yaml.safe_dump({"/**": {"ros__parameters": params}}))
+    path.write_text(yaml.safe_dump({"/**": {"ros__parameters": node_params(model_config, **overrides)}}))
     return path
 
 
@@ -158,6 +164,44 @@ class FrameDriver:
             if not self.wait_for(lambda c=count: all(len(v) >= c for v in self.received.values()), timeout_per_frame):
                 return False
         return True
+
+
+@contextlib.contextmanager
+def ros_context() -> Iterator[Any]:
+    """A private, initialised rclpy context (shut down on exit)."""
+    import rclpy
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    try:
+        yield context
+    finally:
+        rclpy.try_shutdown(context=context)
+
+
+def node_overrides(model_config: Path, **values: Any) -> list[Any]:
+    """`node_params` as rclpy parameter overrides (in-process nodes)."""
+    from rclpy.parameter import Parameter
+
+    return [Parameter(name, value=value) for name, value in node_params(model_config, **values).items()]
+
+
+class SpunNode:
+    """The node under test spinning in its own executor thread."""
+
+    def __init__(self, node: Any):
+        from rclpy.executors import SingleThreadedExecutor
+
+        self.node = node
+        self.executor = SingleThreadedExecutor(context=node.context)
+        self.executor.add_node(node)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.executor.shutdown(timeout_sec=5.0)
+        self.node.destroy_node()
+        self.thread.join(timeout=10.0)
 
 
 def stamps_us(messages: list[Any]) -> list[int]:

@@ -3,7 +3,6 @@ to the Segmenter called directly on the same inputs; parameter validation at sta
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,9 +14,15 @@ pytest.importorskip("event_camera_msgs", reason="needs the built event_camera_ms
 pytestmark = pytest.mark.ros
 
 import rclpy  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
-from rclpy.parameter import Parameter  # noqa: E402
-from seg_harness import FrameDriver, stamps_us, synthetic_frame, write_tiny_model_config  # noqa: E402
+from seg_harness import (  # noqa: E402
+    FrameDriver,
+    SpunNode,
+    node_overrides,
+    ros_context,
+    stamps_us,
+    synthetic_frame,
+    write_tiny_model_config,
+)
 
 from mambaseg_core.pipeline import Segmenter, build_model  # noqa: E402
 from mambaseg_ros.conversions import image_to_numpy  # noqa: E402
@@ -30,40 +35,8 @@ IMAGE_H, IMAGE_W = 64, 96  # twice the tiny model's 32x48: exercises resize + ne
 
 @pytest.fixture
 def context() -> Iterator[Any]:
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    yield context
-    rclpy.try_shutdown(context=context)
-
-
-def node_overrides(tiny_model_config, **values) -> list[Parameter]:
-    params = {
-        "model_config": str(tiny_model_config),
-        "allow_random_weights": True,
-        "device": "cpu",
-        "window_events": 1000,
-        "image_reliability": "reliable",
-        "events_reliability": "reliable",
-        "max_event_latency_ms": 5000.0,
-        **values,
-    }
-    return [Parameter(name, value=value) for name, value in params.items()]
-
-
-class SpunNode:
-    """The node under test spinning in its own executor thread."""
-
-    def __init__(self, node: MambaSegNode):
-        self.node = node
-        self.executor = SingleThreadedExecutor(context=node.context)
-        self.executor.add_node(node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.executor.shutdown(timeout_sec=5.0)
-        self.node.destroy_node()
-        self.thread.join(timeout=10.0)
+    with ros_context() as context:
+        yield context
 
 
 def test_one_mask_per_image_matching_the_segmenter(context, tmp_path):

@@ -211,7 +211,8 @@ class Segmenter:
                 "(image_fit=crop_bottom keeps the top rows: needs the same width and at least as many rows)"
             )
 
-    def _check_image(self, image: np.ndarray) -> tuple[int, int]:
+    def check_image(self, image: np.ndarray) -> tuple[int, int]:
+        """(H, W) of an acceptable frame; ValueError for a wrong dtype, layout or size (sensor_size, image_fit)."""
         if image.dtype not in (np.uint8, np.uint16):
             raise ValueError(f"image must be uint8 or uint16, got {image.dtype}")
         if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
@@ -242,10 +243,13 @@ class Segmenter:
         height, width = size
         if len(events) == 0:
             return torch.zeros(self.event_bins, height, width, device=self.device)
-        args = (events.x, events.y, events.t, events.p)
         if self.device.type == "cuda":
-            return voxel_grid_torch(*args, bins=self.event_bins, height=height, width=width, device=self.device)
-        return torch.from_numpy(voxel_grid(*args, bins=self.event_bins, height=height, width=width))
+            # torch has no arithmetic on uint16: widen the coordinates before the upload.
+            x, y = (torch.from_numpy(c.astype(np.int32)) for c in (events.x, events.y))
+            t, p = torch.from_numpy(events.t), torch.from_numpy(events.p)
+            return voxel_grid_torch(x, y, t, p, bins=self.event_bins, height=height, width=width, device=self.device)
+        grid = voxel_grid(events.x, events.y, events.t, events.p, bins=self.event_bins, height=height, width=width)
+        return torch.from_numpy(grid)
 
     def _fit(self, tensor: torch.Tensor) -> torch.Tensor:
         """(C, H_in, W_in) -> (C, H, W) by `image_fit`."""
@@ -278,7 +282,7 @@ class Segmenter:
         return self._prepare(image, stamp_us, {})
 
     def _prepare(self, image: np.ndarray, stamp_us: int, timings: dict[str, float]) -> NetworkInputs:
-        size = self._check_image(image)
+        size = self.check_image(image)
         start = time.perf_counter()
         events = self.window(stamp_us)
         timings["window"] = _ms_since(start)
