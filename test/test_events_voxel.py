@@ -154,6 +154,8 @@ def _torch_matches_numpy(device: str) -> None:
         print(device, "rectified" if rectified else "integer", "max abs diff", diff)
         assert got.dtype == torch.float32 and got.device.type == device
         assert diff < 1e-4  # float32 sums of up to ~100 unit weights per cell, different order
+    empty = torch.empty(0)
+    assert not voxel_grid_torch(empty, empty, empty, empty, bins=2, height=3, width=4, device=device).any()
 
 
 def test_torch_matches_numpy_cpu() -> None:

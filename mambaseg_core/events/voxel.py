@@ -170,14 +170,16 @@ def voxel_grid_torch(
     """Same grid with torch ops (scatter-add, GPU-capable) → float32 (bins, height, width) on `device`.
 
     Agrees with `voxel_grid` to float32 rounding: τ is computed identically (float64), but the weights are
-    summed in float32 in an unspecified order. device: defaults to x's device.
+    summed in float32 in an unspecified order. device: defaults to x's device. No host synchronisation
+    (except the NaN check for float t): dropped events are routed to a spare cell past the grid instead of
+    being filtered out.
     """
     _check_shape(bins, height, width)
     device = torch.device(device) if device is not None else x.device
-    n = t.numel()
-    grid = torch.zeros(bins * height * width, dtype=torch.float32, device=device)
-    if n == 0:
-        return grid.view(bins, height, width)
+    size = bins * height * width
+    grid = torch.zeros(size + 1, dtype=torch.float32, device=device)  # [size] collects dropped events
+    if t.numel() == 0:
+        return grid[:size].view(bins, height, width)
     x, y, t, p = (v.to(device).reshape(-1) for v in (x, y, t, p))
     if t.is_floating_point():
         t = t.to(torch.float64)
@@ -187,20 +189,20 @@ def voxel_grid_torch(
     else:
         t = t.to(torch.int64)
         offset = ((bins - 1) * (t - t[0])).to(torch.float64)
-    delta = float(t[-1] - t[0])
-    tau = offset / (delta if delta != 0.0 else 1.0)
-    xi, yi = (torch.trunc(v.to(torch.float64)) if v.is_floating_point() else v.to(torch.int64) for v in (x, y))
-    valid = (xi >= 0) & (xi < width) & (yi >= 0) & (yi < height) & (tau >= 0) & (tau < bins)
-    xi, yi, tau = xi[valid].to(torch.int64), yi[valid].to(torch.int64), tau[valid]
-    sign = torch.where(p[valid] == 1, 1.0, -1.0).to(torch.float64)
-    b = tau.to(torch.int64)
+    delta = (t[-1] - t[0]).to(torch.float64)
+    tau = offset / torch.where(delta == 0, torch.ones_like(delta), delta)
+    xt, yt = (torch.trunc(v.to(torch.float64)) if v.is_floating_point() else v.to(torch.int64) for v in (x, y))
+    valid = (xt >= 0) & (xt < width) & (yt >= 0) & (yt < height) & (tau >= 0) & (tau < bins)
+    b = torch.where(valid, tau, 0.0).to(torch.int64)
     frac = tau - b
-    cell = yi * width + xi
-    plane = height * width
-    grid.index_add_(0, b * plane + cell, (sign * (1.0 - frac)).to(torch.float32))
-    right = b + 1 < bins
-    grid.index_add_(0, (b[right] + 1) * plane + cell[right], (sign[right] * frac[right]).to(torch.float32))
-    return grid.view(bins, height, width)
+    cell = torch.where(valid, yt * width + xt, 0).to(torch.int64)
+    sign = torch.where(p == 1, 1.0, -1.0).to(torch.float64)
+    spare = torch.full_like(cell, size)
+    left = torch.where(valid, b * (height * width) + cell, spare)
+    right = torch.where(valid & (b + 1 < bins), left + height * width, spare)
+    grid.index_add_(0, left, (sign * (1.0 - frac)).to(torch.float32))
+    grid.index_add_(0, right, (sign * frac).to(torch.float32))
+    return grid[:size].view(bins, height, width)
 
 
 def crop_bottom(grid: np.ndarray | torch.Tensor, rows: int) -> np.ndarray | torch.Tensor:
