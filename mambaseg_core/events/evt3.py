@@ -1,6 +1,6 @@
 """Prophesee EVT 3.0 codec: a stateful streaming decoder and an encoder that round-trips with it.
 
-EVT3 is a stream of little-endian 16-bit words; the code is bits 15..12 (table in docs/spec ros.md §3).
+EVT3 is a stream of little-endian 16-bit words; the code is bits 15..12 (Prophesee's EVT 3.0 spec).
 Semantics follow the ROS driver's decoder (ros-event-camera/event_camera_codecs), not the Metavision SDK:
 - decoding starts once a TIME_HIGH and then a TIME_LOW were seen; words before that only update the clock;
 - time = TIME_HIGH bits | last TIME_LOW (a TIME_HIGH does not clear TIME_LOW);
@@ -13,13 +13,13 @@ Semantics follow the ROS driver's decoder (ros-event-camera/event_camera_codecs)
 Output times are unwrapped sensor µs (int64) starting from the first TIME_HIGH's 24-bit value.
 
 Two decoders produce identical batches: a vectorised numpy one (the reference, always available) and the PyPI
-`evt3` package (Rust, ~10x faster), used for a packet only when its semantics provably agree with the reference
+`evt3` package (Rust, ~5x faster), used for a packet only when its semantics provably agree with the reference
 on that packet (see `_Evt3PackagePath`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 
 import numba
 import numpy as np
@@ -36,7 +36,6 @@ ADDR_Y, ADDR_X, VECT_BASE_X, VECT_12, VECT_8 = 0x0, 0x2, 0x3, 0x4, 0x5
 TIME_LOW, CONTINUED_4, TIME_HIGH, EXT_TRIGGER = 0x6, 0x7, 0x8, 0xA
 OTHERS, CONTINUED_12 = 0xE, 0xF
 
-TIME_WRAP_US = 1 << 24
 ROLLOVER_TOLERANCE = 10  # TIME_HIGH units (4096 µs); same constant as event_camera_codecs
 _PACKAGE_ROLLOVER_MIN_DROP = 4085  # the evt3 package's (Metavision's) rule: MAX_TIMESTAMP_BASE - 10 periods
 _MAX_COORD = (1 << 11) - 1
@@ -57,9 +56,6 @@ class Evt3Stats:
     time_wraps: int = 0  # 24-bit rollovers detected
     fast_path_packets: int = 0  # packets decoded by the evt3 package
     reference_packets: int = 0  # packets decoded by the numpy reference
-
-    def as_dict(self) -> dict[str, int]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 @dataclass
