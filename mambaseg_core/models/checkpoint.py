@@ -39,8 +39,8 @@ def _read(path: str | Path, allow_unsafe_pickle: bool) -> Any:
     except pickle.UnpicklingError as exc:
         if not allow_unsafe_pickle:
             raise ValueError(
-                f"{path} holds Python objects that torch.load(weights_only=True) refuses ({exc}); if you trust "
-                "the file, pass allow_unsafe_pickle=True"
+                f"torch.load(weights_only=True) cannot read {path}: {exc}. If it is a trusted checkpoint that also "
+                "holds other Python objects, pass allow_unsafe_pickle=True"
             ) from exc
     return torch.load(path, map_location="cpu", weights_only=False)
 
@@ -178,12 +178,18 @@ def load_official_checkpoint(
     image_size (H, W) must be the training resolution (200x346 DDD17, 440x640 DSEC); when None it is
     inferred from the TSSM shapes if exactly one published size fits.
     """
-    official_sd = _official_state_dict(_read(path, allow_unsafe_pickle))
+    return _model_from_official(_read(path, allow_unsafe_pickle), image_size, device, scan_backend)
+
+
+def _model_from_official(
+    checkpoint: Any, image_size: tuple[int, int] | None, device: str | torch.device, scan_backend: str | None
+) -> MambaSeg:
+    official_sd = _official_state_dict(checkpoint)
     if image_size is None:
         image_size = infer_official_image_size(official_sd)
     config = infer_official_config(official_sd, image_size)
     if scan_backend is not None:
-        config.scan_backend = scan_backend  # type: ignore[assignment]
+        config = load_model_config(config, scan_backend=scan_backend)
     state_dict, unknown = rename_keys(official_sd, MODEL_KEYS.to_ours)
     with torch.device("meta"):
         model = MambaSeg(config)
@@ -231,7 +237,7 @@ def load_model(
     """
     checkpoint = _read(path, allow_unsafe_pickle)
     if not (isinstance(checkpoint, Mapping) and checkpoint.get("format") == FORMAT):
-        return load_official_checkpoint(path, image_size, device, scan_backend, allow_unsafe_pickle)
+        return _model_from_official(checkpoint, image_size, device, scan_backend)
     if checkpoint.get("version") != VERSION:
         raise ValueError(f"{path}: checkpoint version {checkpoint.get('version')!r}, this code reads {VERSION}")
     overrides = {} if scan_backend is None else {"scan_backend": scan_backend}
