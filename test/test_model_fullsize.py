@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from mambaseg_core.models import MambaSeg, load_model_config, load_official_checkpoint
+from mambaseg_core.ops.selective_scan import available_backends
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = REPO_ROOT / "config" / "model"
@@ -40,7 +41,7 @@ def test_fullsize_cpu_forward(name: str):
     start = time.perf_counter()
     logits = model(**inputs)
     seconds = time.perf_counter() - start
-    print(f"{name}: CPU forward (batch 1, scan backend {model.config.scan_backend!r}) {seconds:.1f} s")
+    print(f"{name}: CPU forward (batch 1, scan backend {available_backends('cpu')[0]!r}) {seconds:.1f} s")
     assert logits.shape == (1, model.config.num_classes, *model.config.image_size)
     assert torch.isfinite(logits).all()
 
@@ -63,7 +64,8 @@ def test_cuda_matches_cpu_on_the_official_fixture(reference_dir: Path, tmp_path:
     model = load_official_checkpoint(path, image_size=(64, 96), device="cuda")
     logits = model(image=data["image"].float().cuda(), events=data["events"].float().cuda())
     error = rel_l2(logits, data["logits"])
-    print(f"fixture: cuda ({model.config.scan_backend!r} -> auto) vs official CPU logits rel L2 {error:.2e}")
+    backend = available_backends("cuda")[0]
+    print(f"fixture: cuda (scan backend {backend!r}) vs official CPU logits rel L2 {error:.2e}")
     assert error <= CUDA_RTOL
 
 
@@ -80,5 +82,10 @@ def test_cuda_matches_cpu_at_ddd17_size(no_tf32):
     cuda_logits = model(**{k: v.cuda() for k, v in inputs.items()})
     torch.cuda.synchronize()
     error = rel_l2(cuda_logits, cpu_logits)
-    print(f"DDD17 size: cuda vs CPU rel L2 {error:.2e} (first cuda forward {time.perf_counter() - start:.2f} s)")
+    seconds = time.perf_counter() - start
+    backend = available_backends("cuda")[0]
+    print(
+        f"DDD17 size: cuda ({backend!r}) vs CPU ({available_backends('cpu')[0]!r}) rel L2 {error:.2e}; "
+        f"first cuda forward {seconds:.2f} s"
+    )
     assert error <= CUDA_RTOL
