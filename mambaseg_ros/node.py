@@ -184,9 +184,10 @@ class MambaSegNode(Node):
         self._worker = threading.Thread(target=self._work, name="mambaseg_inference", daemon=True)
         self._worker.start()
         height, width = self.segmenter.network_size
+        warmup_ms = self.segmenter.warmup()
         self.get_logger().info(
             f"ready: {self._model_description()} on {self.device}, network input {height}x{width}, "
-            f"{len(self.segmenter.classes.names)} classes ({self.segmenter.classes.key})"
+            f"{len(self.segmenter.classes.names)} classes ({self.segmenter.classes.key}), warm-up {warmup_ms:.0f} ms"
         )
 
     # ---- start-up ------------------------------------------------------------------------------------

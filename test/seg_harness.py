@@ -49,7 +49,7 @@ def write_tiny_model_config(folder: Path) -> Path:
     return path
 
 
-def node_params(model_config: Path, **overrides: Any) -> dict[str, Any]:
+def node_params(model_config: Path, /, **overrides: Any) -> dict[str, Any]:
     """Node parameters for tests: the tiny random-weight model on CPU, reliable QoS, a generous event wait."""
     return {
         "model_config": str(model_config),
@@ -63,7 +63,7 @@ def node_params(model_config: Path, **overrides: Any) -> dict[str, Any]:
     }
 
 
-def write_params(folder: Path, model_config: Path, **overrides: Any) -> Path:
+def write_params(folder: Path, model_config: Path, /, **overrides: Any) -> Path:
     """`node_params` as a params file."""
     path = folder / "node_params.yaml"
     path.write_text(yaml.safe_dump({"/**": {"ros__parameters": node_params(model_config, **overrides)}}))
@@ -179,7 +179,7 @@ def ros_context() -> Iterator[Any]:
         rclpy.try_shutdown(context=context)
 
 
-def node_overrides(model_config: Path, **values: Any) -> list[Any]:
+def node_overrides(model_config: Path, /, **values: Any) -> list[Any]:
     """`node_params` as rclpy parameter overrides (in-process nodes)."""
     from rclpy.parameter import Parameter
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -179,6 +181,12 @@ def test_bad_images_raise_value_error(model):
         crop.segment(np.zeros((NET_H + 4, NET_W - 2, 3), np.uint8), 0)
 
 
+def test_warmup_runs_a_forward_pass_without_touching_state(model):
+    seg = segmenter(model)
+    assert seg.warmup() > 0
+    assert seg.stats.frames == 0 and seg.latest_event_us is None
+
+
 def test_reset_forgets_events(model):
     seg = segmenter(model)
     seg.add_events(make_events(100, 0, 1000))
@@ -265,3 +273,25 @@ def test_event_clock_as_is_keeps_times_and_flags_steps_back():
     assert not jumped
     _, jumped = clock.align(_batch([5_000]), stamp_us=0)
     assert jumped
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: the torch voxel grid and device path")
+def test_cuda_segmenter_matches_cpu(model):
+    gpu_model = copy.deepcopy(model)
+    gpu_model.set_scan_backend("torch")  # no extension build inside a unit test
+    config = load_config(SegmenterConfig, {"window_events": 700})
+    cpu, gpu = Segmenter(model, config, "cpu"), Segmenter(gpu_model, config, "cuda")
+    events = make_events(3000, 0, 100_000)
+    for seg in (cpu, gpu):
+        seg.add_events(events)
+    image = make_image(seed=5)
+    cpu_inputs, gpu_inputs = cpu.prepare(image, 60_000), gpu.prepare(image, 60_000)
+    voxel_diff = (cpu_inputs.events - gpu_inputs.events.cpu()).abs().max().item()
+    print(f"max |voxel cpu - cuda| = {voxel_diff}")
+    assert voxel_diff < 1e-4  # float32 sums in another order
+    torch.testing.assert_close(gpu_inputs.image.cpu(), cpu_inputs.image, rtol=0, atol=1e-6)
+    cpu_ids, gpu_ids = cpu.segment(image, 60_000).class_ids, gpu.segment(image, 60_000).class_ids
+    agreement = float((cpu_ids == gpu_ids).mean())
+    print(f"ids agreeing between CPU and CUDA: {agreement:.4f}")
+    assert agreement > 0.99  # TF32/cuDNN kernels may flip near-ties of random-weight logits

@@ -273,6 +273,18 @@ class Segmenter:
         # Nearest neighbour: interpolating ids would invent classes at borders.
         return F.interpolate(ids[None, None].float(), size=size, mode="nearest-exact")[0, 0].to(torch.uint8)
 
+    def warmup(self) -> float:
+        """One forward pass on zeros (kernel selection, lazy CUDA init / extension loading); returns its ms."""
+        height, width = self.network_size
+        start = time.perf_counter()
+        with torch.inference_mode():
+            self.model(
+                image=torch.zeros(1, self.image_channels, height, width, device=self.device),
+                events=torch.zeros(1, self.event_bins, height, width, device=self.device),
+            )
+        self._sync()
+        return _ms_since(start)
+
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
