@@ -16,7 +16,10 @@ from mambaseg_core.cli.make_fixtures import main as make_fixtures_main
 from mambaseg_core.data.check import check_ddd17, check_dsec
 from mambaseg_core.data.fixtures import DSEC_T_OFFSET_US
 
-SEQUENCES = {"train": ["zurich_city_00_a", "zurich_city_01_a", "zurich_city_02_a"], "test": ["zurich_city_13_a"]}
+SEQUENCES = {
+    "train": ["zurich_city_00_a", "zurich_city_01_a", "zurich_city_02_a", "zurich_city_04_a"],
+    "test": ["zurich_city_13_a"],
+}
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +58,7 @@ def test_clean_fixtures_have_no_problems(fixtures, capsys):
 
 
 def test_broken_dsec_root_reports_each_problem_by_file(tmp_path: Path, capsys):
-    from mambaseg_core.data.fixtures import write_dsec_fixture
+    from mambaseg_core.data.fixtures import write_dsec_events_h5, write_dsec_fixture
 
     root = write_dsec_fixture(tmp_path / "dsec", n_labels=7, num_events=3000, sequences=SEQUENCES)
     (root / "train/zurich_city_00_a/images/left/ev_inf/000003.png").unlink()
@@ -63,6 +66,10 @@ def test_broken_dsec_root_reports_each_problem_by_file(tmp_path: Path, capsys):
     cv2.imwrite(str(seq01 / "semantic/11classes/data/000002.png"), np.full((440, 640), 42, np.uint8))
     cv2.imwrite(str(seq01 / "images/left/ev_inf/000004.png"), np.zeros((240, 320, 3), np.uint8))
     (root / "train/zurich_city_02_a/events/left/events.h5").write_bytes(b"\x89HDF\r\n truncated")
+    events_04 = root / "train/zurich_city_04_a/events/left/events.h5"
+    with h5py.File(events_04, "r") as h5:
+        t, y, p = h5["events/t"][:], h5["events/y"][:], h5["events/p"][:]
+    write_dsec_events_h5(events_04, t, np.full(len(t), 700), y, p, DSEC_T_OFFSET_US)  # x beyond 640
     seq13 = root / "test/zurich_city_13_a"
     times = np.loadtxt(seq13 / "semantic/timestamps.txt", dtype=np.int64)
     times[6] = DSEC_T_OFFSET_US  # no event before it
@@ -78,6 +85,7 @@ def test_broken_dsec_root_reports_each_problem_by_file(tmp_path: Path, capsys):
         "zurich_city_01_a/semantic/11classes/data/000002.png: label values [42] are not dsec11 ids",
         "zurich_city_01_a/images/left/ev_inf/000004.png: ev_inf image must be RGB 640x480, got RGB 320x240",
         "zurich_city_02_a/events/left/events.h5: cannot open as HDF5",
+        "zurich_city_04_a/events/left/events.h5: events before label time 49599700137 µs lie outside the 640x480",
         "zurich_city_13_a/semantic/timestamps.txt: timestamps must be strictly increasing",
         "zurich_city_13_a/events/left/events.h5: no events before label time(s)",
         "zurich_city_13_a/events/left/rectify_map.h5: rectify_map must have shape (480, 640, 2), got (480, 640)",
@@ -86,7 +94,7 @@ def test_broken_dsec_root_reports_each_problem_by_file(tmp_path: Path, capsys):
         assert any(fragment in p for p in report.problems), fragment
     assert len(report.problems) == len(expected)
     assert check_main([str(root), "--kind", "dsec"]) == 1
-    assert "7 problem(s)" in capsys.readouterr().out
+    assert "8 problem(s)" in capsys.readouterr().out
 
 
 def test_broken_ddd17_root_reports_each_problem_by_file(fixtures, tmp_path: Path):

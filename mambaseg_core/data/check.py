@@ -17,6 +17,8 @@ import hdf5plugin  # noqa: F401  (registers the Blosc filter DSEC's events.h5 ne
 import numpy as np
 from PIL import Image
 
+from mambaseg_core.events import DsecEventReader
+
 from .classes import CLASS_SETS, ClassSet
 from .ddd17 import (
     DDD17_SPLIT_INDICES,
@@ -35,6 +37,7 @@ from .ddd17 import (
 )
 from .dsec import (
     DSEC_SEQUENCES,
+    OFFICIAL_NUM_EVENTS,
     OFFICIAL_LABEL_SKIP,
     OFFICIAL_LABEL_STRIDE,
     DsecSequenceFiles,
@@ -162,6 +165,24 @@ def _check_dsec_events(report: CheckReport, files: DsecSequenceFiles, used_times
     return n, (t_last - t_first) / 1e6
 
 
+def _check_dsec_windows(report: CheckReport, files: DsecSequenceFiles, used_times: np.ndarray) -> None:
+    """Read each used 100k-event window: decodable chunks, coordinates on the 640x480 sensor."""
+    try:
+        reader = DsecEventReader(files.events_h5)
+    except (OSError, KeyError) as err:
+        report.problem(files.events_h5, f"cannot read as a DSEC events.h5 ({err})")
+        return
+    with reader:
+        for t_label in used_times.tolist():
+            try:
+                batch = reader.fixed_count_before(t_label, OFFICIAL_NUM_EVENTS)
+            except (OSError, ValueError) as err:
+                report.problem(files.events_h5, f"window before label time {t_label} µs unreadable ({err})")
+                continue
+            if len(batch) and (batch.x.max() >= DSEC_WIDTH or batch.y.max() >= DSEC_HEIGHT):
+                report.problem(files.events_h5, f"events before label time {t_label} µs lie outside the 640x480 sensor")
+
+
 def _check_rectify_map(report: CheckReport, path: Path) -> None:
     try:
         with h5py.File(path, "r") as h5:
@@ -203,7 +224,10 @@ def check_dsec(root: Path, classes: int = 11, max_labels: int = 0) -> CheckRepor
                 )
             if np.any(np.diff(files.timestamps) <= 0):
                 report.problem(files.timestamps_path, "timestamps must be strictly increasing")
+            problems_before = len(report.problems)
             n_events, seconds = _check_dsec_events(report, files, used)
+            if len(report.problems) == problems_before:  # the file is sound enough to read windows from
+                _check_dsec_windows(report, files, used if max_labels <= 0 else used[:max_labels])
             _check_rectify_map(report, files.rectify_map_h5)
             labels = files.labels if max_labels <= 0 else files.labels[:max_labels]
             for label_path in labels:

@@ -63,6 +63,7 @@ CROP_BOTTOM_ROWS = 40
 LABEL_HEIGHT = SENSOR_HEIGHT - CROP_BOTTOM_ROWS
 OFFICIAL_LABEL_SKIP = (250 // 100 + 1) * 2  # = 6: the official `remove_time_window=250` warm-up
 OFFICIAL_LABEL_STRIDE = 2  # every second label (10 Hz)
+OFFICIAL_NUM_EVENTS = 100_000  # events per sample (`nr_events_window`)
 
 
 def _sorted_pngs(folder: Path) -> list[Path]:
@@ -135,7 +136,7 @@ class DsecSequence(Dataset):
         path: Path,
         *,
         classes: int = 11,
-        num_events: int = 100_000,
+        num_events: int = OFFICIAL_NUM_EVENTS,
         bins: int = 10,
         window_ms: int | None = None,
         window_chunks: int = 1,
