@@ -220,3 +220,32 @@ def test_intended_merge_is_a_different_model(fixture_data: dict):
         error = rel_l2(intended(**inputs), official(**inputs))
     print("intended vs official merge rel L2", error)
     assert error > 1e-3
+
+
+def test_randomised_model_survives_the_official_format(tmp_path: Path):
+    """Every norm weight/bias, bias and D perturbed: ours -> official file -> load_official_checkpoint is exact."""
+    config = ModelConfig(
+        image_size=(24, 40),
+        image_channels=3,
+        num_classes=4,
+        dims=(16, 32, 64, 128),
+        depths=(1, 2, 1, 1),
+        decoder_dim=32,
+    )
+    torch.manual_seed(0)
+    model = MambaSeg(config).eval()
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith(("bias", ".D")) or "norm" in name:
+                param.add_(0.1 * torch.randn(param.shape, generator=generator))
+        model.decoder.fuse_norm.running_mean.normal_(generator=generator)
+    path = tmp_path / "official.pth"
+    torch.save({"epoch": 1, "state_dict": to_official_state_dict(model.state_dict())}, path)
+    loaded = load_official_checkpoint(path, image_size=config.image_size)
+    assert loaded.config == config
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    inputs = dict(image=torch.rand(1, 3, 24, 40, generator=generator), events=torch.randn(1, 10, 24, 40))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**inputs), model(**inputs), rtol=0, atol=0)
