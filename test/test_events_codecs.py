@@ -4,6 +4,7 @@ hand-made words for each EVT3 rule, and malformed input."""
 from __future__ import annotations
 
 import itertools
+from array import array
 from types import SimpleNamespace
 
 import numpy as np
@@ -201,7 +202,7 @@ def test_evt3_state_survives_packets_and_reset_clears_it() -> None:
     decoder = Evt3Decoder(backend="numpy")
     data = words(TH(1), TL(2), AY(3), AX(4))
     assert len(decoder.decode(data[:5])) == 0  # odd split inside ADDR_Y
-    assert_same(decoder.decode(data[5:]), EventBatch.from_arrays([4], [3], [(1 << 12) | 2], [1]))
+    assert_same(decoder.decode(array("B", data[5:])), EventBatch.from_arrays([4], [3], [(1 << 12) | 2], [1]))
     decoder.reset()
     assert len(decoder.decode(words(AY(1), AX(1)))) == 0 and decoder.stats.skipped_words == 2
 
@@ -221,7 +222,8 @@ def test_mono_round_trip(seed: int, n: int) -> None:
 
 def test_mono_layout_and_sub_microsecond_floor() -> None:
     word = (1 << 63) | (7 << 48) | (300 << 32) | 2_999
-    out = decode_mono(np.array([word], "<u8").tobytes(), time_base=10_000)
+    payload = array("B", np.array([word], "<u8").tobytes())  # rclpy delivers uint8[] as array('B')
+    out = decode_mono(payload, time_base=10_000)
     assert (out.x[0], out.y[0], out.t[0], out.p[0]) == (300, 7, 12, 1)  # (10_000 + 2_999) ns → 12 µs
 
 
@@ -260,8 +262,10 @@ def test_malformed_input_errors() -> None:
         encode_evt3(EventBatch.from_arrays([1, 2], [1, 1], [5, 4], [0, 1]))
     with pytest.raises(ValueError, match="2048"):
         encode_evt3(EventBatch.from_arrays([4000], [1], [5], [0]))
-    with pytest.raises(TypeError, match="bytes"):
+    with pytest.raises(TypeError, match="bytes-like"):
         Evt3Decoder().decode("not bytes")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="bytes-like"):
+        decode_mono(3.5, 0)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="nanosec"):
         decode_event_array([SimpleNamespace(x=1, y=1, ts=SimpleNamespace(sec=0, nanosec=-1), polarity=True)])
     # A truncated packet (cut mid-word, stream ends) yields the complete events and keeps the odd byte.

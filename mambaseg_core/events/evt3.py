@@ -25,6 +25,7 @@ import numba
 import numpy as np
 
 from mambaseg_core.events.batch import EventBatch
+from mambaseg_core.events.buffers import as_byte_array
 
 try:  # optional fast path
     import evt3 as _evt3_package
@@ -120,15 +121,6 @@ def _scan_words(words, wraps, high_raw, low, y, base_x, polarity, time_low_pendi
     return skipped, unknown, package_safe, wraps, high_raw, low, y, base_x, polarity, time_low_pending
 
 
-def _as_bytes_view(data: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
-    """A uint8 view of `data` (no copy); numpy arrays are taken as their raw bytes."""
-    if isinstance(data, np.ndarray):
-        return np.ascontiguousarray(data).reshape(-1).view(np.uint8)
-    if isinstance(data, bytes | bytearray | memoryview):
-        return np.frombuffer(data, np.uint8)
-    raise TypeError(f"evt3 data must be bytes, bytearray, memoryview or a numpy array, got {type(data).__name__}")
-
-
 def _forward_fill(positions: np.ndarray, values: np.ndarray, initial: int, queries: np.ndarray) -> np.ndarray:
     """Value of the last `positions` entry at or before each query position (`initial` if none).
 
@@ -174,7 +166,7 @@ class Evt3Decoder:
 
     def decode(self, data: bytes | bytearray | memoryview | np.ndarray) -> EventBatch:
         """Decode one packet (any byte count) → the CD events it completes, in stream order."""
-        raw = _as_bytes_view(data)
+        raw = as_byte_array(data)
         if self._carry.size:
             raw = np.concatenate([self._carry, raw])
         n_words = raw.size // 2

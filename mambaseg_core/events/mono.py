@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from mambaseg_core.events.batch import EventBatch
+from mambaseg_core.events.buffers import as_byte_array
 
 MAX_DT_NS = (1 << 32) - 1
 _UINT64_MAX = (1 << 64) - 1
@@ -18,8 +19,7 @@ _UINT64_MAX = (1 << 64) - 1
 
 def decode_mono(data: bytes | bytearray | memoryview | np.ndarray, time_base: int) -> EventBatch:
     """Decode a mono packet (N*8 bytes) whose time_base is in ns → EventBatch with t in µs (floored)."""
-    raw = np.ascontiguousarray(data).reshape(-1).view(np.uint8) if isinstance(data, np.ndarray) else data
-    raw = np.frombuffer(raw, np.uint8)
+    raw = as_byte_array(data)
     if raw.size % 8:
         raise ValueError(f"mono packet must hold whole 8-byte events, got {raw.size} bytes")
     time_base = int(time_base)
