@@ -19,39 +19,8 @@ from PIL import Image
 
 from mambaseg_core.events import DsecEventReader
 
+from . import ddd17, dsec
 from .classes import CLASS_SETS, ClassSet
-from .ddd17 import (
-    DDD17_SPLIT_INDICES,
-    frame_image_path,
-    load_index,
-    mask_frame_id,
-)
-from .ddd17 import (
-    LABEL_HEIGHT as DDD17_LABEL_HEIGHT,
-)
-from .ddd17 import (
-    SENSOR_HEIGHT as DDD17_HEIGHT,
-)
-from .ddd17 import (
-    SENSOR_WIDTH as DDD17_WIDTH,
-)
-from .dsec import (
-    DSEC_SEQUENCES,
-    OFFICIAL_NUM_EVENTS,
-    OFFICIAL_LABEL_SKIP,
-    OFFICIAL_LABEL_STRIDE,
-    DsecSequenceFiles,
-    select_sequences,
-)
-from .dsec import (
-    LABEL_HEIGHT as DSEC_LABEL_HEIGHT,
-)
-from .dsec import (
-    SENSOR_HEIGHT as DSEC_HEIGHT,
-)
-from .dsec import (
-    SENSOR_WIDTH as DSEC_WIDTH,
-)
 from .errors import DatasetError
 from .images import read_label_cv2, read_label_pil
 
@@ -114,7 +83,7 @@ def _image_size(path: Path) -> tuple[tuple[int, int], str]:
         raise DatasetError(path, f"cannot read image ({err})") from err
 
 
-def _check_dsec_events(report: CheckReport, files: DsecSequenceFiles, used_times: np.ndarray) -> tuple[int, float]:
+def _check_dsec_events(report: CheckReport, files: dsec.DsecSequenceFiles, used_times: np.ndarray) -> tuple[int, float]:
     """Structure of events.h5 and coverage of the used label times; returns (events, seconds)."""
     path = files.events_h5
     try:
@@ -165,7 +134,7 @@ def _check_dsec_events(report: CheckReport, files: DsecSequenceFiles, used_times
     return n, (t_last - t_first) / 1e6
 
 
-def _check_dsec_windows(report: CheckReport, files: DsecSequenceFiles, used_times: np.ndarray) -> None:
+def _check_dsec_windows(report: CheckReport, files: dsec.DsecSequenceFiles, used_times: np.ndarray) -> None:
     """Read each used 100k-event window: decodable chunks, coordinates on the 640x480 sensor."""
     try:
         reader = DsecEventReader(files.events_h5)
@@ -175,11 +144,11 @@ def _check_dsec_windows(report: CheckReport, files: DsecSequenceFiles, used_time
     with reader:
         for t_label in used_times.tolist():
             try:
-                batch = reader.fixed_count_before(t_label, OFFICIAL_NUM_EVENTS)
+                batch = reader.fixed_count_before(t_label, dsec.OFFICIAL_NUM_EVENTS)
             except (OSError, ValueError) as err:
                 report.problem(files.events_h5, f"window before label time {t_label} µs unreadable ({err})")
                 continue
-            if len(batch) and (batch.x.max() >= DSEC_WIDTH or batch.y.max() >= DSEC_HEIGHT):
+            if len(batch) and (batch.x.max() >= dsec.SENSOR_WIDTH or batch.y.max() >= dsec.SENSOR_HEIGHT):
                 report.problem(files.events_h5, f"events before label time {t_label} µs lie outside the 640x480 sensor")
 
 
@@ -190,67 +159,74 @@ def _check_rectify_map(report: CheckReport, path: Path) -> None:
     except OSError as err:
         report.problem(path, f"cannot open as HDF5 ({err})")
         return
-    if shape != (DSEC_HEIGHT, DSEC_WIDTH, 2):
-        report.problem(path, f"rectify_map must have shape ({DSEC_HEIGHT}, {DSEC_WIDTH}, 2), got {shape}")
+    if shape != (dsec.SENSOR_HEIGHT, dsec.SENSOR_WIDTH, 2):
+        report.problem(path, f"rectify_map must have shape ({dsec.SENSOR_HEIGHT}, {dsec.SENSOR_WIDTH}, 2), got {shape}")
+
+
+def _check_dsec_pngs(report: CheckReport, files: dsec.DsecSequenceFiles, histogram: _LabelHistogram, limit: int):
+    """Label values and sizes, ev_inf sizes and modes, for the first `limit` frames (all when <= 0)."""
+    count = len(files.labels) if limit <= 0 else limit
+    for label_path, image_path in zip(files.labels[:count], files.images[:count]):
+        with report.collecting():
+            histogram.add(report, label_path, read_label_pil(label_path, dsec.LABEL_HEIGHT, dsec.SENSOR_WIDTH))
+        with report.collecting():
+            (width, height), mode = _image_size(image_path)
+            if (width, height) != (dsec.SENSOR_WIDTH, dsec.SENSOR_HEIGHT) or mode != "RGB":
+                expected = f"RGB {dsec.SENSOR_WIDTH}x{dsec.SENSOR_HEIGHT}"
+                report.problem(image_path, f"ev_inf image must be {expected}, got {mode} {width}x{height}")
+
+
+def _check_dsec_sequence(
+    report: CheckReport, split: str, seq: Path, classes: int, histogram: _LabelHistogram, max_labels: int
+) -> tuple[int, int, int]:
+    """Checks one sequence and adds its summary line; returns (labels, samples, events)."""
+    try:
+        files = dsec.DsecSequenceFiles(seq, classes)
+    except DatasetError as err:
+        report.problems.append(str(err))
+        return 0, 0, 0
+    used = files.timestamps[dsec.OFFICIAL_LABEL_SKIP :: dsec.OFFICIAL_LABEL_STRIDE]
+    if len(used) == 0:
+        needed = dsec.OFFICIAL_LABEL_SKIP + 1
+        report.problem(files.timestamps_path, f"{len(files.timestamps)} labels give no sample (needs >= {needed})")
+    if np.any(np.diff(files.timestamps) <= 0):
+        report.problem(files.timestamps_path, "timestamps must be strictly increasing")
+    problems_before = len(report.problems)
+    n_events, seconds = _check_dsec_events(report, files, used)
+    if len(report.problems) == problems_before:  # the file is sound enough to read windows from
+        _check_dsec_windows(report, files, used if max_labels <= 0 else used[:max_labels])
+    _check_rectify_map(report, files.rectify_map_h5)
+    _check_dsec_pngs(report, files, histogram, max_labels)
+    rate = f"{n_events / seconds / 1e6:.2f} Mev/s" if seconds > 0 else "n/a"
+    report.summary.append(
+        f"{split}/{seq.name}: {len(files.timestamps)} labels, {len(used)} samples,"
+        f" {n_events} events over {seconds:.1f} s ({rate})"
+    )
+    return len(files.timestamps), len(used), n_events
 
 
 def check_dsec(root: Path, classes: int = 11, max_labels: int = 0) -> CheckReport:
     """Check both splits of a DSEC-Semantic root (the layout MambaSeg reads).
 
-    `max_labels` > 0 limits the label and image PNGs read per sequence.
+    `max_labels` > 0 limits the labels, images and event windows read per sequence.
     """
     report = CheckReport()
     histogram = _LabelHistogram(CLASS_SETS[f"dsec{classes}"])
-    totals = {"sequences": 0, "labels": 0, "samples": 0, "events": 0}
-    for split, names in DSEC_SEQUENCES.items():
+    totals = np.zeros(3, np.int64)
+    sequences = 0
+    for split, names in dsec.DSEC_SEQUENCES.items():
         try:
-            paths = select_sequences(Path(root) / split, names)
+            paths = dsec.select_sequences(Path(root) / split, names)
         except DatasetError as err:
             report.problems.append(str(err))
             continue
         if not paths:
             report.problem(Path(root) / split, f"no sequence folder named like any of {list(names)}")
         for seq in paths:
-            try:
-                files = DsecSequenceFiles(seq, classes)
-            except DatasetError as err:
-                report.problems.append(str(err))
-                continue
-            used = files.timestamps[OFFICIAL_LABEL_SKIP::OFFICIAL_LABEL_STRIDE]
-            if len(used) == 0:
-                report.problem(
-                    files.timestamps_path,
-                    f"{len(files.timestamps)} labels give no sample (needs >= {OFFICIAL_LABEL_SKIP + 1})",
-                )
-            if np.any(np.diff(files.timestamps) <= 0):
-                report.problem(files.timestamps_path, "timestamps must be strictly increasing")
-            problems_before = len(report.problems)
-            n_events, seconds = _check_dsec_events(report, files, used)
-            if len(report.problems) == problems_before:  # the file is sound enough to read windows from
-                _check_dsec_windows(report, files, used if max_labels <= 0 else used[:max_labels])
-            _check_rectify_map(report, files.rectify_map_h5)
-            labels = files.labels if max_labels <= 0 else files.labels[:max_labels]
-            for label_path in labels:
-                with report.collecting():
-                    histogram.add(report, label_path, read_label_pil(label_path, DSEC_LABEL_HEIGHT, DSEC_WIDTH))
-            for image_path in files.images if max_labels <= 0 else files.images[:max_labels]:
-                with report.collecting():
-                    size, mode = _image_size(image_path)
-                    if size != (DSEC_WIDTH, DSEC_HEIGHT) or mode != "RGB":
-                        report.problem(
-                            image_path,
-                            f"ev_inf image must be RGB {DSEC_WIDTH}x{DSEC_HEIGHT}, got {mode} {size[0]}x{size[1]}",
-                        )
-            rate = f"{n_events / seconds / 1e6:.2f} Mev/s" if seconds > 0 else "n/a"
-            report.summary.append(
-                f"{split}/{seq.name}: {len(files.timestamps)} labels, {len(used)} samples,"
-                f" {n_events} events over {seconds:.1f} s ({rate})"
-            )
-            totals["sequences"] += 1
-            totals["labels"] += len(files.timestamps)
-            totals["samples"] += len(used)
-            totals["events"] += n_events
-    report.summary.append(", ".join(f"{v} {k}" for k, v in totals.items()))
+            totals += _check_dsec_sequence(report, split, seq, classes, histogram, max_labels)
+            sequences += 1
+    labels, samples, events = totals.tolist()
+    report.summary.append(f"{sequences} sequences, {labels} labels, {samples} samples, {events} events")
     report.summary += histogram.lines()
     return report
 
@@ -281,7 +257,7 @@ def _check_ddd17_dir(report: CheckReport, folder: Path, histogram: _LabelHistogr
             report.warnings.append(f"{path}: missing (only index_50ms.npy is used by the official config)")
             continue
         try:
-            loaded = load_index(path)
+            loaded = ddd17.load_index(path)
         except DatasetError as err:
             report.problems.append(str(err))
             continue
@@ -294,16 +270,18 @@ def _check_ddd17_dir(report: CheckReport, folder: Path, histogram: _LabelHistogr
         report.warnings.append(f"{folder / 'segmentation_masks'}: no masks (unzip segmentation_masks.zip?)")
     for mask in masks:
         with report.collecting():
-            frame_id = mask_frame_id(mask)
-            histogram.add(report, mask, read_label_cv2(mask, DDD17_LABEL_HEIGHT, DDD17_WIDTH))
-            image = frame_image_path(folder, frame_id)
+            frame_id = ddd17.mask_frame_id(mask)
+            histogram.add(report, mask, read_label_cv2(mask, ddd17.LABEL_HEIGHT, ddd17.SENSOR_WIDTH))
+            image = ddd17.frame_image_path(folder, frame_id)
             if not image.is_file():
                 hint = " (video.mp4 present: the dataset decodes it)" if (folder / "video.mp4").is_file() else ""
                 report.problem(image, f"frame image not found{hint}")
             else:
                 size, _ = _image_size(image)
-                if size != (DDD17_WIDTH, DDD17_HEIGHT):
-                    report.problem(image, f"image must be {DDD17_WIDTH}x{DDD17_HEIGHT}, got {size[0]}x{size[1]}")
+                if size != (ddd17.SENSOR_WIDTH, ddd17.SENSOR_HEIGHT):
+                    report.problem(
+                        image, f"image must be {ddd17.SENSOR_WIDTH}x{ddd17.SENSOR_HEIGHT}, got {size[0]}x{size[1]}"
+                    )
             if index is None:
                 continue
             if frame_id > len(index):
@@ -318,13 +296,14 @@ def _check_ddd17_dir(report: CheckReport, folder: Path, histogram: _LabelHistogr
             x, y, p = window_xyp.T
             if len(x) and (
                 x.min() < 0
-                or x.max() >= DDD17_WIDTH
+                or x.max() >= ddd17.SENSOR_WIDTH
                 or y.min() < 0
-                or y.max() >= DDD17_HEIGHT
+                or y.max() >= ddd17.SENSOR_HEIGHT
                 or not np.isin(p, (0, 1)).all()
             ):
                 report.problem(
-                    xyp_path, f"events in [{start}, {end}) outside x<{DDD17_WIDTH}, y<{DDD17_HEIGHT}, p in {{0,1}}"
+                    xyp_path,
+                    f"events in [{start}, {end}) outside x<{ddd17.SENSOR_WIDTH}, y<{ddd17.SENSOR_HEIGHT}, p in {{0,1}}",
                 )
     return len(masks), n, (int(t[-1]) - int(t[0])) / 1e9
 
@@ -336,7 +315,7 @@ def check_ddd17(root: Path) -> CheckReport:
     dirs = sorted((p for p in Path(root).glob("dir*") if p.is_dir()), key=str)
     if len(dirs) < 7:
         report.problem(root, f"needs at least 7 dir* folders for the official split, found {[d.name for d in dirs]}")
-    role = {i: split for split, indices in DDD17_SPLIT_INDICES.items() for i in indices}
+    role = {i: split for split, indices in ddd17.DDD17_SPLIT_INDICES.items() for i in indices}
     for position, folder in enumerate(dirs):
         masks, n, seconds = _check_ddd17_dir(report, folder, histogram)
         rate = f"{n / seconds / 1e6:.2f} Mev/s" if seconds > 0 else "n/a"
