@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_train_support import BlobDataset, TinySegNet, tiny_config
+from test_train_support import BlobDataset, TinySegNet, single_torch_thread, tiny_config  # noqa: F401 (autouse fixture)
 
 from mambaseg_core.data.classes import DDD17
 from mambaseg_core.train import HookBase, LossRecorder, Trainer

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 import torch.nn as nn
 from torch.utils.data import Dataset
@@ -14,6 +15,16 @@ from mambaseg_core.train.config import TrainConfig, load_train_config
 
 NUM_CLASSES = 6
 HEIGHT, WIDTH = 16, 24
+
+
+@pytest.fixture(autouse=True)
+def single_torch_thread():
+    """Run with one intra-op thread: on a busy 2-core machine two spinning OpenMP threads made the tiny
+    MambaSeg steps ~20x slower (measured 0.3 s vs 8 s CPU per step). Import this into a test module to use it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 class TinySegNet(nn.Module):

@@ -217,4 +217,9 @@ def load_train_config(source: str | Path | dict, overrides: list[str] | tuple[st
                 raise ConfigError(".".join(parents[: i + 1]), "is not a section, cannot override inside it")
             node = child
         node[leaf] = yaml.safe_load(raw)
-    return load_config(TrainConfig, data)
+    try:
+        return load_config(TrainConfig, data)
+    except ConfigError as exc:
+        if isinstance(source, dict):
+            raise
+        raise ConfigError(exc.key, str(exc).split(": ", 1)[-1], str(source)) from None
