@@ -71,3 +71,12 @@ def test_to_rgb8_converts_gray_and_uint16():
     np.testing.assert_array_equal(rgb[..., 0], rgb[..., 2])
     with pytest.raises(ValueError, match="uint8 or uint16"):
         to_rgb8(np.zeros((2, 2), np.float32))
+
+
+def test_overlay_accepts_a_reversed_channel_view():
+    rng = np.random.default_rng(2)
+    bgr = rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    ids = np.zeros((5, 7), np.uint8)
+    rgb = to_rgb8(bgr[:, :, ::-1])
+    out = overlay(rgb, colorize(ids, palette_lut(CLASS_SETS["ddd17"].palette)), ids, 0.0)
+    np.testing.assert_array_equal(out, bgr[:, :, ::-1])

@@ -170,3 +170,18 @@ def test_bad_event_packets_raise_value_error():
         event_packet_to_batch(_packet("mono", b"\x00" * 7))
     with pytest.raises(ValueError, match="big-endian"):
         event_packet_to_batch(_packet("mono", b"\x00" * 8, big_endian=True))
+
+
+def test_event_arrays_decode_duck_typed_dvs_messages():
+    from types import SimpleNamespace
+
+    from mambaseg_ros.conversions import event_array_to_batch
+
+    def event(x, y, sec, nanosec, polarity):
+        return SimpleNamespace(x=x, y=y, ts=Time(sec=sec, nanosec=nanosec), polarity=polarity)
+
+    msg = SimpleNamespace(events=[event(3, 4, 10, 2_500, True), event(5, 6, 10, 7_999, False)])
+    batch = event_array_to_batch(msg)
+    np.testing.assert_array_equal(batch.t, [10_000_002, 10_000_007])
+    np.testing.assert_array_equal(batch.x, [3, 5])
+    np.testing.assert_array_equal(batch.p, [1, 0])
