@@ -50,7 +50,7 @@ def overlay(image_rgb: np.ndarray, colored: np.ndarray, class_ids: np.ndarray, a
         )
     blended = cv2.addWeighted(image_rgb, 1.0 - alpha, colored, alpha, 0.0)
     # Masked copy in OpenCV: ~15x faster than numpy boolean indexing at 640x480.
-    cv2.copyTo(image_rgb, cv2.compare(class_ids, IGNORE_INDEX, cv2.CMP_EQ), blended)
+    cv2.copyTo(image_rgb, (class_ids == IGNORE_INDEX).view(np.uint8), blended)
     return blended
 
 
