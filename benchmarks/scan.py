@@ -110,8 +110,8 @@ def time_call(fn: Callable[[], object], device: str, budget_s: float = 0.3, max_
     return statistics.median(times)
 
 
-def gpu_busy_time(fn: Callable[[], object], reps: int = 5) -> float:
-    """Seconds of GPU kernel time per fn() call (torch.profiler), i.e. without the host's launch overhead."""
+def gpu_kernel_times(fn: Callable[[], object], reps: int = 5) -> dict[str, float]:
+    """Seconds of GPU time per fn() call of each kernel (torch.profiler): no host launch overhead."""
     from torch.profiler import ProfilerActivity, profile
 
     fn()
@@ -121,7 +121,11 @@ def gpu_busy_time(fn: Callable[[], object], reps: int = 5) -> float:
             fn()
         torch.cuda.synchronize()
     kernels = [e for e in prof.key_averages() if str(getattr(e, "device_type", "")).endswith("CUDA")]
-    return sum(e.self_device_time_total for e in kernels) / reps / 1e6
+    return {e.key: e.self_device_time_total / reps / 1e6 for e in kernels}
+
+
+def gpu_busy_time(fn: Callable[[], object]) -> float:
+    return sum(gpu_kernel_times(fn).values())
 
 
 def copy_bandwidth() -> float:
@@ -173,6 +177,23 @@ def bench_shape(shape: ScanShape, backends: list[str], copy_bw: float) -> tuple[
     return rows, forward_s
 
 
+def kernel_breakdown(shape: ScanShape) -> str:
+    """GPU time of each kernel of the cuda backend's forward and forward+backward at `shape`."""
+    fwd_in = make_inputs(shape, "cuda", requires_grad=False)
+    bwd_in = make_inputs(shape, "cuda", requires_grad=True)
+
+    def fwd() -> None:
+        with torch.no_grad():
+            selective_scan(**fwd_in, delta_softplus=True, backend="cuda")
+
+    def fwd_bwd() -> None:
+        selective_scan(**bwd_in, delta_softplus=True, backend="cuda").sum().backward()
+
+    rows = [["forward", name[:90], f"{t * 1e6:.1f}"] for name, t in gpu_kernel_times(fwd).items()]
+    rows += [["forward+backward", name[:90], f"{t * 1e6:.1f}"] for name, t in gpu_kernel_times(fwd_bwd).items()]
+    return table(["call", "kernel", "µs"], rows)
+
+
 def bench_gpu(backends: list[str]) -> tuple[str, str]:
     copy_bw = copy_bandwidth()
     rows, totals = [], {b + suffix: 0.0 for b in backends for suffix in ("", " kernels")}
@@ -184,7 +205,8 @@ def bench_gpu(backends: list[str]) -> tuple[str, str]:
             for key in totals:
                 totals[key] += shape.per_forward * forward_s[key]
             if shape.module == "encoder" and shape.stage == 0:
-                stage0 = (forward_s[backends[0] + " kernels"], shape.forward_bytes() / copy_bw)
+                breakdown = kernel_breakdown(shape) if backends[0] == "cuda" else ""
+                stage0 = (forward_s[backends[0] + " kernels"], shape.forward_bytes() / copy_bw, breakdown)
         torch.cuda.empty_cache()
     headers = [
         "shape (channels, N, L)",
@@ -213,7 +235,9 @@ def bench_gpu(backends: list[str]) -> tuple[str, str]:
         summary += [
             "",
             f"DSEC stage-0 encoder scan (384, N=1, L=17600), {backends[0]} kernels: {stage0[0] * 1e6:.1f} µs; "
-            f"memory floor {stage0[1] * 1e6:.1f} µs at the measured copy bandwidth.",
+            f"memory floor {stage0[1] * 1e6:.1f} µs at the measured copy bandwidth. Per kernel:",
+            "",
+            stage0[2],
         ]
     return table(headers, rows), "\n".join(summary)
 

@@ -3,13 +3,11 @@
 
 namespace mambaseg {
 
-// kMapOnly: write this tile's map from a zero state and stop (first launch of a multi-tile row).
-// Otherwise: scan from the state entering the tile (zero, or tile_carries) and write y.
+// One tile of one row. kMapOnly: write the tile's map from a zero state and stop (first launch of a
+// multi-tile row). Otherwise: scan from the state entering the tile (zero, or tile_carries) and write y.
 template <typename T, int kMaxN, int kItems, bool kMapOnly>
-__global__ void __launch_bounds__(kMaxThreads, 2) scan_fwd_kernel(ScanParams p) {
-  __shared__ float smem[kMaxWarps][2][kMaxN];
-  __shared__ float block_total[2][kMaxN];
-  const int row = blockIdx.x / p.n_tiles, tile = blockIdx.x % p.n_tiles;
+__device__ __forceinline__ void scan_fwd_tile(const ScanParams& p, int row, int tile, float (*smem)[2][kMaxN],
+                                              float (&block_total)[2][kMaxN], float (&carry)[kMaxN]) {
   const int batch = row / p.channels, channel = row % p.channels;
   const int group = channel / (p.channels / p.groups);
   const int L = p.length, N = p.state;
@@ -54,11 +52,15 @@ __global__ void __launch_bounds__(kMaxThreads, 2) scan_fwd_kernel(ScanParams p) 
     return;
   }
 
+  if (p.n_tiles > 1) {
+    compose_tile_maps<kMaxN, false>(p.tile_maps + static_cast<int64_t>(row) * p.n_tiles * 2 * N, tile, p.n_tiles, N,
+                                    carry, p.tile_carries + tile_index * N);
+  }
+
   float y[kItems];
   const float skip = p.D ? p.D[channel] : 0.f;
 #pragma unroll
   for (int i = 0; i < kItems; ++i) y[i] = skip * u[i];
-  const float* carry = p.tile_carries + tile_index * N;
 #pragma unroll
   for (int n = 0; n < kMaxN; ++n) {
     if (n < N) {
@@ -76,15 +78,28 @@ __global__ void __launch_bounds__(kMaxThreads, 2) scan_fwd_kernel(ScanParams p) 
   store_items<kItems>(p.y + row_offset, t0, L, y);
 }
 
+// A block scans one tile of kRows consecutive rows, one after the other: with N = 16 the rows of a group
+// read the same B and C tile, which the later rows then find in L1 instead of fetching it again from L2.
+// Blocks are ordered tile-major, so the blocks running at the same time read the same steps of B and C.
+template <typename T, int kMaxN, int kItems, int kRows, bool kMapOnly>
+__global__ void __launch_bounds__(kMaxThreads, 2) scan_fwd_kernel(ScanParams p) {
+  __shared__ float smem[kMaxWarps][2][kMaxN];
+  __shared__ float block_total[2][kMaxN];
+  __shared__ float carry[kMaxN];
+  const int rows = p.batch * p.channels, row_blocks = (rows + kRows - 1) / kRows;
+  const int tile = blockIdx.x / row_blocks, first_row = blockIdx.x % row_blocks * kRows;
+  for (int r = 0; r < kRows && first_row + r < rows; ++r)
+    scan_fwd_tile<T, kMaxN, kItems, kMapOnly>(p, first_row + r, tile, smem, block_total, carry);
+}
+
 template <typename T, int kMaxN>
 static void launch_fwd_typed(const ScanParams& p, cudaStream_t stream) {
   constexpr int kItems = kMaxN == 1 ? 8 : 4;  // must match items_per_thread()
-  const dim3 grid(p.batch * p.channels * p.n_tiles), block(p.threads);
-  if (p.n_tiles > 1) {
-    scan_fwd_kernel<T, kMaxN, kItems, true><<<grid, block, 0, stream>>>(p);
-    launch_carry<false>(p.tile_maps, p.tile_carries, p, stream);
-  }
-  scan_fwd_kernel<T, kMaxN, kItems, false><<<grid, block, 0, stream>>>(p);
+  constexpr int kRows = kMaxN >= 8 ? 4 : 1;
+  const int row_blocks = (p.batch * p.channels + kRows - 1) / kRows;
+  const dim3 grid(row_blocks * p.n_tiles), block(p.threads);
+  if (p.n_tiles > 1) scan_fwd_kernel<T, kMaxN, kItems, kRows, true><<<grid, block, 0, stream>>>(p);
+  scan_fwd_kernel<T, kMaxN, kItems, kRows, false><<<grid, block, 0, stream>>>(p);
 }
 
 template <typename T>

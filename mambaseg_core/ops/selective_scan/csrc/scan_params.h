@@ -42,7 +42,6 @@ struct ScanParams {
   float* dD;      // may be null
   float* dbias;   // may be null
   float* reverse_maps;
-  float* reverse_carries;
 };
 
 // Steps per thread: more for N = 1 (few registers per step, and more bytes in flight per thread).
