@@ -36,6 +36,7 @@ from std_msgs.msg import Header
 
 from mambaseg_core.config import ConfigError
 from mambaseg_core.events import Evt3Decoder, UnsupportedEncodingError
+from mambaseg_core.ops.selective_scan import available_backends
 from mambaseg_core.pipeline import EventClock, Segmenter, build_model
 from mambaseg_ros.conversions import (
     event_array_to_batch,
@@ -185,9 +186,13 @@ class MambaSegNode(Node):
         self._worker.start()
         height, width = self.segmenter.network_size
         warmup_ms = self.segmenter.warmup()
+        self.scan_backend = str(self.segmenter.model.config.scan_backend)
+        if self.scan_backend == "auto":  # what auto chose (cached by the warm-up's scans)
+            self.scan_backend = f"auto -> {available_backends(self.device)[0]}"
         self.get_logger().info(
             f"ready: {self._model_description()} on {self.device}, network input {height}x{width}, "
-            f"{len(self.segmenter.classes.names)} classes ({self.segmenter.classes.key}), warm-up {warmup_ms:.0f} ms"
+            f"{len(self.segmenter.classes.names)} classes ({self.segmenter.classes.key}), scan {self.scan_backend}, "
+            f"warm-up {warmup_ms:.0f} ms"
         )
 
     # ---- start-up ------------------------------------------------------------------------------------
@@ -408,7 +413,7 @@ class MambaSegNode(Node):
             "events_dropped_age_or_capacity": self.segmenter.buffer.stats.dropped_overflow,
             "buffer_resets_time_backwards": self.segmenter.buffer.stats.resets_time_backwards,
             "device": self.device + (" (fallback from " + self.settings.device + ")" if self.device_fallback else ""),
-            "scan_backend": str(self.segmenter.model.config.scan_backend),
+            "scan_backend": self.scan_backend,
             "model": self._model_description(),
             "network_input": "x".join(map(str, self.segmenter.network_size)),
             "window": (
