@@ -113,3 +113,21 @@ def test_invalid_parameters_are_rejected_at_start_up(context, tmp_path, values, 
         MambaSegNode(context=context, parameter_overrides=node_overrides(model_config, **values))
     print(info.value)
     assert info.value.name == name and f"'{name}'" in str(info.value)
+
+
+def test_node_loads_a_checkpoint_without_random_weights(context, tmp_path):
+    import torch
+
+    from mambaseg_core.models import save_checkpoint
+
+    model = build_model(None, str(write_tiny_model_config(tmp_path)), random_seed=3)
+    save_checkpoint(model, tmp_path / "tiny.pt")
+    overrides = node_overrides(tmp_path / "unused.yaml", checkpoint=str(tmp_path / "tiny.pt"), model_config="")
+    overrides = [p for p in overrides if p.name != "allow_random_weights"]
+    node = MambaSegNode(context=context, parameter_overrides=overrides)
+    try:
+        loaded = node.segmenter.model.state_dict()
+        for key, value in model.state_dict().items():
+            torch.testing.assert_close(loaded[key], value, rtol=0, atol=0)
+    finally:
+        node.destroy_node()
