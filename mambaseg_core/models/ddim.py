@@ -8,7 +8,6 @@ maps are applied crosswise. B = batch, C = channels, D = 2C inner channels, P = 
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -16,7 +15,7 @@ import torch.nn as nn
 
 from mambaseg_core.models.layers import LayerNorm2d, per_pixel_linear
 from mambaseg_core.models.ssm import DirectionalSSM
-from mambaseg_core.models.vmamba import SS2D
+from mambaseg_core.models.vmamba import SS2D, resolve_dt_rank
 from mambaseg_core.ops import cross_scan as scan_order
 
 
@@ -115,7 +114,9 @@ class TSSM(nn.Module):
         self.conv = nn.Conv2d(inner, inner, kernel_size=3, padding=1, groups=inner, bias=conv_bias)
         self.act = nn.SiLU()
         # dt rank is ceil(P/16) here: the official code applies "auto" to the token count, not to C.
-        self.scan = DirectionalSSM(2, tokens, d_state, math.ceil(tokens / 16), scan_in_fp32=True, backend=scan_backend)
+        self.scan = DirectionalSSM(
+            2, tokens, d_state, resolve_dt_rank("auto", tokens), scan_in_fp32=True, backend=scan_backend
+        )
         self.out_norm = LayerNorm2d(inner)
         self.out_proj = nn.Linear(inner, dim, bias=False)
 
