@@ -11,7 +11,6 @@ import argparse
 import json
 from pathlib import Path
 
-import cv2
 import torch
 from torch.utils.data import DataLoader
 
@@ -26,7 +25,7 @@ from mambaseg_core.train.distributed import (
     is_main_process,
 )
 from mambaseg_core.train.evaluation import evaluate
-from mambaseg_core.train.metrics import render_confusion_png
+from mambaseg_core.train.metrics import render_confusion_png, write_png
 from mambaseg_core.train.sampling import AugmentedDataset, ShardSampler
 from mambaseg_core.train.trainer import resolve_device
 
@@ -84,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
                 **metrics.as_dict(classes.names),
             }
             (out / f"metrics_{split}.json").write_text(json.dumps(report, indent=2))
-            cv2.imwrite(str(out / f"confusion_{split}.png"), render_confusion_png(metrics.confusion, classes.names))
+            write_png(out / f"confusion_{split}.png", render_confusion_png(metrics.confusion, classes.names))
             print(
                 f"{cfg.data.dataset} {split}: mIoU {report['miou']:.2f}  pixel accuracy {report['pixel_accuracy']:.2f}"
             )

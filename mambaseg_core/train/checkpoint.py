@@ -1,8 +1,9 @@
 """Training checkpoints: atomic writes, keep-last-k rotation, "auto" resume lookup and RNG state capture.
 
-File layout (a torch.save'd dict): `state_dict` and `epoch` at the top level, as in the official
-`{'epoch', 'state_dict'}` files, so `models.load_model` reads it like any model checkpoint, plus
-`model_config` and `trainer` (optimiser, scheduler, scaler, EMA, iteration, per-rank RNG states, hooks).
+File layout (a torch.save'd dict of plain types and tensors, readable with `weights_only=True`): the
+`models.save_checkpoint` layout (`format`, `version`, `model_config`, `state_dict`) plus `epoch` and, for
+periodic checkpoints, `trainer` (optimiser, scheduler, scaler, EMA, iteration, per-rank RNG states, hooks,
+config). `models.load_model` therefore reads every checkpoint the trainer writes.
 """
 
 from __future__ import annotations

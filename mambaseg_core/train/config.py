@@ -160,6 +160,7 @@ class RuntimeConfig:
     run_name: str = "mambaseg"
     eval_every_epochs: int = 1
     max_iters: int | None = None
+    sync_batchnorm: bool = True
 
     def validate(self) -> None:
         if self.eval_every_epochs < 0:

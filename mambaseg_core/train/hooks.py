@@ -10,14 +10,13 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-import cv2
 import numpy as np
 import torch
 
 from .checkpoint import BEST_NAME, atomic_torch_save, periodic_name, prune_checkpoints
 from .distributed import all_reduce_sum, get_world_size, is_main_process, synchronize
 from .evaluation import evaluate, overlay_panel
-from .metrics import render_confusion_png
+from .metrics import render_confusion_png, write_png
 
 if TYPE_CHECKING:
     from .trainer import Trainer
@@ -122,9 +121,8 @@ class EvalHook(HookBase):
             record["splits"][split] = metrics.as_dict(t.class_names)
             self._log(split, metrics.miou, metrics.pixel_accuracy, metrics.iou, samples)
             if is_main_process():
-                cv2.imwrite(
-                    str(t.run_dir / f"confusion_{split}.png"), render_confusion_png(metrics.confusion, t.class_names)
-                )
+                png = render_confusion_png(metrics.confusion, t.class_names)
+                write_png(t.run_dir / f"confusion_{split}.png", png)
         self.history.append(record)
         score = record["splits"][self.selection_split]["miou"]
         # ">=" as in the official code: a later epoch with an equal score replaces the best.

@@ -10,8 +10,8 @@ Across DDP ranks the matrices are summed before any ratio is taken (`ConfusionMa
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
@@ -81,8 +81,18 @@ def metrics_from_confusion(confusion: np.ndarray) -> SegmentationMetrics:
     return SegmentationMetrics(confusion=confusion, iou=iou, miou=float(iou.mean()), pixel_accuracy=accuracy)
 
 
+def write_png(path: Path, image: np.ndarray) -> None:
+    """cv2.imwrite that fails loudly (it returns False instead of raising)."""
+    import cv2
+
+    if not cv2.imwrite(str(path), image):
+        raise OSError(f"could not write {path}")
+
+
 def render_confusion_png(confusion: np.ndarray, class_names: tuple[str, ...], cell: int = 48) -> np.ndarray:
     """A BGR uint8 image of the row-normalised confusion matrix (rows = true class), for cv2.imwrite."""
+    import cv2  # only the reports need OpenCV; training on a bare GPU image does not
+
     k = len(class_names)
     rows = confusion.sum(1, keepdims=True).astype(np.float64)
     normalised = np.divide(confusion, rows, out=np.zeros(confusion.shape), where=rows > 0)

@@ -78,6 +78,9 @@ class Trainer:
         # Different streams per rank (dropout, drop-path); restored exactly on resume.
         seed_everything(cfg.runtime.seed + self.rank, cfg.runtime.deterministic)
 
+        if self.world_size > 1 and cfg.runtime.sync_batchnorm and self.device.type == "cuda":
+            # BN statistics over the global batch, as on one GPU (the decoder has a BatchNorm).
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model.to(self.device)
         self.ddp_model: nn.Module = self.model
         if self.world_size > 1:
@@ -194,10 +197,7 @@ class Trainer:
             hook.before_train()
         try:
             while self.iteration < self.max_iter:
-                self.epoch, done = divmod(self.iteration, self.iters_per_epoch)
-                self.sampler.set_epoch(self.epoch)
-                self.sampler.set_start(done * self.per_rank_batch)  # mid-epoch resume skips consumed batches
-                self._batches = iter(self.train_loader)
+                done = self.begin_epoch()
                 for hook in self.hooks:
                     hook.before_epoch()
                 for _ in range(done, self.iters_per_epoch):
@@ -216,6 +216,14 @@ class Trainer:
             if self.writer is not None:
                 self.writer.close()
                 self.writer = None
+
+    def begin_epoch(self) -> int:
+        """Position the data stream at `self.iteration`; return the iterations already done in this epoch."""
+        self.epoch, done = divmod(self.iteration, self.iters_per_epoch)
+        self.sampler.set_epoch(self.epoch)
+        self.sampler.set_start(done * self.per_rank_batch)  # mid-epoch resume skips the consumed batches
+        self._batches = iter(self.train_loader)
+        return done
 
     def run_step(self) -> None:
         """One optimiser step on the next batch: forward, CE loss, backward, (clip), step, LR, EMA."""
