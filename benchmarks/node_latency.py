@@ -201,6 +201,7 @@ def main() -> int:
         image_pub.publish(image_msg)
         return stamp
 
+    load_at_start = os.getloadavg()[0]
     rc = 1
     try:
         connected = spin_until(
@@ -249,6 +250,7 @@ def main() -> int:
         ("device", f"{node_stats.get('device', args.device)}, scan backend {node_stats.get('scan_backend', '?')}"),
         ("schedule", f"{args.warmup} warm-up frames lock-step, then {args.frames} frames at {args.rate:g} Hz"),
         ("transport", "FastDDS, reliable, " + Path(env["FASTDDS_DEFAULT_PROFILES_FILE"]).name),
+        ("host", f"{os.cpu_count()} CPUs, 1-min load average {load_at_start:.1f} at start"),
     ]  # fmt: skip
     results = [
         (
