@@ -194,6 +194,17 @@ class TrainConfig:
         return Path(self.runtime.output_dir) / self.runtime.run_name
 
 
+def _parse_override(raw: str) -> Any:
+    """A YAML scalar/flow value; "1e-4" is a float here although YAML 1.1 reads it as a string."""
+    value = yaml.safe_load(raw)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def load_train_config(source: str | Path | dict, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
     """Load a `TrainConfig` from YAML or a mapping, then apply dotted `key=value` overrides (values parsed as YAML).
 
@@ -217,7 +228,7 @@ def load_train_config(source: str | Path | dict, overrides: list[str] | tuple[st
             if not isinstance(child, dict):
                 raise ConfigError(".".join(parents[: i + 1]), "is not a section, cannot override inside it")
             node = child
-        node[leaf] = yaml.safe_load(raw)
+        node[leaf] = _parse_override(raw)
     try:
         return load_config(TrainConfig, data)
     except ConfigError as exc:
