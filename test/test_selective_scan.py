@@ -220,7 +220,7 @@ GPU_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 @pytest.mark.parametrize("dtype", GPU_DTYPES)
 @pytest.mark.parametrize(
     ("state", "length", "groups"),
-    [(1, 1, 1), (1, 2049, 4), (4, 77, 2), (4, 4350, 1), (16, 286, 4), (16, 1025, 2)],
+    [(1, 1, 1), (1, 2049, 4), (4, 77, 2), (4, 4350, 1), (8, 600, 4), (16, 286, 4), (16, 1025, 2)],
 )
 def test_cuda_backend_matches_reference(dtype, state, length, groups):
     inputs = make_inputs(2, 8, state, length, groups, dtype=dtype, device="cuda", seed=state + length)
