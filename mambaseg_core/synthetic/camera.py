@@ -20,11 +20,11 @@ CONDITION_TAGS = ("normal", "dark", "hdr_bright")
 class FrameCameraConfig:
     """Exposure range, auto-exposure behaviour and noise of the frame camera (linear signal units: full well = 1)."""
 
-    sensitivity: float = 100.0  # signal per unit radiance per second of exposure at gain 1
+    sensitivity: float = 50.0  # signal per unit radiance per second of exposure at gain 1
     exposure_time_s: tuple[float, float] = (1e-4, 0.03)  # shutter range; the longest also bounds motion blur
     gain: tuple[float, float] = (1.0, 2.0)  # analogue gain range, used once the shutter is at its longest
-    ae_target: float = 0.18  # auto-exposure aims the mean linear signal at middle grey
-    ae_time_constant_s: float = 0.3  # exposure follows its target with this first-order lag
+    ae_target: float = 0.12  # auto-exposure aims the median linear signal a little below middle grey
+    ae_time_constant_s: float = 0.5  # exposure follows its target with this first-order lag
     read_noise: float = 3e-4  # std of additive noise (linear units)
     shot_noise: float = 2e-3  # shot noise variance per unit signal
     gamma: float = 2.2
@@ -52,9 +52,13 @@ class FrameCamera:
         return float(np.clip(self.exposure / (cfg.gain[0] * cfg.sensitivity), *cfg.exposure_time_s))
 
     def meter(self, radiance: np.ndarray) -> float:
-        """Exposure that would put the frame's mean luminance at `ae_target` (clipped to the range)."""
-        mean = float(radiance.mean()) + 1e-9
-        return float(np.clip(self.config.ae_target / mean, *self.exposure_range))
+        """Exposure that would put the frame's median luminance at `ae_target` (clipped to the range).
+
+        Median metering ignores small very bright areas (sun, lamps), so they saturate rather than darken the
+        whole frame, as with a typical automotive auto-exposure.
+        """
+        median = float(np.median(radiance.mean(axis=-1))) + 1e-9
+        return float(np.clip(self.config.ae_target / median, *self.exposure_range))
 
     def capture(self, radiance: np.ndarray, dt_s: float) -> np.ndarray:
         """(H, W, 3) linear radiance (averaged over the exposure) → (H, W, 3) uint8 RGB; then adapt the exposure.
@@ -74,7 +78,7 @@ class FrameCamera:
         return frame
 
 
-def frame_condition(rgb: np.ndarray, dark_level: int = 40, saturated_fraction: float = 0.15) -> str:
+def frame_condition(rgb: np.ndarray, dark_level: int = 40, saturated_fraction: float = 0.04) -> str:
     """Tag a uint8 (H, W, 3) frame: "hdr_bright" if more than `saturated_fraction` of the pixels have a channel
     at 255, else "dark" if the median luma is below `dark_level`, else "normal"."""
     if rgb.dtype != np.uint8 or rgb.ndim != 3:

@@ -32,16 +32,16 @@ class Lighting:
 
 
 CONDITIONS: dict[str, Lighting] = {
-    "day": Lighting(ambient=1.0, sky=1.6, emission=0.05, headlights=0.0, sun_glare=0.0),
+    "day": Lighting(ambient=1.0, sky=1.2, emission=0.05, headlights=0.0, sun_glare=0.0),
     "overcast": Lighting(ambient=0.45, sky=1.0, emission=0.1, headlights=0.0, sun_glare=0.0),
-    "low_sun": Lighting(ambient=0.3, sky=1.2, emission=0.05, headlights=0.0, sun_glare=80.0),
-    "dusk": Lighting(ambient=0.06, sky=0.12, emission=0.8, headlights=0.3, sun_glare=0.0),
-    "night": Lighting(ambient=0.003, sky=0.002, emission=1.5, headlights=1.0, sun_glare=0.0),
+    "low_sun": Lighting(ambient=0.25, sky=2.0, emission=0.05, headlights=0.0, sun_glare=40.0),
+    "dusk": Lighting(ambient=0.05, sky=0.1, emission=0.4, headlights=0.1, sun_glare=0.0),
+    "night": Lighting(ambient=0.002, sky=0.001, emission=0.5, headlights=0.15, sun_glare=0.0),
 }
 
-TUNNEL_AMBIENT = 0.015
+TUNNEL_AMBIENT = 0.01
 """Irradiance inside tunnels (tunnel lamps); about 1/70 of daylight, so exits are high-dynamic-range."""
-TUNNEL_LAMP_EMISSION = 0.4
+TUNNEL_LAMP_EMISSION = 0.3
 """Extra emission scale of emissive texels inside tunnels (the tunnel lamps are on by day too)."""
 
 
@@ -56,7 +56,7 @@ class Scenario:
 SCENARIOS: dict[str, Scenario] = {
     "day": Scenario(((0.0, "day"),)),
     "overcast": Scenario(((0.0, "overcast"),)),
-    "tunnel": Scenario(((0.0, "day"),), tunnel=(0.2, 0.6)),
+    "tunnel": Scenario(((0.0, "day"),), tunnel=(0.2, 0.7)),
     "low_sun": Scenario(((0.0, "low_sun"),)),
     "dusk_to_night": Scenario(((0.0, "dusk"), (1.0, "night"))),
     "night": Scenario(((0.0, "night"),)),

@@ -209,11 +209,11 @@ class Scene:
                 sl = slice(int(z / res), min(int((z + length) / res), cols))
                 kind = rng.random()
                 if sl.stop - sl.start > 4 and not self._in_tunnel(z, z + length, margin=20.0):
-                    if kind < 0.15:
+                    if kind < 0.2:
                         T.paint_fence(rng, tex, sl, top, side * rows)
-                    elif kind < 0.3:
+                    elif kind < 0.35:
                         T.paint_wall(rng, tex, sl, top, side * rows)
-                    elif kind < 0.45:
+                    elif kind < 0.5:
                         T.paint_hedge(rng, tex, sl, top, side * rows)
                 z += length
             for z0, z1 in self.tunnels:
@@ -333,10 +333,10 @@ class Scene:
         return any(a <= z <= b for a, b in self.tunnels)
 
     def _indoor_weight(self, z: np.ndarray) -> np.ndarray:
-        """Tunnel-light weight of a world Z: 1 well inside a tunnel, ramping to 0 over 6 m at the mouths."""
+        """Tunnel-light weight of a world Z: 1 well inside a tunnel, ramping to 0 over 4 m at the mouths."""
         weight = np.zeros(z.shape, np.float32)
         for a, b in self.tunnels:
-            weight = np.maximum(weight, np.clip(np.minimum(z - a, b - z) / 6.0, 0.0, 1.0))
+            weight = np.maximum(weight, np.clip(np.minimum(z - a, b - z) / 4.0, 0.0, 1.0))
         return weight
 
     # ------------------------------------------------------------------------------------------------------
@@ -490,7 +490,7 @@ def _shade_kernel(albedo, label, depth, indoor, headlight_cone, tan_x, tan_y, pa
     """Per pixel radiance = albedo · (irradiance + emission) · (1 − fog) + haze · fog; sky = albedo · sky + glare.
 
     Irradiance blends daylight and tunnel light by `indoor`, plus the ego headlights (∝ cone / depth²); a low sun
-    (params[4] > 0) sits at ray tangent (0.25, 0.07) as a disc with a glow. Fog = depth / (depth + fog distance).
+    (params[4] > 0) sits straight ahead at ray tangent (0, 0.08), above the road's vanishing point, as a disc with a glow. Fog = depth / (depth + fog distance).
     """
     ambient, emission, sky, headlights, sun_glare, tunnel_ambient, tunnel_lamps, fog_distance = params
     h, w = label.shape
@@ -499,10 +499,10 @@ def _shade_kernel(albedo, label, depth, indoor, headlight_cone, tan_x, tan_y, pa
             if label[y, x] == _SKY:
                 extra = 0.0
                 if sun_glare > 0:
-                    r2 = (tan_x[y, x] - 0.25) ** 2 + (tan_y[y, x] - 0.07) ** 2
-                    extra = sun_glare * (np.exp(-r2 / 0.004) + 0.15 * np.exp(-r2 / 0.05))
-                    if r2 < 0.0006:
-                        extra += 400.0
+                    r2 = tan_x[y, x] ** 2 + (tan_y[y, x] - 0.08) ** 2
+                    extra = sun_glare * (np.exp(-r2 / 0.02) + 0.2 * np.exp(-r2 / 0.2))
+                    if r2 < 0.001:
+                        extra += 10.0 * sun_glare
                 for c in range(3):
                     out[y, x, c] = albedo[y, x, c] * sky + extra * HAZE_RGB[c]
                 continue
