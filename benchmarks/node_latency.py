@@ -13,7 +13,10 @@ newest frame when busy).
         --image-size 480x640 --image-fit crop_bottom --rate 20
     python benchmarks/node_latency.py --tiny --device cpu      # small random model, CPU (CI-class machines)
 
-Needs rclpy and event_camera_msgs. Writes the "Node latency" section of docs/benchmarks.md (--no-write: don't).
+    python benchmarks/node_latency.py --no-ros --device cuda:0 ...    # per-stage Segmenter times, no ROS needed
+
+Needs rclpy and event_camera_msgs (not with --no-ros). Writes the "Node latency" section of docs/benchmarks.md
+("Segmenter latency" with --no-ros; --no-write: neither).
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--packets-per-frame", type=int, default=10)
     parser.add_argument("--startup-timeout", type=float, default=600.0, help="s for start-up + first frame")
     parser.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
+    parser.add_argument("--no-ros", action="store_true", help="time the Segmenter in-process instead (no rclpy)")
     return parser.parse_args()
 
 
@@ -93,15 +97,19 @@ class EventStream:
         self.payload = encode_mono(batch, 0)
         self.packets, self.height, self.width = packets, height, width
 
+    def packet_starts(self, stamp_us: int) -> list[int]:
+        """Start times (µs) of the packets covering (stamp - period, stamp + one span]; the last one releases
+        the node's event wait."""
+        return [stamp_us - (self.packets - k) * self.span_us for k in range(self.packets + 1)]
+
     def messages(self, stamp_us: int) -> list:
-        """Packets covering (stamp - period, stamp + one span]: the last one releases the node's event wait."""
+        """The packets of `packet_starts` as EventPackets."""
         from event_camera_msgs.msg import EventPacket
 
         from mambaseg_ros.conversions import us_to_stamp
 
         out = []
-        for k in range(self.packets + 1):
-            start_us = stamp_us - (self.packets - k) * self.span_us
+        for start_us in self.packet_starts(stamp_us):
             msg = EventPacket(encoding="mono", width=self.width, height=self.height, time_base=start_us * 1000)
             msg.header.stamp = us_to_stamp(start_us)
             msg.events = self.payload
@@ -109,18 +117,54 @@ class EventStream:
         return out
 
 
+def run_pipeline_only(args: argparse.Namespace, config_path: str, height: int, width: int, setup: list) -> int:
+    """--no-ros: the node's per-frame work in this process (mono decode, ring buffer, Segmenter.segment), timed
+    per stage; for machines without ROS (e.g. the GPU box). Writes the "Segmenter latency" section."""
+    from mambaseg_core.config import load_config
+    from mambaseg_core.events import decode_mono
+    from mambaseg_core.ops.selective_scan import available_backends
+    from mambaseg_core.pipeline import Segmenter, SegmenterConfig, build_model
+
+    model = build_model(
+        args.checkpoint,
+        config_path,
+        device=args.device,
+        scan_backend=args.scan_backend or None,
+        random_seed=None if args.checkpoint else 0,
+    )
+    config = load_config(SegmenterConfig, {"window_events": args.events_per_frame, "image_fit": args.image_fit})
+    segmenter = Segmenter(model, config, args.device)
+    warmup_ms = segmenter.warmup()
+    backend = str(model.config.scan_backend)
+    if backend == "auto":
+        backend = f"auto -> {available_backends(args.device)[0]}"
+    period_us = int(1e6 / args.rate)
+    stream = EventStream(args.events_per_frame, args.packets_per_frame, period_us, height, width)
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(4)]
+    rows: list[dict[str, float]] = []
+    for i in range(args.warmup + args.frames):
+        stamp = BASE_US + i * period_us
+        start = time.perf_counter()
+        for start_us in stream.packet_starts(stamp):
+            segmenter.add_events(decode_mono(stream.payload, start_us * 1000))
+        decode_ms = (time.perf_counter() - start) * 1e3
+        result = segmenter.segment(images[i % len(images)], stamp)
+        if result is not None and i >= args.warmup:
+            rows.append({"decode + buffer": decode_ms, **result.timings_ms})
+    setup = [*setup, ("device", f"{args.device}, scan backend {backend}, warm-up forward {warmup_ms:.0f} ms")]
+    setup.append(("schedule", f"{args.warmup} warm-up frames, then {args.frames} timed frames back to back"))
+    stats = [(stage, *(float(np.percentile([r[stage] for r in rows], q)) for q in (50, 90, 99))) for stage in rows[0]]
+    body = table(["setting", "value"], setup) + "\n\n" + table(["stage", "p50 ms", "p90 ms", "p99 ms"], stats)
+    body += "\n\nPer-frame work of mambaseg_node without ROS transport (`benchmarks/node_latency.py --no-ros`)."
+    print(body)
+    if not args.no_write:
+        write_section("Segmenter latency", body)
+    return 0
+
+
 def main() -> int:
     args = parse_args()
-    import rclpy
-    from diagnostic_msgs.msg import DiagnosticArray
-    from event_camera_msgs.msg import EventPacket
-    from rclpy.executors import SingleThreadedExecutor
-    from rclpy.qos import QoSProfile, ReliabilityPolicy
-    from sensor_msgs.msg import Image
-    from std_msgs.msg import Header
-
-    from mambaseg_ros.conversions import numpy_to_image, stamp_to_us, us_to_stamp
-
     workdir = Path(tempfile.mkdtemp(prefix="node_latency_"))
     model_config: str | dict = TINY_MODEL if args.tiny else args.model_config
     if args.tiny:
@@ -131,6 +175,27 @@ def main() -> int:
     net_h, net_w = network_size(model_config)
     height, width = (int(v) for v in args.image_size.split("x")) if args.image_size else (net_h, net_w)
     period_us = int(1e6 / args.rate)
+    setup = [
+        ("model", f"{'tiny built-in' if args.tiny else Path(args.model_config).name}, "
+                  f"{'random weights' if not args.checkpoint else Path(args.checkpoint).name}"),
+        ("network input", f"{net_h}x{net_w}"),
+        ("camera image", f"{height}x{width} rgb8, image_fit={args.image_fit}"),
+        ("events", f"{args.events_per_frame} per frame in {args.packets_per_frame + 1} mono packets"),
+        ("host", f"{os.cpu_count()} CPUs, 1-min load average {os.getloadavg()[0]:.1f} at start"),
+    ]  # fmt: skip
+    if args.no_ros:
+        return run_pipeline_only(args, config_path, height, width, setup)
+
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+    from event_camera_msgs.msg import EventPacket
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+    from std_msgs.msg import Header
+
+    from mambaseg_ros.conversions import numpy_to_image, stamp_to_us, us_to_stamp
+
     params = {
         "checkpoint": args.checkpoint,
         "model_config": config_path,
@@ -201,7 +266,6 @@ def main() -> int:
         image_pub.publish(image_msg)
         return stamp
 
-    load_at_start = os.getloadavg()[0]
     rc = 1
     try:
         connected = spin_until(
@@ -241,17 +305,11 @@ def main() -> int:
         return rc
 
     p50, p90, p99 = np.percentile(latencies, (50, 90, 99)) if len(latencies) else (np.nan,) * 3
-    setup = [
-        ("model", f"{'tiny built-in' if args.tiny else Path(args.model_config).name}, "
-                  f"{'random weights' if not args.checkpoint else Path(args.checkpoint).name}"),
-        ("network input", f"{net_h}x{net_w}"),
-        ("camera image", f"{height}x{width} rgb8, image_fit={args.image_fit}"),
-        ("events", f"{args.events_per_frame} per frame in {args.packets_per_frame + 1} mono packets"),
+    setup += [
         ("device", f"{node_stats.get('device', args.device)}, scan backend {node_stats.get('scan_backend', '?')}"),
         ("schedule", f"{args.warmup} warm-up frames lock-step, then {args.frames} frames at {args.rate:g} Hz"),
         ("transport", "FastDDS, reliable, " + Path(env["FASTDDS_DEFAULT_PROFILES_FILE"]).name),
-        ("host", f"{os.cpu_count()} CPUs, 1-min load average {load_at_start:.1f} at start"),
-    ]  # fmt: skip
+    ]
     results = [
         (
             len(timed),
