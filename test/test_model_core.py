@@ -217,3 +217,18 @@ def test_vmamba_pretrained_never_falls_back_silently(tmp_path: Path):
     torch.save({"model": {"layers.0.blocks.0.op.Ds": torch.zeros(3), "head.weight": torch.zeros(2)}}, path)
     with pytest.raises(ValueError, match=r"(?s)unknown keys \['head.weight'\].*mis-shaped"):
         load_vmamba_pretrained(model, path)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    model = small_model(encoder={"drop_path_rate": 0.0}, decoder_dropout=0.0).train()
+    randomise_non_default_parameters(model)
+    inputs = inputs_for(model)
+    grads = []
+    for enabled in (False, True):
+        model.set_gradient_checkpointing(enabled)
+        model.zero_grad()
+        model(**inputs).square().mean().backward()
+        grads.append({name: p.grad.clone() for name, p in model.named_parameters()})
+    worst = max(float((grads[1][k] - g).abs().max() / (g.abs().max() + 1e-12)) for k, g in grads[0].items())
+    print("max relative gradient difference with checkpointing", worst)
+    assert worst < 1e-4

@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from mambaseg_core.models.config import ModelConfig
 from mambaseg_core.models.ddim import DDIM
@@ -68,6 +69,17 @@ class MambaSeg(nn.Module):
         )
         self.decoder_proj = nn.ModuleList(nn.Conv2d(2 * dim, dim, 1) for dim in config.dims)
         self.decoder = SegFormerHead(config.dims, config.num_classes, config.decoder_dim, config.decoder_dropout)
+        self.gradient_checkpointing = False
+
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        """Recompute every VSS block and DDIM in the backward pass instead of storing their activations
+        (training only; the official code never enables it, and the result is the same)."""
+        self.gradient_checkpointing = enabled
+
+    def _run(self, module: nn.Module, *inputs: torch.Tensor) -> Any:
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(module, *inputs, use_reentrant=False)
+        return module(*inputs)
 
     def set_scan_backend(self, backend: str) -> None:
         """Route every selective scan through `backend` ("auto", "reference", "torch", ...)."""
@@ -98,11 +110,11 @@ class MambaSeg(nn.Module):
         x_image, x_events = self.image_encoder.stem(image), self.event_encoder.stem(events)
         decoder_inputs, fusion_outputs = [], []
         for i, fusion in enumerate(self.fusion):
-            o_image = self.image_encoder.stages[i](x_image)
-            o_events = self.event_encoder.stages[i](x_events)
-            f_image, f_events = fusion(
-                self.image_encoder.out_norms[i](o_image), self.event_encoder.out_norms[i](o_events)
-            )
+            for image_block, event_block in zip(self.image_encoder.stages[i], self.event_encoder.stages[i]):
+                x_image, x_events = self._run(image_block, x_image), self._run(event_block, x_events)
+            o_image, o_events = x_image, x_events
+            a_image, a_events = self.image_encoder.out_norms[i](o_image), self.event_encoder.out_norms[i](o_events)
+            f_image, f_events = self._run(fusion, a_image, a_events)
             fusion_outputs.append((f_image, f_events))
             decoder_inputs.append(self.decoder_proj[i](torch.cat([f_image, f_events], dim=1)))
             if i < len(self.image_encoder.downsamples):
