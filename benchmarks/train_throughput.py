@@ -13,6 +13,7 @@ but no disk I/O. Timing: `--warmup` untimed steps, then `--steps` steps between 
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 import time
 from pathlib import Path
@@ -71,32 +72,44 @@ class RandomSegmentation(Dataset):
         }
 
 
-def measure(args: argparse.Namespace, precision: str) -> dict[str, object]:
+def measure(args: argparse.Namespace, batch: int, precision: str) -> dict[str, object]:
+    """One (batch, precision) setting; an out-of-memory error gives an "OOM" row instead of a crash."""
     source = PRESETS[args.preset]
     model_config = load_model_config(
         yaml.safe_load(source.read_text()) if isinstance(source, Path) else dict(source), scan_backend=args.scan_backend
     )
-    steps = args.warmup + args.steps
+    row: dict[str, object] = {"batch": batch, "precision": precision}
     cfg = load_train_config(
         {
-            "data": {"root": "unused", "batch_size": args.batch, "num_workers": 2 if torch.cuda.is_available() else 0},
+            "data": {"root": "unused", "batch_size": batch, "num_workers": 2 if torch.cuda.is_available() else 0},
             "logging": {"tensorboard": False, "progress_bar": False},
             "runtime": {"precision": precision, "output_dir": "/tmp", "run_name": "train_throughput"},
         }
     )
-    torch.manual_seed(0)
-    model = MambaSeg(model_config)
     size = tuple(model_config.image_size)
     dataset = RandomSegmentation(
-        steps * args.batch, model_config.image_channels, model_config.event_bins, model_config.num_classes, size
+        (args.warmup + args.steps) * batch,
+        model_config.image_channels,
+        model_config.event_bins,
+        model_config.num_classes,
+        size,
     )
     names = tuple(str(k) for k in range(model_config.num_classes))
-    trainer = Trainer(cfg, model, dataset, {}, names, class_set("dsec11").palette, model_config=to_dict(model_config))
-    cuda = trainer.device.type == "cuda"
+    cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    trainer.begin_epoch()
     try:
+        torch.manual_seed(0)
+        trainer = Trainer(
+            cfg,
+            MambaSeg(model_config),
+            dataset,
+            {},
+            names,
+            class_set("dsec11").palette,
+            model_config=to_dict(model_config),
+        )
+        trainer.begin_epoch()
         for _ in range(args.warmup):
             trainer.run_step()
         float(trainer.last_loss)  # waits for the warm-up steps
@@ -106,21 +119,30 @@ def measure(args: argparse.Namespace, precision: str) -> dict[str, object]:
         loss = float(trainer.last_loss)  # synchronises with the device
         seconds = time.perf_counter() - start
     except torch.cuda.OutOfMemoryError:
-        return {"precision": precision, "images/s": "OOM", "ms/step": "OOM", "peak GiB/GPU": "OOM", "loss": "-"}
+        return {**row, "images/s": "OOM", "ms/step": "OOM", "peak GiB/GPU": "OOM", "loss": "-"}
     return {
-        "precision": precision,
-        "images/s": args.steps * args.batch / seconds,
+        **row,
+        "images/s": args.steps * batch / seconds,
         "ms/step": 1000 * seconds / args.steps,
         "peak GiB/GPU": torch.cuda.max_memory_allocated() / 2**30 if cuda else "-",
         "loss": loss,
     }
 
 
+def release_memory() -> None:
+    """Free the last setting's model and optimiser (the trainer and its hooks form reference cycles)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="dsec")
     parser.add_argument("--precision", nargs="+", choices=["fp32", "bf16", "fp16"], default=["fp32", "bf16"])
-    parser.add_argument("--batch", type=int, default=4, help="global batch (official: 4 DSEC, 12 DDD17)")
+    parser.add_argument(
+        "--batch", type=int, nargs="+", default=[4], help="global batch(es) (official: 4 DSEC, 12 DDD17)"
+    )
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--scan-backend", default="auto")
@@ -128,15 +150,19 @@ def main() -> int:
     args = parser.parse_args()
     init_distributed()
     try:
-        rows = [measure(args, precision) for precision in args.precision]
+        rows = []
+        for batch in args.batch:
+            for precision in args.precision:
+                rows.append(measure(args, batch, precision))
+                release_memory()
     finally:
         world = get_world_size()
         destroy_distributed()
     if not is_main_process():
         return 0
-    headers = ["precision", "images/s", "ms/step", "peak GiB/GPU", "loss"]
+    headers = ["batch", "precision", "images/s", "ms/step", "peak GiB/GPU", "loss"]
     body = table(headers, [[row[h] for h in headers] for row in rows])
-    setup = f"{args.preset} preset, global batch {args.batch}, {world} process(es), scan backend {args.scan_backend}"
+    setup = f"{args.preset} preset, {world} process(es) (batch = global batch), scan backend {args.scan_backend}"
     print(setup)
     print(body)
     if args.write:
