@@ -166,9 +166,9 @@ def main() -> int:
     print(setup)
     print(body)
     if args.write:
-        name = "Training throughput" + ("" if world == 1 else f" ({world} GPUs, DDP)")
-        if args.preset == "tiny":
-            name += " (tiny CPU smoke)"
+        # One section per setup, so the CPU smoke, 1-GPU and DDP runs do not overwrite each other.
+        devices = f"{world} GPUs, DDP" if world > 1 else ("1 GPU" if torch.cuda.is_available() else "CPU")
+        name = f"Training throughput ({args.preset}, {devices})"
         note = (
             f"{setup}; `Trainer.run_step` (AdamW, CE, official deterministic cuDNN settings) on random inputs, "
             f"{args.warmup} warm-up + {args.steps} timed steps.\n"
