@@ -38,6 +38,12 @@ EXTRAS_REQUIRE = {
 CONSOLE_SCRIPTS = [
     "mambaseg_node = mambaseg_ros.node:main",
     "mambaseg-info = mambaseg_core.cli.info:main",
+    "mambaseg-train = mambaseg_core.cli.train:main",
+    "mambaseg-eval = mambaseg_core.cli.eval:main",
+    "mambaseg-prepare-dsec = mambaseg_core.cli.prepare_dsec:main",
+    "mambaseg-check-data = mambaseg_core.cli.check_data:main",
+    "mambaseg-make-fixtures = mambaseg_core.cli.make_fixtures:main",
+    "mambaseg-simulate-events = mambaseg_core.cli.simulate_events:main",
 ]
 
 
