@@ -99,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         for num_frames, luminance in enumerate(frames, start=1):
             log_frame = np.log(args.log_eps + luminance.astype(np.float64))
             if simulator is None:
-                simulator = EventSimulator(*log_frame.shape, config, seed=args.seed)
+                height, width = log_frame.shape
+                simulator = EventSimulator(height, width, config, seed=args.seed)
                 simulator.step(log_frame, args.t_offset, is_log=True)
                 previous = log_frame
                 continue
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             t_prev_s = (num_frames - 2) / fps
             for k in range(1, args.fps_upsample + 1):
                 alpha = k / args.fps_upsample
-                t_us = args.t_offset + int(round((t_prev_s + alpha / fps) * 1e6))
+                t_us = args.t_offset + round((t_prev_s + alpha / fps) * 1e6)
                 writer.append(simulator.step((1 - alpha) * previous + alpha * log_frame, t_us, is_log=True))
             previous = log_frame
         total = len(writer)

@@ -123,4 +123,3 @@ def draw_billboards(
                 out_label[y, x] = lab
                 out_depth[y, x] = depth[d]
                 out_indoor[y, x] = indoor[d]
-

@@ -43,7 +43,9 @@ class FrameCamera:
     def exposure_range(self) -> tuple[float, float]:
         """(min, max) exposure = time · gain · sensitivity."""
         cfg = self.config
-        return cfg.exposure_time_s[0] * cfg.gain[0] * cfg.sensitivity, cfg.exposure_time_s[1] * cfg.gain[1] * cfg.sensitivity
+        return cfg.exposure_time_s[0] * cfg.gain[0] * cfg.sensitivity, cfg.exposure_time_s[1] * cfg.gain[
+            1
+        ] * cfg.sensitivity
 
     @property
     def exposure_time_s(self) -> float:
@@ -66,9 +68,9 @@ class FrameCamera:
         `dt_s` is the time since the previous capture (drives the auto-exposure lag).
         """
         cfg = self.config
-        signal = radiance * np.float32(self.exposure)
-        noise_std = np.sqrt(cfg.read_noise**2 + cfg.shot_noise * np.maximum(signal, 0.0))
-        signal = signal + noise_std * self._rng.standard_normal(signal.shape, np.float32)
+        clean = radiance * np.float32(self.exposure)
+        noise_std = np.sqrt(cfg.read_noise**2 + cfg.shot_noise * np.maximum(clean, 0.0))
+        signal = clean + noise_std * self._rng.standard_normal(clean.shape, np.float32)
         encoded = np.clip(signal, 0.0, 1.0) ** (1.0 / cfg.gamma)
         frame = np.rint(encoded * 255.0).astype(np.uint8)
         # First-order lag in log exposure: tunnel exits stay washed out for a few frames, as on a real car.
@@ -85,5 +87,5 @@ def frame_condition(rgb: np.ndarray, dark_level: int = 40, saturated_fraction: f
         raise TypeError(f"rgb must be uint8 (H, W, 3), got {rgb.dtype} {rgb.shape}")
     if float((rgb.max(axis=2) == 255).mean()) > saturated_fraction:
         return "hdr_bright"
-    luma = rgb @ np.float32([0.299, 0.587, 0.114])
+    luma = rgb @ np.array([0.299, 0.587, 0.114], np.float32)
     return "dark" if float(np.median(luma)) < dark_level else "normal"

@@ -7,6 +7,7 @@ their logarithm, so the same scene stays visible to it over many decades.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -69,7 +70,7 @@ def lighting_at(scenario: Scenario, fraction: float) -> Lighting:
     keys = scenario.keyframes
     if fraction <= keys[0][0] or len(keys) == 1:
         return CONDITIONS[keys[0][1]]
-    for (f0, c0), (f1, c1) in zip(keys[:-1], keys[1:]):
+    for (f0, c0), (f1, c1) in itertools.pairwise(keys):
         if fraction <= f1:
             return CONDITIONS[c0].blend(CONDITIONS[c1], (fraction - f0) / max(f1 - f0, 1e-9))
     return CONDITIONS[keys[-1][1]]

@@ -24,6 +24,7 @@ from . import labels as L
 from . import textures as T
 from .billboards import BillboardAtlas, draw_billboards
 from .lighting import SCENARIO_WEIGHTS, SCENARIOS, TUNNEL_AMBIENT, TUNNEL_LAMP_EMISSION, Lighting, Scenario, lighting_at
+from .textures import f32
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ class View:
 
 def luminance(radiance: np.ndarray) -> np.ndarray:
     """(H, W, 3) linear RGB → (H, W) float32 luminance (Rec. 709 weights): what an event pixel integrates."""
-    return radiance @ np.float32([0.2126, 0.7152, 0.0722])
+    return radiance @ f32([0.2126, 0.7152, 0.0722])
 
 
 _SKY = L.SKY  # a global: numba freezes it into the kernel
@@ -165,12 +166,12 @@ class Scene:
         """Sky albedo (Hs, Ws, 3) over ray tangents u in [-2, 2], v in [-0.2, 1.2]: gradient plus clouds."""
         hs, ws = 256, 512
         v = np.linspace(1.2, -0.2, hs, dtype=np.float32)[:, None]
-        zenith, horizon = np.float32([0.25, 0.45, 0.85]), np.float32([0.75, 0.82, 0.9])
+        zenith, horizon = f32([0.25, 0.45, 0.85]), f32([0.75, 0.82, 0.9])
         mix = np.clip(v / 0.8, 0, 1)[..., None]
         sky = (1 - mix) * horizon + mix * zenith
         clouds = T.fractal_noise(rng, hs, ws, 48.0, octaves=4)
         cover = np.clip((clouds - 0.45) * 3.0, 0, 1)[..., None]
-        sky = (1 - cover) * sky + cover * np.float32([0.9, 0.9, 0.92]) * (0.8 + 0.3 * clouds[..., None])
+        sky = (1 - cover) * sky + cover * f32([0.9, 0.9, 0.92]) * (0.8 + 0.3 * clouds[..., None])
         self._sky_scale = ((ws - 1) / 4.0, (hs - 1) / 1.4)
         return np.ascontiguousarray(sky, np.float32)
 
@@ -218,7 +219,7 @@ class Scene:
                 z += length
             for z0, z1 in self.tunnels:
                 # Retaining walls rise over 15 m to the portal, then run through the tunnel at full height.
-                sl = slice(int((z0 - 15.0) / res), int(z1 / res))
+                sl = slice(max(int((z0 - 15.0) / res), 0), int(z1 / res))
                 ramp = np.clip(1.0 + (z_axis[sl] - (z0 - 15.0)) / 15.0 * 5.0, 1.0, top - 0.5)
                 height = np.where(z_axis[sl] >= z0, top - 0.5, ramp)[None, :]
                 T.paint_tunnel_wall(tex, sl, top, side * rows, height)
@@ -248,7 +249,9 @@ class Scene:
         for z in zebra:
             if outdoors(z):
                 for side in (-1, 1):
-                    actors.append(_Actor(add(T.traffic_light(rng)), side * (prof.road_edge + 0.5), float(z - side * 2.5)))
+                    actors.append(
+                        _Actor(add(T.traffic_light(rng)), side * (prof.road_edge + 0.5), float(z - side * 2.5))
+                    )
         z = float(rng.uniform(5, 20))
         while z < z_end:
             if outdoors(z):
@@ -292,7 +295,16 @@ class Scene:
             x = side * float(rng.uniform(prof.road_edge + 0.6, prof.sidewalk_edge - 0.3))
             frames = [add(f) for f in T.pedestrian_frames(rng)]
             speed = float(rng.uniform(0.9, 1.6)) * (1 if rng.random() < 0.5 else -1)
-            actors.append(_Actor(frames[0], x, float(rng.uniform(0, z_end)), vz=speed, num_frames=len(frames), cycle_s=1.1 / abs(speed)))
+            actors.append(
+                _Actor(
+                    frames[0],
+                    x,
+                    float(rng.uniform(0, z_end)),
+                    vz=speed,
+                    num_frames=len(frames),
+                    cycle_s=1.1 / abs(speed),
+                )
+            )
         for _ in range(int(rng.poisson(0.3 * duration * cfg.pedestrian_density))):
             t_cross = float(rng.uniform(0, duration))  # time the walker is at the road centre, 25-40 m ahead
             z = self.start_z + self.speed * t_cross + float(rng.uniform(25.0, 40.0))
@@ -389,7 +401,9 @@ class Scene:
 
     def _paint_plane(self, buf: _Buffers, plane: _Plane, centre, dx, dy, dz) -> None:
         right = dx > 0
-        s = ((np.where(right, plane.offset, -plane.offset) - centre[0]) / np.where(dx == 0, 1e-9, dx)).astype(np.float32)
+        s = ((np.where(right, plane.offset, -plane.offset) - centre[0]) / np.where(dx == 0, 1e-9, dx)).astype(
+            np.float32
+        )
         y = centre[1] + s * dy
         z = centre[2] + s * dz
         tex = plane.texture
@@ -477,7 +491,9 @@ class Scene:
         )
         tan_x = np.broadcast_to(dx / dz, shape)
         tan_y = np.broadcast_to(dy / dz, shape)
-        _shade_kernel(buf.albedo, buf.label, buf.depth, buf.indoor, self._headlight_cone, tan_x, tan_y, params, radiance)
+        _shade_kernel(
+            buf.albedo, buf.label, buf.depth, buf.indoor, self._headlight_cone, tan_x, tan_y, params, radiance
+        )
         return radiance
 
 
@@ -489,8 +505,9 @@ HAZE_RGB = (0.75, 0.82, 0.9)
 def _shade_kernel(albedo, label, depth, indoor, headlight_cone, tan_x, tan_y, params, out):
     """Per pixel radiance = albedo · (irradiance + emission) · (1 − fog) + haze · fog; sky = albedo · sky + glare.
 
-    Irradiance blends daylight and tunnel light by `indoor`, plus the ego headlights (∝ cone / depth²); a low sun
-    (params[4] > 0) sits straight ahead at ray tangent (0, 0.08), above the road's vanishing point, as a disc with a glow. Fog = depth / (depth + fog distance).
+    Irradiance blends daylight and tunnel light by `indoor`, plus the ego headlights (∝ cone / depth²). A low sun
+    (params[4] > 0) sits straight ahead above the road's vanishing point (ray tangent (0, 0.08)) as a disc with a
+    glow. Fog = depth / (depth + fog distance).
     """
     ambient, emission, sky, headlights, sun_glare, tunnel_ambient, tunnel_lamps, fog_distance = params
     h, w = label.shape
@@ -533,5 +550,11 @@ class _Buffers:
         """
         shape = u.shape
         depth = np.ascontiguousarray(np.broadcast_to(depth, shape), np.float32)
-        indoor = np.zeros(shape, np.float32) if indoor is None else np.ascontiguousarray(np.broadcast_to(indoor, shape), np.float32)
-        tex.composite(u, v, depth, indoor, (self.albedo[rows], self.label[rows], self.depth[rows], self.indoor[rows]), wrap_rows)
+        indoor = (
+            np.zeros(shape, np.float32)
+            if indoor is None
+            else np.ascontiguousarray(np.broadcast_to(indoor, shape), np.float32)
+        )
+        tex.composite(
+            u, v, depth, indoor, (self.albedo[rows], self.label[rows], self.depth[rows], self.indoor[rows]), wrap_rows
+        )

@@ -23,8 +23,7 @@ from .events_h5 import DsecEventsWriter, write_rectify_map
 from .lighting import SCENARIOS
 from .scene import Scene, SceneConfig, luminance
 
-DSEC_TRAIN_NAMES = ("zurich_city_00_a", "zurich_city_01_a", "zurich_city_02_a", "zurich_city_04_a")
-DSEC_TRAIN_NAMES += ("zurich_city_05_a", "zurich_city_06_a", "zurich_city_07_a", "zurich_city_08_a")
+DSEC_TRAIN_NAMES: tuple[str, ...] = tuple(f"zurich_city_{k:02d}_a" for k in (0, 1, 2, 4, 5, 6, 7, 8))
 DSEC_TEST_NAMES = ("zurich_city_13_a", "zurich_city_14_c", "zurich_city_15_a")
 """MambaSeg's DSEC provider keeps a sequence folder only if one of these is a substring of its path (spec §1.1);
 synthetic folder names embed them so the unmodified provider reads the synthetic tree too."""
@@ -62,7 +61,7 @@ class SequenceConfig:
 
     @property
     def num_frames(self) -> int:
-        return int(round(self.scene.duration_s * self.frame_rate_hz))
+        return round(self.scene.duration_s * self.frame_rate_hz)
 
 
 @dataclass
@@ -87,8 +86,8 @@ def generate_sequence(config: SequenceConfig) -> Iterator[SequenceFrame]:
     seed = config.scene.seed
     h, w = config.scene.height, config.scene.width
     simulator = EventSimulator(h, w, config.events, seed=seed + 1)
-    step_us = int(round(1e6 / config.sim_rate_hz))
-    steps_per_frame = int(round(config.sim_rate_hz / config.frame_rate_hz))
+    step_us = round(1e6 / config.sim_rate_hz)
+    steps_per_frame = round(config.sim_rate_hz / config.frame_rate_hz)
     frame_dt = 1.0 / config.frame_rate_hz
     camera: FrameCamera | None = None
     pending: list[EventBatch] = []
@@ -110,7 +109,9 @@ def generate_sequence(config: SequenceConfig) -> Iterator[SequenceFrame]:
         if steps_to_frame == 0:
             exposure_s = camera.exposure_time_s
             rgb = camera.capture(exposure_sum / exposure_count, frame_dt)
-            yield SequenceFrame(t_us, rgb, view.label, EventBatch.concatenate(pending), frame_condition(rgb), exposure_s)
+            yield SequenceFrame(
+                t_us, rgb, view.label, EventBatch.concatenate(pending), frame_condition(rgb), exposure_s
+            )
             pending, exposure_count = [], 0
             exposure_sum[:] = 0.0
 
@@ -187,4 +188,3 @@ def write_dsec_dataset(
         write_dsec_sequence(Path(root) / split, name, config, **writer_kwargs)
         for split, name, config in dataset_plan(base, counts, seed)
     ]
-

@@ -20,6 +20,11 @@ from . import labels as L
 _TRANSPARENT = L.TRANSPARENT  # a global: numba freezes it into the kernel
 
 
+def f32(values) -> np.ndarray:
+    """A float32 array of `values` (colours, weights): keeps NumPy 2 from promoting per-pixel maths to float64."""
+    return np.asarray(values, np.float32)
+
+
 def fractal_noise(rng: np.random.Generator, height: int, width: int, cell: float, octaves: int = 3) -> np.ndarray:
     """(H, W) float32 smooth noise in [0, 1]: bicubic-upsampled random grids, finest cell `cell / 2**(octaves-1)`."""
     total = np.zeros((height, width), np.float32)
@@ -95,13 +100,24 @@ class MipTexture:
         self.atlas = atlas
         self.boxes = np.array(boxes, np.int64)  # (levels, 4): x offset, y offset, width, height
 
-    def composite(self, u: np.ndarray, v: np.ndarray, depth: np.ndarray, indoor: np.ndarray, out, wrap_rows: int = 0):
+    def composite(
+        self,
+        u: np.ndarray,
+        v: np.ndarray,
+        depth: np.ndarray,
+        indoor: np.ndarray,
+        out: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+        wrap_rows: int = 0,
+    ) -> None:
         """Sample at level-0 texel coordinates `u` (column), `v` (row), each (h, w) float32, and paint opaque texels.
 
         `depth`, `indoor` (h, w) float32 are written along; `out` = (albedo (h, w, 4), label, depth, indoor)
         views of the frame buffers. `wrap_rows` > 0 marks `v` as periodic with that many rows (ground tile).
         """
-        _sample_composite(self.atlas, self.boxes, self.label, u, v, depth, indoor, *out, wrap_rows)
+        albedo, label, depth_out, indoor_out = out
+        _sample_composite(
+            self.atlas, self.boxes, self.label, u, v, depth, indoor, albedo, label, depth_out, indoor_out, wrap_rows
+        )
 
 
 @numba.njit(cache=True, nogil=True)
@@ -186,9 +202,9 @@ def ground_tile(rng: np.random.Generator, profile: StreetProfile, period_m: floa
     asphalt = np.where(patches, asphalt * 0.7, asphalt)
     parking = (ax > profile.lane_edge) & (ax < profile.road_edge)
     asphalt = np.where(parking, asphalt * 1.15, asphalt)
-    tex.paint(road, np.stack([asphalt] * 3, -1) * np.float32([1.0, 1.0, 1.05]), L.ROAD)
+    tex.paint(road, np.stack([asphalt] * 3, -1) * f32([1.0, 1.0, 1.05]), L.ROAD)
 
-    paint = np.float32([0.75, 0.75, 0.7])
+    paint = f32([0.75, 0.75, 0.7])
     dash = (zz % 9.0) < 3.0
     centre = (ax < 0.08) & dash
     edge = np.abs(ax - profile.lane_edge) < 0.08
@@ -199,7 +215,7 @@ def ground_tile(rng: np.random.Generator, profile: StreetProfile, period_m: floa
     tex.paint(centre | edge | bays | zebra | stop, paint * (0.8 + 0.2 * grain[..., None]), L.ROAD)
 
     kerb = np.broadcast_to((ax >= profile.road_edge) & (ax < profile.road_edge + 0.2), (rows, cols))
-    tex.paint(kerb, np.float32([0.45, 0.45, 0.43]) * (0.85 + 0.15 * fine[..., None]), L.SIDEWALK)
+    tex.paint(kerb, f32([0.45, 0.45, 0.43]) * (0.85 + 0.15 * fine[..., None]), L.SIDEWALK)
     walk = (ax >= profile.road_edge + 0.2) & (ax < profile.facade)
     tile_id = (np.floor(zz / 0.5) * 97 + np.floor(x[None, :] / 0.5) * 31) % 7
     joints = ((zz % 0.5) < 0.03) | ((x[None, :] % 0.5) < 0.03)
@@ -216,7 +232,7 @@ def ground_tile(rng: np.random.Generator, profile: StreetProfile, period_m: floa
 # Columns are Z (column 0 at Z = 0), rows are height Y (row 0 at the strip's top height).
 
 
-FACADE_COLOURS = np.float32(
+FACADE_COLOURS = f32(
     [[0.55, 0.5, 0.42], [0.4, 0.4, 0.4], [0.45, 0.25, 0.18], [0.7, 0.68, 0.62], [0.5, 0.45, 0.35], [0.3, 0.33, 0.36]]
 )
 
@@ -249,13 +265,13 @@ def paint_building(rng: np.random.Generator, tex: Texture, cols: slice, top_m: f
     window = (in_bay > 0) & (in_bay < win_w) & (in_floor > 0) & (in_floor < win_h) & (y > 3.5) & (y < height - 1.0)
     frame = (in_bay > -0.1) & (in_bay < win_w + 0.1) & (in_floor > -0.1) & (in_floor < win_h + 0.1)
     frame &= ~window & (y > 3.5) & (y < height - 1.0)
-    tex.paint(frame, np.float32([0.8, 0.8, 0.78]), L.BUILDING, region=region)
+    tex.paint(frame, f32([0.8, 0.8, 0.78]), L.BUILDING, region=region)
     lit = rng.random((int(height / floor_h) + 2, int(width * res / bay) + 2)) < 0.4
     lit_map = lit[(y / floor_h).astype(int) % lit.shape[0], (zl / bay).astype(int) % lit.shape[1]]
-    glass = np.where(lit_map[..., None], np.float32([0.8, 0.7, 0.45]), np.float32([0.05, 0.07, 0.09]) * (1 + grain))
+    glass = np.where(lit_map[..., None], f32([0.8, 0.7, 0.45]), f32([0.05, 0.07, 0.09]) * (1 + grain))
     tex.paint(window, glass, L.BUILDING, emission=lit_map.astype(np.float32) * 0.6, region=region)
     shop = (y > 0.6) & (y < 3.0) & ((zl % 6.0) > 1.0) & ((zl % 6.0) < 5.2) & (rng.random() < 0.7)
-    tex.paint(shop, np.float32([0.1, 0.12, 0.14]) * (1 + grain), L.BUILDING, emission=0.3, region=region)
+    tex.paint(shop, f32([0.1, 0.12, 0.14]) * (1 + grain), L.BUILDING, emission=0.3, region=region)
 
 
 def paint_tree_row(rng: np.random.Generator, tex: Texture, cols: slice, top_m: float, rows_off: int) -> None:
@@ -272,7 +288,7 @@ def paint_tree_row(rng: np.random.Generator, tex: Texture, cols: slice, top_m: f
         radius, centre_h = rng.uniform(2.5, 4.5), rng.uniform(5.0, min(11.0, top_m - 4.5))
         crowns = np.maximum(crowns, 1.0 - ((zl - zc) ** 2 + (y - centre_h) ** 2) / radius**2)
         trunk = (np.abs(zl - zc) < 0.2) & (y < centre_h)
-        tex.paint(trunk, np.float32([0.12, 0.09, 0.06]), L.VEGETATION, region=region)
+        tex.paint(trunk, f32([0.12, 0.09, 0.06]), L.VEGETATION, region=region)
     crown = crowns + 0.25 * (leaves - 0.5) > 0.0
     green = np.stack([0.05 + 0.08 * leaves, 0.12 + 0.15 * leaves, 0.03 + 0.05 * leaves], -1)
     tex.paint(crown, green, L.VEGETATION, region=region)
@@ -285,7 +301,7 @@ def paint_fence(rng: np.random.Generator, tex: Texture, cols: slice, top_m: floa
     y = _heights(Texture.blank(n_rows_side, 1, tex.res), top_m)
     zl = (np.arange(cols.stop - cols.start, dtype=np.float32)[None, :] + 0.5) * tex.res
     height, spacing = rng.uniform(1.0, 2.0), rng.uniform(0.12, 0.25)
-    colour = np.float32([0.2, 0.22, 0.2]) if rng.random() < 0.5 else np.float32([0.45, 0.4, 0.35])
+    colour = f32([0.2, 0.22, 0.2]) if rng.random() < 0.5 else f32([0.45, 0.4, 0.35])
     bars = (zl % spacing) < 0.05
     posts = (zl % 2.5) < 0.1
     rails = (np.abs(y - 0.15) < 0.05) | (np.abs(y - height + 0.05) < 0.05)
@@ -306,10 +322,10 @@ def paint_wall(
     if rng.random() < 0.5:  # brick courses
         course = np.floor(y / 0.25)
         mortar = ((y % 0.25) < 0.03) | (((zl + 0.25 * (course % 2)) % 0.5) < 0.03)
-        colour = np.where(mortar[..., None], np.float32([0.5, 0.48, 0.45]), np.float32([0.42, 0.2, 0.14]))
+        colour = np.where(mortar[..., None], f32([0.5, 0.48, 0.45]), f32([0.42, 0.2, 0.14]))
     else:  # concrete panels
         seams = (zl % 3.0) < 0.04
-        colour = np.where(seams[..., None], np.float32([0.2, 0.2, 0.2]), np.float32([0.45, 0.44, 0.42]))
+        colour = np.where(seams[..., None], f32([0.2, 0.2, 0.2]), f32([0.45, 0.44, 0.42]))
     tex.paint((y < height) & np.ones_like(zl, bool), colour * (0.75 + 0.5 * grain), L.WALL, region=region)
 
 
@@ -332,11 +348,11 @@ def paint_tunnel_wall(tex: Texture, cols: slice, top_m: float, rows_off: int, he
     y = _heights(Texture.blank(n_rows_side, 1, tex.res), top_m)
     zl = (np.arange(cols.stop - cols.start, dtype=np.float32)[None, :] + 0.5) * tex.res
     tiles = ((zl % 0.6) < 0.03) | ((y % 0.3) < 0.03)
-    colour = np.where(tiles[..., None], np.float32([0.3, 0.3, 0.3]), np.float32([0.6, 0.6, 0.55]))
-    colour = np.where((y < 1.0)[..., None], np.float32([0.12, 0.12, 0.12]), colour)
+    colour = np.where(tiles[..., None], f32([0.3, 0.3, 0.3]), f32([0.6, 0.6, 0.55]))
+    colour = np.where((y < 1.0)[..., None], f32([0.12, 0.12, 0.12]), colour)
     tex.paint(y < height, colour, L.WALL, region=region)
     lamps = (np.abs(y - (height - 0.4)) < 0.12) & ((zl % 5.0) < 1.2)
-    tex.paint(lamps, np.float32([0.95, 0.85, 0.6]), L.WALL, emission=1.0, region=region)
+    tex.paint(lamps, f32([0.95, 0.85, 0.6]), L.WALL, emission=1.0, region=region)
 
 
 def tunnel_ceiling(length_m: float, half_width: float, res: float) -> Texture:
@@ -345,9 +361,9 @@ def tunnel_ceiling(length_m: float, half_width: float, res: float) -> Texture:
     tex = Texture.blank(rows, cols, res)
     x = (np.arange(cols, dtype=np.float32)[None, :] + 0.5) * res - half_width
     z = length_m - (np.arange(rows, dtype=np.float32)[:, None] + 0.5) * res
-    tex.paint(np.ones((rows, cols), bool), np.float32([0.25, 0.25, 0.24]), L.BUILDING)
+    tex.paint(np.ones((rows, cols), bool), f32([0.25, 0.25, 0.24]), L.BUILDING)
     lamps = (np.abs(np.abs(x) - 3.0) < 0.15) & ((z % 4.0) < 1.5)
-    tex.paint(lamps, np.float32([0.95, 0.85, 0.6]), L.BUILDING, emission=1.0)
+    tex.paint(lamps, f32([0.95, 0.85, 0.6]), L.BUILDING, emission=1.0)
     return tex
 
 
@@ -357,7 +373,7 @@ def tunnel_ceiling(length_m: float, half_width: float, res: float) -> Texture:
 
 def _sprite_canvas(width_m: float, height_m: float, res: float) -> tuple[Texture, np.ndarray, np.ndarray]:
     """Blank sprite and its texel-centre coordinates: x (1, w) metres from the centre, y (h, 1) metres up."""
-    rows, cols = max(int(round(height_m / res)), 2), max(int(round(width_m / res)), 2)
+    rows, cols = max(round(height_m / res), 2), max(round(width_m / res), 2)
     tex = Texture.blank(rows, cols, res)
     x = (np.arange(cols, dtype=np.float32)[None, :] + 0.5) * res - width_m / 2
     y = height_m - (np.arange(rows, dtype=np.float32)[:, None] + 0.5) * res
@@ -370,47 +386,47 @@ def street_lamp(side: int, res: float = 0.04) -> Texture:
     arm_dir = -side  # the arm points toward the road centre
     pole = (np.abs(x) < 0.08) & (y < 7.2)
     arm = (np.abs(y - 7.1) < 0.05) & (x * arm_dir > 0) & (x * arm_dir < 1.4)
-    tex.paint(pole | arm, np.float32([0.3, 0.3, 0.32]), L.POLE)
+    tex.paint(pole | arm, f32([0.3, 0.3, 0.32]), L.POLE)
     head = (np.abs(y - 6.95) < 0.1) & (np.abs(x * arm_dir - 1.2) < 0.25)
-    tex.paint(head, np.float32([0.95, 0.9, 0.75]), L.POLE, emission=1.0)
+    tex.paint(head, f32([0.95, 0.9, 0.75]), L.POLE, emission=1.0)
     return tex
 
 
 def traffic_sign(rng: np.random.Generator, res: float = 0.02) -> Texture:
     """Sign post with a round, triangular or square plate (plate: traffic sign, post: pole)."""
     tex, x, y = _sprite_canvas(0.8, 2.9, res)
-    tex.paint((np.abs(x) < 0.035) & (y < 2.3), np.float32([0.5, 0.5, 0.5]), L.POLE)
+    tex.paint((np.abs(x) < 0.035) & (y < 2.3), f32([0.5, 0.5, 0.5]), L.POLE)
     cy, r = 2.5, 0.33
     dx, dy = x, y - cy
     kind = rng.integers(3)
     if kind == 0:  # prohibition: red ring, white disc, black numeral bars
         dist = np.sqrt(dx**2 + dy**2)
-        tex.paint(dist < r, np.float32([0.8, 0.05, 0.05]), L.TRAFFIC_SIGN)
-        tex.paint(dist < r * 0.75, np.float32([0.85, 0.85, 0.85]), L.TRAFFIC_SIGN)
+        tex.paint(dist < r, f32([0.8, 0.05, 0.05]), L.TRAFFIC_SIGN)
+        tex.paint(dist < r * 0.75, f32([0.85, 0.85, 0.85]), L.TRAFFIC_SIGN)
         digits = (np.abs(np.abs(dx) - 0.08) < 0.03) & (np.abs(dy) < 0.13)  # two bold numeral strokes
-        tex.paint(digits, np.float32([0.05, 0.05, 0.05]), L.TRAFFIC_SIGN)
+        tex.paint(digits, f32([0.05, 0.05, 0.05]), L.TRAFFIC_SIGN)
     elif kind == 1:  # warning triangle
         inside = (dy > -r) & (np.abs(dx) < (r - dy) * 0.58)
-        tex.paint(inside, np.float32([0.8, 0.05, 0.05]), L.TRAFFIC_SIGN)
-        tex.paint((dy > -r + 0.07) & (np.abs(dx) < (r - 0.1 - dy) * 0.58), np.float32([0.85, 0.85, 0.8]), L.TRAFFIC_SIGN)
+        tex.paint(inside, f32([0.8, 0.05, 0.05]), L.TRAFFIC_SIGN)
+        tex.paint((dy > -r + 0.07) & (np.abs(dx) < (r - 0.1 - dy) * 0.58), f32([0.85, 0.85, 0.8]), L.TRAFFIC_SIGN)
     else:  # blue information square with a white arrow
-        tex.paint((np.abs(dx) < r) & (np.abs(dy) < r), np.float32([0.05, 0.2, 0.6]), L.TRAFFIC_SIGN)
+        tex.paint((np.abs(dx) < r) & (np.abs(dy) < r), f32([0.05, 0.2, 0.6]), L.TRAFFIC_SIGN)
         arrow = ((np.abs(dx) < 0.06) & (np.abs(dy) < 0.2)) | ((dy > 0.05) & (np.abs(dx) < 0.2 - (dy - 0.05)))
-        tex.paint(arrow & (dy < 0.25), np.float32([0.9, 0.9, 0.9]), L.TRAFFIC_SIGN)
+        tex.paint(arrow & (dy < 0.25), f32([0.9, 0.9, 0.9]), L.TRAFFIC_SIGN)
     return tex
 
 
 def traffic_light(rng: np.random.Generator, res: float = 0.02) -> Texture:
     """Post with a three-lamp head; one lamp lit (emissive). Head and lamps: traffic sign (Cityscapes light)."""
     tex, x, y = _sprite_canvas(0.5, 3.6, res)
-    tex.paint((np.abs(x) < 0.05) & (y < 2.7), np.float32([0.3, 0.3, 0.3]), L.POLE)
+    tex.paint((np.abs(x) < 0.05) & (y < 2.7), f32([0.3, 0.3, 0.3]), L.POLE)
     box = (np.abs(x) < 0.17) & (y > 2.6) & (y < 3.55)
-    tex.paint(box, np.float32([0.04, 0.04, 0.04]), L.TRAFFIC_SIGN)
+    tex.paint(box, f32([0.04, 0.04, 0.04]), L.TRAFFIC_SIGN)
     on = rng.integers(3)
     for k, colour in enumerate(((0.9, 0.05, 0.05), (0.9, 0.6, 0.05), (0.1, 0.8, 0.3))):
         lamp = (x**2 + (y - (3.4 - 0.3 * k)) ** 2) < 0.1**2
         lit = k == on
-        tex.paint(lamp, np.float32(colour) * (1.0 if lit else 0.15), L.TRAFFIC_SIGN, emission=1.0 if lit else 0.0)
+        tex.paint(lamp, f32(colour) * (1.0 if lit else 0.15), L.TRAFFIC_SIGN, emission=1.0 if lit else 0.0)
     return tex
 
 
@@ -418,7 +434,7 @@ def tree(rng: np.random.Generator, res: float = 0.05) -> Texture:
     """Street tree: trunk and a leafy crown with a ragged outline; all vegetation."""
     crown_w, crown_h, trunk_h = rng.uniform(2.5, 4.5), rng.uniform(3.0, 5.0), rng.uniform(1.8, 2.8)
     tex, x, y = _sprite_canvas(crown_w + 0.4, trunk_h + crown_h, res)
-    tex.paint((np.abs(x) < 0.14) & (y < trunk_h + 0.8), np.float32([0.13, 0.1, 0.07]), L.VEGETATION)
+    tex.paint((np.abs(x) < 0.14) & (y < trunk_h + 0.8), f32([0.13, 0.1, 0.07]), L.VEGETATION)
     rows, cols = tex.label.shape
     leaves = fractal_noise(rng, rows, cols, 0.5 / res, octaves=3)
     ellipse = (x / (crown_w / 2)) ** 2 + ((y - trunk_h - crown_h / 2) / (crown_h / 2)) ** 2
@@ -429,7 +445,7 @@ def tree(rng: np.random.Generator, res: float = 0.05) -> Texture:
     return tex
 
 
-CAR_COLOURS = np.float32(
+CAR_COLOURS = f32(
     [[0.6, 0.05, 0.05], [0.05, 0.1, 0.35], [0.75, 0.75, 0.75], [0.04, 0.04, 0.04], [0.35, 0.35, 0.37], [0.6, 0.55, 0.1]]
 )
 
@@ -440,16 +456,16 @@ def car(rng: np.random.Generator, front: bool, res: float = 0.03) -> Texture:
     tex, x, y = _sprite_canvas(width, height, res)
     body_colour = CAR_COLOURS[rng.integers(len(CAR_COLOURS))]
     wheels = (np.abs(np.abs(x) - width * 0.36) < 0.13) & (y < 0.35)
-    tex.paint(wheels, np.float32([0.02, 0.02, 0.02]), L.CAR)
+    tex.paint(wheels, f32([0.02, 0.02, 0.02]), L.CAR)
     body = (np.abs(x) < width / 2) & (y > 0.18) & (y < height * 0.6)
     cabin_half = width / 2 - 0.2 - (y - height * 0.6) * 0.35
     cabin = (y >= height * 0.6) & (y < height) & (np.abs(x) < cabin_half)
     tex.paint(body | cabin, body_colour, L.CAR)
     glass = (y > height * 0.64) & (y < height - 0.07) & (np.abs(x) < cabin_half - 0.08)
-    tex.paint(glass, np.float32([0.04, 0.05, 0.06]), L.CAR)
-    tex.paint(body & (y < 0.35), np.float32([0.05, 0.05, 0.05]), L.CAR)  # bumper
-    tex.paint((np.abs(x) < 0.26) & (np.abs(y - 0.45) < 0.06), np.float32([0.85, 0.85, 0.85]), L.CAR)  # plate
-    light_colour = np.float32([0.95, 0.95, 0.9]) if front else np.float32([0.8, 0.04, 0.03])
+    tex.paint(glass, f32([0.04, 0.05, 0.06]), L.CAR)
+    tex.paint(body & (y < 0.35), f32([0.05, 0.05, 0.05]), L.CAR)  # bumper
+    tex.paint((np.abs(x) < 0.26) & (np.abs(y - 0.45) < 0.06), f32([0.85, 0.85, 0.85]), L.CAR)  # plate
+    light_colour = f32([0.95, 0.95, 0.9]) if front else f32([0.8, 0.04, 0.03])
     lights = (np.abs(np.abs(x) - width * 0.38) < 0.14) & (np.abs(y - height * 0.5) < 0.07)
     tex.paint(lights, light_colour, L.CAR, emission=1.0)
     return tex
@@ -458,7 +474,7 @@ def car(rng: np.random.Generator, front: bool, res: float = 0.03) -> Texture:
 def pedestrian_frames(rng: np.random.Generator, phases: int = 8, res: float = 0.02) -> list[Texture]:
     """Walk cycle of one person (clothes colours per person): `phases` sprites, legs and arms swinging."""
     height = rng.uniform(1.55, 1.9)
-    skin = np.float32([0.55, 0.4, 0.3]) * rng.uniform(0.4, 1.1)
+    skin = f32([0.55, 0.4, 0.3]) * rng.uniform(0.4, 1.1)
     shirt = rng.random(3).astype(np.float32) * 0.7 + 0.05
     trousers = rng.random(3).astype(np.float32) * 0.4 + 0.03
     frames = []
@@ -486,7 +502,7 @@ def pedestrian_frames(rng: np.random.Generator, phases: int = 8, res: float = 0.
 
 def tunnel_portal(width_m: float, height_m: float, res: float = 0.1) -> Texture:
     """Concrete face above a tunnel mouth (wall), with a dark lower edge."""
-    tex, x, y = _sprite_canvas(width_m, height_m, res)
+    tex, _, y = _sprite_canvas(width_m, height_m, res)
     colour = np.where((y < 0.5), 0.2, 0.45).astype(np.float32)
     tex.paint(np.ones(tex.label.shape, bool), np.broadcast_to(colour[..., None], (*tex.label.shape, 3)), L.WALL)
     return tex
