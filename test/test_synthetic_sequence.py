@@ -144,3 +144,17 @@ def test_cli_converts_a_video_into_events_h5(tmp_path, capsys):
 
 def test_cli_reports_a_missing_video(tmp_path):
     assert simulate_events_main([str(tmp_path / "nope.mp4"), "--out", str(tmp_path / "e.h5")]) == 1
+
+
+def test_project_dsec_loader_reads_a_dsec_sized_synthetic_sequence(tmp_path):
+    dsec = pytest.importorskip("mambaseg_core.data.dsec", reason="the project's DSEC loader is not available")
+    scene = SceneConfig(height=480, width=640, seed=4, duration_s=0.35, lighting="day")
+    config = SequenceConfig(scene=scene, sim_rate_hz=100.0)  # 7 labels: one sample after the official skip
+    write_dsec_sequence(tmp_path / "train", "zurich_city_00_a_synthetic", config, t_offset=10**9, label_crop_bottom=40)
+    dataset = dsec.DsecSemantic(tmp_path, "train", augment=None)
+    assert len(dataset) == 1
+    sample = dataset[0]
+    assert tuple(sample["events"].shape) == (10, 440, 640) and tuple(sample["label"].shape) == (440, 640)
+    print("voxel |sum|", float(sample["events"].abs().sum()), "classes", sample["label"].unique().tolist())
+    assert float(sample["events"].abs().sum()) > 0
+    assert set(sample["label"].unique().tolist()) <= set(range(11))
