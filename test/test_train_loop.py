@@ -144,3 +144,28 @@ def test_official_recipe_defaults():
     assert (cfg.optim.lr, cfg.optim.betas, cfg.optim.eps, cfg.optim.weight_decay) == (2e-4, (0.9, 0.999), 1e-8, 0.01)
     assert cfg.schedule.policy == "fixed" and cfg.schedule.warmup_iters == 0 and cfg.schedule.epochs == 60
     assert cfg.runtime.precision == "fp32" and cfg.optim.grad_clip_norm is None and cfg.ema is None
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_sharded_batches_union_to_the_single_process_batches(world):
+    """Global batch 6 over `world` ranks: step k of all ranks together = step k of one process (15 samples)."""
+    from mambaseg_core.train.sampling import ResumableDistributedSampler
+
+    dataset = list(range(15))
+    single = ResumableDistributedSampler(dataset, 1, 0, seed=5)
+    single.set_epoch(3)
+    order = [key.position for key in single]
+    shards = []
+    for rank in range(world):
+        sampler = ResumableDistributedSampler(dataset, world, rank, seed=5)
+        sampler.set_epoch(3)
+        shards.append([key.position for key in sampler])
+    per_rank = 6 // world
+    for step in range(15 // 6):
+        together = sorted(i for shard in shards for i in shard[step * per_rank : (step + 1) * per_rank])
+        assert together == sorted(order[step * 6 : (step + 1) * 6])
+    # A mid-epoch start skips exactly the consumed samples of this rank.
+    sampler = ResumableDistributedSampler(dataset, world, 0, seed=5)
+    sampler.set_epoch(3)
+    sampler.set_start(per_rank)
+    assert [key.position for key in sampler] == shards[0][per_rank:]

@@ -43,7 +43,9 @@ class ResumableDistributedSampler(DistributedSampler):
     """
 
     def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int, shuffle: bool = True):
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
+        # drop_last: no padding duplicates, and the union of the ranks' first k batches is the same prefix of
+        # the epoch's permutation for any rank count, so N GPUs see exactly the batches of one GPU.
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=True)
         self.start = 0
 
     def set_start(self, start: int) -> None:
