@@ -32,7 +32,7 @@ from mambaseg_core.ops.selective_scan import available_backends, selective_scan
 CHANNELS = (96, 192, 384, 768)
 DEPTHS = (2, 2, 8, 2)
 TOKENS = {"DDD17": (4350, 1100, 286, 77), "DSEC": (17600, 4400, 1120, 280)}
-REFERENCE_MAX_STEPS = 400  # the reference loops over L in Python: skip it beyond this
+REFERENCE_MAX_STEPS = 1200  # the reference loops over L in Python: skip it beyond this
 
 
 @dataclass(frozen=True)

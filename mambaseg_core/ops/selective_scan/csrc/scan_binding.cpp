@@ -111,13 +111,13 @@ std::vector<at::Tensor> backward(const at::Tensor& u, const at::Tensor& delta, c
   at::Tensor dA = at::zeros(A.sizes(), f32), dB = at::zeros(B.sizes(), f32), dC = at::zeros(C.sizes(), f32);
   at::Tensor dD = D ? at::zeros({p.channels}, f32) : at::empty({0}, f32);
   at::Tensor dbias = delta_bias ? at::zeros({p.channels}, f32) : at::empty({0}, f32);
-  at::Tensor reverse_maps = tile_buffer(p, u, 2 * p.state);
+  at::Tensor reverse_maps = tile_buffer(p, u, 2 * p.state), reverse_carries = tile_buffer(p, u, p.state);
   p.dy = dy.data_ptr<float>(), p.tile_carries = tile_carries.data_ptr<float>();
   p.du = du.data_ptr<float>(), p.ddelta = ddelta.data_ptr<float>();
   p.dA = dA.data_ptr<float>(), p.dB = dB.data_ptr<float>(), p.dC = dC.data_ptr<float>();
   p.dD = D ? dD.data_ptr<float>() : nullptr;
   p.dbias = delta_bias ? dbias.data_ptr<float>() : nullptr;
-  p.reverse_maps = reverse_maps.data_ptr<float>();
+  p.reverse_maps = reverse_maps.data_ptr<float>(), p.reverse_carries = reverse_carries.data_ptr<float>();
   mambaseg::launch_scan_bwd(p, scan_dtype(u), c10::cuda::getCurrentCUDAStream());
   check_launch();
   return {du, ddelta, dA, dB, dC, dD, dbias};

@@ -2,7 +2,7 @@
 //   dC_t += dy_t h_t,  dB_t += g_t dt_t u_t,  du_t = sum_n g_t dt_t B_t + D dy_t,
 //   ddt_t = sum_n g_t (u_t B_t + A exp(dt_t A) h_{t-1}),  dA += g_t dt_t exp(dt_t A) h_{t-1}.
 // The reverse scan runs over r_{t-1} = exp(dt_t A) (dy_t C_t + r_t), whose map at step t depends on step t
-// only, so it uses the same affine-map block scan and tile hand-over as the forward, in reversed order. The
+// only, so it uses the same affine-map block scan and tile carries as the forward, in reversed order. The
 // forward states h_{t-1} are recomputed from the tile entering states saved by the forward.
 #include "scan_common.cuh"
 
@@ -29,7 +29,6 @@ __global__ void __launch_bounds__(kMaxThreads) scan_bwd_kernel(ScanParams p) {
   __shared__ float smem[kMaxWarps][2][kMaxN];
   __shared__ float block_total[2][kMaxN];
   __shared__ float smem_warps[kMaxWarps];
-  __shared__ float reverse_carry[kMaxN];
   const int row = blockIdx.x / p.n_tiles, tile = blockIdx.x % p.n_tiles;
   const int batch = row / p.channels, channel = row % p.channels;
   const int group = channel / (p.channels / p.groups);
@@ -100,16 +99,13 @@ __global__ void __launch_bounds__(kMaxThreads) scan_bwd_kernel(ScanParams p) {
     fwd_p[n] = decay, fwd_h[n] = h;
   }
   block_exclusive_scan<kMaxN, false>(fwd_p, fwd_h, smem, block_total);
-  if (p.n_tiles > 1) {
-    compose_tile_maps<kMaxN, true>(p.reverse_maps + static_cast<int64_t>(row) * p.n_tiles * 2 * N, tile, p.n_tiles,
-                                   N, reverse_carry, nullptr);
-    const float* fwd_carry = p.tile_carries + tile_index * N;
+  const float* fwd_carry = p.tile_carries + tile_index * N;
+  const float* rev_carry = p.reverse_carries + tile_index * N;
 #pragma unroll
-    for (int n = 0; n < kMaxN; ++n) {
-      if (n < N) {
-        fwd_h[n] = fmaf(fwd_p[n], fwd_carry[n], fwd_h[n]);
-        rev_r[n] = fmaf(rev_p[n], reverse_carry[n], rev_r[n]);
-      }
+  for (int n = 0; n < kMaxN; ++n) {
+    if (p.n_tiles > 1 && n < N) {
+      fwd_h[n] = fmaf(fwd_p[n], fwd_carry[n], fwd_h[n]);
+      rev_r[n] = fmaf(rev_p[n], rev_carry[n], rev_r[n]);
     }
   }
 
@@ -181,7 +177,10 @@ template <typename T, int kMaxN>
 static void launch_bwd_typed(const ScanParams& p, cudaStream_t stream) {
   constexpr int kItems = kMaxN == 1 ? 8 : 4;  // must match items_per_thread()
   const dim3 grid(p.batch * p.channels * p.n_tiles), block(p.threads);
-  if (p.n_tiles > 1) scan_bwd_kernel<T, kMaxN, kItems, true><<<grid, block, 0, stream>>>(p);
+  if (p.n_tiles > 1) {
+    scan_bwd_kernel<T, kMaxN, kItems, true><<<grid, block, 0, stream>>>(p);
+    launch_carry<true>(p.reverse_maps, p.reverse_carries, p, stream);
+  }
   scan_bwd_kernel<T, kMaxN, kItems, false><<<grid, block, 0, stream>>>(p);
 }
 

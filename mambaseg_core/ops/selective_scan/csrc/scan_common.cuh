@@ -1,12 +1,13 @@
 // Shared device code of the selective-scan kernels: element loads, the block-wide scan of affine maps, and
-// the hand-over of the state from tile to tile.
+// the kernel that carries the state from tile to tile.
 //
 // Work split: one CUDA block scans one tile of kItems * blockDim.x consecutive steps of one (batch, channel)
 // row; each thread owns kItems consecutive steps. The recurrence h_t = a_t * h_{t-1} + x_t is a composition
 // of affine maps (a, x), so a tile is scanned in parallel: every thread composes its own steps, and the block
-// scans those maps (warp shuffles, then across warps). Rows longer than one tile take two launches, and no
-// block ever waits on another: (1) every tile's map from a zero state, (2) every tile composes the maps of
-// the tiles before it into its entering state (a few cached loads per tile), rescans and writes the output.
+// scans those maps (warp shuffles, then across warps). Rows longer than one tile take three launches, none
+// of which waits on another block: (1) every tile's map from a zero state, (2) one thread per (row, state)
+// composes those maps in sequence into the state entering each tile, (3) every tile rescans with its
+// entering state and writes the output.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -124,25 +125,27 @@ __device__ __forceinline__ void write_tile_map(float* out, int state, const floa
   if (n < state) out[n] = total[0][n], out[state + n] = total[1][n];
 }
 
-// The state entering `tile` of a row: the maps of the tiles before it (after it, if kReverse), composed in
-// order from a zero state. `row_maps` is the row's (n_tiles, 2, N) maps from the previous launch. Threads
-// n < N compute state n into carry[n] (shared) and, if `saved` is given, into saved[n] too.
-template <int kMaxN, bool kReverse>
-__device__ __forceinline__ void compose_tile_maps(const float* row_maps, int tile, int n_tiles, int state,
-                                                  float (&carry)[kMaxN], float* saved) {
-  const int n = threadIdx.x;
-  if (n < state) {
-    float h = 0.f;
-    const int count = kReverse ? n_tiles - 1 - tile : tile;
-#pragma unroll 4
-    for (int i = 0; i < count; ++i) {  // the loads do not depend on h: unrolled, they are in flight together
-      const float* map = row_maps + static_cast<int64_t>(kReverse ? n_tiles - 1 - i : i) * 2 * state;
-      h = fmaf(map[n], h, map[state + n]);
-    }
-    carry[n] = h;
-    if (saved) saved[n] = h;
+// One thread per (row, state): composes the tile maps (rows, n_tiles, 2, N) in order (last to first if
+// kReverse) and writes the state entering each tile, (rows, n_tiles, N).
+template <bool kReverse>
+__global__ void carry_kernel(const float* __restrict__ maps, float* __restrict__ carries, int rows, int n_tiles,
+                             int state) {
+  const int index = blockIdx.x * blockDim.x + threadIdx.x;
+  if (index >= rows * state) return;
+  const int row = index / state, n = index % state;
+  float h = 0.f;
+  for (int i = 0; i < n_tiles; ++i) {
+    const int64_t tile = static_cast<int64_t>(row) * n_tiles + (kReverse ? n_tiles - 1 - i : i);
+    carries[tile * state + n] = h;
+    h = fmaf(maps[tile * 2 * state + n], h, maps[tile * 2 * state + state + n]);
   }
-  __syncthreads();
+}
+
+template <bool kReverse>
+inline void launch_carry(const float* maps, float* carries, const ScanParams& p, cudaStream_t stream) {
+  const int rows = p.batch * p.channels, threads = 256;
+  carry_kernel<kReverse><<<(rows * p.state + threads - 1) / threads, threads, 0, stream>>>(maps, carries, rows,
+                                                                                           p.n_tiles, p.state);
 }
 
 }  // namespace mambaseg

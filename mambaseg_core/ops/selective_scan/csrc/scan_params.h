@@ -42,18 +42,17 @@ struct ScanParams {
   float* dD;      // may be null
   float* dbias;   // may be null
   float* reverse_maps;
+  float* reverse_carries;
 };
 
 // Steps per thread: more for N = 1 (few registers per step, and more bytes in flight per thread).
 inline int items_per_thread(int state) { return state == 1 ? 8 : 4; }
 
-// Tiling for a row of `length` steps: threads per block and steps per tile. With N > 4 the forward stages
-// B and C of a tile in shared memory (2 * N * tile_len floats): at most 128 threads keeps that to 64 KB.
+// Tiling for a row of `length` steps: threads per block and steps per tile.
 inline void choose_tiling(ScanParams& p) {
   p.items = items_per_thread(p.state);
-  const int max_threads = p.state > 4 ? kMaxThreads / 2 : kMaxThreads;
   int threads = 32;
-  while (threads < max_threads && threads * p.items < p.length) threads *= 2;
+  while (threads < kMaxThreads && threads * p.items < p.length) threads *= 2;
   p.threads = threads;
   p.tile_len = threads * p.items;
   p.n_tiles = (p.length + p.tile_len - 1) / p.tile_len;
