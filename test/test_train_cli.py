@@ -21,7 +21,7 @@ from mambaseg_core.cli import eval as eval_cli
 from mambaseg_core.cli import train as train_cli
 from mambaseg_core.data.classes import DDD17
 from mambaseg_core.data.fixtures import write_ddd17_fixture
-from mambaseg_core.models import MambaSeg, load_model, load_model_config
+from mambaseg_core.models import MambaSeg, load_model, load_model_config, to_official_state_dict
 from mambaseg_core.train import LossRecorder, Trainer
 from mambaseg_core.train.builders import build_model
 from mambaseg_core.train.config import ModelSection
@@ -84,6 +84,12 @@ def test_train_resume_and_eval_clis_on_ddd17_fixture(tmp_path, ddd17_root):
     assert report["pixels"] == int(np.sum(report["confusion"])) > 0
     # The same weights and split as the in-training evaluation of epoch 1: the same matrix.
     assert report["confusion"] == summary["best"]["splits"]["test"]["confusion"]
+
+    # The same weights saved as an official {'epoch', 'state_dict'} checkpoint evaluate identically.
+    official = tmp_path / "official.pth"
+    torch.save({"epoch": 1, "state_dict": to_official_state_dict(state["state_dict"])}, official)
+    assert eval_cli.main(["--config", str(config), "--checkpoint", str(official), "--output", str(tmp_path)]) == 0
+    assert json.loads((tmp_path / "metrics_test.json").read_text())["confusion"] == report["confusion"]
     assert (run / "confusion_test.png").is_file()
 
 
