@@ -274,7 +274,10 @@ class MambaSegNode(Node):
             return
         stamp_us = stamp_to_us(msg.header.stamp)
         if self._last_image_us is not None and stamp_us < self._last_image_us - self._jump_tolerance_us:
-            self._on_time_jump("image stamp went back")
+            # Clear only events of the old timeline: after a bag loop the events may have jumped back first.
+            latest = self.segmenter.latest_event_us
+            stale = latest is not None and latest > stamp_us + self._jump_tolerance_us
+            self._on_time_jump("image stamp went back", clear=stale)
         self._last_image_us = stamp_us
         if self._slot.put(_Frame(msg.header, image, stamp_us, time.monotonic())):
             self.counters.add("dropped_busy")
@@ -318,10 +321,12 @@ class MambaSegNode(Node):
         self.counters.add("events", len(batch))
         self._slot.notify()
 
-    def _on_time_jump(self, why: str) -> None:
+    def _on_time_jump(self, why: str, clear: bool = True) -> None:
         self.counters.add("time_jumps")
-        self.get_logger().warning(f"time jump ({why}): event buffer cleared", throttle_duration_sec=5.0)
-        self.segmenter.reset()
+        action = "event buffer cleared" if clear else "buffered events already follow the new clock"
+        self.get_logger().warning(f"time jump ({why}): {action}", throttle_duration_sec=5.0)
+        if clear:
+            self.segmenter.reset()
 
     # ---- inference (worker thread) -------------------------------------------------------------------
 

@@ -152,10 +152,13 @@ class FrameDriver:
             timeout,
         )
 
-    def send(self, frame: Frame) -> None:
+    def send(self, frame: Frame, events_first: bool = True) -> None:
         height, width = frame.image.shape[:2]
-        self.events_pub.publish(event_packet(frame.events, width, height))
+        if events_first:
+            self.events_pub.publish(event_packet(frame.events, width, height))
         self.image_pub.publish(image_message(frame.image, frame.stamp_us))
+        if not events_first:
+            self.events_pub.publish(event_packet(frame.events, width, height))
 
     def run_lockstep(self, frames: list[Frame], timeout_per_frame: float = 60.0) -> bool:
         """Send each frame after the previous one's outputs arrived on every output topic."""

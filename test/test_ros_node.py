@@ -73,6 +73,26 @@ def test_one_mask_per_image_matching_the_segmenter(context, tmp_path):
         np.testing.assert_array_equal(image_to_numpy(colored), expected.colored)
 
 
+@pytest.mark.parametrize("events_first", [True, False])
+def test_bag_loop_clears_old_events_and_recovers(context, tmp_path, events_first):
+    overrides = node_overrides(write_tiny_model_config(tmp_path))
+    spun = SpunNode(MambaSegNode(context=context, parameter_overrides=overrides))
+    client = rclpy.create_node("test_client", context=context)
+    try:
+        driver = FrameDriver(client, "/image", "/events", OUTPUTS[:1])
+        assert driver.wait_for_connections()
+        assert driver.run_lockstep([synthetic_frame(i, 32, 48) for i in (30, 31)])
+        looped = synthetic_frame(0, 32, 48)  # 1.55 s back in time, beyond time_jump_tolerance_ms
+        driver.send(looped, events_first=events_first)
+        assert driver.wait_for(lambda: len(driver.received[OUTPUTS[0]]) == 3, 60.0), "no mask after the loop"
+        counts = spun.node.counters.snapshot()
+    finally:
+        spun.stop()
+        client.destroy_node()
+    assert stamps_us(driver.received[OUTPUTS[0]])[-1] == looped.stamp_us
+    assert counts["time_jumps"] >= 1 and counts["skipped_no_events"] == 0
+
+
 def test_network_resolution_output_and_publish_toggles(context, tmp_path):
     model_config = write_tiny_model_config(tmp_path)
     overrides = node_overrides(model_config, output_resolution="network", publish_overlay=False)
