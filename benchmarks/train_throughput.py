@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -39,6 +41,7 @@ from mambaseg_core.train.distributed import (  # noqa: E402
     is_main_process,
 )
 
+ROW_PREFIX = "ROW "
 PRESETS = {
     "dsec": ROOT / "config/model/mambaseg_dsec.yaml",
     "ddd17": ROOT / "config/model/mambaseg_ddd17.yaml",
@@ -136,6 +139,26 @@ def release_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def measure_in_subprocess(args: argparse.Namespace, batch: int, precision: str) -> dict[str, object]:
+    """One setting in a fresh process, so no memory of an earlier setting (or its OOM) can leak into it."""
+    command = [sys.executable, __file__, "--preset", args.preset, "--batch", str(batch), "--precision", precision]
+    command += ["--steps", str(args.steps), "--warmup", str(args.warmup), "--scan-backend", args.scan_backend, "--one"]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    for line in result.stdout.splitlines():
+        if line.startswith(ROW_PREFIX):
+            return json.loads(line[len(ROW_PREFIX) :])
+    print(result.stdout + result.stderr, file=sys.stderr)
+    failed = f"failed (exit {result.returncode})"
+    return {
+        "batch": batch,
+        "precision": precision,
+        "images/s": failed,
+        "ms/step": "-",
+        "peak GiB/GPU": "-",
+        "loss": "-",
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="dsec")
@@ -147,14 +170,21 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--scan-backend", default="auto")
     parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
+    parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # internal: one setting, JSON row
     args = parser.parse_args()
-    init_distributed()
+    if args.one:
+        print(ROW_PREFIX + json.dumps(measure(args, args.batch[0], args.precision[0])))
+        return 0
+    distributed = init_distributed()
     try:
         rows = []
         for batch in args.batch:
             for precision in args.precision:
-                rows.append(measure(args, batch, precision))
-                release_memory()
+                if distributed:  # ranks must stay together: in-process (prefer one setting per torchrun call)
+                    rows.append(measure(args, batch, precision))
+                    release_memory()
+                else:
+                    rows.append(measure_in_subprocess(args, batch, precision))
     finally:
         world = get_world_size()
         destroy_distributed()
