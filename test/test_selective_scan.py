@@ -14,6 +14,7 @@ from mambaseg_core.ops.selective_scan import (
     BackendUnavailableError,
     available_backends,
     selective_scan,
+    selective_scan_reference,
 )
 
 # module attribute `selective_scan` is the function, so reach the submodule through importlib
@@ -123,11 +124,25 @@ def test_torch_backend_matches_reference(batch, channels, state, length, groups,
     compare_backends(inputs, "torch", "reference", softplus, torch.float32)
 
 
+def test_torch_backend_in_place_path_without_autograd_matches_reference():
+    # Without autograd the torch backend reuses its intermediates in place: a separate code path.
+    inputs = make_inputs(2, 8, 16, 301, 4)
+    with torch.no_grad():
+        y = selective_scan(**inputs, delta_softplus=True, backend="torch")
+        y_ref = selective_scan(**inputs, delta_softplus=True, backend="reference")
+    assert_close("y", y, y_ref, TOLERANCES[torch.float32][0])
+
+
 def test_torch_backend_carries_state_across_segments(monkeypatch):
     # A tiny segment budget cuts L = 203 into 13 segments of 16 steps, each with its own chunking.
     monkeypatch.setitem(torch_scan._SEGMENT_ELEMENTS, "cpu", 1)
     inputs = make_inputs(2, 4, 3, 203, 2)
     compare_backends(inputs, "torch", "reference", True, torch.float32)
+    with torch.no_grad():
+        y = selective_scan(**inputs, delta_softplus=True, backend="torch")
+    assert_close(
+        "y (no grad)", y, selective_scan_reference(**inputs, delta_softplus=True), TOLERANCES[torch.float32][0]
+    )
 
 
 def test_torch_backend_gradcheck_float64():

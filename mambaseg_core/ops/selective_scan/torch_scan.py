@@ -28,12 +28,19 @@ def _segment_length(batch: int, channels: int, state: int, length: int, device: 
 
 
 def _scan_segment(
-    u: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, h0: torch.Tensor
+    u: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    h0: torch.Tensor,
+    in_place: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One segment of the scan, grouped layout.
 
     Shapes: u, dt (B, K, Dk, L); A (K, Dk, N); B, C (B, K, N, L); h0 (B, K, Dk, N) the incoming state.
     Returns y (B, K, Dk, L) without the D skip term, and the state after the last step (B, K, Dk, N).
+    in_place (only without autograd): reuse the segment's intermediates instead of allocating new ones.
     """
     length = u.shape[-1]
     chunk = max(1, math.isqrt(length))
@@ -44,8 +51,9 @@ def _scan_segment(
         u, dt, B, C = (F.pad(x, (0, pad)) for x in (u, dt, B, C))
 
     def time_major(x: torch.Tensor) -> torch.Tensor:
-        """(..., L) -> (T, ..., n_chunks): step-in-chunk first so each loop step reads one contiguous slab."""
-        return x.unflatten(-1, (n_chunks, chunk)).movedim(-1, 0)
+        """(..., L) -> (T, ..., n_chunks), contiguous: each loop step then reads one contiguous slab, and the
+        N-times larger products below inherit this layout."""
+        return x.unflatten(-1, (n_chunks, chunk)).movedim(-1, 0).contiguous()
 
     dt_t = time_major(dt).unsqueeze(-2)  # (T, B, K, Dk, 1, nc)
     u_t = time_major(u).unsqueeze(-2)
@@ -55,16 +63,22 @@ def _scan_segment(
     decay = torch.exp(log_decay)
     x = dt_t * u_t * B_t
 
-    # 1. Within-chunk recurrence from a zero state, all chunks in parallel.
-    h = x[0]
-    local = [h]
-    for step in range(1, chunk):
-        h = torch.addcmul(x[step], decay[step], h)
-        local.append(h)
-    local_states = torch.stack(local)  # (T, B, K, Dk, N, nc)
+    # 1. Within-chunk recurrence from a zero state, all chunks in parallel: local_states (T, B, K, Dk, N, nc).
+    if in_place:
+        for step in range(1, chunk):
+            x[step].addcmul_(decay[step], x[step - 1])
+        local_states = x
+    else:
+        local = [x[0]]
+        for step in range(1, chunk):
+            local.append(torch.addcmul(x[step], decay[step], local[-1]))
+        local_states = torch.stack(local)
 
     # 2. Carry the state across chunks; decay_from_start[t] = prod_{s<=t in chunk} a_s.
-    decay_from_start = torch.exp(torch.cumsum(log_decay, dim=0))
+    if in_place:
+        decay_from_start = log_decay.cumsum_(dim=0).exp_()
+    else:
+        decay_from_start = torch.exp(torch.cumsum(log_decay, dim=0))
     chunk_decay, chunk_end = decay_from_start[-1], local_states[-1]  # (B, K, Dk, N, nc)
     incoming = [h0]
     for k in range(n_chunks):
@@ -72,8 +86,10 @@ def _scan_segment(
     carried = torch.stack(incoming[:-1], dim=-1)  # state entering each chunk
 
     # 3. Full states and the read-out y_t = <C_t, h_t>.
-    states = torch.addcmul(local_states, decay_from_start, carried)
-    y = (states * C_t).sum(dim=-2)  # (T, B, K, Dk, nc)
+    if in_place:
+        y = local_states.addcmul_(decay_from_start, carried).mul_(C_t).sum(dim=-2)  # (T, B, K, Dk, nc)
+    else:
+        y = (torch.addcmul(local_states, decay_from_start, carried) * C_t).sum(dim=-2)
     y = y.movedim(0, -1).flatten(-2)[..., :length]
     return y, incoming[-1]
 
@@ -107,11 +123,14 @@ def selective_scan_torch(
     grouped_dt = dt.reshape(batch, groups, per_group, length)
     grouped_A = A.view(groups, per_group, state)
     h = u.new_zeros(batch, groups, per_group, state)
+    in_place = not (torch.is_grad_enabled() and any(x.requires_grad for x in inputs))
     segment = _segment_length(batch, channels, state, length, u.device)
     pieces = []
     for start in range(0, length, segment):
         part = slice(start, start + segment)
-        y_part, h = _scan_segment(grouped_u[..., part], grouped_dt[..., part], grouped_A, B[..., part], C[..., part], h)
+        y_part, h = _scan_segment(
+            grouped_u[..., part], grouped_dt[..., part], grouped_A, B[..., part], C[..., part], h, in_place
+        )
         pieces.append(y_part)
     y = torch.cat(pieces, dim=-1).reshape(batch, channels, length) if pieces else u.new_zeros(u.shape)
     if D is not None:
