@@ -190,11 +190,12 @@ class Scene:
                 if sl.stop - sl.start > 4:
                     kind = rng.random()
                     if self._in_tunnel(z, z + length, margin=5.0) or kind < 0.2 * self.config.tree_density:
-                        T.paint_tree_row(rng, tex, sl, top, side * rows)
+                        T.paint_tree_row(rng, tex, T.StripSegment.of(tex, sl, top, side * rows))
                     elif kind < 0.85:
-                        T.paint_building(rng, tex, sl, top, side * rows)
+                        T.paint_building(rng, tex, T.StripSegment.of(tex, sl, top, side * rows))
                     elif kind < 0.93:
-                        T.paint_wall(rng, tex, sl, top, side * rows, height=float(rng.uniform(2.5, 4.0)))
+                        segment = T.StripSegment.of(tex, sl, top, side * rows)
+                        T.paint_wall(rng, tex, segment, height=float(rng.uniform(2.5, 4.0)))
                 z += length + (float(rng.uniform(2.0, 12.0)) if rng.random() < 0.3 else 0.0)
         return _Plane(T.MipTexture(tex), self.profile.facade, top, indoor=False)
 
@@ -211,18 +212,18 @@ class Scene:
                 kind = rng.random()
                 if sl.stop - sl.start > 4 and not self._in_tunnel(z, z + length, margin=20.0):
                     if kind < 0.2:
-                        T.paint_fence(rng, tex, sl, top, side * rows)
+                        T.paint_fence(rng, tex, T.StripSegment.of(tex, sl, top, side * rows))
                     elif kind < 0.35:
-                        T.paint_wall(rng, tex, sl, top, side * rows)
+                        T.paint_wall(rng, tex, T.StripSegment.of(tex, sl, top, side * rows))
                     elif kind < 0.5:
-                        T.paint_hedge(rng, tex, sl, top, side * rows)
+                        T.paint_hedge(rng, tex, T.StripSegment.of(tex, sl, top, side * rows))
                 z += length
             for z0, z1 in self.tunnels:
                 # Retaining walls rise over 15 m to the portal, then run through the tunnel at full height.
                 sl = slice(max(int((z0 - 15.0) / res), 0), int(z1 / res))
                 ramp = np.clip(1.0 + (z_axis[sl] - (z0 - 15.0)) / 15.0 * 5.0, 1.0, top - 0.5)
                 height = np.where(z_axis[sl] >= z0, top - 0.5, ramp)[None, :]
-                T.paint_tunnel_wall(tex, sl, top, side * rows, height)
+                T.paint_tunnel_wall(tex, T.StripSegment.of(tex, sl, top, side * rows), height)
         return _Plane(T.MipTexture(tex), self.profile.sidewalk_edge, top, indoor=True)
 
     def _build_ceiling(self) -> list[tuple[float, float, T.MipTexture]]:

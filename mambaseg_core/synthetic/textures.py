@@ -237,122 +237,118 @@ FACADE_COLOURS = f32(
 )
 
 
-def _heights(tex: Texture, top_m: float) -> np.ndarray:
-    """(H, 1) float32 world height of each texel row of a strip whose row 0 is at `top_m`."""
-    return top_m - (np.arange(tex.label.shape[0], dtype=np.float32)[:, None] + 0.5) * tex.res
+@dataclass(frozen=True)
+class StripSegment:
+    """The part of a side-strip texture that one object occupies: `region` (slice of the texture), texel-centre
+    heights `y` (rows, 1) and along-road positions `z` (1, cols) in metres from the segment start."""
+
+    region: tuple[slice, slice]
+    y: np.ndarray
+    z: np.ndarray
+
+    @classmethod
+    def of(cls, tex: Texture, cols: slice, top_m: float, rows_off: int) -> StripSegment:
+        """Columns `cols` of the side whose rows start at `rows_off` and whose row 0 is `top_m` high."""
+        rows = int(top_m / tex.res)
+        y = top_m - (np.arange(rows, dtype=np.float32)[:, None] + 0.5) * tex.res
+        z = (np.arange(cols.stop - cols.start, dtype=np.float32)[None, :] + 0.5) * tex.res
+        return cls((slice(rows_off, rows_off + rows), cols), y, z)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.y.shape[0], self.z.shape[1]
 
 
-def paint_building(rng: np.random.Generator, tex: Texture, cols: slice, top_m: float, rows_off: int) -> None:
+def paint_building(rng: np.random.Generator, tex: Texture, seg: StripSegment) -> None:
     """A facade with a plinth, window grid (some lit), shop windows at street level and a darker roof edge."""
-    res = tex.res
-    n_rows_side = int(top_m / res)
-    region = np.s_[rows_off : rows_off + n_rows_side, cols]
-    width = cols.stop - cols.start
-    y = _heights(Texture.blank(n_rows_side, 1, res), top_m)
-    zl = (np.arange(width, dtype=np.float32)[None, :] + 0.5) * res
-    height = rng.uniform(6.0, min(22.0, top_m - 0.5))
+    y, z, res = seg.y, seg.z, tex.res
+    height = rng.uniform(6.0, min(22.0, float(y[0, 0])))
     base = FACADE_COLOURS[rng.integers(len(FACADE_COLOURS))] * rng.uniform(0.8, 1.2)
-    grain = fractal_noise(rng, n_rows_side, width, 3.0 / res, octaves=3)[..., None]
-    body = (y < height) & np.ones_like(zl, bool)
+    grain = fractal_noise(rng, *seg.shape, 3.0 / res, octaves=3)[..., None]
+    body = (y < height) & np.ones_like(z, bool)
     colour = np.clip(base * (0.8 + 0.4 * grain), 0, 1)
-    tex.paint(body, colour, L.BUILDING, region=region)
-    tex.paint(body & (y > height - 0.5), colour * 0.6, L.BUILDING, region=region)
-    tex.paint(body & (y < 0.6), colour * 0.7, L.BUILDING, region=region)
+    tex.paint(body, colour, L.BUILDING, region=seg.region)
+    tex.paint(body & (y > height - 0.5), colour * 0.6, L.BUILDING, region=seg.region)
+    tex.paint(body & (y < 0.6), colour * 0.7, L.BUILDING, region=seg.region)
     floor_h, bay = rng.uniform(2.8, 3.4), rng.uniform(2.2, 3.5)
     win_w, win_h = bay * rng.uniform(0.35, 0.55), floor_h * rng.uniform(0.4, 0.55)
-    in_bay = (zl % bay) - (bay - win_w) / 2
+    in_bay = (z % bay) - (bay - win_w) / 2
     in_floor = (y % floor_h) - floor_h * 0.35
-    window = (in_bay > 0) & (in_bay < win_w) & (in_floor > 0) & (in_floor < win_h) & (y > 3.5) & (y < height - 1.0)
+    storeys = (y > 3.5) & (y < height - 1.0)
+    window = (in_bay > 0) & (in_bay < win_w) & (in_floor > 0) & (in_floor < win_h) & storeys
     frame = (in_bay > -0.1) & (in_bay < win_w + 0.1) & (in_floor > -0.1) & (in_floor < win_h + 0.1)
-    frame &= ~window & (y > 3.5) & (y < height - 1.0)
-    tex.paint(frame, f32([0.8, 0.8, 0.78]), L.BUILDING, region=region)
-    lit = rng.random((int(height / floor_h) + 2, int(width * res / bay) + 2)) < 0.4
-    lit_map = lit[(y / floor_h).astype(int) % lit.shape[0], (zl / bay).astype(int) % lit.shape[1]]
+    tex.paint(frame & ~window & storeys, f32([0.8, 0.8, 0.78]), L.BUILDING, region=seg.region)
+    lit = rng.random((int(height / floor_h) + 2, int(seg.shape[1] * res / bay) + 2)) < 0.4
+    lit_map = lit[(y / floor_h).astype(int) % lit.shape[0], (z / bay).astype(int) % lit.shape[1]]
     glass = np.where(lit_map[..., None], f32([0.8, 0.7, 0.45]), f32([0.05, 0.07, 0.09]) * (1 + grain))
-    tex.paint(window, glass, L.BUILDING, emission=lit_map.astype(np.float32) * 0.6, region=region)
-    shop = (y > 0.6) & (y < 3.0) & ((zl % 6.0) > 1.0) & ((zl % 6.0) < 5.2) & (rng.random() < 0.7)
-    tex.paint(shop, f32([0.1, 0.12, 0.14]) * (1 + grain), L.BUILDING, emission=0.3, region=region)
+    tex.paint(window, glass, L.BUILDING, emission=lit_map.astype(np.float32) * 0.6, region=seg.region)
+    if rng.random() < 0.7:
+        shop = (y > 0.6) & (y < 3.0) & ((z % 6.0) > 1.0) & ((z % 6.0) < 5.2)
+        tex.paint(shop, f32([0.1, 0.12, 0.14]) * (1 + grain), L.BUILDING, emission=0.3, region=seg.region)
 
 
-def paint_tree_row(rng: np.random.Generator, tex: Texture, cols: slice, top_m: float, rows_off: int) -> None:
+def paint_tree_row(rng: np.random.Generator, tex: Texture, seg: StripSegment) -> None:
     """Overlapping tree crowns and trunks, as seen from the street (park, tunnel hill)."""
-    res = tex.res
-    n_rows_side = int(top_m / res)
-    region = np.s_[rows_off : rows_off + n_rows_side, cols]
-    width = cols.stop - cols.start
-    y = _heights(Texture.blank(n_rows_side, 1, res), top_m)
-    zl = (np.arange(width, dtype=np.float32)[None, :] + 0.5) * res
-    leaves = fractal_noise(rng, n_rows_side, width, 0.8 / res, octaves=3)
-    crowns = np.zeros((n_rows_side, width), np.float32)
-    for zc in np.arange(rng.uniform(0, 3), width * res, rng.uniform(3.0, 5.0)):
-        radius, centre_h = rng.uniform(2.5, 4.5), rng.uniform(5.0, min(11.0, top_m - 4.5))
-        crowns = np.maximum(crowns, 1.0 - ((zl - zc) ** 2 + (y - centre_h) ** 2) / radius**2)
-        trunk = (np.abs(zl - zc) < 0.2) & (y < centre_h)
-        tex.paint(trunk, f32([0.12, 0.09, 0.06]), L.VEGETATION, region=region)
+    y, z = seg.y, seg.z
+    leaves = fractal_noise(rng, *seg.shape, 0.8 / tex.res, octaves=3)
+    crowns = np.zeros(seg.shape, np.float32)
+    for zc in np.arange(rng.uniform(0, 3), float(z[0, -1]), rng.uniform(3.0, 5.0)):
+        radius, centre_h = rng.uniform(2.5, 4.5), rng.uniform(5.0, min(11.0, float(y[0, 0]) - 4.5))
+        crowns = np.maximum(crowns, 1.0 - ((z - zc) ** 2 + (y - centre_h) ** 2) / radius**2)
+        trunk = (np.abs(z - zc) < 0.2) & (y < centre_h)
+        tex.paint(trunk, f32([0.12, 0.09, 0.06]), L.VEGETATION, region=seg.region)
     crown = crowns + 0.25 * (leaves - 0.5) > 0.0
     green = np.stack([0.05 + 0.08 * leaves, 0.12 + 0.15 * leaves, 0.03 + 0.05 * leaves], -1)
-    tex.paint(crown, green, L.VEGETATION, region=region)
+    tex.paint(crown, green, L.VEGETATION, region=seg.region)
 
 
-def paint_fence(rng: np.random.Generator, tex: Texture, cols: slice, top_m: float, rows_off: int) -> None:
+def paint_fence(rng: np.random.Generator, tex: Texture, seg: StripSegment) -> None:
     """Metal bar fence with posts and rails; gaps between bars stay transparent."""
-    n_rows_side = int(top_m / tex.res)
-    region = np.s_[rows_off : rows_off + n_rows_side, cols]
-    y = _heights(Texture.blank(n_rows_side, 1, tex.res), top_m)
-    zl = (np.arange(cols.stop - cols.start, dtype=np.float32)[None, :] + 0.5) * tex.res
+    y, z = seg.y, seg.z
     height, spacing = rng.uniform(1.0, 2.0), rng.uniform(0.12, 0.25)
     colour = f32([0.2, 0.22, 0.2]) if rng.random() < 0.5 else f32([0.45, 0.4, 0.35])
-    bars = (zl % spacing) < 0.05
-    posts = (zl % 2.5) < 0.1
+    bars = (z % spacing) < 0.05
+    posts = (z % 2.5) < 0.1
     rails = (np.abs(y - 0.15) < 0.05) | (np.abs(y - height + 0.05) < 0.05)
-    tex.paint((bars | posts | rails) & (y < height), colour, L.FENCE, region=region)
+    tex.paint((bars | posts | rails) & (y < height), colour, L.FENCE, region=seg.region)
 
 
-def paint_wall(
-    rng: np.random.Generator, tex: Texture, cols: slice, top_m: float, rows_off: int, height: float | None = None
-) -> None:
+def paint_wall(rng: np.random.Generator, tex: Texture, seg: StripSegment, height: float | None = None) -> None:
     """Concrete or brick wall with stains; `height` defaults to a random low garden wall."""
-    n_rows_side = int(top_m / tex.res)
-    region = np.s_[rows_off : rows_off + n_rows_side, cols]
-    width = cols.stop - cols.start
-    y = _heights(Texture.blank(n_rows_side, 1, tex.res), top_m)
-    zl = (np.arange(width, dtype=np.float32)[None, :] + 0.5) * tex.res
+    y, z = seg.y, seg.z
     height = rng.uniform(0.8, 2.5) if height is None else height
-    grain = fractal_noise(rng, n_rows_side, width, 1.0 / tex.res, octaves=3)[..., None]
+    grain = fractal_noise(rng, *seg.shape, 1.0 / tex.res, octaves=3)[..., None]
     if rng.random() < 0.5:  # brick courses
         course = np.floor(y / 0.25)
-        mortar = ((y % 0.25) < 0.03) | (((zl + 0.25 * (course % 2)) % 0.5) < 0.03)
+        mortar = ((y % 0.25) < 0.03) | (((z + 0.25 * (course % 2)) % 0.5) < 0.03)
         colour = np.where(mortar[..., None], f32([0.5, 0.48, 0.45]), f32([0.42, 0.2, 0.14]))
     else:  # concrete panels
-        seams = (zl % 3.0) < 0.04
+        seams = (z % 3.0) < 0.04
         colour = np.where(seams[..., None], f32([0.2, 0.2, 0.2]), f32([0.45, 0.44, 0.42]))
-    tex.paint((y < height) & np.ones_like(zl, bool), colour * (0.75 + 0.5 * grain), L.WALL, region=region)
+    tex.paint((y < height) & np.ones_like(z, bool), colour * (0.75 + 0.5 * grain), L.WALL, region=seg.region)
 
 
-def paint_hedge(rng: np.random.Generator, tex: Texture, cols: slice, top_m: float, rows_off: int) -> None:
+def paint_hedge(rng: np.random.Generator, tex: Texture, seg: StripSegment) -> None:
     """A trimmed hedge with a ragged top and leafy texture."""
-    n_rows_side = int(top_m / tex.res)
-    region = np.s_[rows_off : rows_off + n_rows_side, cols]
-    width = cols.stop - cols.start
-    y = _heights(Texture.blank(n_rows_side, 1, tex.res), top_m)
-    leaves = fractal_noise(rng, n_rows_side, width, 0.3 / tex.res, octaves=3)
-    top = rng.uniform(0.8, 1.6) + 0.3 * (fractal_noise(rng, 1, width, 1.0 / tex.res, octaves=2) - 0.5)
+    leaves = fractal_noise(rng, *seg.shape, 0.3 / tex.res, octaves=3)
+    top = rng.uniform(0.8, 1.6) + 0.3 * (fractal_noise(rng, 1, seg.shape[1], 1.0 / tex.res, octaves=2) - 0.5)
     green = np.stack([0.04 + 0.06 * leaves, 0.1 + 0.14 * leaves, 0.03 + 0.04 * leaves], -1)
-    tex.paint(y < top, green, L.VEGETATION, region=region)
+    tex.paint(seg.y < top, green, L.VEGETATION, region=seg.region)
 
 
-def paint_tunnel_wall(tex: Texture, cols: slice, top_m: float, rows_off: int, height: np.ndarray) -> None:
-    """Tiled tunnel wall up to `height` (1, w) metres, with a dark base stripe and lamps near the top."""
-    n_rows_side = int(top_m / tex.res)
-    region = np.s_[rows_off : rows_off + n_rows_side, cols]
-    y = _heights(Texture.blank(n_rows_side, 1, tex.res), top_m)
-    zl = (np.arange(cols.stop - cols.start, dtype=np.float32)[None, :] + 0.5) * tex.res
-    tiles = ((zl % 0.6) < 0.03) | ((y % 0.3) < 0.03)
+def paint_tunnel_wall(tex: Texture, seg: StripSegment, height: np.ndarray) -> None:
+    """Tiled tunnel wall up to `height` (1, w) metres, with a dark base stripe and lamps near the top; where the
+    wall is lower than the strip (approach ramps) a 1 m railing (fence) runs along its top."""
+    y, z = seg.y, seg.z
+    railing = (y >= height) & (y < height + 1.0) & (height < float(y[0, 0]) - 1.0)
+    railing &= ((z % 0.15) < 0.04) | (y > height + 0.92)
+    tex.paint(railing, f32([0.25, 0.27, 0.25]), L.FENCE, region=seg.region)
+    tiles = ((z % 0.6) < 0.03) | ((y % 0.3) < 0.03)
     colour = np.where(tiles[..., None], f32([0.3, 0.3, 0.3]), f32([0.6, 0.6, 0.55]))
     colour = np.where((y < 1.0)[..., None], f32([0.12, 0.12, 0.12]), colour)
-    tex.paint(y < height, colour, L.WALL, region=region)
-    lamps = (np.abs(y - (height - 0.4)) < 0.12) & ((zl % 5.0) < 1.2)
-    tex.paint(lamps, f32([0.95, 0.85, 0.6]), L.WALL, emission=1.0, region=region)
+    tex.paint(y < height, colour, L.WALL, region=seg.region)
+    lamps = (np.abs(y - (height - 0.4)) < 0.12) & ((z % 5.0) < 1.2)
+    tex.paint(lamps, f32([0.95, 0.85, 0.6]), L.WALL, emission=1.0, region=seg.region)
 
 
 def tunnel_ceiling(length_m: float, half_width: float, res: float) -> Texture:
@@ -500,9 +496,12 @@ def pedestrian_frames(rng: np.random.Generator, phases: int = 8, res: float = 0.
     return frames
 
 
-def tunnel_portal(width_m: float, height_m: float, res: float = 0.1) -> Texture:
-    """Concrete face above a tunnel mouth (wall), with a dark lower edge."""
-    tex, _, y = _sprite_canvas(width_m, height_m, res)
-    colour = np.where((y < 0.5), 0.2, 0.45).astype(np.float32)
-    tex.paint(np.ones(tex.label.shape, bool), np.broadcast_to(colour[..., None], (*tex.label.shape, 3)), L.WALL)
+def tunnel_portal(width_m: float, height_m: float, res: float = 0.05) -> Texture:
+    """Concrete face above a tunnel mouth (wall, dark lower edge) topped by a 1 m metal railing (fence)."""
+    tex, x, y = _sprite_canvas(width_m, height_m + 1.0, res)
+    face = y < height_m
+    colour = np.where(y < 0.5, 0.2, 0.45).astype(np.float32)
+    tex.paint(face & np.ones_like(x, bool), np.broadcast_to(colour[..., None], (*tex.label.shape, 3)), L.WALL)
+    railing = ~face & (((x % 0.15) < 0.04) | ((x % 2.0) < 0.08) | (y > height_m + 0.92))
+    tex.paint(railing, f32([0.25, 0.27, 0.25]), L.FENCE)
     return tex
