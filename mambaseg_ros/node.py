@@ -230,6 +230,8 @@ class MambaSegNode(Node):
             raise ParameterError(name, str(exc)) from None
         except ConfigError as exc:
             raise ParameterError("model_config", str(exc)) from None
+        except ValueError as exc:  # unreadable checkpoint, mismatched keys, unknown official image size
+            raise ParameterError("checkpoint" if settings.checkpoint else "model_config", str(exc)) from None
         if not settings.checkpoint:
             self.get_logger().warning("RANDOM WEIGHTS (allow_random_weights): masks are meaningless")
         try:

@@ -151,3 +151,35 @@ def test_node_loads_a_checkpoint_without_random_weights(context, tmp_path):
             torch.testing.assert_close(loaded[key], value, rtol=0, atol=0)
     finally:
         node.destroy_node()
+
+
+def test_node_accepts_an_official_checkpoint(context, tmp_path, reference_dir):
+    """The official-format fixture (64x96 gray, 6 classes) loads through the node; image_size comes from
+    model_config because official checkpoints do not record it. Its logits match the official run."""
+    import torch
+
+    reference = torch.load(reference_dir / "official_small_gray.pt", map_location="cpu", weights_only=False)
+    model_config = tmp_path / "size.yaml"
+    model_config.write_text("image_size: [64, 96]\n")
+    overrides = node_overrides(model_config, checkpoint=str(reference_dir / "official_small_gray.pt"))
+    overrides = [p for p in overrides if p.name != "allow_random_weights"]
+    node = MambaSegNode(context=context, parameter_overrides=overrides)
+    try:
+        assert node.segmenter.network_size == (64, 96) and node.segmenter.image_channels == 1
+        with torch.inference_mode():
+            logits = node.segmenter.model(image=reference["image"].float(), events=reference["events"].float())
+    finally:
+        node.destroy_node()
+    error = ((logits - reference["logits"]).abs().max() / reference["logits"].abs().max()).item()
+    print(f"max relative error vs. the official logits: {error:.2e}")
+    assert error < 1e-4
+
+
+def test_unreadable_checkpoint_is_a_parameter_error(context, tmp_path):
+    bad = tmp_path / "garbage.pt"
+    bad.write_bytes(b"not a checkpoint")
+    overrides = node_overrides(write_tiny_model_config(tmp_path), checkpoint=str(bad))
+    with pytest.raises(ParameterError) as info:
+        MambaSegNode(context=context, parameter_overrides=overrides)
+    print(info.value)
+    assert info.value.name == "checkpoint"
