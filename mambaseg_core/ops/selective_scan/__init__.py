@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import torch
 
+from mambaseg_core.ops.selective_scan.cuda_scan import MAX_STATE as CUDA_MAX_STATE
 from mambaseg_core.ops.selective_scan.errors import BackendUnavailableError
 from mambaseg_core.ops.selective_scan.reference import selective_scan_reference
 from mambaseg_core.ops.selective_scan.torch_scan import selective_scan_torch
@@ -19,8 +20,8 @@ BACKENDS = ("reference", "torch", "cuda", "mamba_ssm")
 
 ScanFn = Callable[..., torch.Tensor]
 
-# name -> scan function, or the BackendUnavailableError it raised: each backend is built/imported once.
-_LOADED: dict[str, ScanFn | BackendUnavailableError] = {}
+# name -> scan function, or why it is unavailable: each backend is built/imported once per process.
+_LOADED: dict[str, ScanFn | str] = {}
 
 
 def _import_backend(name: str) -> ScanFn:
@@ -43,10 +44,10 @@ def _load_backend(name: str) -> ScanFn:
         try:
             _LOADED[name] = _import_backend(name)
         except BackendUnavailableError as exc:
-            _LOADED[name] = exc
+            _LOADED[name] = str(exc)
     loaded = _LOADED[name]
-    if isinstance(loaded, BackendUnavailableError):
-        raise loaded
+    if isinstance(loaded, str):
+        raise BackendUnavailableError(loaded)
     return loaded
 
 
@@ -62,6 +63,18 @@ def available_backends(device: torch.device | str = "cpu") -> list[str]:
             continue
         usable.append(name)
     return usable
+
+
+def _auto_backend(u: torch.Tensor, A: torch.Tensor) -> str:
+    """The fastest available backend that takes these inputs: the CUDA kernels take fp32/fp16/bf16 only
+    (float64, e.g. for gradcheck, goes to the torch backend), and ours N <= CUDA_MAX_STATE."""
+    for name in available_backends(u.device):
+        if name in ("cuda", "mamba_ssm") and u.dtype == torch.float64:
+            continue
+        if name == "cuda" and A.shape[1] > CUDA_MAX_STATE:
+            continue
+        return name
+    raise AssertionError("the torch backend is always available")
 
 
 def _check_inputs(u, delta, A, B, C, D, delta_bias) -> None:
@@ -99,8 +112,7 @@ def selective_scan(
     """Mamba-1 selective scan; see `selective_scan_reference` for the semantics and shapes."""
     _check_inputs(u, delta, A, B, C, D, delta_bias)
     if backend == "auto":
-        # The CUDA kernels take fp32/fp16/bf16 only; float64 (e.g. gradcheck) goes to the torch backend.
-        backend = "torch" if u.dtype == torch.float64 else available_backends(u.device)[0]
+        backend = _auto_backend(u, A)
     elif backend not in BACKENDS:
         raise ValueError(f"unknown selective-scan backend {backend!r}; choose one of auto, {', '.join(BACKENDS)}")
     fn = _load_backend(backend)

@@ -18,6 +18,7 @@ from mambaseg_core.ops.selective_scan.errors import BackendUnavailableError
 CSRC = Path(__file__).resolve().with_name("csrc")
 SOURCES = ("scan_binding.cpp", "scan_fwd.cu", "scan_bwd.cu")
 _INPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+MAX_STATE = 16  # largest N the kernels take: the per-state values live in registers
 
 
 def _build_dir() -> Path:
@@ -111,11 +112,13 @@ def make_cuda_scan(extension: ModuleType):
         delta_bias: torch.Tensor | None = None,
         delta_softplus: bool = False,
     ) -> torch.Tensor:
-        """Same semantics and shapes as `selective_scan_reference`; CUDA tensors, N <= 16; returns float32."""
+        """Same semantics and shapes as `selective_scan_reference`; CUDA tensors, N <= MAX_STATE; float32 out."""
         if not u.is_cuda:
             raise ValueError(f"selective-scan backend 'cuda' needs CUDA tensors, got u on {u.device}")
-        if A.shape[1] > 16:
-            raise ValueError(f"selective-scan backend 'cuda' supports N <= 16, got A of shape {tuple(A.shape)}")
+        if A.shape[1] > MAX_STATE:
+            raise ValueError(
+                f"selective-scan backend 'cuda' supports N <= {MAX_STATE}, got A of shape {tuple(A.shape)}"
+            )
         if u.numel() == 0:
             return u.new_zeros(u.shape, dtype=torch.float32)
         # One input dtype for u, delta, B, C: keep it if they agree and the kernel has it, else float32.
