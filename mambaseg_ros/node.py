@@ -410,6 +410,7 @@ class MambaSegNode(Node):
             "event_packet_rate_hz": (counts["event_packets"] - previous["event_packets"]) / period,
             "event_rate_ev_per_s": (counts["events"] - previous["events"]) / period,
             "output_rate_hz": (counts["masks"] - previous["masks"]) / period,
+            "latency_is": "image received -> masks published, last 500 frames",
             "latency_p50_ms": latency[0],
             "latency_p90_ms": latency[1],
             "latency_p99_ms": latency[2],
