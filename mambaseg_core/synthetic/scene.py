@@ -1,10 +1,11 @@
 """Procedural forward-driving street scenes rendered as linear HDR radiance plus 11-class labels.
 
 The world is 2.5-D: a few textured planes and many upright billboards, painted back to front.
-- Planes (textures built once per scene, re-projected per frame by one `cv2.remap` each):
-  sky (at infinity), ground (road, markings, sidewalks, grass; a periodic tile), far side planes at
-  `|X| = facade` (buildings, tree rows), near side planes at `|X| = sidewalk_edge` (fences, walls, hedges,
-  tunnel walls) and tunnel ceilings. Per-pixel mip levels keep distant texture from aliasing into events.
+- Planes (textures built once per scene; per frame only the ray-plane intersections are recomputed and the
+  textures re-sampled, by a `cv2.remap` for the sky and a numba kernel for the others): sky (at infinity),
+  ground (road, markings, sidewalks, grass; a periodic tile), far side planes at `|X| = facade` (buildings,
+  tree rows), near side planes at `|X| = sidewalk_edge` (fences, walls, hedges, tunnel walls) and tunnel
+  ceilings. Per-pixel mip levels keep distant texture from aliasing into flickering events.
 - Billboards (sorted by depth each frame): street lamps, traffic signs and lights, trees, parked, leading and
   oncoming cars, walking and crossing pedestrians, tunnel portals.
 World frame: X right, Y up, Z forward (metres); the ego camera drives along +Z in the right lane with slight
@@ -62,7 +63,8 @@ class SceneConfig:
 
 @dataclass
 class View:
-    """One rendered instant: radiance (H, W, 3) float32 linear RGB, label (H, W) uint8, depth (H, W) float32 m."""
+    """One rendered instant: radiance (H, W, 3) float32 linear RGB, label (H, W) uint8 (11-class ids), depth
+    (H, W) float32 metres along the optical axis (`SKY_DEPTH_M` on the sky)."""
 
     radiance: np.ndarray
     label: np.ndarray
