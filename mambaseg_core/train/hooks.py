@@ -197,6 +197,10 @@ class CheckpointHook(HookBase):
         self._saved_at = t.iteration
         synchronize()
 
+    def before_train(self) -> None:
+        # A resumed run starts exactly at a checkpoint: do not write that one again.
+        self._saved_at = self.trainer.iteration if self.trainer.iteration else -1
+
     def _iteration_due(self) -> bool:
         return bool(self.every_iters) and self.trainer.iteration % self.every_iters == 0
 
