@@ -17,6 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
 from ..config import to_dict
+from ..data.classes import IGNORE_INDEX
 from ..models.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from ..models.checkpoint import VERSION as CHECKPOINT_VERSION
 from .checkpoint import capture_rng_state, restore_rng_state, seed_everything
@@ -27,8 +28,6 @@ from .evaluation import autocast_context
 from .hooks import CheckpointHook, EvalHook, HookBase, ProgressBar, ScalarLogger
 from .sampling import Augment, AugmentedDataset, ResumableDistributedSampler, ShardSampler
 from .schedules import build_scheduler
-
-IGNORE_INDEX = 255
 
 
 def resolve_device(name: str) -> torch.device:
