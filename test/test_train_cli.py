@@ -124,3 +124,34 @@ def test_tiny_mambaseg_loss_goes_down(tmp_path):
     first, last = np.mean(recorder.losses[:2]), np.mean(recorder.losses[-2:])
     print(f"real tiny MambaSeg: loss {first:.4f} -> {last:.4f} over {len(recorder.losses)} steps")
     assert np.isfinite(recorder.losses).all() and last < 0.8 * first
+
+
+def test_dsec_builder_with_a_custom_validation_split(tmp_path):
+    """DSEC splits by name: the official train split and a validation split carved from train/ by sequence."""
+    from mambaseg_core.data.fixtures import write_dsec_fixture
+    from mambaseg_core.train.builders import build_dataset, dataset_class_set
+    from mambaseg_core.train.config import load_train_config
+
+    sequences = {"train": ["zurich_city_00_a", "zurich_city_01_a"], "test": ["zurich_city_13_a"]}
+    root = write_dsec_fixture(tmp_path / "dsec", n_labels=8, num_events=5000, sequences=sequences)
+    data = {
+        "dataset": "dsec",
+        "root": str(root),
+        "train_split": "train_part",
+        "val_split": "val_part",
+        "splits": {
+            "train_part": {"folder": "train", "sequences": ["zurich_city_00_a"]},
+            "val_part": {"folder": "train", "sequences": ["zurich_city_01_a"]},
+        },
+        "options": {"num_events": 1000},
+    }
+    cfg = load_train_config({"data": data}).data
+    train, val, test = (build_dataset(cfg, s) for s in ("train_part", "val_part", "test"))
+    # 8 labels, the first 6 skipped, every second kept: 1 sample per sequence.
+    assert (len(train), len(val), len(test)) == (1, 1, 1)
+    assert [s.name for s in val.sequences] == ["zurich_city_01_a"]
+    sample = val[0]
+    assert sample["image"].shape == (3, 440, 640) and sample["events"].shape == (10, 440, 640)
+    assert sample["label"].dtype == torch.int64 and dataset_class_set(cfg).num_classes == 11
+    with pytest.raises(ValueError, match=r"not a key of data\.splits"):
+        build_dataset(cfg, "val")
