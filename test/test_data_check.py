@@ -58,7 +58,8 @@ def test_clean_fixtures_have_no_problems(fixtures, capsys):
 
 
 def test_broken_dsec_root_reports_each_problem_by_file(tmp_path: Path, capsys):
-    from mambaseg_core.data.fixtures import write_dsec_events_h5, write_dsec_fixture
+    from mambaseg_core.data.events_h5 import write_dsec_events_h5
+    from mambaseg_core.data.fixtures import write_dsec_fixture
 
     root = write_dsec_fixture(tmp_path / "dsec", n_labels=7, num_events=3000, sequences=SEQUENCES)
     (root / "train/zurich_city_00_a/images/left/ev_inf/000003.png").unlink()

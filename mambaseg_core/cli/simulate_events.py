@@ -14,8 +14,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from mambaseg_core.data.events_h5 import DsecEventsWriter
 from mambaseg_core.synthetic.event_simulator import EventSimulator, EventSimulatorConfig
-from mambaseg_core.synthetic.events_h5 import DsecEventsWriter
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,19 +4,26 @@ Layout (`<root>/{train,test}/<seq>/`): `semantic/timestamps.txt`, `semantic/{11,
 (640x440), `events/left/{events.h5,rectify_map.h5}`, `images/left/ev_inf/*.png` (RGB 640x480).
 `prepare_dsec` builds it from the official download.
 
-A sample (dict of tensors) for label k of a sequence:
-    events  float32 (B=10, 440, 640): voxel grid of the last `num_events` events strictly before the label
-            time, rectified, built at 480x640 and cropped by its bottom 40 rows
-    image   float32 (3, 440, 640) in [0, 1]: the ev_inf image, bottom 40 rows cropped
-    label   int64 (440, 640): class ids, 255 = ignore
+A sample (dict of tensors) for label k of a sequence, with sensor size (H, W) = (480, 640) and
+label_crop_bottom R = 40 for DSEC (L = H - R label rows):
+    events  float32 (B=10, L, W): voxel grid of the last `num_events` events strictly before the label
+            time, rectified, built at H x W and cropped by its bottom R rows
+    image   float32 (3, L, W) in [0, 1]: the ev_inf image (H x W), bottom R rows cropped
+    label   int64 (L, W): class ids, 255 = ignore
     sequence (str), timestamp_us (int, image clock)
 The official loader returns the tuple `(events, image, label)`; the content is identical.
+
+Other sensor sizes (e.g. the 160x120 synthetic world, `mambaseg_core.synthetic`): pass `sensor_size=(H, W)`
+and `label_crop_bottom=R` (0 = labels cover the whole frame). The rectify map, images, labels and event
+coordinates are checked against them. The defaults are DSEC's and give the official samples bit for bit.
 
 Deliberate deviations from the official `DatasetProvider` (sample content unchanged):
 - Sequences are selected by their folder *name* containing an official sequence name (the official code
   tests the whole path, so a root path containing e.g. `zurich_city_00_a` selects everything), and are
   sorted by name (the official order is the filesystem's `iterdir()` order).
 - Only the requested split folder must exist (the official code asserts both `train/` and `test/`).
+- `split="val"` reads `<root>/val/` when that folder exists (synthetic datasets have a held-out validation
+  split there); without it "val" keeps the official meaning, an alias of "test".
 - The h5 file is opened lazily in the process that reads it (DataLoader workers each open their own).
 - Event windows come from `DsecEventReader`, which finds the window end with a binary search; the
   official numba scan gives the same index except where it misbehaves (a label time on an exact
@@ -33,11 +40,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
-from mambaseg_core.events import DsecEventReader, crop_bottom, load_rectify_map, rectify, voxel_grid
+from mambaseg_core.events import DsecEventReader, crop_bottom, rectify, voxel_grid
 
 from .errors import DatasetError
 from .images import read_label_pil, read_rgb_image
@@ -59,7 +67,7 @@ DSEC_SEQUENCES: dict[str, tuple[str, ...]] = {
 """The official split (hard-coded in MambaSeg's `provider.py`)."""
 
 SENSOR_HEIGHT, SENSOR_WIDTH = 480, 640
-CROP_BOTTOM_ROWS = 40
+CROP_BOTTOM_ROWS = 40  # the car hood: DSEC labels cover rows 0..439 of the 480-row frame
 LABEL_HEIGHT = SENSOR_HEIGHT - CROP_BOTTOM_ROWS
 OFFICIAL_LABEL_SKIP = (250 // 100 + 1) * 2  # = 6: the official `remove_time_window=250` warm-up
 OFFICIAL_LABEL_STRIDE = 2  # every second label (10 Hz)
@@ -84,6 +92,35 @@ def load_label_timestamps(path: Path) -> np.ndarray:
         return np.atleast_1d(np.loadtxt(path, dtype=np.int64))
     except ValueError as err:
         raise DatasetError(path, f"expected one integer (µs) per line ({err})") from err
+
+
+def check_sensor_geometry(sensor_size: tuple[int, int], label_crop_bottom: int) -> tuple[int, int]:
+    """Validate (H, W) and the label crop R (0 <= R < H); returns (H, W) as ints."""
+    height, width = (int(v) for v in sensor_size)
+    if height < 1 or width < 1:
+        raise ValueError(f"sensor_size must be a positive (H, W), got {tuple(sensor_size)}")
+    if not 0 <= label_crop_bottom < height:
+        raise ValueError(
+            f"label_crop_bottom must be in [0, {height}) for sensor height {height}, got {label_crop_bottom}"
+        )
+    return height, width
+
+
+def read_rectify_map(path: Path, sensor_size: tuple[int, int]) -> np.ndarray:
+    """`rectify_map.h5` → float32 (H, W, 2) with rectify_map[y, x] = (x_rect, y_rect); checked against (H, W)."""
+    try:
+        with h5py.File(path, "r") as h5:
+            if "rectify_map" not in h5:
+                raise DatasetError(path, "no 'rectify_map' dataset")
+            rectify_map = np.asarray(h5["rectify_map"][()], dtype=np.float32)
+    except OSError as err:
+        raise DatasetError(path, f"cannot load the rectify map ({err})") from err
+    expected = (*sensor_size, 2)
+    if rectify_map.shape != expected:
+        raise DatasetError(
+            path, f"rectify_map has shape {rectify_map.shape}, expected {expected} for sensor_size {sensor_size}"
+        )
+    return rectify_map
 
 
 class DsecSequenceFiles:
@@ -127,6 +164,8 @@ class DsecSequence(Dataset):
             unused by the released configs): `window_chunks` consecutive windows of `window_ms` each,
             ending at the label time, whose grids are concatenated along channels (B·chunks channels).
         label_skip, label_stride: label selection (official: skip 6, every second).
+        sensor_size: (H, W) of the event sensor, the rectify map and the ev_inf images (DSEC: 480x640).
+        label_crop_bottom: rows R cut from the bottom of events and image; labels are (H - R) x W (DSEC: 40).
         augment: a `JointAugment`, None, or "official" (`DSEC_TRAIN_AUGMENT`; pass None for evaluation).
         generator: torch generator for augmentation draws (default: torch's global RNG).
     """
@@ -142,9 +181,13 @@ class DsecSequence(Dataset):
         window_chunks: int = 1,
         label_skip: int = OFFICIAL_LABEL_SKIP,
         label_stride: int = OFFICIAL_LABEL_STRIDE,
+        sensor_size: tuple[int, int] = (SENSOR_HEIGHT, SENSOR_WIDTH),
+        label_crop_bottom: int = CROP_BOTTOM_ROWS,
         augment: AugmentOption = None,
         generator: torch.Generator | None = None,
     ):
+        self.sensor_size = check_sensor_geometry(sensor_size, label_crop_bottom)
+        self.label_crop_bottom = label_crop_bottom
         if num_events < 1 or bins < 1 or window_chunks < 1 or label_skip < 0 or label_stride < 1:
             raise ValueError("num_events, bins, window_chunks, label_stride must be >= 1 and label_skip >= 0")
         if window_ms is not None and window_ms <= 0:
@@ -159,10 +202,7 @@ class DsecSequence(Dataset):
         self.generator = generator
         # Samples: every `label_stride`-th label after the first `label_skip` ones.
         self.label_indices = np.arange(label_skip, len(self.files.timestamps), label_stride)
-        try:
-            self.rectify_map = load_rectify_map(self.files.rectify_map_h5)
-        except (OSError, KeyError, ValueError) as err:
-            raise DatasetError(self.files.rectify_map_h5, f"cannot load the rectify map ({err})") from err
+        self.rectify_map = read_rectify_map(self.files.rectify_map_h5, self.sensor_size)
         self._reader: DsecEventReader | None = None
         self._reader_pid = -1
 
@@ -201,11 +241,12 @@ class DsecSequence(Dataset):
         return list(itertools.pairwise(bounds))
 
     def event_grid(self, t_end_us: int) -> np.ndarray:
-        """float32 (B·chunks, 440, 640) event tensor for a label at `t_end_us` (image clock)."""
+        """float32 (B·chunks, H - R, W) event tensor for a label at `t_end_us` (image clock)."""
         if self.window_ms is None:
             windows = [self.reader.fixed_count_before(t_end_us, self.num_events)]
         else:
             windows = [self.reader.window(t0, t1) for t0, t1 in self.window_bounds_us(t_end_us)]
+        height, width = self.sensor_size
         grids = []
         for batch in windows:
             if len(batch) == 0:
@@ -213,13 +254,15 @@ class DsecSequence(Dataset):
                     self.files.events_h5,
                     f"no events in the window before label time {t_end_us} µs; cannot build a voxel grid",
                 )
-            if batch.x.max() >= SENSOR_WIDTH or batch.y.max() >= SENSOR_HEIGHT:
-                raise DatasetError(self.files.events_h5, f"events outside the {SENSOR_WIDTH}x{SENSOR_HEIGHT} sensor")
+            if batch.x.max() >= width or batch.y.max() >= height:
+                raise DatasetError(
+                    self.files.events_h5,
+                    f"events outside the {width}x{height} (WxH) sensor: x up to {batch.x.max()}, "
+                    f"y up to {batch.y.max()} (set sensor_size to the recording's)",
+                )
             x_rect, y_rect = rectify(batch.x, batch.y, self.rectify_map)
-            grid = voxel_grid(
-                x_rect, y_rect, batch.t, batch.p, bins=self.bins, height=SENSOR_HEIGHT, width=SENSOR_WIDTH
-            )
-            grids.append(crop_bottom(grid, CROP_BOTTOM_ROWS))
+            grid = voxel_grid(x_rect, y_rect, batch.t, batch.p, bins=self.bins, height=height, width=width)
+            grids.append(crop_bottom(grid, self.label_crop_bottom))
         return np.concatenate(grids) if len(grids) > 1 else grids[0]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
@@ -227,8 +270,9 @@ class DsecSequence(Dataset):
             raise IndexError(f"{self.name}: sample {index} out of range [0, {len(self)})")
         k = int(self.label_indices[index])
         t_end_us = int(self.files.timestamps[k])
-        label = read_label_pil(self.files.labels[k], LABEL_HEIGHT, SENSOR_WIDTH)
-        image = read_rgb_image(self.files.images[k], SENSOR_HEIGHT, SENSOR_WIDTH)[:, :-CROP_BOTTOM_ROWS]
+        height, width = self.sensor_size
+        label = read_label_pil(self.files.labels[k], height - self.label_crop_bottom, width)
+        image = crop_bottom(read_rgb_image(self.files.images[k], height, width), self.label_crop_bottom)
         events = self.event_grid(t_end_us)
         if self.augment is not None:
             params = self.augment.sample(augment_rng(self.generator))
@@ -253,10 +297,12 @@ def select_sequences(split_dir: Path, names: tuple[str, ...]) -> list[Path]:
 
 
 class DsecSemantic(ConcatDataset):
-    """The DSEC-Semantic split `split` ("train" or "test"; "val" is an alias of "test", as in the official code).
+    """The DSEC-Semantic split `split`: "train", "test" or "val".
 
-    `sequences` overrides the official sequence names; `augment="official"` applies the official train
-    augmentation to the train split only. Other keyword arguments go to `DsecSequence`.
+    "val" reads `<root>/val/` (sequence names as for "test") when that folder exists, and is otherwise an
+    alias of "test", as in the official code. `sequences` overrides the official sequence names;
+    `augment="official"` applies the official train augmentation to the train split only. Other keyword
+    arguments (e.g. `sensor_size`, `label_crop_bottom`, `num_events`) go to `DsecSequence`.
     """
 
     def __init__(
@@ -268,15 +314,17 @@ class DsecSemantic(ConcatDataset):
         augment: AugmentOption = "official",
         **sequence_kwargs: Any,
     ):
-        split = "test" if split == "val" else split
-        if split not in DSEC_SEQUENCES:
-            raise ValueError(f"split must be 'train' or 'test' (or 'val'), got {split!r}")
-        names = sequences or DSEC_SEQUENCES[split]
-        paths = select_sequences(Path(root) / split, names)
+        if split not in ("train", "test", "val"):
+            raise ValueError(f"split must be 'train', 'test' or 'val', got {split!r}")
+        folder = split
+        if split == "val" and not (Path(root) / "val").is_dir():
+            folder = "test"  # the official meaning of "val"
+        names = sequences or DSEC_SEQUENCES["train" if split == "train" else "test"]
+        paths = select_sequences(Path(root) / folder, names)
         if not paths:
-            raise DatasetError(Path(root) / split, f"no sequence folder named like any of {list(names)}")
+            raise DatasetError(Path(root) / folder, f"no sequence folder named like any of {list(names)}")
         if augment == "official":
             augment = DSEC_TRAIN_AUGMENT if split == "train" else None
-        self.split = split
+        self.split = folder
         self.sequences = [DsecSequence(p, augment=augment, **sequence_kwargs) for p in paths]
         super().__init__(self.sequences)

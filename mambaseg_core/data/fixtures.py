@@ -13,12 +13,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
-import h5py
-import hdf5plugin
 import numpy as np
 import yaml
 
 from .classes import DSEC19_TO_DSEC11, IGNORE_INDEX
+from .events_h5 import write_dsec_events_h5, write_rectify_map
 
 DSEC_T_OFFSET_US = 49_599_300_000
 """Event-stream → image-clock offset (µs) written to every fixture `events.h5`."""
@@ -55,25 +54,6 @@ def _block_labels(rng: np.random.Generator, height: int, width: int, num_classes
     return np.kron(blocks, np.ones((40, 40), np.uint8))[:height, :width]
 
 
-def write_dsec_events_h5(path: Path, t_rel: np.ndarray, x: np.ndarray, y: np.ndarray, p: np.ndarray, t_offset: int):
-    """An `events.h5` as DSEC ships it: Blosc-zstd chunked `events/{p,t,x,y}`, `ms_to_idx`, scalar `t_offset`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    t_rel = np.asarray(t_rel, np.uint32)
-    num_ms = int(t_rel[-1]) // 1000 + 2
-    ms_to_idx = np.searchsorted(t_rel, 1000 * np.arange(num_ms, dtype=np.int64), side="left").astype(np.uint64)
-    blosc = hdf5plugin.Blosc(cname="zstd", clevel=1, shuffle=hdf5plugin.Blosc.SHUFFLE)
-    with h5py.File(path, "w") as h5:
-        for name, data in (
-            ("p", p.astype(np.uint8)),
-            ("t", t_rel),
-            ("x", x.astype(np.uint16)),
-            ("y", y.astype(np.uint16)),
-        ):
-            h5.create_dataset(f"events/{name}", data=data, chunks=True, **blosc)
-        h5.create_dataset("ms_to_idx", data=ms_to_idx, chunks=True, **blosc)
-        h5.create_dataset("t_offset", data=np.int64(t_offset))
-
-
 def _write_dsec_event_files(rng: np.random.Generator, events_dir: Path, label_times: np.ndarray, num_events: int):
     t_last_rel = int(label_times[-1]) - DSEC_T_OFFSET_US + 20_000
     t_rel = np.sort(rng.integers(0, t_last_rel + 1, num_events)).astype(np.uint32)
@@ -86,8 +66,7 @@ def _write_dsec_event_files(rng: np.random.Generator, events_dir: Path, label_ti
     grid_x, grid_y = np.meshgrid(np.arange(640), np.arange(480))
     offsets = np.array([0.3, -0.7, 0.0, -1.25, 0.5, 1.25, -0.2], np.float32)
     rect = np.stack([grid_x + offsets[(3 * grid_x + grid_y) % 7], grid_y + offsets[(grid_x + 2 * grid_y) % 7]], -1)
-    with h5py.File(events_dir / "rectify_map.h5", "w") as h5:
-        h5.create_dataset("rectify_map", data=rect.astype(np.float32), chunks=True, compression="gzip", shuffle=True)
+    write_rectify_map(events_dir / "rectify_map.h5", rect)
 
 
 def _write_timestamps(path: Path, times: np.ndarray) -> None:

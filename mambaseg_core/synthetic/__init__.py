@@ -8,9 +8,10 @@ Typical use::
         ...
 """
 
+from mambaseg_core.data.events_h5 import DsecEventsWriter, write_rectify_map
+
 from .camera import CONDITION_TAGS, FrameCamera, FrameCameraConfig, frame_condition
 from .event_simulator import EventSimulator, EventSimulatorConfig
-from .events_h5 import DsecEventsWriter, write_rectify_map
 from .labels import DSEC11_TO_DDD17, to_ddd17
 from .lighting import CONDITIONS, SCENARIOS, Lighting, Scenario
 from .scene import Scene, SceneConfig, View, luminance

@@ -15,11 +15,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from mambaseg_core.data.events_h5 import DsecEventsWriter, identity_rectify_map, write_rectify_map
 from mambaseg_core.events.batch import EventBatch
 
 from .camera import FrameCamera, FrameCameraConfig, frame_condition
 from .event_simulator import EventSimulator, EventSimulatorConfig
-from .events_h5 import DsecEventsWriter, write_rectify_map
 from .lighting import SCENARIOS
 from .scene import Scene, SceneConfig, luminance
 
@@ -149,7 +149,7 @@ def write_dsec_sequence(
             _write_png(seq / "semantic" / "19classes" / "data" / f"{k:06d}.png", DSEC11_TO_DSEC19[label])
             times.append(frame.t_us + t_offset)
             conditions.append(frame.condition)
-    write_rectify_map(seq / "events" / "left" / "rectify_map.h5", h, config.scene.width)
+    write_rectify_map(seq / "events" / "left" / "rectify_map.h5", identity_rectify_map(h, config.scene.width))
     stamps = "".join(f"{t}\n" for t in times)
     (seq / "semantic" / "timestamps.txt").write_text(stamps)
     (seq / "images" / "timestamps.txt").write_text(stamps)

@@ -15,6 +15,7 @@ from ..models import MambaSeg, ModelConfig, load_model_config, load_vmamba_pretr
 from .config import DataConfig, ModelSection
 
 OFFICIAL_SPLITS = ("train", "test")
+DSEC_SPLITS = (*OFFICIAL_SPLITS, "val")  # "val": <root>/val/ if it exists, else the official alias of "test"
 
 
 def build_model_config(section: ModelSection) -> ModelConfig:
@@ -72,8 +73,8 @@ def build_dataset(data: DataConfig, split: str) -> Dataset:
     if split in data.splits:
         custom = data.splits[split]
         return DsecSemantic(root, custom.folder, sequences=tuple(custom.sequences), augment=None, **options)
-    if split not in OFFICIAL_SPLITS:
-        raise ValueError(f"DSEC split {split!r}: not {OFFICIAL_SPLITS} and not a key of data.splits")
+    if split not in DSEC_SPLITS:
+        raise ValueError(f"DSEC split {split!r}: not {DSEC_SPLITS} and not a key of data.splits")
     return DsecSemantic(root, split, augment=None, **options)
 
 

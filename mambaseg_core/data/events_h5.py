@@ -1,7 +1,8 @@
-"""Streaming writer of DSEC-style `events.h5` files (spec §1.3), for event streams too long to hold in memory.
+"""Writing DSEC-style event files: `events.h5` (spec §1.3) and `rectify_map.h5` (spec §1.5).
 
-`mambaseg_core.data.fixtures.write_dsec_events_h5` writes the same format from whole arrays; this one appends
-time-sorted `EventBatch`es to resizable Blosc-zstd datasets and builds `ms_to_idx` on the fly.
+`DsecEventsWriter` streams time-sorted `EventBatch`es into resizable Blosc-zstd datasets and builds `ms_to_idx`
+on the fly, so streams too long for memory (the synthetic world, `mambaseg-simulate-events`) can be written;
+`write_dsec_events_h5` is the same writer fed whole arrays (the test fixtures).
 """
 
 from __future__ import annotations
@@ -103,9 +104,25 @@ class DsecEventsWriter:
         self.close()
 
 
-def write_rectify_map(path: str | Path, height: int, width: int) -> None:
-    """An identity `rectify_map.h5` (dataset `rectify_map`, float32 (H, W, 2), [..., 0] = x, [..., 1] = y)."""
+def write_dsec_events_h5(
+    path: str | Path, t_rel: np.ndarray, x: np.ndarray, y: np.ndarray, p: np.ndarray, t_offset: int
+) -> None:
+    """Whole (N,) arrays as one `events.h5`; `t_rel` is stream time (µs, relative to `t_offset`), sorted."""
+    with DsecEventsWriter(path, t_offset=t_offset) as writer:
+        writer.append(EventBatch.from_arrays(x, y, np.asarray(t_rel, np.int64) + int(t_offset), p))
+
+
+def identity_rectify_map(height: int, width: int) -> np.ndarray:
+    """float32 (H, W, 2) with [y, x] = (x, y): a sensor that needs no rectification."""
     grid_x, grid_y = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
+    return np.stack([grid_x, grid_y], -1)
+
+
+def write_rectify_map(path: str | Path, rectify_map: np.ndarray) -> None:
+    """A `rectify_map.h5`: dataset `rectify_map`, float32 (H, W, 2), [y, x] = (x_rect, y_rect), gzip-compressed."""
+    rectify_map = np.asarray(rectify_map, np.float32)
+    if rectify_map.ndim != 3 or rectify_map.shape[2] != 2:
+        raise ValueError(f"rectify_map must be (H, W, 2), got {rectify_map.shape}")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with h5py.File(path, "w") as h5:
-        h5.create_dataset("rectify_map", data=np.stack([grid_x, grid_y], -1), compression="gzip", shuffle=True)
+        h5.create_dataset("rectify_map", data=rectify_map, compression="gzip", shuffle=True)
