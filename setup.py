@@ -37,6 +37,7 @@ EXTRAS_REQUIRE = {
 # Executables: the node goes where `ros2 run` finds it (setup.cfg), the CLIs onto PATH as well.
 CONSOLE_SCRIPTS = [
     "mambaseg_node = mambaseg_ros.node:main",
+    "mambaseg_demo = mambaseg_ros.demo:main",
     "mambaseg-info = mambaseg_core.cli.info:main",
     "mambaseg-train = mambaseg_core.cli.train:main",
     "mambaseg-eval = mambaseg_core.cli.eval:main",

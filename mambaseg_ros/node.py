@@ -35,8 +35,7 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
 from mambaseg_core.config import ConfigError
-from mambaseg_core.events import Evt3Decoder, UnsupportedEncodingError
-from mambaseg_core.ops.selective_scan import available_backends
+from mambaseg_core.events import EventBatch, Evt3Decoder, UnsupportedEncodingError, encode_evt3
 from mambaseg_core.pipeline import EventClock, Segmenter, build_model
 from mambaseg_ros.conversions import (
     event_array_to_batch,
@@ -186,9 +185,10 @@ class MambaSegNode(Node):
         self._worker.start()
         height, width = self.segmenter.network_size
         warmup_ms = self.segmenter.warmup()
-        self.scan_backend = str(self.segmenter.model.config.scan_backend)
-        if self.scan_backend == "auto":  # what auto chose (cached by the warm-up's scans)
-            self.scan_backend = f"auto -> {available_backends(self.device)[0]}"
+        # JIT-compile the EVT3 decoder now: compiled on the first real packet it would make the first frames'
+        # events arrive seconds late (and those frames be skipped).
+        Evt3Decoder().decode(encode_evt3(EventBatch.from_arrays([0, 1], [0, 1], [0, 1], [0, 1])))
+        self.scan_backend = self.segmenter.scan_backend
         self.get_logger().info(
             f"ready: {self._model_description()} on {self.device}, network input {height}x{width}, "
             f"{len(self.segmenter.classes.names)} classes ({self.segmenter.classes.key}), scan {self.scan_backend}, "

@@ -17,8 +17,7 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,12 +71,16 @@ def write_params(folder: Path, model_config: Path, /, **overrides: Any) -> Path:
 
 @dataclass
 class Frame:
+    """A frame as `mambaseg_ros.player.FramePlayer` sends it (same fields as its PlayerFrame, without importing
+    ROS here: the pipeline tests use these frames too)."""
+
     image: np.ndarray  # (H, W, 3) uint8 RGB
-    events: EventBatch  # times in [stamp - FRAME_PERIOD_US, stamp + 1 ms): the last ones release the node's wait
     stamp_us: int
+    events: EventBatch
 
 
 def synthetic_frame(index: int, height: int, width: int) -> Frame:
+    """Random image + events in [stamp - FRAME_PERIOD_US, stamp + 1 ms): the last ones release the node's wait."""
     rng = np.random.default_rng(index)
     stamp = BASE_US + index * FRAME_PERIOD_US
     n = EVENTS_PER_FRAME
@@ -87,21 +90,14 @@ def synthetic_frame(index: int, height: int, width: int) -> Frame:
         np.sort(rng.integers(stamp - FRAME_PERIOD_US, stamp + 1000, n)),
         rng.integers(0, 2, n),
     )
-    return Frame(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), events, stamp)
+    return Frame(image=rng.integers(0, 256, (height, width, 3), dtype=np.uint8), stamp_us=stamp, events=events)
 
 
 def event_packet(events: EventBatch, width: int, height: int) -> Any:
-    """A mono EventPacket whose time_base is the first event's time (ns), stamped with that time."""
-    from event_camera_msgs.msg import EventPacket
+    """One mono EventPacket holding `events`, stamped with (and time_base at) its first event's time."""
+    from mambaseg_ros.player import event_packets
 
-    from mambaseg_core.events import encode_mono
-    from mambaseg_ros.conversions import us_to_stamp
-
-    time_base = int(events.t[0]) * 1000
-    msg = EventPacket(encoding="mono", width=width, height=height, time_base=time_base, is_bigendian=False)
-    msg.header.stamp = us_to_stamp(int(events.t[0]))
-    msg.events = encode_mono(events, time_base)
-    return msg
+    return event_packets(events, width=width, height=height, encoding="mono")[0]
 
 
 def image_message(image: np.ndarray, stamp_us: int, frame_id: str = "camera") -> Any:
@@ -112,61 +108,11 @@ def image_message(image: np.ndarray, stamp_us: int, frame_id: str = "camera") ->
     return numpy_to_image(image, "rgb8", Header(stamp=us_to_stamp(stamp_us), frame_id=frame_id))
 
 
-class FrameDriver:
-    """Publishes frames into the node and collects what it publishes; spins its own executor (one node)."""
+def frame_player(node: Any, image_topic: str, events_topic: str, output_topics: list[str]) -> Any:
+    """The product's frame player, sending each frame's events as one mono packet (the tests' convention)."""
+    from mambaseg_ros.player import FramePlayer
 
-    def __init__(self, node: Any, image_topic: str, events_topic: str, output_topics: list[str]):
-        from event_camera_msgs.msg import EventPacket
-        from rclpy.executors import SingleThreadedExecutor
-        from rclpy.qos import QoSProfile, ReliabilityPolicy
-        from sensor_msgs.msg import Image
-
-        qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
-        self.node = node
-        self.image_pub = node.create_publisher(Image, image_topic, qos)
-        self.events_pub = node.create_publisher(
-            EventPacket, events_topic, QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
-        )
-        self.received: dict[str, list[Any]] = {topic: [] for topic in output_topics}
-        self._subscriptions = [
-            node.create_subscription(Image, topic, self.received[topic].append, qos) for topic in output_topics
-        ]
-        self.executor = SingleThreadedExecutor(context=node.context)
-        self.executor.add_node(node)
-
-    def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            if time.monotonic() > deadline:
-                return False
-            self.executor.spin_once(timeout_sec=0.05)
-        return True
-
-    def wait_for_connections(self, timeout: float = 60.0) -> bool:
-        return self.wait_for(
-            lambda: (
-                self.image_pub.get_subscription_count() > 0
-                and self.events_pub.get_subscription_count() > 0
-                and all(sub.get_publisher_count() > 0 for sub in self._subscriptions)
-            ),
-            timeout,
-        )
-
-    def send(self, frame: Frame, events_first: bool = True) -> None:
-        height, width = frame.image.shape[:2]
-        if events_first:
-            self.events_pub.publish(event_packet(frame.events, width, height))
-        self.image_pub.publish(image_message(frame.image, frame.stamp_us))
-        if not events_first:
-            self.events_pub.publish(event_packet(frame.events, width, height))
-
-    def run_lockstep(self, frames: list[Frame], timeout_per_frame: float = 60.0) -> bool:
-        """Send each frame after the previous one's outputs arrived on every output topic."""
-        for count, frame in enumerate(frames, start=1):
-            self.send(frame)
-            if not self.wait_for(lambda c=count: all(len(v) >= c for v in self.received.values()), timeout_per_frame):
-                return False
-        return True
+    return FramePlayer(node, image_topic, events_topic, output_topics, encoding="mono")
 
 
 @contextlib.contextmanager
@@ -247,7 +193,7 @@ def main() -> int:
     rclpy.init()
     node = rclpy.create_node("seg_harness_publisher")
     try:
-        driver = FrameDriver(node, args.image_topic, args.events_topic, [args.mask_topic])
+        driver = frame_player(node, args.image_topic, args.events_topic, [args.mask_topic])
         if not driver.wait_for_connections(args.timeout):
             print("publisher: the node never connected", file=sys.stderr)
             return 1

@@ -19,9 +19,9 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
 from event_camera_msgs.msg import EventPacket  # noqa: E402
 from rclpy.qos import QoSProfile  # noqa: E402
 from seg_harness import (  # noqa: E402
-    FrameDriver,
     SpunNode,
     event_packet,
+    frame_player,
     image_message,
     node_overrides,
     ros_context,
@@ -40,7 +40,7 @@ BUFFER_MAX_EVENTS = 20_000
 
 
 @pytest.fixture
-def setup(tmp_path) -> Iterator[tuple[Any, FrameDriver]]:
+def setup(tmp_path) -> Iterator[tuple[Any, Any]]:
     with ros_context() as context:
         overrides = node_overrides(
             write_tiny_model_config(tmp_path),
@@ -54,13 +54,13 @@ def setup(tmp_path) -> Iterator[tuple[Any, FrameDriver]]:
         spun = SpunNode(MambaSegNode(context=context, parameter_overrides=overrides))
         client = rclpy.create_node("fuzz_client", context=context)
         try:
-            yield spun, FrameDriver(client, "/image", "/events", [RAW_MASK])
+            yield spun, frame_player(client, "/image", "/events", [RAW_MASK])
         finally:
             spun.stop()
             client.destroy_node()
 
 
-def publish_all(driver: FrameDriver, node: MambaSegNode, kind: str, messages: list[Any]) -> None:
+def publish_all(driver: Any, node: MambaSegNode, kind: str, messages: list[Any]) -> None:
     """Publish in chunks the reliable queues can hold, waiting until the node has received each chunk."""
     publisher = driver.image_pub if kind == "images" else driver.events_pub
     for start in range(0, len(messages), 40):

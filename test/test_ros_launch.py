@@ -18,7 +18,7 @@ import rclpy  # noqa: E402
 from launch_shim import plan_launch  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from seg_harness import (  # noqa: E402
-    FrameDriver,
+    frame_player,
     process_env,
     stamps_us,
     stop,
@@ -81,7 +81,7 @@ def test_launch_file_starts_a_working_node(tmp_path):
     rclpy.init(context=context)
     client = rclpy.create_node("test_launch_client", context=context)
     try:
-        driver = FrameDriver(client, "/shim/image", "/shim/events", OUTPUTS)
+        driver = frame_player(client, "/shim/image", "/shim/events", OUTPUTS)
         assert driver.wait_for_connections(120.0), "the launched node never connected"
         frames = [synthetic_frame(i, 32, 48) for i in range(2)]
         assert driver.run_lockstep(frames)

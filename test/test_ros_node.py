@@ -15,8 +15,8 @@ pytestmark = pytest.mark.ros
 
 import rclpy  # noqa: E402
 from seg_harness import (  # noqa: E402
-    FrameDriver,
     SpunNode,
+    frame_player,
     node_overrides,
     ros_context,
     stamps_us,
@@ -44,7 +44,7 @@ def test_one_mask_per_image_matching_the_segmenter(context, tmp_path):
     spun = SpunNode(MambaSegNode(context=context, parameter_overrides=node_overrides(model_config)))
     client = rclpy.create_node("test_client", context=context)
     try:
-        driver = FrameDriver(client, "/image", "/events", OUTPUTS)
+        driver = frame_player(client, "/image", "/events", OUTPUTS)
         assert driver.wait_for_connections(), "the node's topics never connected"
         frames = [synthetic_frame(i, IMAGE_H, IMAGE_W) for i in range(3)]
         assert driver.run_lockstep(frames), f"received {[len(v) for v in driver.received.values()]} of 3 each"
@@ -79,7 +79,7 @@ def test_bag_loop_clears_old_events_and_recovers(context, tmp_path, events_first
     spun = SpunNode(MambaSegNode(context=context, parameter_overrides=overrides))
     client = rclpy.create_node("test_client", context=context)
     try:
-        driver = FrameDriver(client, "/image", "/events", OUTPUTS[:1])
+        driver = frame_player(client, "/image", "/events", OUTPUTS[:1])
         assert driver.wait_for_connections()
         assert driver.run_lockstep([synthetic_frame(i, 32, 48) for i in (30, 31)])
         looped = synthetic_frame(0, 32, 48)  # 1.55 s back in time, beyond time_jump_tolerance_ms
@@ -100,7 +100,7 @@ def test_network_resolution_output_and_publish_toggles(context, tmp_path):
     client = rclpy.create_node("test_client", context=context)
     try:
         assert spun.node.count_publishers("/mambaseg_node/overlay") == 0
-        driver = FrameDriver(client, "/image", "/events", OUTPUTS[:2])
+        driver = frame_player(client, "/image", "/events", OUTPUTS[:2])
         assert driver.wait_for_connections()
         assert driver.run_lockstep([synthetic_frame(0, IMAGE_H, IMAGE_W)])
     finally:

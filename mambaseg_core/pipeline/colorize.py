@@ -65,3 +65,19 @@ def to_rgb8(image: np.ndarray) -> np.ndarray:
     if image.ndim == 3 and image.shape[2] == 3:
         return np.ascontiguousarray(image)  # OpenCV needs C order (e.g. after a BGR -> RGB view)
     raise ValueError(f"image must be (H, W) or (H, W, 3), got {image.shape}")
+
+
+def render_events(x: np.ndarray, y: np.ndarray, p: np.ndarray, height: int, width: int) -> np.ndarray:
+    """An (H, W, 3) uint8 RGB picture of events: white background, ON (p=1) blue, OFF red, by net polarity per
+    pixel, saturating at 4 events; events outside the frame are ignored."""
+    x = np.asarray(x).astype(np.int64)
+    y = np.asarray(y).astype(np.int64)
+    inside = (x >= 0) & (x < width) & (y >= 0) & (y < height)
+    signed = np.where(np.asarray(p)[inside] == 1, 1.0, -1.0)
+    net = np.bincount(y[inside] * width + x[inside], weights=signed, minlength=height * width).reshape(height, width)
+    strength = np.clip(np.abs(net) / 4.0, 0.0, 1.0)
+    picture = np.full((height, width, 3), 255.0)
+    on, off = net > 0, net < 0
+    picture[on] = 255.0 - strength[on, None] * np.array([255.0, 155.0, 0.0])  # towards (0, 100, 255)
+    picture[off] = 255.0 - strength[off, None] * np.array([0.0, 215.0, 215.0])  # towards (255, 40, 40)
+    return picture.round().astype(np.uint8)

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from mambaseg_core.config import ConfigError
 from mambaseg_core.data.classes import CLASS_SETS, IGNORE_INDEX
 from mambaseg_core.events import EventBatch, EventRingBuffer, voxel_grid, voxel_grid_torch
+from mambaseg_core.ops.selective_scan import available_backends
 from mambaseg_core.pipeline.colorize import colorize, overlay, palette_lut, to_rgb8
 
 log = logging.getLogger(__name__)
@@ -273,14 +274,22 @@ class Segmenter:
         # Nearest neighbour: interpolating ids would invent classes at borders.
         return F.interpolate(ids[None, None].float(), size=size, mode="nearest-exact")[0, 0].to(torch.uint8)
 
+    @property
+    def scan_backend(self) -> str:
+        """The model's selective-scan backend, with what `auto` resolves to on this device (e.g. "auto -> cuda")."""
+        name = str(self.model.config.scan_backend)
+        return f"auto -> {available_backends(self.device)[0]}" if name == "auto" else name
+
     def warmup(self) -> float:
-        """One forward pass on zeros (kernel selection, lazy CUDA init / extension loading); returns its ms."""
+        """One voxel grid and one forward pass on dummy inputs, so the first real frame pays no JIT compilation,
+        kernel selection, lazy CUDA init or extension loading; returns the milliseconds it took."""
         height, width = self.network_size
         start = time.perf_counter()
+        events = EventBatch.from_arrays([0, 1], [0, 1], [0, 1], [0, 1])
         with torch.inference_mode():
             self.model(
                 image=torch.zeros(1, self.image_channels, height, width, device=self.device),
-                events=torch.zeros(1, self.event_bins, height, width, device=self.device),
+                events=self._voxel_tensor(events, (height, width))[None],
             )
         self._sync()
         return _ms_since(start)
