@@ -152,3 +152,15 @@ def test_colcon_build_installs_package_resources(colcon_install):
     for entry in _setup_py_constant("CONSOLE_SCRIPTS"):
         name = entry.split("=")[0].strip()
         assert os.access(colcon_install / "lib" / "mambaseg_ros" / name, os.X_OK), f"{name} not in lib/mambaseg_ros"
+
+
+def test_colcon_installed_node_runs_and_validates_parameters(colcon_install):
+    # `ros2 run mambaseg_ros mambaseg_node` runs <prefix>/lib/mambaseg_ros/mambaseg_node: start that very file
+    # with a bad parameter; the real node code must reject it by name and exit with its error code 2.
+    site = next((colcon_install / "lib").glob("python3*/site-packages"))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    exe = colcon_install / "lib" / "mambaseg_ros" / "mambaseg_node"
+    cmd = [str(exe), "--ros-args", "-p", "overlay_alpha:=2.0", "-p", "allow_random_weights:=true"]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "overlay_alpha" in out.stderr
