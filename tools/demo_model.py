@@ -18,7 +18,6 @@ from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from mambaseg_core.data.dsec import DsecSemantic
@@ -67,7 +66,11 @@ def read_conditions(sequence_dir: Path) -> list[str]:
 
 @torch.no_grad()
 def conditions(args: argparse.Namespace) -> None:
-    """mIoU and per-class IoU per condition tag of the evaluated frames, plus all frames together."""
+    """Metrics per condition tag of the evaluated frames and over all of them (`metrics_<split>_conditions.json`).
+
+    `miou` is the project's metric (mean over all K classes, absent ones count as 0); `miou_present` averages
+    only the classes that occur in that subset's labels, which is fairer for small subsets.
+    """
     cfg = load_train_config(args.config, args.set)
     device = resolve_device(cfg.runtime.device)
     model = load_model(args.checkpoint, device)
@@ -77,6 +80,7 @@ def conditions(args: argparse.Namespace) -> None:
     if not isinstance(dataset, DsecSemantic):
         raise TypeError(f"split {split!r} is not a DSEC dataset; conditions need DSEC-layout sequences")
     matrices: dict[str, ConfusionMatrix] = defaultdict(lambda: ConfusionMatrix(classes.num_classes, device=device))
+    frames: dict[str, int] = defaultdict(int)
     for sequence in dataset.sequences:
         tags = read_conditions(sequence.files.path)
         for index in range(len(sequence)):
@@ -85,12 +89,18 @@ def conditions(args: argparse.Namespace) -> None:
             prediction, label = logits.argmax(dim=1), sample["label"][None].to(device)
             for key in ("all", tags[int(sequence.label_indices[index])]):
                 matrices[key].update(prediction, label)
+                frames[key] += 1
     report = {}
     for key, matrix in sorted(matrices.items()):
-        metrics = matrix.compute().as_dict(classes.names)
-        frames = int(matrix.matrix.sum().item()) if hasattr(matrix, "matrix") else None
-        report[key] = {"miou": metrics["miou"], "per_class_iou": metrics["per_class_iou"], "pixels": frames}
-        print(f"{split} {key:>10s}: mIoU {metrics['miou']:.4f}")
+        metrics = matrix.compute()
+        present = metrics.confusion.sum(axis=1) > 0
+        summary = metrics.as_dict(classes.names)
+        summary.pop("confusion")
+        report[key] = {"frames": frames[key], "miou_present": 100.0 * float(metrics.iou[present].mean()), **summary}
+        print(
+            f"{split} {key:>10s}: {frames[key]:4d} frames  mIoU {summary['miou']:6.2f}  "
+            f"mIoU over present classes {report[key]['miou_present']:6.2f}  pixel acc {summary['pixel_accuracy']:6.2f}"
+        )
     out = Path(args.output or Path(args.checkpoint).parent) / f"metrics_{split}_conditions.json"
     out.write_text(json.dumps(report, indent=2))
     print(f"wrote {out}")
@@ -131,5 +141,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    np.set_printoptions(precision=4)
     sys.exit(main())
