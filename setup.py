@@ -31,7 +31,15 @@ INSTALL_REQUIRES = [
 EXTRAS_REQUIRE = {
     "cuda": ["mamba-ssm>=2.2"],
     "train": ["tensorboard>=2.15"],
-    "dev": ["pytest>=8", "hypothesis>=6.100", "ruff>=0.6", "mypy>=1.10", "mcap>=1.1", "mcap-ros2-support>=0.5"],
+    "dev": [
+        "pytest>=8",
+        "hypothesis>=6.100",
+        "ruff>=0.6",
+        "mypy>=1.10",
+        "mcap>=1.1",
+        "mcap-ros2-support>=0.5",
+        "colcon-common-extensions>=0.3",  # `make test` builds the package with colcon
+    ],
 }
 
 # Executables: the node goes where `ros2 run` finds it (setup.cfg), the CLIs onto PATH as well.

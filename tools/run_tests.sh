@@ -20,7 +20,7 @@ export FASTDDS_DEFAULT_PROFILES_FILE=$PWD/config/fastdds_shm.xml
 export ROS_LOG_DIR=$PWD/build/ros_log
 export PYTHONUNBUFFERED=1
 mkdir -p build
-pytest_cmd=(python -m pytest -rs -q "$@")
+pytest_cmd=(python -m pytest -rs -q --durations=15 "$@")
 echo "== pytest (ROS_DOMAIN_ID=$ROS_DOMAIN_ID)"
 rc=0
 if [ "$(id -u)" = 0 ] && unshare -n true 2>/dev/null; then
