@@ -154,4 +154,4 @@ def test_dsec_builder_with_a_custom_validation_split(tmp_path):
     assert sample["image"].shape == (3, 440, 640) and sample["events"].shape == (10, 440, 640)
     assert sample["label"].dtype == torch.int64 and dataset_class_set(cfg).num_classes == 11
     with pytest.raises(ValueError, match=r"not a key of data\.splits"):
-        build_dataset(cfg, "val")
+        build_dataset(cfg, "holdout")  # neither an official split (train/test/val) nor a custom one
