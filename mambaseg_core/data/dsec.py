@@ -40,12 +40,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
-from mambaseg_core.events import DsecEventReader, crop_bottom, rectify, voxel_grid
+from mambaseg_core.events import DsecEventReader, crop_bottom, load_rectify_map, rectify, voxel_grid
 
 from .errors import DatasetError
 from .images import read_label_pil, read_rgb_image
@@ -107,20 +106,11 @@ def check_sensor_geometry(sensor_size: tuple[int, int], label_crop_bottom: int) 
 
 
 def read_rectify_map(path: Path, sensor_size: tuple[int, int]) -> np.ndarray:
-    """`rectify_map.h5` → float32 (H, W, 2) with rectify_map[y, x] = (x_rect, y_rect); checked against (H, W)."""
+    """`rectify_map.h5` → float32 (H, W, 2) checked against `sensor_size`; problems as DatasetError naming the file."""
     try:
-        with h5py.File(path, "r") as h5:
-            if "rectify_map" not in h5:
-                raise DatasetError(path, "no 'rectify_map' dataset")
-            rectify_map = np.asarray(h5["rectify_map"][()], dtype=np.float32)
-    except OSError as err:
-        raise DatasetError(path, f"cannot load the rectify map ({err})") from err
-    expected = (*sensor_size, 2)
-    if rectify_map.shape != expected:
-        raise DatasetError(
-            path, f"rectify_map has shape {rectify_map.shape}, expected {expected} for sensor_size {sensor_size}"
-        )
-    return rectify_map
+        return load_rectify_map(path, sensor_size)
+    except (OSError, KeyError, ValueError) as err:
+        raise DatasetError(path, str(err).removeprefix(f"{path}: ")) from err
 
 
 class DsecSequenceFiles:

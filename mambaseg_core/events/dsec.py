@@ -93,8 +93,9 @@ class DsecEventReader:
         return EventBatch.from_arrays(e["x"], e["y"], e["t"].astype(np.int64) + self.t_offset, e["p"])
 
 
-def load_rectify_map(path: str | Path) -> np.ndarray:
-    """DSEC `rectify_map.h5` → float32 (480, 640, 2): rectify_map[y, x] = (x_rect, y_rect)."""
+def load_rectify_map(path: str | Path, sensor_size: tuple[int, int] = (SENSOR_HEIGHT, SENSOR_WIDTH)) -> np.ndarray:
+    """DSEC `rectify_map.h5` → float32 (H, W, 2): rectify_map[y, x] = (x_rect, y_rect); (H, W) = `sensor_size`
+    (DSEC's 480x640 by default)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"DSEC rectify map not found: {path}")
@@ -102,8 +103,11 @@ def load_rectify_map(path: str | Path) -> np.ndarray:
         if "rectify_map" not in f:
             raise KeyError(f"{path} has no 'rectify_map' dataset")
         rectify_map = np.asarray(f["rectify_map"][()], dtype=np.float32)
-    if rectify_map.shape != (SENSOR_HEIGHT, SENSOR_WIDTH, 2):
-        raise ValueError(f"{path}: rectify_map has shape {rectify_map.shape}, expected (480, 640, 2)")
+    expected = (*sensor_size, 2)
+    if rectify_map.shape != expected:
+        raise ValueError(
+            f"{path}: rectify_map has shape {rectify_map.shape}, expected {expected} for sensor_size {sensor_size}"
+        )
     return rectify_map
 
 
