@@ -78,3 +78,16 @@ def test_config_validation():
         SceneConfig(lighting="disco")
     with pytest.raises(ValueError, match="at least 16x16"):
         SceneConfig(height=8)
+
+
+def test_mip_atlas_fits_levels_taller_than_level_zero():
+    # Regression: a 5-texel-high texture has pyramid levels 3 + 2 rows, stacked beside level 0 (seed 31 tunnel).
+    from mambaseg_core.synthetic.textures import MipTexture, Texture
+
+    albedo = np.random.default_rng(0).random((5, 40, 4), dtype=np.float32)
+    albedo[..., 3] = 1.0
+    mip = MipTexture(Texture(albedo=albedo, label=np.ones((5, 40), np.uint8), res=0.1))
+    assert mip.atlas.shape[0] >= int(mip.boxes[1:, 3].sum())
+    np.testing.assert_array_equal(mip.atlas[:5, :40], albedo)
+    scene = Scene(SceneConfig(height=32, width=48, seed=31, lighting="tunnel", duration_s=0.5))
+    assert scene.render(0.1).label.shape == (32, 48)

@@ -88,9 +88,12 @@ class MipTexture:
         while len(pyramid) < levels and min(pyramid[-1].shape[:2]) >= 4:
             pyramid.append(cv2.pyrDown(pyramid[-1]))
         right = max((p.shape[1] for p in pyramid[1:]), default=0)
-        atlas = np.zeros((self.height, self.width + right, 4), np.float32)
+        # The smaller levels are stacked in one column beside level 0; rounding up at odd sizes can make that
+        # column taller than level 0 (e.g. 5 -> 3 + 2 + 1 rows).
+        stacked = sum(p.shape[0] for p in pyramid[1:])
+        atlas = np.zeros((max(self.height, stacked), self.width + right, 4), np.float32)
         boxes = [(0, 0, self.width, self.height)]
-        atlas[:, : self.width] = texture.albedo
+        atlas[: self.height, : self.width] = texture.albedo
         row = 0
         for level in pyramid[1:]:
             h, w = level.shape[:2]
