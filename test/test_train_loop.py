@@ -169,3 +169,21 @@ def test_sharded_batches_union_to_the_single_process_batches(world):
     sampler.set_epoch(3)
     sampler.set_start(per_rank)
     assert [key.position for key in sampler] == shards[0][per_rank:]
+
+
+@pytest.mark.parametrize("eval_splits", ["all", "selection"])
+def test_eval_splits_selection_scores_other_splits_only_at_the_end(tmp_path, eval_splits):
+    cfg = tiny_config(
+        tmp_path / "run",
+        data={"val_split": "val", "test_split": "test"},
+        schedule={"epochs": 3},
+        runtime={"eval_splits": eval_splits},
+    )
+    torch.manual_seed(0)
+    eval_sets = {"val": BlobDataset(8, seed=4), "test": BlobDataset(8, seed=2)}
+    Trainer(cfg, TinySegNet(), BlobDataset(16, seed=1), eval_sets, DDD17.names, DDD17.palette).train()
+    history = json.loads((tmp_path / "run" / "metrics.json").read_text())["history"]
+    scored = [sorted(record["splits"]) for record in history]
+    print(eval_splits, scored)
+    every_epoch = ["test", "val"] if eval_splits == "all" else ["val"]
+    assert scored == [every_epoch, every_epoch, ["test", "val"]]

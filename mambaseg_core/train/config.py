@@ -159,6 +159,9 @@ class RuntimeConfig:
     output_dir: str = "runs"
     run_name: str = "mambaseg"
     eval_every_epochs: int = 1
+    # "all": every eval split at every evaluation (official: the test split every epoch); "selection": only the
+    # split that picks "best" until the last evaluation, which scores every split (much cheaper on a CPU).
+    eval_splits: Literal["all", "selection"] = "all"
     max_iters: int | None = None
     sync_batchnorm: bool = True
 

@@ -92,16 +92,18 @@ class ScalarLogger(HookBase):
 
 
 class EvalHook(HookBase):
-    """Evaluates every configured split after every `every_epochs` epochs and after the last one.
+    """Evaluates every configured split after every `every_epochs` epochs and after the last one
+    (with `selection_only`, only the selection split before the last evaluation).
 
     "Best" is picked on `selection_split` (the validation split when one is configured, else the test
     split, which is what the official code does). `metrics.json` in the run dir always holds the history,
     the best epoch and the last epoch.
     """
 
-    def __init__(self, every_epochs: int, selection_split: str, overlay_images: int):
+    def __init__(self, every_epochs: int, selection_split: str, overlay_images: int, selection_only: bool = False):
         self.every_epochs = every_epochs
         self.selection_split = selection_split
+        self.selection_only = selection_only  # before the last evaluation, score only the selection split
         self.overlay_images = overlay_images
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] | None = None
@@ -115,6 +117,8 @@ class EvalHook(HookBase):
             return
         record: dict[str, Any] = {"epoch": t.epoch + 1, "iteration": t.iteration, "splits": {}}
         for split, loader in t.eval_loaders.items():
+            if self.selection_only and not last and split != self.selection_split:
+                continue
             metrics, samples = evaluate(
                 t.eval_model, loader, t.num_classes, t.device, t.cfg.runtime.precision, self.overlay_images
             )

@@ -163,7 +163,12 @@ class Trainer:
             selection = cfg.data.val_split if cfg.data.val_split is not None else cfg.data.test_split
             if selection not in eval_sets:
                 raise ValueError(f"the selection split {selection!r} is not among the eval sets {sorted(eval_sets)}")
-            eval_hook = EvalHook(cfg.runtime.eval_every_epochs, selection, cfg.logging.overlay_images)
+            eval_hook = EvalHook(
+                cfg.runtime.eval_every_epochs,
+                selection,
+                cfg.logging.overlay_images,
+                selection_only=cfg.runtime.eval_splits == "selection",
+            )
             hooks.append(eval_hook)
         ck = cfg.checkpoint
         hooks.append(CheckpointHook(ck.every_iters, ck.every_epochs, ck.keep_last, eval_hook if ck.save_best else None))
