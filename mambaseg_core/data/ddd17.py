@@ -36,7 +36,7 @@ from mambaseg_core.events import Ddd17Events, crop_bottom, voxel_grid
 
 from .errors import DatasetError
 from .images import read_gray_image, read_label_cv2
-from .transforms import DDD17_TRAIN_AUGMENT, AugmentOption, augment_rng
+from .transforms import DDD17_TRAIN_AUGMENT, AugmentOption, make_sample
 
 DDD17_SPLIT_INDICES: dict[str, tuple[int, ...]] = {"train": (0, 2, 3, 5, 6), "test": (1,)}
 """Positions in `sorted(glob('dir*'))` (MambaSeg/EISNet `get_split`)."""
@@ -232,13 +232,4 @@ class Ddd17Segmentation(Dataset):
         label = read_label_cv2(mask, LABEL_HEIGHT, SENSOR_WIDTH)
         image = read_gray_image(frame_image_path(folder, frame_id), SENSOR_HEIGHT, SENSOR_WIDTH)[:, :-CROP_BOTTOM_ROWS]
         events = self.event_grid(folder, frame_id)
-        if self.augment is not None:
-            params = self.augment.sample(augment_rng(self.generator))
-            image, label, events = self.augment(params, image, label, events)
-        return {
-            "events": torch.from_numpy(np.ascontiguousarray(events)),
-            "image": torch.from_numpy(np.ascontiguousarray(image)),
-            "label": torch.from_numpy(label.astype(np.int64)),
-            "sequence": folder.name,
-            "frame_id": frame_id,
-        }
+        return make_sample(image, label, events, self.augment, self.generator, sequence=folder.name, frame_id=frame_id)

@@ -48,7 +48,7 @@ from mambaseg_core.events import DsecEventReader, crop_bottom, load_rectify_map,
 
 from .errors import DatasetError
 from .images import read_label_pil, read_rgb_image
-from .transforms import DSEC_TRAIN_AUGMENT, AugmentOption, augment_rng
+from .transforms import DSEC_TRAIN_AUGMENT, AugmentOption, make_sample
 
 DSEC_SEQUENCES: dict[str, tuple[str, ...]] = {
     "train": (
@@ -264,16 +264,8 @@ class DsecSequence(Dataset):
         label = read_label_pil(self.files.labels[k], height - self.label_crop_bottom, width)
         image = crop_bottom(read_rgb_image(self.files.images[k], height, width), self.label_crop_bottom)
         events = self.event_grid(t_end_us)
-        if self.augment is not None:
-            params = self.augment.sample(augment_rng(self.generator))
-            image, label, events = self.augment(params, image, label, events)
-        return {
-            "events": torch.from_numpy(np.ascontiguousarray(events)),
-            "image": torch.from_numpy(np.ascontiguousarray(image)),
-            "label": torch.from_numpy(label.astype(np.int64)),
-            "sequence": self.name,
-            "timestamp_us": t_end_us,
-        }
+        meta = {"sequence": self.name, "timestamp_us": t_end_us}
+        return make_sample(image, label, events, self.augment, self.generator, **meta)
 
 
 def select_sequences(split_dir: Path, names: tuple[str, ...]) -> list[Path]:

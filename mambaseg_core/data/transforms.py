@@ -14,7 +14,7 @@ the distributions and the applied geometry are the same). Evaluation uses no aug
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -110,3 +110,23 @@ def augment_rng(generator: torch.Generator | None = None) -> np.random.Generator
     per-worker seeds a DataLoader sets, so workers never repeat each other's parameters.
     """
     return np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator)))
+
+
+def make_sample(
+    image: np.ndarray,
+    label: np.ndarray,
+    events: np.ndarray,
+    augment: JointAugment | None,
+    generator: torch.Generator | None,
+    **meta: Any,
+) -> dict[str, Any]:
+    """A dataset sample: optionally one joint augmentation (fresh parameters from `generator`), then tensors
+    `events` float32 (B, H, W), `image` float32 (C, H, W), `label` int64 (H, W), plus the `meta` entries."""
+    if augment is not None:
+        image, label, events = augment(augment.sample(augment_rng(generator)), image, label, events)
+    return {
+        "events": torch.from_numpy(np.ascontiguousarray(events)),
+        "image": torch.from_numpy(np.ascontiguousarray(image)),
+        "label": torch.from_numpy(label.astype(np.int64)),
+        **meta,
+    }
