@@ -37,6 +37,7 @@ import cv2
 import numpy as np
 import yaml
 
+from .dsec import load_label_timestamps
 from .errors import DatasetError
 
 EVENT_HEIGHT, EVENT_WIDTH = 480, 640
@@ -131,15 +132,6 @@ def _sorted_pngs(folder: Path) -> list[Path]:
     return sorted((p for p in folder.iterdir() if p.suffix == ".png"), key=lambda p: p.name)
 
 
-def _load_timestamps(path: Path) -> np.ndarray:
-    if not path.is_file():
-        raise DatasetError(path, "timestamps file not found")
-    try:
-        return np.atleast_1d(np.loadtxt(path, dtype=np.int64))
-    except ValueError as err:
-        raise DatasetError(path, f"expected one integer (µs) per line ({err})") from err
-
-
 def _place(source: Path, target: Path, link: LinkMode) -> None:
     if not source.is_file():
         raise DatasetError(source, "file not found")
@@ -165,7 +157,7 @@ def _frames_for_labels(seq: _DownloadSequence, label_times: np.ndarray) -> list[
                 f"missing, and {len(frames)} rectified images != {len(label_times)} labels: cannot pair them",
             )
         return frames
-    image_times = _load_timestamps(times_path)
+    image_times = load_label_timestamps(times_path)
     if len(image_times) != len(frames):
         raise DatasetError(times_path, f"{len(image_times)} timestamps but {len(frames)} rectified images")
     position = {int(t): i for i, t in enumerate(image_times)}
@@ -181,7 +173,7 @@ def prepare_sequence(
     """Convert one sequence; returns its output folder."""
     out = output / seq.split / seq.name
     times_path = seq.semantic / f"{seq.name}_semantic_timestamps.txt"
-    label_times = _load_timestamps(times_path)
+    label_times = load_label_timestamps(times_path)
     for classes in ("11classes", "19classes"):
         folder = seq.semantic / classes
         if classes == "19classes" and not folder.is_dir():
