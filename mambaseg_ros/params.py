@@ -57,6 +57,13 @@ PARAMETERS: tuple[_Spec, ...] = (
     _Spec("random_seed", 0, "Seed of the random weights", int_range=(0, 2**31 - 1)),
     _Spec("device", "cuda:0", "Inference device 'cuda:N' or 'cpu'; falls back to CPU with a warning if no GPU"),
     _Spec("scan_backend", "", "Selective-scan backend override (auto|reference|torch|cuda|mamba_ssm); empty = model's"),
+    _Spec(
+        "precision",
+        "fp32",
+        "Matrix products in fp32 (the accuracy reference), bf16 or fp16",
+        choices=("fp32", "bf16", "fp16"),
+    ),
+    _Spec("cuda_graph", True, "Replay one captured CUDA graph per frame (CUDA devices; ignored on CPU)"),
     # event window
     _Spec(
         "window_mode",
@@ -245,6 +252,8 @@ def read_settings(node: Any) -> NodeSettings:
                 "class_set": values["class_set"],
                 "class_names": list(values["class_names"]) if values["class_names"] is not None else None,
                 "palette": _palette(list(values["palette"]) if values["palette"] is not None else None),
+                "precision": values["precision"],
+                "cuda_graph": values["cuda_graph"],
             },
         )
     except ConfigError as exc:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DIR = REPO_ROOT.parent / "shared"
+# The read-only ../shared beside the checkout; MAMBASEG_SHARED_DIR points elsewhere (e.g. a copy on a GPU machine).
+SHARED_DIR = Path(os.environ.get("MAMBASEG_SHARED_DIR", REPO_ROOT.parent / "shared"))
 
 
 @pytest.fixture(scope="session")

@@ -275,3 +275,45 @@ def test_cuda_forward_is_deterministic_and_auto_picks_it():
     inputs = make_inputs(1, 64, 16, 5000, 4, device="cuda")
     first = selective_scan(**inputs, delta_softplus=True, backend="cuda")
     assert torch.equal(first, selective_scan(**inputs, delta_softplus=True))
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize(
+    ("state", "length", "groups"),
+    [(1, 1, 1), (1, 4350, 4), (4, 129, 2), (8, 257, 4), (16, 192, 2), (16, 1025, 4), (16, 17601, 1)],
+)
+def test_cuda_inference_kernel_matches_reference(dtype, state, length, groups):
+    # Without autograd the one-pass inference kernel runs; lengths cover 1, 2, many 512-step chunks and odd tails.
+    inputs = make_inputs(1, 6, state, length, groups, dtype=dtype, device="cuda", seed=7 * state + length)
+    with torch.no_grad():
+        y = selective_scan(**inputs, delta_softplus=True, backend="cuda")
+        y_ref = selective_scan(**inputs, delta_softplus=True, backend="reference" if length < 5000 else "torch")
+        y_train = training_kernel_output(inputs)
+    assert y.dtype == torch.float32
+    assert_close("y (inference kernel)", y, y_ref, (1e-4, 1e-4))
+    assert_close("y (inference vs training kernel)", y, y_train, (2e-5, 2e-5))
+
+
+def training_kernel_output(inputs: dict[str, torch.Tensor | None]) -> torch.Tensor:
+    """The training kernels' forward on the same inputs (a leaf requiring grad routes the call there)."""
+    with torch.enable_grad():
+        u = inputs["u"].detach().clone().requires_grad_(True)
+        return selective_scan(**{**inputs, "u": u}, delta_softplus=True, backend="cuda").detach()
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_cuda_inference_kernel_without_optional_inputs_and_in_a_cuda_graph():
+    inputs = make_inputs(2, 5, 16, 700, 5, with_d=False, with_bias=False, device="cuda", softplus=False)
+    with torch.no_grad():
+        expected = selective_scan(**inputs, backend="reference")
+        selective_scan(**inputs, backend="cuda")  # build + warm up outside the capture
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            captured = selective_scan(**inputs, backend="cuda")
+        captured.zero_()
+        graph.replay()
+    torch.cuda.synchronize()
+    assert_close("y (graph replay)", captured, expected, (1e-4, 1e-4))

@@ -1,6 +1,7 @@
 """Frames + events -> class masks: the Segmenter (one code path for the node, bag tools and benchmarks)."""
 
 from mambaseg_core.pipeline.colorize import UNLABELED_COLOR, colorize, overlay, palette_lut, to_rgb8
+from mambaseg_core.pipeline.engine import PRECISIONS, InferenceEngine, Precision, cast_matmul_weights
 from mambaseg_core.pipeline.event_clock import EventClock, EventClockMode
 from mambaseg_core.pipeline.segmenter import (
     ClassInfo,
@@ -14,16 +15,20 @@ from mambaseg_core.pipeline.segmenter import (
 )
 
 __all__ = [
+    "PRECISIONS",
     "UNLABELED_COLOR",
     "ClassInfo",
     "EventClock",
     "EventClockMode",
+    "InferenceEngine",
     "NetworkInputs",
     "SegmentationResult",
     "Segmenter",
     "SegmenterConfig",
+    "Precision",
     "SegmenterStats",
     "build_model",
+    "cast_matmul_weights",
     "colorize",
     "overlay",
     "palette_lut",

@@ -13,11 +13,14 @@ Per frame (image (H_in, W_in[, 3]) at `stamp_us`, network input (H, W) = model.c
    - `crop_bottom`: keep the top H rows (DSEC drops the bottom 40 of 480 rows, DDD17 60 of 260: the car
      hood); needs W_in == W and H_in >= H.
    - `resize`: bilinear with antialiasing to (H, W), any input size.
-5. Model forward under `torch.inference_mode`, argmax over classes -> uint8 ids.
+5. Model forward and argmax over classes -> uint8 ids, through the `InferenceEngine` (`precision` fp32, the
+   accuracy reference, or bf16/fp16; `cuda_graph`: one captured graph replayed per frame on CUDA devices).
 6. Output at `output_resolution`: `network` (H, W) or `input` (H_in, W_in): ids resized nearest-neighbour
    (`resize`) or padded with 255 = unlabeled below the kept rows (`crop_bottom`); then palette + overlay.
 
 `add_events` and `reset` may be called from another thread while `segment` runs (the ring buffer locks).
+On CUDA devices host arrays go up through reused pinned buffers with asynchronous copies, and the host waits for
+the GPU once per frame, when the class ids come back.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from mambaseg_core.data.classes import CLASS_SETS, IGNORE_INDEX
 from mambaseg_core.events import EventBatch, EventRingBuffer, voxel_grid, voxel_grid_torch
 from mambaseg_core.ops.selective_scan import available_backends
 from mambaseg_core.pipeline.colorize import colorize, overlay, palette_lut, to_rgb8
+from mambaseg_core.pipeline.engine import PRECISIONS, InferenceEngine, Precision
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +67,8 @@ class SegmenterConfig:
     class_set: str = "auto"  # dsec11 | dsec19 | ddd17 | auto (from the model's class count)
     class_names: list[str] | None = None  # overrides the class set's names (one per class)
     palette: list[tuple[int, int, int]] | None = None  # overrides the class set's RGB palette (one per class)
+    precision: Precision = "fp32"  # fp32 (accuracy reference) | bf16 | fp16 matrix products (InferenceEngine)
+    cuda_graph: bool = False  # replay one captured CUDA graph per frame (CUDA devices; ignored with a warning on CPU)
 
     def validate(self) -> None:
         if self.window_events < 1:
@@ -84,6 +90,8 @@ class SegmenterConfig:
                 "buffer_duration_us",
                 f"must be >= window_duration_us ({self.window_duration_us}), got {self.buffer_duration_us}",
             )
+        if self.precision not in PRECISIONS:
+            raise ConfigError("precision", f"must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
         if not 0.0 <= self.overlay_alpha <= 1.0:
             raise ConfigError("overlay_alpha", f"must be in [0, 1], got {self.overlay_alpha}")
         if self.class_set != "auto" and self.class_set not in CLASS_SETS:
@@ -133,7 +141,10 @@ class SegmentationResult:
     colored: np.ndarray  # (H', W', 3) uint8 RGB
     overlay: np.ndarray  # (H', W', 3) uint8 RGB
     events_used: int  # events in the voxel grid (0: image-only, `missing_events: zeros`)
-    timings_ms: dict[str, float]  # per stage: window, voxel, preprocess, forward, postprocess, total
+    # Per stage: window, voxel, preprocess, forward, postprocess, total. On CUDA devices voxel and preprocess are
+    # the host's time to queue their GPU work; forward runs until the class ids are on the host (so it includes
+    # what the GPU still had queued); postprocess is the resizing back, palette and overlay.
+    timings_ms: dict[str, float]
 
 
 @dataclass
@@ -174,6 +185,11 @@ class Segmenter:
             self._check_fit((config.sensor_size[0], config.sensor_size[1]), "sensor_size")
         self.stats = SegmenterStats()
         self._buffer = EventRingBuffer(config.buffer_duration_us, config.buffer_max_events)
+        use_graph = config.cuda_graph and self.device.type == "cuda"
+        if config.cuda_graph and not use_graph:
+            log.warning("cuda_graph ignored: the model runs on %s, not a CUDA device", self.device)
+        self.engine = InferenceEngine(self.model, precision=config.precision, cuda_graph=use_graph)
+        self._pinned: dict[str, torch.Tensor] = {}
 
     # ---- event stream -------------------------------------------------------------------------------
 
@@ -225,12 +241,26 @@ class Segmenter:
         self._check_fit(size, "image size")
         return size
 
+    def _upload(self, name: str, array: np.ndarray) -> torch.Tensor:
+        """`array` on the device. On CUDA it is staged in a pinned buffer kept per `name` and copied asynchronously;
+        reusing that buffer next frame is safe because `segment` waits for the GPU before it returns."""
+        if self.device.type != "cuda":
+            return torch.from_numpy(np.ascontiguousarray(array))
+        dtype = torch.from_numpy(array[:0]).dtype
+        staged = self._pinned.get(name)
+        if staged is None or staged.numel() < array.size or staged.dtype != dtype:
+            staged = torch.empty(max(array.size, 1), dtype=dtype, pin_memory=True)
+            self._pinned[name] = staged
+        view = staged[: array.size]
+        view.numpy()[...] = array.reshape(-1)
+        return view.to(self.device, non_blocking=True).view(array.shape)
+
     def _image_tensor(self, image: np.ndarray) -> torch.Tensor:
         """(H, W[, 3]) uint8/uint16 -> (image_channels, H, W) float32 in [0, 1] on the device."""
         if image.dtype == np.uint16:  # torch has no general uint16 arithmetic
-            tensor = torch.from_numpy(image.astype(np.float32)).to(self.device) / 65535.0
+            tensor = self._upload("image", image.astype(np.float32)) / 65535.0
         else:
-            tensor = torch.from_numpy(np.ascontiguousarray(image)).to(self.device).float() / 255.0
+            tensor = self._upload("image", image).float() / 255.0
         tensor = tensor[None] if tensor.dim() == 2 else tensor.permute(2, 0, 1)
         if self.image_channels == 1 and tensor.shape[0] == 3:
             weights = torch.tensor(_LUMA, device=self.device).view(3, 1, 1)
@@ -246,8 +276,8 @@ class Segmenter:
             return torch.zeros(self.event_bins, height, width, device=self.device)
         if self.device.type == "cuda":
             # torch has no arithmetic on uint16: widen the coordinates before the upload.
-            x, y = (torch.from_numpy(c.astype(np.int32)) for c in (events.x, events.y))
-            t, p = torch.from_numpy(events.t), torch.from_numpy(events.p)
+            x, y = (self._upload(name, c.astype(np.int32)) for name, c in (("x", events.x), ("y", events.y)))
+            t, p = self._upload("t", events.t), self._upload("p", events.p)
             return voxel_grid_torch(x, y, t, p, bins=self.event_bins, height=height, width=width, device=self.device)
         grid = voxel_grid(events.x, events.y, events.t, events.p, bins=self.event_bins, height=height, width=width)
         return torch.from_numpy(grid)
@@ -282,21 +312,15 @@ class Segmenter:
 
     def warmup(self) -> float:
         """One voxel grid and one forward pass on dummy inputs, so the first real frame pays no JIT compilation,
-        kernel selection, lazy CUDA init or extension loading; returns the milliseconds it took."""
+        kernel selection, lazy CUDA init, extension loading or CUDA-graph capture; returns the milliseconds it took."""
         height, width = self.network_size
         start = time.perf_counter()
         events = EventBatch.from_arrays([0, 1], [0, 1], [0, 1], [0, 1])
-        with torch.inference_mode():
-            self.model(
-                image=torch.zeros(1, self.image_channels, height, width, device=self.device),
-                events=self._voxel_tensor(events, (height, width))[None],
-            )
-        self._sync()
+        self.engine.class_ids(
+            torch.zeros(1, self.image_channels, height, width, device=self.device),
+            self._voxel_tensor(events, (height, width))[None],
+        ).cpu()
         return _ms_since(start)
-
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
 
     def prepare(self, image: np.ndarray, stamp_us: int) -> NetworkInputs:
         """Steps 1-4 of the module docstring: the network inputs for this frame (no skip policy applied)."""
@@ -309,12 +333,10 @@ class Segmenter:
         timings["window"] = _ms_since(start)
         start = time.perf_counter()
         voxels = self._voxel_tensor(events, size)
-        self._sync()
         timings["voxel"] = _ms_since(start)
         start = time.perf_counter()
         image_tensor = self._fit(self._image_tensor(image))
         voxels = self._fit(voxels)
-        self._sync()
         timings["preprocess"] = _ms_since(start)
         return NetworkInputs(image_tensor[None].contiguous(), voxels[None].contiguous(), len(events))
 
@@ -335,10 +357,7 @@ class Segmenter:
                 log.warning("no events before frame at %d us: running image-only (zero voxel grid)", stamp_us)
             self.stats.image_only += 1
         start = time.perf_counter()
-        with torch.inference_mode():
-            logits = self.model(image=inputs.image, events=inputs.events)
-            ids = logits[0].argmax(0).to(torch.uint8)
-        self._sync()
+        ids = self.engine.class_ids(inputs.image, inputs.events)[0].cpu()  # the one wait for the GPU
         timings["forward"] = _ms_since(start)
         start = time.perf_counter()
         if self.config.output_resolution == "input":
@@ -348,7 +367,7 @@ class Segmenter:
             # The overlay shows what the network saw: the fitted (and possibly gray) image.
             pixels = (inputs.image[0] * 255.0).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0)
             base = to_rgb8(pixels.cpu().numpy().squeeze(2) if self.image_channels == 1 else pixels.cpu().numpy())
-        class_ids = ids.cpu().numpy()
+        class_ids = ids.numpy()
         colored = colorize(class_ids, self._lut)
         blended = overlay(base, colored, class_ids, self.config.overlay_alpha)
         timings["postprocess"] = _ms_since(start)

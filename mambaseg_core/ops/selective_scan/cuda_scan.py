@@ -16,7 +16,7 @@ import torch
 from mambaseg_core.ops.selective_scan.errors import BackendUnavailableError
 
 CSRC = Path(__file__).resolve().with_name("csrc")
-SOURCES = ("scan_binding.cpp", "scan_fwd.cu", "scan_bwd.cu")
+SOURCES = ("scan_binding.cpp", "scan_fwd.cu", "scan_fwd_infer.cu", "scan_bwd.cu")
 _INPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_STATE = 16  # largest N the kernels take: the per-state values live in registers
 
@@ -99,8 +99,38 @@ class _CudaScanFunction(torch.autograd.Function):
         )
 
 
+def _register_inference_op(extension: ModuleType) -> Any:
+    """The inference kernel as the torch operator `mambaseg::selective_scan_infer`, so that torch.compile and
+    torch.export see one opaque op (with its output shape) instead of breaking the graph at every scan."""
+
+    @torch.library.custom_op("mambaseg::selective_scan_infer", mutates_args=(), device_types="cuda")
+    def selective_scan_infer(
+        u: torch.Tensor,
+        delta: torch.Tensor,
+        A: torch.Tensor,
+        B: torch.Tensor,
+        C: torch.Tensor,
+        D: torch.Tensor | None,
+        delta_bias: torch.Tensor | None,
+        delta_softplus: bool,
+    ) -> torch.Tensor:
+        return extension.forward_infer(u, delta, A, B, C, D, delta_bias, delta_softplus)
+
+    @selective_scan_infer.register_fake
+    def _(u, delta, A, B, C, D, delta_bias, delta_softplus):
+        return u.new_empty(u.shape, dtype=torch.float32)
+
+    return selective_scan_infer
+
+
+def _needs_grad(*tensors: torch.Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def make_cuda_scan(extension: ModuleType):
-    """The `cuda` backend's scan function over a loaded extension."""
+    """The `cuda` backend's scan function over a loaded extension: the training kernels (which keep the per-tile
+    states for the backward) when a gradient is needed, the one-pass inference kernel otherwise."""
+    scan_infer = _register_inference_op(extension)
 
     def selective_scan_cuda(
         u: torch.Tensor,
@@ -129,6 +159,8 @@ def make_cuda_scan(extension: ModuleType):
         u, delta, B, C = (_as(x, dtype) for x in (u, delta, B, C))
         A = _as(A, torch.float32)
         D, delta_bias = (_as(x, torch.float32) if x is not None else None for x in (D, delta_bias))
+        if not _needs_grad(u, delta, A, B, C, D, delta_bias):
+            return scan_infer(u, delta, A, B, C, D, delta_bias, delta_softplus)
         return _CudaScanFunction.apply(extension, u, delta, A, B, C, D, delta_bias, delta_softplus)
 
     return selective_scan_cuda

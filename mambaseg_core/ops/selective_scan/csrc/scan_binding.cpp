@@ -96,6 +96,19 @@ std::vector<at::Tensor> forward(const at::Tensor& u, const at::Tensor& delta, co
   return {y, carries};
 }
 
+// Returns y (batch, channels, L) fp32; nothing is kept for a backward.
+at::Tensor forward_infer(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
+                         const at::Tensor& C, const std::optional<at::Tensor>& D,
+                         const std::optional<at::Tensor>& delta_bias, bool softplus) {
+  ScanParams p = make_params(u, delta, A, B, C, D, delta_bias, softplus);
+  const c10::cuda::CUDAGuard guard(u.device());
+  at::Tensor y = at::empty(u.sizes(), u.options().dtype(at::kFloat));
+  p.y = y.data_ptr<float>();
+  mambaseg::launch_scan_fwd_infer(p, scan_dtype(u), c10::cuda::getCurrentCUDAStream());
+  check_launch();
+  return y;
+}
+
 // Returns du, ddelta (fp32, u's shape), dA, dB, dC (fp32) and dD, ddelta_bias (fp32, empty when not given).
 std::vector<at::Tensor> backward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
                                  const at::Tensor& B, const at::Tensor& C, const std::optional<at::Tensor>& D,
@@ -127,5 +140,6 @@ std::vector<at::Tensor> backward(const at::Tensor& u, const at::Tensor& delta, c
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "selective scan forward: (y, tile_carries)");
+  m.def("forward_infer", &forward_infer, "selective scan forward for inference: y");
   m.def("backward", &backward, "selective scan backward: (du, ddelta, dA, dB, dC, dD, ddelta_bias)");
 }

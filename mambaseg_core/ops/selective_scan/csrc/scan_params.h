@@ -59,6 +59,8 @@ inline void choose_tiling(ScanParams& p) {
 }
 
 void launch_scan_fwd(const ScanParams& p, ScanDtype dtype, cudaStream_t stream);
+// Forward without the per-tile state the backward needs (inference): uses only the inputs and y.
+void launch_scan_fwd_infer(const ScanParams& p, ScanDtype dtype, cudaStream_t stream);
 void launch_scan_bwd(const ScanParams& p, ScanDtype dtype, cudaStream_t stream);
 
 }  // namespace mambaseg

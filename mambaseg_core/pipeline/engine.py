@@ -1,0 +1,101 @@
+"""The inference engine: network inputs -> class ids, in fp32 (the accuracy reference) or bf16/fp16, eager or as
+one CUDA graph replayed per frame.
+
+- Precision `bf16`/`fp16`: the weights of every matrix product (convolutions, linears, the SSM projections) are
+  cast once and the forward runs under autocast; norms, the SSM's A, D and dt bias, and the selective-scan state
+  stay float32. Logits come back float32.
+- `cuda_graph`: the first frame of a given input shape is run twice eagerly on a side stream (kernel selection,
+  allocator warm-up), then the forward and the argmax are captured; every later frame copies its inputs into the
+  captured buffers and replays the graph (one launch instead of ~2,000, no host work in between). A new input
+  shape recaptures.
+The engine owns the model: a half-precision engine casts the model's weights in place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Literal
+
+import torch
+import torch.nn as nn
+
+Precision = Literal["fp32", "bf16", "fp16"]
+PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+# Parameters of matrix products that the SSM applies with einsum rather than through nn.Linear/nn.Conv2d.
+_SSM_PROJECTIONS = ("x_proj_weight", "dt_proj_weight")
+
+
+def cast_matmul_weights(model: nn.Module, dtype: torch.dtype) -> None:
+    """Cast in place the weights and biases of convolutions and linears, and the SSM projection weights."""
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            module.to(dtype)
+        for name in _SSM_PROJECTIONS:
+            weight = getattr(module, name, None)
+            if isinstance(weight, nn.Parameter):
+                weight.data = weight.data.to(dtype)
+
+
+class InferenceEngine:
+    """model(image=(B, C, H, W), events=(B, bins, H, W)) -> logits or (B, H, W) uint8 class ids."""
+
+    def __init__(self, model: nn.Module, *, precision: Precision = "fp32", cuda_graph: bool = False):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+        self.model = model.eval()
+        self.device = next(model.parameters()).device
+        if cuda_graph and self.device.type != "cuda":
+            raise ValueError(f"cuda_graph needs the model on a CUDA device, it is on {self.device}")
+        self.precision = precision
+        self.cuda_graph = cuda_graph
+        if precision != "fp32":
+            cast_matmul_weights(model, PRECISIONS[precision])
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._graph_key: tuple = ()
+        self._static: dict[str, torch.Tensor] = {}
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        # No cast cache: the weights are already cast, and a CUDA graph must not capture cache lookups.
+        return torch.autocast(self.device.type, dtype=PRECISIONS[self.precision], cache_enabled=False)
+
+    def logits(self, image: torch.Tensor, events: torch.Tensor) -> torch.Tensor:
+        """(B, K, H, W) float32 logits, always eager (the graph holds only class ids)."""
+        with torch.inference_mode(), self._autocast():
+            return self.model(image=image, events=events).float()
+
+    def _class_ids_eager(self, image: torch.Tensor, events: torch.Tensor) -> torch.Tensor:
+        return self.logits(image, events).argmax(1).to(torch.uint8)
+
+    def class_ids(self, image: torch.Tensor, events: torch.Tensor) -> torch.Tensor:
+        """(B, H, W) uint8 class ids on the model's device. With `cuda_graph` the returned tensor is the graph's
+        output buffer: it is overwritten by the next call, so copy it (e.g. to the host) before calling again."""
+        if not self.cuda_graph:
+            return self._class_ids_eager(image, events)
+        key = (tuple(image.shape), image.dtype, tuple(events.shape), events.dtype)
+        if self._graph is None or key != self._graph_key:
+            self._capture(image, events, key)
+        self._static["image"].copy_(image, non_blocking=True)
+        self._static["events"].copy_(events, non_blocking=True)
+        assert self._graph is not None
+        self._graph.replay()
+        return self._static["ids"]
+
+    def _capture(self, image: torch.Tensor, events: torch.Tensor, key: tuple) -> None:
+        self._graph = None
+        self._static = {"image": image.detach().clone(), "events": events.detach().clone()}
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self._class_ids_eager(self._static["image"], self._static["events"])
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._static["ids"] = self._class_ids_eager(self._static["image"], self._static["events"])
+        self._graph, self._graph_key = graph, key
+
+    def __repr__(self) -> str:
+        return f"InferenceEngine(precision={self.precision!r}, cuda_graph={self.cuda_graph}, device={self.device})"

@@ -1,0 +1,115 @@
+"""InferenceEngine: half precision stays close to fp32 on the official fixture; CUDA-graph replay equals eager."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from seg_harness import TINY_MODEL
+
+from mambaseg_core.config import ConfigError, load_config
+from mambaseg_core.models import MambaSeg, load_model_config, load_official_checkpoint
+from mambaseg_core.pipeline import InferenceEngine, Segmenter, SegmenterConfig
+from mambaseg_core.pipeline.engine import cast_matmul_weights
+
+FIXTURE_SIZE = (64, 96)
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: CUDA graphs and GPU autocast")
+
+
+@pytest.fixture(scope="module")
+def fixture(reference_dir: Path, tmp_path_factory) -> tuple[MambaSeg, dict]:
+    data = torch.load(reference_dir / "official_small_gray.pt", weights_only=False)
+    path = tmp_path_factory.mktemp("official") / "best_model.pth"
+    torch.save({"epoch": 1, "state_dict": data["state_dict"]}, path)
+    return load_official_checkpoint(path, image_size=FIXTURE_SIZE), data
+
+
+def rel_l2(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return float((actual.double() - expected.double()).norm() / expected.double().norm())
+
+
+def test_fp32_engine_reproduces_the_official_logits(fixture):
+    model, data = fixture
+    logits = InferenceEngine(copy.deepcopy(model)).logits(data["image"].float(), data["events"].float())
+    error = rel_l2(logits, data["logits"])
+    print(f"fp32 engine vs official logits: rel L2 {error:.2e}")
+    assert error < 1e-4
+
+
+def test_bf16_engine_on_cpu_is_close_to_fp32_and_keeps_the_argmax(fixture):
+    model, data = fixture
+    image, events = data["image"].float(), data["events"].float()
+    engine = InferenceEngine(copy.deepcopy(model), precision="bf16")
+    logits = engine.logits(image, events)
+    error = rel_l2(logits, data["logits"])
+    agreement = float((logits.argmax(1) == data["logits"].argmax(1)).float().mean())
+    print(f"bf16 engine vs official fp32 logits: rel L2 {error:.2e}, argmax agreement {agreement:.4f}")
+    assert logits.dtype == torch.float32
+    assert 1e-5 < error < 3e-2  # bf16 really ran (not identical) and stayed close
+    assert agreement > 0.98
+
+
+def test_cast_matmul_weights_keeps_norms_and_ssm_parameters_in_fp32():
+    model = MambaSeg(load_model_config(dict(TINY_MODEL)))
+    cast_matmul_weights(model, torch.bfloat16)
+    dtypes = {name: p.dtype for name, p in model.named_parameters()}
+    assert all(dtypes[n] == torch.bfloat16 for n in dtypes if n.endswith(("x_proj_weight", "dt_proj_weight")))
+    assert all(dtypes[n] == torch.float32 for n in dtypes if n.endswith(("A_log", ".D", "dt_proj_bias")))
+    assert all(dtypes[n] == torch.float32 for n in dtypes if "norm" in n)
+    conv_weights = [m.weight.dtype for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert conv_weights and set(conv_weights) == {torch.bfloat16}
+
+
+def test_engine_rejects_bad_settings():
+    model = MambaSeg(load_model_config(dict(TINY_MODEL)))
+    with pytest.raises(ValueError, match="precision"):
+        InferenceEngine(model, precision="int8")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="cuda_graph needs"):
+        InferenceEngine(model, cuda_graph=True)
+    with pytest.raises(ConfigError, match="precision"):
+        load_config(SegmenterConfig, {"precision": "fp64"})
+
+
+def test_segmenter_ignores_cuda_graph_on_cpu_and_runs_bf16():
+    torch.manual_seed(0)
+    model = MambaSeg(load_model_config(dict(TINY_MODEL))).eval()
+    seg = Segmenter(model, load_config(SegmenterConfig, {"cuda_graph": True, "precision": "bf16"}), "cpu")
+    assert not seg.engine.cuda_graph and seg.engine.precision == "bf16"
+    height, width = TINY_MODEL["image_size"]
+    seg.add_events(_events(height, width))
+    result = seg.segment(np.zeros((height, width, 3), np.uint8), 10_000)
+    assert result is not None and result.class_ids.shape == (height, width)
+
+
+def _events(height: int, width: int):
+    from mambaseg_core.events import EventBatch
+
+    rng = np.random.default_rng(0)
+    n = 500
+    return EventBatch.from_arrays(
+        rng.integers(0, width, n), rng.integers(0, height, n), np.sort(rng.integers(0, 9_000, n)), rng.integers(0, 2, n)
+    )
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_cuda_graph_replay_equals_eager_and_recaptures_on_new_shapes(fixture, precision):
+    model, data = fixture
+    eager = InferenceEngine(copy.deepcopy(model).cuda(), precision=precision)
+    graphed = InferenceEngine(copy.deepcopy(model).cuda(), precision=precision, cuda_graph=True)
+    for key in ("", "2"):  # batch 2, then batch 1: the second input shape forces a recapture
+        image, events = data[f"image{key}"].float().cuda(), data[f"events{key}"].float().cuda()
+        expected = eager.class_ids(image, events)
+        first = graphed.class_ids(image, events).clone()
+        again = graphed.class_ids(image, events)
+        assert torch.equal(first, expected) and torch.equal(again, expected)
+        logits = eager.logits(image, events).cpu()
+        error = rel_l2(logits, data[f"logits{key}"])
+        agreement = float((logits.argmax(1) == data[f"logits{key}"].argmax(1)).float().mean())
+        print(f"{precision} cuda vs official logits{key}: rel L2 {error:.2e}, argmax agreement {agreement:.4f}")
+        assert error < (1e-4 if precision == "fp32" else 2e-2)
+        assert agreement > (0.999 if precision == "fp32" else 0.98)
