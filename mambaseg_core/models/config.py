@@ -12,6 +12,8 @@ from mambaseg_core.config import ConfigError, load_config
 from mambaseg_core.ops.cross_scan import CHANNEL_MERGES
 
 SCAN_BACKENDS = ("auto", "reference", "torch", "cuda", "mamba_ssm")
+# Which inputs the model sees: both, or one with the other replaced by zeros (the modality ablation).
+MODALITIES = ("fused", "image_only", "events_only")
 
 
 @dataclass
@@ -70,6 +72,8 @@ class ModelConfig:
     decoder_dropout: float = 0.1
     scan_backend: Literal["auto", "reference", "torch", "cuda", "mamba_ssm"] = "auto"
     ctim_merge: Literal["official", "intended"] = "official"
+    # "image_only" / "events_only": the other input is replaced by zeros inside MambaSeg (same architecture).
+    modality: Literal["fused", "image_only", "events_only"] = "fused"
 
     def validate(self) -> None:
         height, width = self.image_size
@@ -93,6 +97,8 @@ class ModelConfig:
             raise ConfigError("scan_backend", f"must be one of {list(SCAN_BACKENDS)}, got {self.scan_backend!r}")
         if self.ctim_merge not in CHANNEL_MERGES:
             raise ConfigError("ctim_merge", f"must be one of {list(CHANNEL_MERGES)}, got {self.ctim_merge!r}")
+        if self.modality not in MODALITIES:
+            raise ConfigError("modality", f"must be one of {list(MODALITIES)}, got {self.modality!r}")
         self.encoder.validate()
         self.fusion.validate()
 

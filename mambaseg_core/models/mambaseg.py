@@ -37,6 +37,9 @@ class MambaSeg(nn.Module):
         o_b = stages_b[i](x_b);  a_b = out_norms_b[i](o_b);  (f_I, f_E) = fusion[i](a_I, a_E)
         F_i = decoder_proj[i](cat[f_I, f_E]);  x_b = downsamples_b[i](o_b + f_b)
     Since f = a + delta, the next stage sees o + LN(o) + delta (the official double residual).
+
+    config.modality "image_only" / "events_only" replaces the other input by zeros before the encoders: the
+    ablation variants have the fused model's architecture and parameters, and their output depends on one input.
     """
 
     def __init__(self, config: ModelConfig):
@@ -104,9 +107,18 @@ class MambaSeg(nn.Module):
         if image.shape[0] != events.shape[0]:
             raise ValueError(f"image and events batch sizes differ: {image.shape[0]} vs {events.shape[0]}")
 
+    def _select_modality(self, image: torch.Tensor, events: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image, events) as config.modality sees them: the dropped input becomes zeros of its shape."""
+        if self.config.modality == "image_only":
+            return image, torch.zeros_like(events)
+        if self.config.modality == "events_only":
+            return torch.zeros_like(image), events
+        return image, events
+
     def forward_features(self, *, image: torch.Tensor, events: torch.Tensor) -> MambaSegFeatures:
         """Run both encoders and the fusion modules; see MambaSegFeatures for the shapes."""
         self._check_inputs(image, events)
+        image, events = self._select_modality(image, events)
         x_image, x_events = self.image_encoder.stem(image), self.event_encoder.stem(events)
         decoder_inputs, fusion_outputs = [], []
         for i, fusion in enumerate(self.fusion):
