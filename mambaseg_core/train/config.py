@@ -163,6 +163,9 @@ class RuntimeConfig:
     # split that picks "best" until the last evaluation, which scores every split (much cheaper on a CPU).
     eval_splits: Literal["all", "selection"] = "all"
     max_iters: int | None = None
+    # Wall-clock budget of one `Trainer.train` call: the run is shortened to the whole epochs that fit (see
+    # Trainer._fit_to_budget) and stops mid-epoch if it still overruns. None = no budget.
+    max_minutes: float | None = None
     sync_batchnorm: bool = True
 
     def validate(self) -> None:
@@ -170,6 +173,8 @@ class RuntimeConfig:
             raise ConfigError("eval_every_epochs", f"must be >= 0 (0 = off), got {self.eval_every_epochs}")
         if self.max_iters is not None and self.max_iters < 1:
             raise ConfigError("max_iters", f"must be >= 1 or null, got {self.max_iters}")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ConfigError("max_minutes", f"must be > 0 or null, got {self.max_minutes}")
 
 
 @dataclass

@@ -8,7 +8,7 @@ from `warmup_factor` to 1 over `warmup_iters`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -57,3 +57,11 @@ def build_scheduler(
         min_lr_ratio=cfg.min_lr_ratio,
     )
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def set_horizon(scheduler: torch.optim.lr_scheduler.LambdaLR, total_iters: int) -> None:
+    """Move the end of a `build_scheduler` decay to `total_iters` (a run shortened to fit a time budget) and
+    apply the new factor to the current LR at once."""
+    scheduler.lr_lambdas = [replace(factor, total_iters=total_iters) for factor in scheduler.lr_lambdas]
+    for group, base_lr, factor in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base_lr * factor(scheduler.last_epoch)

@@ -6,7 +6,8 @@ global batch, split evenly over the ranks, so N GPUs follow the same recipe as o
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +23,19 @@ from ..models.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from ..models.checkpoint import VERSION as CHECKPOINT_VERSION
 from .checkpoint import capture_rng_state, restore_rng_state, seed_everything
 from .config import TrainConfig
-from .distributed import all_gather_object, get_local_rank, get_rank, get_world_size, is_main_process
+from .distributed import (
+    all_gather_object,
+    broadcast_object,
+    get_local_rank,
+    get_rank,
+    get_world_size,
+    is_main_process,
+)
 from .ema import ModelEma
 from .evaluation import autocast_context
 from .hooks import CheckpointHook, EvalHook, HookBase, ProgressBar, ScalarLogger
 from .sampling import Augment, AugmentedDataset, ResumableDistributedSampler, ShardSampler
-from .schedules import build_scheduler
+from .schedules import build_scheduler, set_horizon
 
 
 def resolve_device(name: str) -> torch.device:
@@ -125,6 +133,9 @@ class Trainer:
 
         self.iteration = 0
         self.epoch = 0
+        self.clock: Callable[[], float] = time.monotonic  # seconds; the runtime.max_minutes budget reads it
+        self._started_at = 0.0  # clock() and iteration when train() began: the budget covers one call
+        self._started_iteration = 0
         self.last_loss = torch.zeros(())
         self.writer: Any = None
         self.hooks: list[HookBase] = []
@@ -195,7 +206,9 @@ class Trainer:
 
     # ----------------------------------------------------------------- the loop
     def train(self) -> None:
-        """Run from `self.iteration` (0, or where `resume` left off) to `max_iter`."""
+        """Run from `self.iteration` (0, or where `resume` left off) to `max_iter`, which a runtime.max_minutes
+        budget shortens at epoch ends (`_fit_to_budget`)."""
+        self._started_at, self._started_iteration = self.clock(), self.iteration
         self._open_run_dir()
         for hook in self.hooks:
             hook.before_train()
@@ -211,7 +224,9 @@ class Trainer:
                     self.iteration += 1
                     for hook in self.hooks:
                         hook.after_step()
+                    self._stop_if_over_budget()
                 if self.iteration % self.iters_per_epoch == 0:
+                    self._fit_to_budget()  # before the hooks, so that the evaluation knows whether this epoch is last
                     for hook in self.hooks:
                         hook.after_epoch()
         finally:
@@ -251,6 +266,48 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(self.model)
         self.last_loss = loss.detach()
+
+    # ----------------------------------------------------------------- wall-clock budget (runtime.max_minutes)
+    def _budget_used_s(self) -> float:
+        """Seconds since this train() call began, by rank 0's clock (so that every rank decides alike)."""
+        return float(broadcast_object(self.clock() - self._started_at))
+
+    def _fit_to_budget(self) -> None:
+        """At an epoch end: keep only the whole epochs that fit in the budget at this call's pace so far.
+
+        The pace is the mean wall time per epoch since train() began, evaluations, checkpoints and start-up
+        included (so the first estimate is pessimistic); half an epoch stays in reserve for the final evaluation
+        of every split. The LR schedule's horizon moves with the end, so its decay still completes. The run is
+        never made longer than schedule.epochs and runtime.max_iters allow.
+        """
+        if self.cfg.runtime.max_minutes is None:
+            return
+        budget, used = 60.0 * self.cfg.runtime.max_minutes, self._budget_used_s()
+        pace = used / max((self.iteration - self._started_iteration) / self.iters_per_epoch, 1e-9)
+        epochs_done = self.iteration // self.iters_per_epoch
+        epochs = min(self.epochs, epochs_done + max(0, int((budget - used) / pace - 0.5)))
+        max_iter = min(self.max_iter, epochs * self.iters_per_epoch)
+        if epochs == self.epochs and max_iter == self.max_iter:
+            return
+        if is_main_process():
+            print(
+                f"time budget: {pace:.1f} s per epoch, {budget - used:.0f} s left of {budget:.0f} s; "
+                f"the run now ends after epoch {epochs} (iteration {max_iter}, was {self.max_iter})",
+                flush=True,
+            )
+        self.epochs, self.max_iter = epochs, max_iter
+        set_horizon(self.scheduler, max_iter)
+
+    def _stop_if_over_budget(self) -> None:
+        """Safety net when an epoch overruns the fitted plan: end the run after this step (the unfinished epoch
+        is not evaluated; model_best.pt stays the best evaluated so far)."""
+        if self.cfg.runtime.max_minutes is None or self.iteration >= self.max_iter:
+            return
+        if self._budget_used_s() < 60.0 * self.cfg.runtime.max_minutes:
+            return
+        if is_main_process():
+            print(f"time budget: {self.cfg.runtime.max_minutes} min used up, stopping at iteration {self.iteration}")
+        self.max_iter = self.iteration
 
     def _open_run_dir(self) -> None:
         if not is_main_process():
