@@ -17,6 +17,7 @@ ALLOWED = {
     "pipeline": {"config", "ops", "events", "models", "data"},
     "train": {"config", "ops", "events", "models", "data", "pipeline"},
     "cli": {"config", "ops", "events", "models", "data", "synthetic", "pipeline", "train"},
+    "bags": {"config", "events", "data", "synthetic", "pipeline"},
 }
 
 
