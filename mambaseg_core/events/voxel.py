@@ -20,62 +20,74 @@ import numba
 import numpy as np
 import torch
 
-_INT32_MIN = np.iinfo(np.int32).min
 
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _accumulate(x, y, t, polarity, bins, height, width, t0, delta, out, marks, scratch):  # pragma: no cover - jit
+    """Add N events into `out` ((B*H*W,) float32, zeroed) with the official rounding and order.
 
-@numba.njit(cache=True, nogil=True)
-def _accumulate(xi, yi, t, positive, bins, height, width, t0, delta, grid_pos, grid_neg):  # pragma: no cover
-    """Add the events into zeroed float32 (B*H*W,) grids V+ (grid_pos) and V- (grid_neg), official rounding.
-
-    The official order per cell is: all left (bin b) terms in event order, then all right (bin b+1) terms.
-    Visiting events grouped by bin in descending bin order (event order inside a group) and adding both terms
-    of an event at once gives every cell exactly that order, in a single pass over the events.
+    marks: (B*H*W,) uint8, bit 0 / bit 1 = the cell gets a positive / negative term; scratch: (2*B*H*W,)
+    float32 V+/V- of the cells that get both. Both are zero on entry and on return, and only the cells the
+    events touch are read or written: the 12 MB of a DSEC grid are not swept besides zeroing `out`.
+    Passes: (1) validate, mark the cells, keep each valid event's slot (2 * left cell + negative) and δ;
+    (2) all left terms (bin b) in event order, then (3) all right terms (bin b+1), the official per-cell order;
+    (4) out = V+ - V- in the mixed cells, clearing marks and scratch.
     """
     n = t.shape[0]
     plane = height * width
+    cells = bins * plane
     scale = bins - 1
-    event_bin = np.full(n, -1, np.int32)
-    count = np.zeros(bins, np.int64)
+    slot = np.empty(n, np.int64)
+    right_weight = np.empty(n, np.float64)
+    valid = 0
     for i in range(n):
-        x, y = xi[i], yi[i]
-        if x < 0 or x >= width or y < 0 or y >= height:
-            continue
+        xv, yv = x[i], y[i]
         tau = (scale * (t[i] - t0)) / delta
-        if tau >= 0.0 and tau < bins:
-            event_bin[i] = int(tau)
-            count[int(tau)] += 1
-    slot = np.zeros(bins, np.int64)  # counting sort: bin B-1 first, stable inside a bin
-    total = 0
-    for b in range(bins - 1, -1, -1):
-        slot[b] = total
-        total += count[b]
-    order = np.empty(total, np.int64)
-    for i in range(n):
-        b = event_bin[i]
-        if b >= 0:
-            order[slot[b]] = i
-            slot[b] += 1
-    for k in range(total):
-        i = order[k]
-        b = event_bin[i]
-        tau = (scale * (t[i] - t0)) / delta
-        grid = grid_pos if positive[i] else grid_neg
-        index = b * plane + yi[i] * width + xi[i]
-        grid[index] = np.float32(np.float64(grid[index]) + (1.0 - (tau - b)))  # float64 add, float32 round
-        if b + 1 < bins:
-            grid[index + plane] = np.float32(np.float64(grid[index + plane]) + (tau - b))
+        # -1 < v < W  <=>  0 <= trunc(v) < W, and false for NaN/inf (integer v: 0 <= v < W)
+        if xv > -1 and xv < width and yv > -1 and yv < height and tau >= 0.0 and tau < bins:
+            b = int(tau)
+            negative = polarity[i] != 1
+            left = b * plane + int(yv) * width + int(xv)
+            marks[left] |= 1 + negative
+            if left + plane < cells:
+                marks[left + plane] |= 1 + negative
+            slot[valid] = 2 * left + negative
+            right_weight[valid] = tau - b
+            valid += 1
+    for right in range(2):  # all left terms (bin b) in event order, then all right terms (bin b+1)
+        for j in range(valid):
+            k = slot[j] + 2 * plane * right
+            cell = k >> 1
+            if cell >= cells:
+                continue  # no right term in the last bin
+            weight = right_weight[j] if right else 1.0 - right_weight[j]
+            # float64 sum rounded to float32, as np.add.at on a float32 grid does. A cell of one polarity sums
+            # ±weight straight into out: round-to-nearest is symmetric, so it holds exactly V+ or -V-.
+            if marks[cell] == 3:
+                scratch[k] = np.float32(np.float64(scratch[k]) + weight)
+            else:
+                out[cell] = np.float32(np.float64(out[cell]) + (-weight if k & 1 else weight))
+    for j in range(valid):
+        left = slot[j] >> 1
+        for c in (left, left + plane):
+            if c < cells:
+                if marks[c] == 3:
+                    out[c] = scratch[2 * c] - scratch[2 * c + 1]
+                    scratch[2 * c] = 0.0
+                    scratch[2 * c + 1] = 0.0
+                marks[c] = 0
 
 
-_grids_per_thread = threading.local()
+_work_per_thread = threading.local()
 
 
-def _zeroed_grids(size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-thread V+/V- buffers reused across calls (2 x B*H*W float32; zeroed again after each use)."""
-    grids = getattr(_grids_per_thread, "grids", None)
-    if grids is None or grids[0].size != size:
-        grids = (np.zeros(size, np.float32), np.zeros(size, np.float32))
-        _grids_per_thread.grids = grids
-    return grids
+def _clean_work_buffers(cells: int) -> tuple[np.ndarray, np.ndarray]:
+    """This thread's (cells,) uint8 marks and (2 * cells,) float32 scratch, all zero (the kernel leaves them
+    so). Mostly untouched between calls, so little of the 27 MB (DSEC) becomes resident."""
+    buffers = getattr(_work_per_thread, "buffers", None)
+    if buffers is None or buffers[0].size != cells:
+        buffers = (np.zeros(cells, np.uint8), np.zeros(2 * cells, np.float32))
+        _work_per_thread.buffers = buffers
+    return buffers
 
 
 def _check_shape(bins: int, height: int, width: int) -> None:
@@ -84,18 +96,18 @@ def _check_shape(bins: int, height: int, width: int) -> None:
             raise ValueError(f"voxel_grid {name} must be a positive integer, got {value!r}")
 
 
-def _coordinate_as_int32(values: np.ndarray, name: str) -> np.ndarray:
-    """Truncate toward zero like `astype(np.int32)`; NaN/overflow become INT32_MIN (dropped as out of frame)."""
+def _coordinate_for_kernel(values: np.ndarray, name: str) -> np.ndarray:
+    """float32/float64/int32/uint16 pass through (the kernel truncates toward zero, dropping NaN and
+    out-of-range values); other integers wrap to int32 like `astype(np.int32)`, other floats widen."""
     values = np.asarray(values)
     if values.ndim != 1:
         raise ValueError(f"voxel_grid {name} must be 1-D, got shape {values.shape}")
+    if values.dtype in (np.float32, np.float64, np.int32, np.uint16):
+        return values
     if values.dtype.kind == "f":
-        out = np.full(values.shape, _INT32_MIN, np.int32)
-        finite = np.abs(values) < 2**31
-        out[finite] = values[finite].astype(np.int32)
-        return out
+        return values.astype(np.float64)
     if values.dtype.kind in "iub":
-        return values.astype(np.int32, copy=False)
+        return values.astype(np.int32)
     raise TypeError(f"voxel_grid {name} must be integer or float, got {values.dtype}")
 
 
@@ -114,48 +126,71 @@ def _time_as_arithmetic(t: np.ndarray) -> np.ndarray:
     raise TypeError(f"voxel_grid t must be integer or float, got {t.dtype}")
 
 
+def _check_out(out: np.ndarray, bins: int, height: int, width: int) -> None:
+    if not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.shape != (bins, height, width):
+        got = f"{out.dtype} {out.shape}" if isinstance(out, np.ndarray) else type(out).__name__
+        raise ValueError(f"voxel_grid out must be a float32 ({bins}, {height}, {width}) array, got {got}")
+    if not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError("voxel_grid out must be C-contiguous and writeable")
+
+
 def voxel_grid(
-    x: np.ndarray, y: np.ndarray, t: np.ndarray, p: np.ndarray, *, bins: int, height: int, width: int
+    x: np.ndarray,
+    y: np.ndarray,
+    t: np.ndarray,
+    p: np.ndarray,
+    *,
+    bins: int,
+    height: int,
+    width: int,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Voxel grid of N events → float32 (bins, height, width), bit-identical to the official loader's.
 
     x, y: (N,) int or float (rectified) pixel coordinates; t: (N,) any integer or float time unit (only
     differences matter); p: (N,) polarity, 1 positive, anything else negative. Inputs are not modified.
-    Single-threaded numba kernel that releases the GIL; each calling thread keeps two B*H*W float32 scratch
-    grids (24 MB for DSEC) between calls.
+    out: optional float32 (bins, height, width) C-contiguous array to overwrite and return (a caller-owned
+    grid, e.g. pinned memory for the upload); without it a fresh zeroed grid is returned.
+    Single-threaded numba kernel that releases the GIL; each calling thread keeps B*H*W uint8 marks and a
+    2*B*H*W float32 scratch grid (27 MB of address space for DSEC, mostly never touched) between calls.
     """
     _check_shape(bins, height, width)
     n = len(t)
     if not len(x) == len(y) == len(p) == n:
         raise ValueError(f"voxel_grid inputs differ in length: x {len(x)}, y {len(y)}, t {n}, p {len(p)}")
-    size = bins * height * width
+    if out is None:
+        out = np.zeros((bins, height, width), np.float32)
+    else:
+        _check_out(out, bins, height, width)
+        out.fill(0.0)
     if n == 0:
-        return np.zeros((bins, height, width), np.float32)
+        return out
     times = _time_as_arithmetic(t)
     delta = float(times[-1] - times[0])
     if delta == 0.0:
         delta = 1.0
-    positive = np.asarray(p) == 1
-    grid_pos, grid_neg = _zeroed_grids(size)
+    p = np.asarray(p)
+    polarity = p if p.dtype == np.uint8 else (p == 1).view(np.uint8)  # the kernel tests == 1
+    marks, scratch = _clean_work_buffers(out.size)
     try:
         _accumulate(
-            _coordinate_as_int32(x, "x"),
-            _coordinate_as_int32(y, "y"),
+            _coordinate_for_kernel(x, "x"),
+            _coordinate_for_kernel(y, "y"),
             times,
-            positive,
+            polarity,
             bins,
             height,
             width,
             times[0],
             delta,
-            grid_pos,
-            grid_neg,
+            out.reshape(-1),
+            marks,
+            scratch,
         )
-        grid = np.subtract(grid_pos, grid_neg)
-    finally:
-        grid_pos.fill(0.0)
-        grid_neg.fill(0.0)
-    return grid.reshape(bins, height, width)
+    except BaseException:
+        _work_per_thread.buffers = None  # interrupted mid-way: the buffers may not be zero any more
+        raise
+    return out
 
 
 def voxel_grid_torch(
