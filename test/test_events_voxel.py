@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from mambaseg_core.events import crop_bottom, voxel_grid, voxel_grid_torch
+from mambaseg_core.events import voxel as voxel_module
 
 
 def literal_voxel_grid(x, y, t, p, bins: int, height: int, width: int) -> np.ndarray:
@@ -96,6 +97,61 @@ def test_bit_exact_on_unsorted_float_times_and_signed_polarity() -> None:
     ours = voxel_grid(x, y, t, p, bins=bins, height=height, width=width)
     assert_bit_exact(ours, literal_voxel_grid(x, y, t, p, bins, height, width))
     assert_bit_exact(ours, add_at_voxel_grid(x, y, t, p, bins, height, width))
+
+
+@pytest.mark.parametrize(
+    "coord_dtype, time_dtype, polarity",
+    [
+        (np.uint16, np.int64, "01"),  # EventBatch
+        (np.int32, np.uint32, "signed"),
+        (np.int64, np.float32, "bool"),
+        (np.float64, np.float64, "01"),
+        (np.float16, np.int16, "float"),
+    ],
+)
+def test_bit_exact_for_each_input_dtype(coord_dtype, time_dtype, polarity: str) -> None:
+    rng = np.random.default_rng(11)
+    n, bins, height, width = 3000, 6, 7, 9
+    kind = np.dtype(coord_dtype).kind
+    x = rng.uniform(-1.5, width + 1, n) if kind == "f" else rng.integers(0, width + 2, n)
+    y = rng.uniform(-1.5, height + 1, n) if kind == "f" else rng.integers(0, height + 2, n)
+    x, y = x.astype(coord_dtype), y.astype(coord_dtype)
+    t = np.sort(rng.integers(0, 3000, n)).astype(time_dtype)
+    on = rng.integers(0, 2, n).astype(bool)
+    p = {"01": on.astype(np.uint8), "signed": np.where(on, 1, -1), "bool": on, "float": on.astype(np.float32)}[polarity]
+    ours = voxel_grid(x, y, t, p, bins=bins, height=height, width=width)
+    assert_bit_exact(ours, literal_voxel_grid(x, y, t, p, bins, height, width))
+
+
+def test_full_size_grid_with_dense_mixed_cells() -> None:
+    """DSEC size (10x480x640): 100k events on a 24x24 patch, so most cells get both polarities."""
+    rng = np.random.default_rng(5)
+    n = 100_000
+    x = rng.uniform(300, 324, n).astype(np.float32)
+    y = rng.uniform(200, 224, n).astype(np.float32)
+    t = np.sort(rng.integers(0, 50_000, n))
+    p = rng.integers(0, 2, n).astype(np.uint8)
+    ours = voxel_grid(x, y, t, p, bins=10, height=480, width=640)
+    assert_bit_exact(ours, add_at_voxel_grid(x, y, t, p, 10, 480, 640))
+
+
+def test_out_buffer_is_overwritten_and_work_buffers_stay_zero() -> None:
+    rng = np.random.default_rng(9)
+    out = np.full((4, 6, 5), 7.0, np.float32)  # stale content must not leak into the result
+    for seed_events in range(3):  # repeated calls on one thread reuse its marks/scratch buffers
+        x, y, t, p = random_events(rng, 400 + 100 * seed_events, 6, 5, rectified=True)
+        got = voxel_grid(x, y, t, p, bins=4, height=6, width=5, out=out)
+        assert got is out
+        assert_bit_exact(out, literal_voxel_grid(x, y, t, p, 4, 6, 5))
+        marks, scratch = voxel_module._work_per_thread.buffers  # the kernel's invariant: zero between calls
+        assert not marks.any() and not scratch.any()
+    for bad in (
+        np.zeros((4, 6, 5), np.float64),
+        np.zeros((4, 5, 6), np.float32),
+        np.zeros((4, 6, 10), np.float32)[..., ::2],
+    ):
+        with pytest.raises(ValueError, match="out must be"):
+            voxel_grid(x, y, t, p, bins=4, height=6, width=5, out=bad)
 
 
 def test_rectified_negative_fraction_kept_and_out_of_frame_dropped() -> None:
