@@ -53,6 +53,7 @@ CONSOLE_SCRIPTS = [
     "mambaseg-check-data = mambaseg_core.cli.check_data:main",
     "mambaseg-make-fixtures = mambaseg_core.cli.make_fixtures:main",
     "mambaseg-simulate-events = mambaseg_core.cli.simulate_events:main",
+    "mambaseg-bag = mambaseg_ros.bag_cli:main",
 ]
 
 

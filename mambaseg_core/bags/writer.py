@@ -30,13 +30,13 @@ STORAGES = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
 _UNSET = QosTime(0, 0)  # rosbag2's "infinite"/default for deadline, lifespan and lease duration
 
 
-def qos_profile(depth: int = 10, reliable: bool = True) -> Qos:
-    """A KEEP_LAST, VOLATILE offered QoS profile (what a driver publisher offers)."""
+def qos_profile(depth: int = 10, reliable: bool = True, transient_local: bool = False) -> Qos:
+    """A KEEP_LAST offered QoS profile (VOLATILE unless `transient_local`), as a driver's publisher offers."""
     return Qos(
         history=QosHistory.KEEP_LAST,
         depth=depth,
         reliability=QosReliability.RELIABLE if reliable else QosReliability.BEST_EFFORT,
-        durability=QosDurability.VOLATILE,
+        durability=QosDurability.TRANSIENT_LOCAL if transient_local else QosDurability.VOLATILE,
         deadline=_UNSET,
         lifespan=_UNSET,
         liveliness=QosLiveliness.AUTOMATIC,
