@@ -12,9 +12,10 @@ Semantics follow the ROS driver's decoder (ros-event-camera/event_camera_codecs)
 
 Output times are unwrapped sensor µs (int64) starting from the first TIME_HIGH's 24-bit value.
 
-Two decoders produce identical batches: a vectorised numpy one (the reference, always available) and the PyPI
-`evt3` package (Rust, ~5x faster), used for a packet only when its semantics provably agree with the reference
-on that packet (see `_Evt3PackagePath`).
+Two decoders produce identical batches: a numba kernel (the default: one pass over the words, branch-light
+vector groups) and a vectorised numpy one (the slow, obvious reference the tests compare it with). The PyPI
+`evt3` package (Metavision semantics: a TIME_HIGH clears TIME_LOW, another rollover rule) is slower than the
+kernel on one core and serves only as an independent oracle in the tests.
 """
 
 from __future__ import annotations
@@ -27,22 +28,19 @@ import numpy as np
 from mambaseg_core.events.batch import EventBatch
 from mambaseg_core.events.buffers import as_byte_array
 
-try:  # optional fast path
-    import evt3 as _evt3_package
-except ImportError:  # pragma: no cover - the package is pinned in constraints.txt
-    _evt3_package = None
-
 # Word codes (bits 15..12).
 ADDR_Y, ADDR_X, VECT_BASE_X, VECT_12, VECT_8 = 0x0, 0x2, 0x3, 0x4, 0x5
 TIME_LOW, CONTINUED_4, TIME_HIGH, EXT_TRIGGER = 0x6, 0x7, 0x8, 0xA
 OTHERS, CONTINUED_12 = 0xE, 0xF
 
 ROLLOVER_TOLERANCE = 10  # TIME_HIGH units (4096 µs); same constant as event_camera_codecs
-_PACKAGE_ROLLOVER_MIN_DROP = 4085  # the evt3 package's (Metavision's) rule: MAX_TIMESTAMP_BASE - 10 periods
 _MAX_COORD = (1 << 11) - 1
 
 _POPCOUNT12 = np.array([bin(i).count("1") for i in range(1 << 12)], np.int64)
 _BIT_INDEX = np.arange(12, dtype=np.uint16)
+_LOWEST_BIT = np.array([(i & -i).bit_length() - 1 for i in range(1 << 12)], np.int64)  # of i > 0
+_NO_LIMIT = 1 << 16  # width/height bound that keeps every uint16 coordinate
+_SKIPPED_CODES = (CONTINUED_4, EXT_TRIGGER, OTHERS, CONTINUED_12)
 
 
 @dataclass
@@ -55,8 +53,6 @@ class Evt3Stats:
     unknown_codes: int = 0  # words with a code EVT3 does not define (skipped)
     out_of_sensor: int = 0  # events dropped because x >= width or y >= height
     time_wraps: int = 0  # 24-bit rollovers detected
-    fast_path_packets: int = 0  # packets decoded by the evt3 package
-    reference_packets: int = 0  # packets decoded by the numpy reference
 
 
 @dataclass
@@ -71,7 +67,6 @@ class _ClockState:
     y: int = 0
     base_x: int = 0  # vector base x (unbounded: VECT_12/VECT_8 advance it past 2047 on bad streams)
     polarity: int = 0
-    time_low_pending: bool = False  # a TIME_HIGH came after the last TIME_LOW
 
     @property
     def high_full(self) -> int:
@@ -79,46 +74,80 @@ class _ClockState:
 
 
 @numba.njit(cache=True, nogil=True)
-def _scan_words(words, wraps, high_raw, low, y, base_x, polarity, time_low_pending):  # pragma: no cover - jit
-    """One pass over a packet: skip/unknown counts, the end-of-packet state, and whether the evt3 package
-    would decode it exactly like the reference (see `_Evt3PackagePath`).
-
-    Returns (skipped, unknown, package_safe, wraps, high_raw, low, y, base_x, polarity, time_low_pending).
-    """
-    skipped = 0
-    unknown = 0
-    package_safe = True
+def _count_events(words):  # pragma: no cover - jit
+    """CD events encoded in `words` (before out-of-sensor drops): one per ADDR_X, one per VECT_12/VECT_8 mask bit."""
+    count = 0
     for i in range(words.shape[0]):
         code = words[i] >> 12
-        value = words[i] & 0xFFF
-        if code in (ADDR_X, VECT_12, VECT_8):
-            if time_low_pending:
-                package_safe = False  # the package would stamp this event with TIME_LOW = 0
-            if code == VECT_12:
-                base_x += 12
-            elif code == VECT_8:
-                base_x += 8
+        if code == ADDR_X:
+            count += 1
+        elif code == VECT_12:
+            count += _POPCOUNT12[words[i] & 0xFFF]
+        elif code == VECT_8:
+            count += _POPCOUNT12[words[i] & 0xFF]
+    return count
+
+
+@numba.njit(cache=True, nogil=True)
+def _decode_words_numba(words, wraps, high_raw, low, y, base_x, polarity, width, height):  # pragma: no cover - jit
+    """Decode words after the clock became valid, given the state at the packet start (a counting pass, then
+    one decoding pass).
+
+    Events outside width x height are dropped and counted. Vector words visit only their set mask bits
+    (lowest-bit table); each event is written, and kept by advancing the output index only when inside.
+    Returns (x, y, t, p, skipped, unknown, out_of_sensor, wraps, high_raw, low, y, base_x, polarity).
+    """
+    capacity = _count_events(words)
+    xs = np.empty(capacity, np.uint16)
+    ys = np.empty(capacity, np.uint16)
+    ts = np.empty(capacity, np.int64)
+    ps = np.empty(capacity, np.uint8)
+    n = 0
+    skipped = 0
+    unknown = 0
+    candidates = 0
+    time = (wraps << 24) | (high_raw << 12) | low
+    y_inside = y < height
+    for i in range(words.shape[0]):
+        code = words[i] >> 12
+        value = np.int64(words[i] & 0xFFF)
+        if code == ADDR_X:
+            x = value & _MAX_COORD
+            xs[n], ys[n], ts[n], ps[n] = x, y, time, value >> 11
+            candidates += 1
+            n += y_inside & (x < width)
+        elif code in (VECT_12, VECT_8):
+            mask = value if code == VECT_12 else value & 0xFF
+            if y_inside:
+                while mask:
+                    k = _LOWEST_BIT[mask]
+                    x = (base_x + k) & 0xFFFF
+                    xs[n], ys[n], ts[n], ps[n] = x, y, time, polarity
+                    candidates += 1
+                    n += x < width
+                    mask &= mask - 1
+            else:
+                candidates += _POPCOUNT12[mask]
+            base_x += 12 if code == VECT_12 else 8
         elif code == ADDR_Y:
             y = value & _MAX_COORD
+            y_inside = y < height
         elif code == VECT_BASE_X:
             base_x = value & _MAX_COORD
             polarity = value >> 11
         elif code == TIME_LOW:
             low = value
-            time_low_pending = False
+            time = (wraps << 24) | (high_raw << 12) | low
         elif code == TIME_HIGH:
-            drop = high_raw - value
-            if drop > ROLLOVER_TOLERANCE:
+            if high_raw - value > ROLLOVER_TOLERANCE:
                 wraps += 1
-                if drop < _PACKAGE_ROLLOVER_MIN_DROP:
-                    package_safe = False  # the package would not count this rollover
             high_raw = value
-            time_low_pending = True
-        elif code in (CONTINUED_4, EXT_TRIGGER, OTHERS, CONTINUED_12):
+            time = (wraps << 24) | (high_raw << 12) | low
+        elif code in _SKIPPED_CODES:
             skipped += 1
         else:
             unknown += 1
-    return skipped, unknown, package_safe, wraps, high_raw, low, y, base_x, polarity, time_low_pending
+    return (xs[:n], ys[:n], ts[:n], ps[:n], skipped, unknown, candidates - n, wraps, high_raw, low, y, base_x, polarity)
 
 
 def _forward_fill(positions: np.ndarray, values: np.ndarray, initial: int, queries: np.ndarray) -> np.ndarray:
@@ -142,18 +171,18 @@ class Evt3Decoder:
     """Stateful EVT3 decoder: feed packets in stream order, get an `EventBatch` per packet.
 
     width/height: sensor size; when given, events with x >= width or y >= height are dropped and counted.
-    backend: "auto" (the evt3 package where it agrees with the reference, numpy elsewhere) or "numpy".
+    backend: "numba" (the fast kernel) or "numpy" (the vectorised reference); both give identical batches.
     A packet may end in the middle of a 16-bit word: the odd byte is carried into the next packet.
     """
 
-    def __init__(self, width: int | None = None, height: int | None = None, *, backend: str = "auto") -> None:
-        if backend not in ("auto", "numpy"):
-            raise ValueError(f"Evt3Decoder backend must be 'auto' or 'numpy', got {backend!r}")
+    def __init__(self, width: int | None = None, height: int | None = None, *, backend: str = "numba") -> None:
+        if backend not in ("numba", "numpy"):
+            raise ValueError(f"Evt3Decoder backend must be 'numba' or 'numpy', got {backend!r}")
         for name, value in (("width", width), ("height", height)):
             if value is not None and not 0 < value <= 1 << 16:
                 raise ValueError(f"Evt3Decoder {name} must be in 1..65536, got {value}")
         self.width, self.height = width, height
-        self._fast = _Evt3PackagePath() if backend == "auto" and _evt3_package is not None else None
+        self.backend = backend
         self.reset()
 
     def reset(self) -> None:
@@ -161,8 +190,6 @@ class Evt3Decoder:
         self.stats = Evt3Stats()
         self._state = _ClockState()
         self._carry = np.empty(0, np.uint8)
-        if self._fast is not None:
-            self._fast.invalidate()
 
     def decode(self, data: bytes | bytearray | memoryview | np.ndarray) -> EventBatch:
         """Decode one packet (any byte count) → the CD events it completes, in stream order."""
@@ -180,26 +207,21 @@ class Evt3Decoder:
         if words.size == 0:
             return EventBatch.empty()
 
-        start_state = replace(self._state)
         s = self._state
-        skipped, unknown, package_safe, *end = _scan_words(
-            words, s.wraps, s.high_raw, s.low, s.y, s.base_x, s.polarity, s.time_low_pending
-        )
-        s.wraps, s.high_raw, s.low, s.y, s.base_x, s.polarity = (int(v) for v in end[:-1])
-        s.time_low_pending = bool(end[-1])
+        if self.backend == "numba":
+            x, y, t, p, skipped, unknown, dropped, *end = _decode_words_numba(
+                words, s.wraps, s.high_raw, s.low, s.y, s.base_x, s.polarity,
+                self.width or _NO_LIMIT, self.height or _NO_LIMIT,
+            )  # fmt: skip
+            batch = EventBatch(x, y, t, p)
+            s.wraps, s.high_raw, s.low, s.y, s.base_x, s.polarity = (int(v) for v in end)
+        else:
+            batch, self._state, skipped, unknown = _decode_words_numpy(words, s)
+            batch, dropped = self._drop_out_of_sensor(batch)
         self.stats.skipped_words += int(skipped)
         self.stats.unknown_codes += int(unknown)
-        self.stats.time_wraps = s.wraps
-
-        batch = self._fast.decode(words, start_state) if self._fast is not None and package_safe else None
-        if batch is None:
-            batch = _decode_words_numpy(words, start_state)
-            self.stats.reference_packets += 1
-            if self._fast is not None:
-                self._fast.invalidate()
-        else:
-            self.stats.fast_path_packets += 1
-        batch = self._drop_out_of_sensor(batch)
+        self.stats.out_of_sensor += int(dropped)
+        self.stats.time_wraps = self._state.wraps
         self.stats.events += len(batch)
         return batch
 
@@ -220,23 +242,18 @@ class Evt3Decoder:
                     return int(i) + 1
         return len(words)
 
-    def _drop_out_of_sensor(self, batch: EventBatch) -> EventBatch:
-        if self.width is None and self.height is None:
-            return batch
-        inside = np.ones(len(batch), bool)
-        if self.width is not None:
-            inside &= batch.x < self.width
-        if self.height is not None:
-            inside &= batch.y < self.height
+    def _drop_out_of_sensor(self, batch: EventBatch) -> tuple[EventBatch, int]:
+        """(the events inside the sensor, how many were dropped)."""
+        inside = (batch.x < (self.width or _NO_LIMIT)) & (batch.y < (self.height or _NO_LIMIT))
         dropped = len(batch) - int(np.count_nonzero(inside))
-        if dropped == 0:
-            return batch
-        self.stats.out_of_sensor += dropped
-        return batch[inside]
+        return (batch[inside] if dropped else batch), dropped
 
 
-def _decode_words_numpy(words: np.ndarray, state: _ClockState) -> EventBatch:
-    """Reference decoder for words after the clock became valid, given the state at the packet start."""
+def _decode_words_numpy(words: np.ndarray, state: _ClockState) -> tuple[EventBatch, _ClockState, int, int]:
+    """Reference decoder for words after the clock became valid, given the state at the packet start.
+
+    Returns (events, state at the packet end, skipped words, words with unknown codes).
+    """
     codes = words >> 12
     payload = (words & 0xFFF).astype(np.int64)
     pos = {c: np.flatnonzero(codes == c) for c in (ADDR_Y, VECT_BASE_X, TIME_LOW, TIME_HIGH)}
@@ -278,55 +295,27 @@ def _decode_words_numpy(words: np.ndarray, state: _ClockState) -> EventBatch:
         offset[is_vector[row]] = np.nonzero(bits)[1]
     x = (base[row] + offset) & 0xFFFF
     t = high[row] | low[row]
-    return EventBatch(x.astype(np.uint16), y[row].astype(np.uint16), t, polarity[row].astype(np.uint8))
+    batch = EventBatch(x.astype(np.uint16), y[row].astype(np.uint16), t, polarity[row].astype(np.uint8))
 
+    def last(code: int, default: int) -> int:
+        return int(payload[pos[code][-1]]) if pos[code].size else default
 
-class _Evt3PackagePath:
-    """The PyPI `evt3` decoder, used only on packets where its semantics equal the reference's.
-
-    It differs from event_camera_codecs in three ways; `_scan_words` flags packets where one matters (those go
-    to the numpy reference, and the package is re-primed afterwards):
-    - a TIME_HIGH clears TIME_LOW: matters only for an event word between a TIME_HIGH and the next TIME_LOW;
-    - rollover only when TIME_HIGH drops by >= 4085 units (we: > 10): matters for drops in 11..4084;
-    - it starts at the first TIME_HIGH: we prime it with synthetic clock/y/base-x words instead.
-    Its times count rollovers since priming, so `_offset` adds ours at priming time.
-    """
-
-    def __init__(self) -> None:
-        self.invalidate()
-
-    def invalidate(self) -> None:
-        self._decoder = None
-        self._offset = 0
-
-    def decode(self, words: np.ndarray, state: _ClockState) -> EventBatch | None:
-        """Events of `words` given the state at their start, or None where the package cannot be primed."""
-        if self._decoder is None and not self._prime(state):
-            return None
-        assert self._decoder is not None
-        events = self._decoder.feed(words.tobytes())
-        t = events.t.view(np.int64)
-        if self._offset:
-            t = t + self._offset
-        return EventBatch(events.x, events.y, t, events.p)
-
-    def _prime(self, state: _ClockState) -> bool:
-        if state.base_x > _MAX_COORD:
-            return False  # VECT_BASE_X cannot express it
-        decoder = _evt3_package.Decoder(sensor_width=1 << 16, sensor_height=1 << 16)
-        prime = np.array(
-            [
-                (TIME_HIGH << 12) | state.high_raw,
-                (TIME_LOW << 12) | state.low,
-                (ADDR_Y << 12) | state.y,
-                (VECT_BASE_X << 12) | (state.polarity << 11) | state.base_x,
-            ],
-            "<u2",
-        )
-        decoder.feed(prime.tobytes())
-        self._decoder = decoder
-        self._offset = state.wraps << 24
-        return True
+    if base_pos.size:  # vector base x after the packet: the last VECT_BASE_X plus the vector words since it
+        base_x = int(payload[base_pos[-1]] & _MAX_COORD) + int(done_before[-1] - done_before[vectors_before_base[-1]])
+    else:
+        base_x = state.base_x + int(done_before[-1])
+    end = replace(
+        state,
+        wraps=int(high_times[-1] >> 24) if high_times.size else state.wraps,
+        high_raw=last(TIME_HIGH, state.high_raw),
+        low=last(TIME_LOW, state.low),
+        y=last(ADDR_Y, state.y) & _MAX_COORD,
+        base_x=base_x,
+        polarity=int(payload[base_pos[-1]] >> 11) if base_pos.size else state.polarity,
+    )
+    skipped = int(np.isin(codes, _SKIPPED_CODES).sum())
+    known = (ADDR_Y, ADDR_X, VECT_BASE_X, VECT_12, VECT_8, TIME_LOW, TIME_HIGH, *_SKIPPED_CODES)
+    return batch, end, skipped, int(codes.size - np.isin(codes, known).sum())
 
 
 def _word(code: int, payload: np.ndarray | int) -> np.ndarray:
