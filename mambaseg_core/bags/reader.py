@@ -139,9 +139,13 @@ class BagReader:
         if topics[topic] != msgtype:
             raise BagError(f"{self.path}: topic {topic!r} is {topics[topic]}, expected {msgtype}")
 
-    def records(self, image_topics: Sequence[str] = (), event_topics: Sequence[str] = ()) -> Iterator[BagRecord]:
-        """Every message in log-time order; those on `image_topics` / `event_topics` decoded (a generator)."""
-        for connection, log_time, data in self._reader.messages():
+    def records(
+        self, image_topics: Sequence[str] = (), event_topics: Sequence[str] = (), *, only: Sequence[str] | None = None
+    ) -> Iterator[BagRecord]:
+        """Every message (of the topics `only`, if given) in log-time order; those on `image_topics` /
+        `event_topics` decoded. A generator."""
+        connections = self._reader.connections if only is None else [c for c in self.connections if c.topic in only]
+        for connection, log_time, data in self._reader.messages(connections):
             decoded = None
             if connection.topic in image_topics or connection.topic in event_topics:
                 decoded = self._decode(connection, log_time, data, connection.topic in image_topics)

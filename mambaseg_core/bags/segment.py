@@ -50,7 +50,7 @@ class SegmentReport:
     images: int = 0
     masks: int = 0
     skipped_no_events: int = 0  # Segmenter policy missing_events=skip
-    late_events: int = 0  # segmented before the event stream reached the image stamp
+    late_events: int = 0  # segmented after max_event_wait_ms without the event stream reaching the image stamp
     rejected_images: int = 0  # wrong size for the model / sensor_size
     event_packets: int = 0
     events: int = 0
@@ -179,7 +179,7 @@ class _Run:
             if not (complete or timed_out):
                 return
             self.pending.popleft()
-            if not complete:
+            if not complete and now_ns is not None:  # at the end of the bag no more events can come
                 self.report.late_events += 1
             self._segment(image)
 
