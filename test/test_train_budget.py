@@ -17,25 +17,30 @@ SECONDS_PER_STEP = 5.0
 
 
 class FakeClock(HookBase):
-    """The trainer's clock: every optimiser step takes SECONDS_PER_STEP, everything else takes no time."""
+    """The trainer's clock: start-up (before the first step) takes `startup_s`, every optimiser step takes
+    SECONDS_PER_STEP, everything else takes no time."""
 
-    def __init__(self) -> None:
+    def __init__(self, startup_s: float = 0.0) -> None:
         self.now = 1000.0
+        self.startup_s = startup_s
 
     def __call__(self) -> float:
         return self.now
+
+    def before_train(self) -> None:
+        self.now += self.startup_s
 
     def after_step(self) -> None:
         self.now += SECONDS_PER_STEP
 
 
-def budget_trainer(tmp_path, max_minutes: float, epochs: int = 20) -> Trainer:
+def budget_trainer(tmp_path, max_minutes: float, epochs: int = 20, startup_s: float = 0.0) -> Trainer:
     cfg = tiny_config(
         tmp_path / "run",
         schedule={"epochs": epochs, "policy": "cosine", "min_lr_ratio": 0.1},
         runtime={"max_minutes": max_minutes},
     )
-    clock = FakeClock()
+    clock = FakeClock(startup_s)
     torch.manual_seed(0)
     trainer = Trainer(
         cfg, TinySegNet(), BlobDataset(16, seed=1), {"test": BlobDataset(8, seed=2)}, DDD17.names, DDD17.palette,
@@ -57,6 +62,15 @@ def test_whole_epochs_fit_and_the_lr_decay_completes(tmp_path):
     summary = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert [record["epoch"] for record in summary["history"]] == [1, 2]
     assert (tmp_path / "run" / "model_best.pt").is_file()
+
+
+def test_start_up_time_does_not_count_as_pace(tmp_path):
+    # 40 s of start-up, then 20 s epochs, in 120 s: three epochs fit (100 s); a pace that counted the start-up
+    # (60 s for the first epoch) would plan a single epoch.
+    trainer = budget_trainer(tmp_path, max_minutes=2.0, startup_s=40.0)
+    trainer.train()
+    print(f"stopped at iteration {trainer.iteration} after {trainer.epochs} epochs")
+    assert (trainer.iteration, trainer.epochs) == (12, 3)
 
 
 def test_an_ample_budget_neither_shortens_nor_lengthens_the_run(tmp_path):

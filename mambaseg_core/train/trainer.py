@@ -134,8 +134,8 @@ class Trainer:
         self.iteration = 0
         self.epoch = 0
         self.clock: Callable[[], float] = time.monotonic  # seconds; the runtime.max_minutes budget reads it
-        self._started_at = 0.0  # clock() and iteration when train() began: the budget covers one call
-        self._started_iteration = 0
+        self._started_at = 0.0  # clock() when train() began: the budget covers one call
+        self._pace_mark: tuple[float, int] | None = None  # (clock(), iteration) after this call's first step
         self.last_loss = torch.zeros(())
         self.writer: Any = None
         self.hooks: list[HookBase] = []
@@ -207,8 +207,8 @@ class Trainer:
     # ----------------------------------------------------------------- the loop
     def train(self) -> None:
         """Run from `self.iteration` (0, or where `resume` left off) to `max_iter`, which a runtime.max_minutes
-        budget shortens at epoch ends (`_fit_to_budget`)."""
-        self._started_at, self._started_iteration = self.clock(), self.iteration
+        budget re-plans at every epoch end (`_fit_to_budget`)."""
+        self._started_at, self._pace_mark = self.clock(), None
         self._open_run_dir()
         for hook in self.hooks:
             hook.before_train()
@@ -224,7 +224,7 @@ class Trainer:
                     self.iteration += 1
                     for hook in self.hooks:
                         hook.after_step()
-                    self._stop_if_over_budget()
+                    self._check_budget_after_step()
                 if self.iteration % self.iters_per_epoch == 0:
                     self._fit_to_budget()  # before the hooks, so that the evaluation knows whether this epoch is last
                     for hook in self.hooks:
@@ -268,46 +268,53 @@ class Trainer:
         self.last_loss = loss.detach()
 
     # ----------------------------------------------------------------- wall-clock budget (runtime.max_minutes)
-    def _budget_used_s(self) -> float:
-        """Seconds since this train() call began, by rank 0's clock (so that every rank decides alike)."""
-        return float(broadcast_object(self.clock() - self._started_at))
-
     def _fit_to_budget(self) -> None:
-        """At an epoch end: keep only the whole epochs that fit in the budget at this call's pace so far.
+        """At an epoch end: plan the whole epochs that fit in the rest of the budget at the pace so far.
 
-        The pace is the mean wall time per epoch since train() began, evaluations, checkpoints and start-up
-        included (so the first estimate is pessimistic); half an epoch stays in reserve for the final evaluation
-        of every split. The LR schedule's horizon moves with the end, so its decay still completes. The run is
-        never made longer than schedule.epochs and runtime.max_iters allow.
+        The pace is the wall time per epoch since this call's first step (start-up excluded; evaluations and
+        checkpoints included), and half an epoch stays in reserve for the final evaluation of every split. The
+        plan may shrink or grow as the pace changes, within schedule.epochs and runtime.max_iters; the LR
+        schedule's horizon follows it, so that the decay completes at the planned end. Rank 0 decides.
         """
-        if self.cfg.runtime.max_minutes is None:
+        if self.cfg.runtime.max_minutes is None or self._pace_mark is None:
             return
-        budget, used = 60.0 * self.cfg.runtime.max_minutes, self._budget_used_s()
-        pace = used / max((self.iteration - self._started_iteration) / self.iters_per_epoch, 1e-9)
-        epochs_done = self.iteration // self.iters_per_epoch
-        epochs = min(self.epochs, epochs_done + max(0, int((budget - used) / pace - 0.5)))
-        max_iter = min(self.max_iter, epochs * self.iters_per_epoch)
-        if epochs == self.epochs and max_iter == self.max_iter:
+        now, budget = self.clock(), 60.0 * self.cfg.runtime.max_minutes
+        mark_time, mark_iteration = self._pace_mark
+        if self.iteration > mark_iteration:
+            pace = (now - mark_time) * self.iters_per_epoch / (self.iteration - mark_iteration)
+        else:  # one-step epochs: nothing measured since the mark yet
+            pace = now - self._started_at
+        left = budget - (now - self._started_at)
+        more = max(0, int(left / max(pace, 1e-9) - 0.5))
+        epochs = int(broadcast_object(min(self.cfg.schedule.epochs, self.iteration // self.iters_per_epoch + more)))
+        max_iter = epochs * self.iters_per_epoch
+        if self.cfg.runtime.max_iters is not None:
+            max_iter = min(max_iter, self.cfg.runtime.max_iters)
+        if (epochs, max_iter) == (self.epochs, self.max_iter):
             return
         if is_main_process():
             print(
-                f"time budget: {pace:.1f} s per epoch, {budget - used:.0f} s left of {budget:.0f} s; "
-                f"the run now ends after epoch {epochs} (iteration {max_iter}, was {self.max_iter})",
+                f"time budget: {pace:.1f} s per epoch, {left:.0f} s of {budget:.0f} s left; the run now ends after "
+                f"epoch {epochs} (iteration {max_iter}, was {self.max_iter})",
                 flush=True,
             )
         self.epochs, self.max_iter = epochs, max_iter
         set_horizon(self.scheduler, max_iter)
 
-    def _stop_if_over_budget(self) -> None:
-        """Safety net when an epoch overruns the fitted plan: end the run after this step (the unfinished epoch
-        is not evaluated; model_best.pt stays the best evaluated so far)."""
-        if self.cfg.runtime.max_minutes is None or self.iteration >= self.max_iter:
+    def _check_budget_after_step(self) -> None:
+        """Mark where the pace is measured from (this call's first step) and, as a safety net when an epoch
+        overruns the plan, end the run once the budget is spent (the unfinished epoch is not evaluated;
+        model_best.pt stays the best evaluated so far)."""
+        if self.cfg.runtime.max_minutes is None:
             return
-        if self._budget_used_s() < 60.0 * self.cfg.runtime.max_minutes:
-            return
-        if is_main_process():
-            print(f"time budget: {self.cfg.runtime.max_minutes} min used up, stopping at iteration {self.iteration}")
-        self.max_iter = self.iteration
+        now = self.clock()
+        if self._pace_mark is None:
+            self._pace_mark = (now, self.iteration)
+        spent = now - self._started_at >= 60.0 * self.cfg.runtime.max_minutes
+        if broadcast_object(spent) and self.iteration < self.max_iter:
+            if is_main_process():
+                print(f"time budget: {self.cfg.runtime.max_minutes} min spent, stopping at iteration {self.iteration}")
+            self.max_iter = self.iteration
 
     def _open_run_dir(self) -> None:
         if not is_main_process():
