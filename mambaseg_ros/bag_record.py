@@ -24,7 +24,8 @@ IGNORED_TOPICS = ("/rosout", "/parameter_events")  # skipped when recording ever
 class BagRecorder:
     """Records `topics` (None: every topic but IGNORED_TOPICS) through `node` until `close()`.
 
-    The caller spins `node`; `close()` finalises the bag (metadata.yaml)."""
+    The caller spins `node` on the thread that made the recorder (sqlite3 objects stay on their thread);
+    `close()`, on that thread too, finalises the bag (metadata.yaml)."""
 
     def __init__(self, node: Any, path: str | Path, topics: Sequence[str] | None = None, storage: str = "mcap"):
         self.node = node
