@@ -214,6 +214,41 @@ def _torch_matches_numpy(device: str) -> None:
     assert not voxel_grid_torch(empty, empty, empty, empty, bins=2, height=3, width=4, device=device).any()
 
 
+def test_torch_edge_cases_match_numpy() -> None:
+    """Unsorted float times (τ < 0 and τ >= B dropped), ±1 polarity, NaN/inf/boundary coordinates, int64 x."""
+    rng = np.random.default_rng(8)
+    n, bins, height, width = 4000, 5, 6, 7
+    x = rng.uniform(-2, width + 1, n)
+    x[:6] = [np.nan, np.inf, -np.inf, -1.0, -0.999, width - 1e-9]
+    y = rng.uniform(-2, height + 1, n).astype(np.float32)
+    t = rng.uniform(0.0, 1.0, n)
+    p = rng.choice([-1, 1], n)
+    for xs in (x, np.floor(np.nan_to_num(x, nan=-5, posinf=50, neginf=-50)).astype(np.int64)):
+        expected = voxel_grid(xs, y, t, p, bins=bins, height=height, width=width)
+        got = voxel_grid_torch(*(torch.from_numpy(a) for a in (xs, y, t, p)), bins=bins, height=height, width=width)
+        diff = float((got - torch.from_numpy(expected)).abs().max())
+        print(xs.dtype, "max abs diff", diff)
+        assert diff < 1e-4
+
+
+def test_torch_padded_buffer_with_count_and_out() -> None:
+    """A fixed-size buffer + count (the CUDA-graph form) equals the call on the first count events."""
+    rng = np.random.default_rng(6)
+    x, y, t, p = random_events(rng, 3000, 30, 40, rectified=True)
+    junk = random_events(rng, 700, 30, 40, rectified=True)  # padding: in-frame, later times; must be ignored
+    padded = [torch.from_numpy(np.concatenate([a, b + 10**6 if a is t else b])) for a, b in zip((x, y, t, p), junk)]
+    out = torch.full((10, 30, 40), 5.0)
+    for count in (3000, 1):
+        expected = voxel_grid(x[:count], y[:count], t[:count], p[:count], bins=10, height=30, width=40)
+        got = voxel_grid_torch(*padded, bins=10, height=30, width=40, count=torch.tensor(count), out=out)
+        diff = float((got - torch.from_numpy(expected)).abs().max())
+        print("count", count, "max abs diff", diff)
+        assert got is out and diff < 1e-4
+    assert not voxel_grid_torch(*padded, bins=10, height=30, width=40, count=torch.tensor(0)).any()
+    with pytest.raises(ValueError, match="out must be"):
+        voxel_grid_torch(*padded, bins=10, height=30, width=40, out=torch.zeros(10, 30, 41))
+
+
 def test_torch_matches_numpy_cpu() -> None:
     _torch_matches_numpy("cpu")
 
@@ -222,6 +257,45 @@ def test_torch_matches_numpy_cpu() -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: voxel_grid_torch on device")
 def test_torch_matches_numpy_cuda() -> None:
     _torch_matches_numpy("cuda")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: CUDA-graph capture")
+def test_torch_cuda_graph_replay_with_count_matches_numpy() -> None:
+    """Capture once on fixed-size buffers, refill them and replay for several counts (stale tails ignored)."""
+    rng = np.random.default_rng(12)
+    capacity, bins, height, width = 5000, 10, 30, 40
+    dtypes = (torch.float32, torch.float32, torch.int64, torch.uint8)  # random_events' rectified dtypes
+    buffers = [torch.zeros(capacity, dtype=dtype, device="cuda") for dtype in dtypes]
+    count = torch.zeros((), dtype=torch.int64, device="cuda")
+    out = torch.empty(bins, height, width, device="cuda")
+
+    def refill(n: int) -> np.ndarray:
+        events = random_events(rng, n, height, width, rectified=True)
+        for buffer, values in zip(buffers, events):
+            buffer[:n].copy_(torch.from_numpy(values))
+        count.fill_(n)
+        return voxel_grid(*events, bins=bins, height=height, width=width)
+
+    def grid() -> torch.Tensor:
+        return voxel_grid_torch(*buffers, bins=bins, height=height, width=width, count=count, out=out)
+
+    refill(capacity)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        grid()  # warm-up outside the capture
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        grid()
+    for n in (capacity, 1234, 1):
+        expected = refill(n)
+        graph.replay()
+        torch.cuda.synchronize()
+        diff = float((out.cpu() - torch.from_numpy(expected)).abs().max())
+        print("count", n, "max abs diff", diff)
+        assert diff < 1e-4
 
 
 def test_crop_bottom() -> None:

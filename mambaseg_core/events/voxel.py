@@ -203,43 +203,76 @@ def voxel_grid_torch(
     height: int,
     width: int,
     device: torch.device | str | None = None,
+    count: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Same grid with torch ops (scatter-add, GPU-capable) → float32 (bins, height, width) on `device`.
 
-    Agrees with `voxel_grid` to float32 rounding: τ is computed identically (float64), but the weights are
-    summed in float32 in an unspecified order. device: defaults to x's device. No host synchronisation
-    (except the NaN check for float t): dropped events are routed to a spare cell past the grid instead of
-    being filtered out.
+    Agrees with `voxel_grid` to float32 rounding: τ, b and δ are computed identically (float64), but the
+    weights are summed in float32 in an unspecified order. device: defaults to x's device.
+    count: optional 0-d integer tensor; only the first `count` events are used (x, y, t, p are then padded
+    buffers of a fixed length N, t1 = t[count - 1]). out: optional float32 (bins, height, width) tensor on
+    `device` to overwrite and return. With integer t there is no host synchronisation and every shape depends
+    on N only, so the call can be captured in a CUDA graph once and replayed for any count (float t costs one
+    sync for its NaN check).
+    About 30 small kernels and no filtering: coordinates are clamped into a grid padded by one cell on each
+    side of a row and column and two planes before and after the bins; out-of-frame events, events outside
+    the time window (or past count) and the right term of the last bin land in the padding; the result is
+    the interior.
     """
     _check_shape(bins, height, width)
     device = torch.device(device) if device is not None else x.device
-    size = bins * height * width
-    grid = torch.zeros(size + 1, dtype=torch.float32, device=device)  # [size] collects dropped events
-    if t.numel() == 0:
-        return grid[:size].view(bins, height, width)
-    x, y, t, p = (v.to(device).reshape(-1) for v in (x, y, t, p))
+    n = t.shape[0]
+    for name, values in (("x", x), ("y", y), ("t", t), ("p", p)):
+        if values.dim() != 1 or values.shape[0] != n:
+            raise ValueError(f"voxel_grid_torch {name} must be 1-D with {n} entries like t, got {tuple(values.shape)}")
+    if out is None:
+        out = torch.empty(bins, height, width, dtype=torch.float32, device=device)
+    elif out.dtype != torch.float32 or tuple(out.shape) != (bins, height, width) or out.device != device:
+        raise ValueError(
+            f"voxel_grid_torch out must be float32 ({bins}, {height}, {width}) on {device}, "
+            f"got {out.dtype} {tuple(out.shape)} on {out.device}"
+        )
+    if n == 0:
+        return out.zero_()
+    x, y, t, p = (v.to(device) for v in (x, y, t, p))
     if t.is_floating_point():
         t = t.to(torch.float64)
-        if not bool(torch.isfinite(t).all()):
+        if not bool(torch.isfinite(t if count is None else t[: int(count)]).all()):
             raise ValueError("voxel_grid_torch t contains NaN or inf")
-        offset = (bins - 1) * (t - t[0])
     else:
         t = t.to(torch.int64)
-        offset = ((bins - 1) * (t - t[0])).to(torch.float64)
-    delta = (t[-1] - t[0]).to(torch.float64)
-    tau = offset / torch.where(delta == 0, torch.ones_like(delta), delta)
-    xt, yt = (torch.trunc(v.to(torch.float64)) if v.is_floating_point() else v.to(torch.int64) for v in (x, y))
-    valid = (xt >= 0) & (xt < width) & (yt >= 0) & (yt < height) & (tau >= 0) & (tau < bins)
-    b = torch.where(valid, tau, 0.0).to(torch.int64)
-    frac = tau - b
-    cell = torch.where(valid, yt * width + xt, 0).to(torch.int64)
-    sign = torch.where(p == 1, 1.0, -1.0).to(torch.float64)
-    spare = torch.full_like(cell, size)
-    left = torch.where(valid, b * (height * width) + cell, spare)
-    right = torch.where(valid & (b + 1 < bins), left + height * width, spare)
-    grid.index_add_(0, left, (sign * (1.0 - frac)).to(torch.float32))
-    grid.index_add_(0, right, (sign * frac).to(torch.float32))
-    return grid[:size].view(bins, height, width)
+
+    since_first = t - t[0]
+    if count is None:
+        span = since_first[-1]
+    else:
+        count = count.to(device=device, dtype=torch.int64)
+        span = since_first.gather(0, (count - 1).clamp_min(0).view(1))  # (1,): a 0-d index would sync
+    span = span.to(torch.float64)
+    tau = (since_first * (bins - 1)) / torch.where(span == 0, 1.0, span)  # float64, as on the CPU
+    in_window = tau >= 0
+    if count is not None:
+        in_window &= torch.arange(n, device=device) < count
+    tau = torch.where(in_window, tau, -2.0)
+    b = tau.clamp(max=bins).floor_()  # -2 or bins: both terms land in padding planes; else int(τ)
+    right_weight = tau - b
+
+    def padded_coordinate(v: torch.Tensor, size: int) -> torch.Tensor:
+        """trunc(v) clamped to -1..size (NaN → -1): -1 and size are the padding cells."""
+        if v.is_floating_point():
+            return torch.nan_to_num(v, nan=-1.0).clamp_(-1, size).trunc_()
+        return v.to(torch.int64).clamp(-1, size)
+
+    padded_w, padded_plane = width + 2, (height + 2) * (width + 2)
+    row_col = torch.add(padded_coordinate(x, width), padded_coordinate(y, height), alpha=padded_w)
+    left = torch.add(row_col, b, alpha=padded_plane).add_(2 * padded_plane + padded_w + 1).long()
+    sign = torch.where(p == 1, 1.0, -1.0)
+    grid = torch.zeros((bins + 4) * padded_plane, dtype=torch.float32, device=device)
+    grid.index_add_(0, left, torch.addcmul(sign, sign, right_weight, value=-1).float())  # sign * (1 - δ)
+    grid.index_add_(0, left + padded_plane, (sign * right_weight).float())
+    interior = grid.view(bins + 4, height + 2, width + 2)[2 : bins + 2, 1 : height + 1, 1 : width + 1]
+    return out.copy_(interior)
 
 
 def crop_bottom(grid: np.ndarray | torch.Tensor, rows: int) -> np.ndarray | torch.Tensor:
