@@ -3,13 +3,16 @@
 Synthetic stream (seed 0): 20 M ev/s for 0.5 s on a 1280x720 sensor, events clustered along moving edges
 and read out row by row (runs of x on one row share a timestamp, as in real EVT3 streams), split into 1 ms
 packets like metavision_driver's. Targets: evt3 decode >= 50 M ev/s, CPU voxel >= 30 M ev/s on one core,
-GPU voxel >= 1 G ev/s, ring ingest >= 20 M ev/s.
+GPU voxel >= 1 G ev/s, ring ingest >= 20 M ev/s. Each row: best and median of REPEATS timed runs after a
+warm-up (the spread shows the machine's load).
 
-    python benchmarks/events.py            # all parts (GPU rows only when CUDA is available)
+    taskset -c 1 python benchmarks/events.py   # all parts (GPU rows only when CUDA is available)
+    python benchmarks/events.py --gpu-only     # the GPU voxel rows alone (does not touch docs/benchmarks.md)
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import time
@@ -34,9 +37,14 @@ from mambaseg_core.events import (
     voxel_grid,
     voxel_grid_torch,
 )
-from mambaseg_core.events.evt3 import _evt3_package
+
+try:  # the PyPI decoder, measured for comparison only
+    import evt3 as evt3_package
+except ImportError:
+    evt3_package = None
 
 RATE_EV_PER_S, DURATION_S, WIDTH, HEIGHT = 20_000_000, 0.5, 1280, 720
+REPEATS = 7
 
 
 def synthetic_stream(rng: np.random.Generator) -> EventBatch:
@@ -59,37 +67,46 @@ def packets_1ms(batch: EventBatch, vectors: bool) -> list[bytes]:
     return [encode_evt3(batch[a:b], vectors=vectors) for a, b in itertools.pairwise(edges) if b > a]
 
 
-def best_of(fn: Callable[[], object], repeats: int = 3) -> float:
-    fn()  # warm-up (numba compile, caches)
+def timings(fn: Callable[[], object], repeats: int = REPEATS) -> tuple[float, float]:
+    """(best, median) seconds of `repeats` runs after one warm-up run (numba compile, caches)."""
+    fn()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return min(times)
+    return min(times), float(np.median(times))
+
+
+def rate_row(case: str, implementation: str, events: int, seconds: tuple[float, float], target: str) -> list[object]:
+    best, median = seconds
+    return [case, implementation, events / best / 1e6, events / median / 1e6, target]
 
 
 def bench_decode(batch: EventBatch) -> list[list[object]]:
     rows: list[list[object]] = []
     for vectors in (False, True):
-        whole = encode_evt3(batch, vectors=vectors)
         packets = packets_1ms(batch, vectors)
-        label = "VECT_12 groups" if vectors else "ADDR_X only"
-        for backend in ("numpy", "auto"):
-            if backend == "auto" and _evt3_package is None:
-                continue
+        case = f"evt3 decode, 1 ms packets, {'VECT_12 groups' if vectors else 'ADDR_X only'}"
+        for backend in ("numba", "numpy"):
 
             def run(backend: str = backend, packets: list[bytes] = packets) -> None:
-                decoder = Evt3Decoder(backend=backend)
+                decoder = Evt3Decoder(WIDTH, HEIGHT, backend=backend)
                 for packet in packets:
                     decoder.decode(packet)
 
-            seconds = best_of(run)
-            name = "numpy reference" if backend == "numpy" else "Evt3Decoder auto (evt3 pkg + checks)"
-            rows.append([f"evt3 decode, 1 ms packets, {label}", name, len(batch) / seconds / 1e6, ">= 50"])
-        if _evt3_package is not None:
-            seconds = best_of(lambda whole=whole: _evt3_package.Decoder(2048, 2048).feed(whole))
-            rows.append([f"evt3 decode, one buffer, {label}", "evt3 package alone", len(batch) / seconds / 1e6, "-"])
+            name = "Evt3Decoder numba (default)" if backend == "numba" else "Evt3Decoder numpy reference"
+            rows.append(rate_row(case, name, len(batch), timings(run), ">= 50"))
+        if evt3_package is not None:
+
+            def run_package(packets: list[bytes] = packets) -> None:
+                decoder = evt3_package.Decoder(2048, 2048)
+                for packet in packets:
+                    decoder.feed(packet)
+
+            rows.append(
+                rate_row(case, "PyPI evt3 package (Metavision semantics)", len(batch), timings(run_package), "-")
+            )
     return rows
 
 
@@ -103,29 +120,62 @@ def bench_voxel_cpu(rng: np.random.Generator) -> list[list[object]]:
             x = rng.uniform(0, 640, n).astype(np.float32)
         y = rng.uniform(0, 480, n).astype(np.float32)
         p = rng.integers(0, 2, n).astype(np.uint8)
-        seconds = best_of(lambda x=x, y=y, t=t, p=p: voxel_grid(x, y, t, p, bins=10, height=480, width=640))
-        rows.append([f"voxel 10x480x640, {n:,} ev ({layout})", "numba, 1 core", n / seconds / 1e6, ">= 30"])
+        seconds = timings(lambda x=x, y=y, t=t, p=p: voxel_grid(x, y, t, p, bins=10, height=480, width=640))
+        rows.append(rate_row(f"voxel 10x480x640, {n:,} ev ({layout})", "numba, 1 core", n, seconds, ">= 30"))
     return rows
 
 
+def gpu_events(rng: np.random.Generator, n: int) -> list[torch.Tensor]:
+    """DSEC-like rectified events on the GPU: float32 x/y, int64 µs t, uint8 p."""
+    t = np.sort(rng.integers(0, 50_000, n))
+    x = rng.uniform(0, 640, n).astype(np.float32)
+    y = rng.uniform(0, 480, n).astype(np.float32)
+    p = rng.integers(0, 2, n).astype(np.uint8)
+    return [torch.from_numpy(a).cuda() for a in (x, y, t, p)]
+
+
+def gpu_seconds(fn: Callable[[], object], calls: int = 50) -> tuple[float, float]:
+    """(best, median) seconds per call over REPEATS batches of `calls` back-to-back calls, wall clock."""
+
+    def batch() -> None:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+
+    best, median = timings(batch)
+    return best / calls, median / calls
+
+
 def bench_voxel_gpu(rng: np.random.Generator) -> list[list[object]]:
+    """Eager calls (Python + ~30 kernel launches each), and CUDA-graph replays of the padded-buffer + count form
+    (how a fixed-rate pipeline can run it: the events copied into fixed buffers, one replay per frame)."""
     if not torch.cuda.is_available():
         return []
     rows: list[list[object]] = []
-    for n in (100_000, 10_000_000):
-        t = torch.from_numpy(np.sort(rng.integers(0, 50_000, n))).cuda()
-        x = torch.from_numpy(rng.uniform(0, 640, n).astype(np.float32)).cuda()
-        y = torch.from_numpy(rng.uniform(0, 480, n).astype(np.float32)).cuda()
-        p = torch.from_numpy(rng.integers(0, 2, n)).cuda()
+    gpu = torch.cuda.get_device_name(0)
+    for n in (100_000, 1_000_000, 10_000_000):
+        events = gpu_events(rng, n)
+        out = torch.empty(10, 480, 640, device="cuda")
+        count = torch.tensor(n, device="cuda")
 
-        def run(x=x, y=y, t=t, p=p) -> None:
-            voxel_grid_torch(x, y, t, p, bins=10, height=480, width=640)
-            torch.cuda.synchronize()
+        def eager(events: list[torch.Tensor] = events, out: torch.Tensor = out) -> None:
+            voxel_grid_torch(*events, bins=10, height=480, width=640, out=out)
 
-        seconds = best_of(run, repeats=10)
-        rows.append(
-            [f"voxel 10x480x640, {n:,} ev", f"torch {torch.cuda.get_device_name(0)}", n / seconds / 1e6, ">= 1000"]
-        )
+        def graphed_call(events: list[torch.Tensor] = events, out: torch.Tensor = out, count=count) -> None:
+            voxel_grid_torch(*events, bins=10, height=480, width=640, count=count, out=out)
+
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            graphed_call()  # warm-up outside the capture
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            graphed_call()
+        case = f"voxel 10x480x640, {n:,} ev (uniform, float x/y)"
+        rows.append(rate_row(case, f"torch eager, {gpu}", n, gpu_seconds(eager), ">= 1000"))
+        rows.append(rate_row(case, f"torch CUDA-graph replay, {gpu}", n, gpu_seconds(graph.replay), ">= 1000"))
+        del graph
     return rows
 
 
@@ -140,22 +190,33 @@ def bench_ring(batch: EventBatch) -> list[list[object]]:
             if i % 33 == 0:  # a 30 Hz frame: the 100k events before it, as the DSEC loader takes
                 buffer.last_n(100_000, int(packet.t[-1]) + 1)
 
-    seconds = best_of(run)
-    return [["ring buffer: 1 ms packets + last_n(100k) at 30 Hz", "numpy", len(batch) / seconds / 1e6, ">= 20"]]
+    return [rate_row("ring buffer: 1 ms packets + last_n(100k) at 30 Hz", "numpy", len(batch), timings(run), ">= 20")]
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--gpu-only", action="store_true", help="only the GPU voxel rows; docs are not updated")
+    args = parser.parse_args()
     rng = np.random.default_rng(0)
     torch.set_num_threads(1)
+    headers = ["case", "implementation", "M events/s (best)", "M events/s (median)", "target"]
+    if args.gpu_only:
+        print(table(headers, bench_voxel_gpu(rng)))
+        return
     batch = synthetic_stream(rng)
+    load_before = os.getloadavg()[0]
     rows = bench_decode(batch) + bench_voxel_cpu(rng) + bench_voxel_gpu(rng) + bench_ring(batch)
-    body = table(["case", "implementation", "M events/s", "target"], rows)
+    body = table(headers, rows)
+    pinned = os.sched_getaffinity(0)
     note = (
         f"Stream: {len(batch):,} synthetic events ({RATE_EV_PER_S / 1e6:.0f} M ev/s for {DURATION_S} s, "
-        f"{WIDTH}x{HEIGHT}), best of 3 after a warm-up; CPU rows are single-threaded "
-        f"(NUMBA_NUM_THREADS=1, torch 1 thread). `uniform` voxel rows scatter events over the whole frame "
-        f"(cache-miss bound worst case); `edges` rows cluster them like real scenes. "
-        f"Load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (other jobs inflate times)."
+        f"{WIDTH}x{HEIGHT}), best and median of {REPEATS} runs after a warm-up; CPU rows are single-threaded "
+        f"(NUMBA_NUM_THREADS={os.environ.get('NUMBA_NUM_THREADS')}, torch 1 thread, process pinned to "
+        f"{len(pinned)} of {os.cpu_count()} cores). `uniform` voxel rows scatter events over the whole frame "
+        f"(cache-miss bound worst case); `edges` rows cluster them like real scenes. GPU rows: eager calls, and "
+        f"replays of one CUDA graph captured on fixed-size buffers with a count tensor. "
+        f"Load average (1 min) before/after: {load_before:.1f}/{os.getloadavg()[0]:.1f} on {os.cpu_count()} "
+        f"cores (other jobs inflate times; the best column is the least disturbed)."
     )
     print(body)
     write_section("Events", note + "\n\n" + body)
