@@ -108,21 +108,18 @@ class _Run:
         segmenter: Segmenter,
         writer: BagWriter,
         options: SegmentOptions,
+        outputs: dict[str, str],
         report: SegmentReport,
         on_result: ResultCallback | None,
     ):
-        self.segmenter, self.writer, self.options, self.report, self.on_result = (
-            segmenter,
-            writer,
-            options,
-            report,
-            on_result,
-        )
+        self.segmenter = segmenter
+        self.writer = writer
+        self.outputs = outputs  # {output name: topic}
+        self.report = report
+        self.on_result = on_result
         tolerance_us = int(options.time_jump_tolerance_ms * 1000)
         self.events = EventStream(options.event_clock, tolerance_us, segmenter.config.sensor_size)
-        self.outputs = {name: topic for name, topic in output_topics(options.output_namespace).items()}
-        self.outputs = {name: self.outputs[name] for name in options.outputs}
-        self.pending: collections.deque[BagImage] = collections.deque()
+        self.pending: collections.deque[BagImage] = collections.deque()  # images waiting for their events
         self.max_wait_ns = int(options.max_event_wait_ms * 1e6)
 
     def feed(self, record: BagRecord) -> None:
@@ -234,20 +231,23 @@ def segment_bag(
     unknown = set(options.outputs) - set(OUTPUT_NAMES)
     if unknown:
         raise ValueError(f"unknown outputs {sorted(unknown)}; choose from {list(OUTPUT_NAMES)}")
+    all_outputs = output_topics(options.output_namespace)
+    outputs = {name: all_outputs[name] for name in options.outputs}
     report = SegmentReport()
     with BagReader(input_path) as reader:
         reader.require_topic(options.image_topic, IMAGE)
         reader.require_topic(options.events_topic, EVENT_PACKET)
+        taken = sorted(set(outputs.values()) & set(reader.topics))
+        if taken:
+            raise ValueError(f"the input bag already has the output topic(s) {taken}: choose another namespace")
         storage = options.storage or bag_storage(input_path)
         with BagWriter(output_path, storage, reader.store) as writer:
             for connection in reader.connections:
                 if not writer.has_topic(connection.topic):  # one declaration per topic
                     writer.copy_connection(connection)
-            run = _Run(segmenter, writer, options, report, on_result)
-            for topic in run.outputs.values():
-                if writer.has_topic(topic):
-                    raise ValueError(f"the input bag already has the output topic {topic}: pick another namespace")
+            for topic in outputs.values():
                 writer.add_topic(topic, IMAGE, OUTPUT_QOS)
+            run = _Run(segmenter, writer, options, outputs, report, on_result)
             records = reader.records([options.image_topic], [options.events_topic])
             for record in tqdm(records, total=reader.message_count, unit="msg", disable=not progress):
                 writer.write_raw(record.connection.topic, record.log_time_ns, record.data)

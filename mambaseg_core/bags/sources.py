@@ -69,6 +69,15 @@ def _read_png(path: Path, mode: str) -> np.ndarray:
         raise DatasetError(path, f"cannot decode image ({err})") from err
 
 
+def _png_size(path: Path) -> tuple[int, int]:
+    """(width, height) of an image file; DatasetError naming it."""
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except OSError as err:
+        raise DatasetError(path, f"cannot decode image ({err})") from err
+
+
 def _pad_label(label: np.ndarray, height: int) -> np.ndarray:
     """(L, W) label of the top L rows -> (height, W), the rows below unlabeled (DSEC/DDD17 crop the car hood)."""
     padded = np.full((height, label.shape[1]), IGNORE_INDEX, np.uint8)
@@ -117,8 +126,7 @@ def dsec_source(
     if len(files.timestamps) == 0:
         raise DatasetError(files.timestamps_path, "no timestamps")
     height, width = _read_png(files.images[0], "RGB").shape[:2]
-    with Image.open(files.labels[0]) as first_label:
-        label_height = first_label.size[1]
+    label_height = _png_size(files.labels[0])[1]  # DSEC: 440 of 480 rows (the car hood is cut)
     rectify_map = read_rectify_map(files.rectify_map_h5, (height, width)) if rectify_events_to_image else None
     calibration_path = Path(calibration) if calibration else files.path / "calibration" / "cam_to_cam.yaml"
     intrinsics = dsec_intrinsics(calibration_path) if calibration or calibration_path.is_file() else None
