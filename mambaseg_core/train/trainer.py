@@ -290,16 +290,17 @@ class Trainer:
         max_iter = epochs * self.iters_per_epoch
         if self.cfg.runtime.max_iters is not None:
             max_iter = min(max_iter, self.cfg.runtime.max_iters)
-        if (epochs, max_iter) == (self.epochs, self.max_iter):
-            return
         if is_main_process():
+            change = "" if max_iter == self.max_iter else f", was {self.max_iter}"
             print(
-                f"time budget: {pace:.1f} s per epoch, {left:.0f} s of {budget:.0f} s left; the run now ends after "
-                f"epoch {epochs} (iteration {max_iter}, was {self.max_iter})",
+                f"time budget: epoch {self.iteration // self.iters_per_epoch} done, {pace:.1f} s per epoch "
+                f"({self.iters_per_epoch / pace:.1f} it/s), {left:.0f} s of {budget:.0f} s left; the run ends after "
+                f"epoch {epochs} (iteration {max_iter}{change})",
                 flush=True,
             )
-        self.epochs, self.max_iter = epochs, max_iter
-        set_horizon(self.scheduler, max_iter)
+        if (epochs, max_iter) != (self.epochs, self.max_iter):
+            self.epochs, self.max_iter = epochs, max_iter
+            set_horizon(self.scheduler, max_iter)
 
     def _check_budget_after_step(self) -> None:
         """Mark where the pace is measured from (this call's first step) and, as a safety net when an epoch

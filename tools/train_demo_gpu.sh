@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# The demo model and its modality ablation on one GPU, in one command that finishes within a wall-clock budget:
+#
+#   RESULTS=$OUT/demo tools/train_demo_gpu.sh     one GPU + 16 cores: about 8 minutes, data generation included
+#   tools/train_demo_gpu.sh --smoke               the same steps on a CPU at toy sizes (2-3 min): checks the plumbing
+#
+# 1. Writes the seeded synthetic dataset (tools/demo_model.py generate, one process per core) while the CUDA
+#    selective scan compiles in the background.
+# 2. Trains the fused, image_only and events_only variants of config/train/synthetic_demo_gpu.yaml concurrently on
+#    the one GPU (three mambaseg-train processes), each with runtime.max_minutes = what is left of the budget.
+# 3. Evaluates every best-on-val checkpoint on the test split, overall and per lighting condition.
+# 4. Writes at most 7 files to $RESULTS: mambaseg_demo.pt (the fused model, model-only), ablation.md,
+#    ablation.json (all metrics, per-class IoU, val history, timings), recipe.log, train_<modality>.log.
+#
+# Environment (defaults in brackets): RESULTS [$RUNS/results], BUDGET_MIN [8: the whole command], TRAIN_SEQUENCES
+# [96 of 8 s], JOBS [all cores: generation processes], DATA [data/synthetic_demo_gpu]. Extra arguments after the
+# optional --smoke are passed to every mambaseg-train as --set KEY=VALUE. Re-running reuses a complete dataset.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" # an uninstalled checkout works too
+
+CONFIG=config/train/synthetic_demo_gpu.yaml
+MODALITIES=(fused image_only events_only)
+SMOKE=0
+if [ "${1:-}" = "--smoke" ]; then
+    SMOKE=1
+    shift
+fi
+if [ "$SMOKE" = 1 ]; then
+    # Toy sizes on the CPU: every step runs, nothing is meant to be accurate.
+    DATA=${DATA:-data/synthetic_demo_smoke}
+    RUN_NAME=demo_gpu_smoke
+    BUDGET_MIN=${BUDGET_MIN:-2.75}
+    dataset=(--seconds 1.5 --train 2 --val 1 --test 2)
+    STARTUP_S=25 # per training process, before its budget clock starts: imports, dataset index, model
+    POST_S=40    # conditions x3, export, table
+    export OMP_NUM_THREADS=1
+    overrides=(runtime.device=cpu runtime.precision=fp32 model.scan_backend=null data.batch_size=4
+        data.eval_batch_size=8 data.num_workers=0 schedule.warmup_iters=2 schedule.epochs=2)
+else
+    DATA=${DATA:-data/synthetic_demo_gpu}
+    RUN_NAME=demo_gpu
+    BUDGET_MIN=${BUDGET_MIN:-8}
+    dataset=(--seconds 8 --train "${TRAIN_SEQUENCES:-96}" --val 2 --test 6)
+    STARTUP_S=30
+    POST_S=50
+    export OMP_NUM_THREADS=2 # three trainers share 16 cores with their loader processes
+    overrides=()
+fi
+RUNS=runs/$RUN_NAME
+RESULTS=${RESULTS:-$RUNS/results}
+JOBS=${JOBS:-$(env -u OMP_NUM_THREADS nproc)} # nproc counts OMP_NUM_THREADS, not cores, when it is set
+for kv in "$@"; do overrides+=("$kv"); done
+sets=(--set "data.root=$DATA")
+for kv in "${overrides[@]}"; do sets+=(--set "$kv"); done
+
+main() {
+    echo "== $(date -u +%FT%TZ) train_demo_gpu.sh (smoke=$SMOKE): budget $BUDGET_MIN min, $JOBS cores, results in $RESULTS"
+    python - "$SMOKE" <<'EOF'
+import sys
+import h5py, hdf5plugin, numba, cv2, yaml, torch  # noqa: F401 (fail here, not after the data is written)
+print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, GPU: "
+      f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}")
+if sys.argv[1] == "0" and not torch.cuda.is_available():
+    sys.exit("train_demo_gpu.sh needs a CUDA GPU (or run it with --smoke)")
+EOF
+
+    build_pid=""
+    if [ "$SMOKE" = 0 ]; then
+        mkdir -p "$RUNS"
+        python -c "from mambaseg_core.ops.selective_scan.cuda_scan import load_extension; load_extension()" \
+            >"$RUNS/cuda_build.log" 2>&1 &
+        build_pid=$!
+    fi
+
+    echo "== [${SECONDS}s] synthetic data in $DATA (${dataset[*]}, 128x96, dataset_plan seed 1)"
+    python tools/demo_model.py generate --root "$DATA" --seed 1 --height 96 --width 128 "${dataset[@]}" \
+        --jobs "$JOBS" | sed '/^wrote /d'
+    local generated=$SECONDS
+
+    if [ -n "$build_pid" ]; then
+        if wait "$build_pid"; then
+            echo "== [${SECONDS}s] CUDA selective scan built"
+        else
+            echo "!! the CUDA selective scan did not build; training uses scan backend auto instead:"
+            tail -n 20 "$RUNS/cuda_build.log"
+            sets+=(--set model.scan_backend=auto)
+        fi
+    fi
+
+    local train_min
+    train_min=$(awk "BEGIN { printf \"%.2f\", ($BUDGET_MIN * 60 - $SECONDS - $STARTUP_S - $POST_S) / 60 }")
+    if ! awk "BEGIN { exit !($train_min >= 0.5) }"; then
+        echo "!! only $train_min min left for training: not enough (data generation took ${generated}s)" >&2
+        return 1
+    fi
+    echo "== [${SECONDS}s] training ${MODALITIES[*]} concurrently, $train_min min each ($CONFIG)"
+    local pids=() modality failed=0
+    for modality in "${MODALITIES[@]}"; do
+        rm -rf "${RUNS:?}/$modality"
+        python -m mambaseg_core.cli.train --config "$CONFIG" "${sets[@]}" --set "model.overrides.modality=$modality" \
+            --set "runtime.run_name=$RUN_NAME/$modality" --set "runtime.max_minutes=$train_min" \
+            >"$RUNS/train_$modality.log" 2>&1 &
+        pids+=($!)
+    done
+    for i in "${!MODALITIES[@]}"; do
+        if ! wait "${pids[$i]}"; then
+            echo "!! training ${MODALITIES[$i]} failed:"
+            tail -n 30 "$RUNS/train_${MODALITIES[$i]}.log"
+            failed=1
+        fi
+    done
+    local trained=$SECONDS
+    for modality in "${MODALITIES[@]}"; do
+        echo "-- $modality:" && grep -E '^(time budget|\[best|\[last)' "$RUNS/train_$modality.log" | tail -n 3 || true
+    done
+
+    echo "== [${SECONDS}s] test split per lighting condition (best-on-val checkpoints)"
+    pids=()
+    local evaluated=()
+    for modality in "${MODALITIES[@]}"; do
+        [ -f "$RUNS/$modality/model_best.pt" ] || continue
+        python tools/demo_model.py conditions --config "$CONFIG" --checkpoint "$RUNS/$modality/model_best.pt" \
+            --split test "${sets[@]}" >"$RUNS/conditions_$modality.log" 2>&1 &
+        pids+=($!)
+        evaluated+=("$modality")
+    done
+    for i in "${!pids[@]}"; do
+        wait "${pids[$i]}" || { echo "!! conditions ${evaluated[$i]} failed:"; failed=1; }
+        tail -n 6 "$RUNS/conditions_${evaluated[$i]}.log"
+    done
+
+    mkdir -p "$RESULTS"
+    if [ -f "$RUNS/fused/model_best.pt" ]; then
+        python tools/demo_model.py export --checkpoint "$RUNS/fused/model_best.pt" --out "$RESULTS/mambaseg_demo.pt"
+    fi
+    local timings="$RUNS/timings.json"
+    echo "{\"generate\": $generated, \"train\": $((trained - generated)), \"evaluate\": $((SECONDS - trained)),"\
+        "\"total\": $SECONDS}" >"$timings"
+    python tools/demo_model.py ablation --runs "$RUNS" --out "$RESULTS" --timings "$timings" || failed=1
+    for modality in "${MODALITIES[@]}"; do # tails: the results folder holds small files only
+        if [ -f "$RUNS/train_$modality.log" ]; then
+            tail -c 2000000 "$RUNS/train_$modality.log" >"$RESULTS/train_$modality.log"
+        fi
+    done
+    echo "== [${SECONDS}s] done (budget $BUDGET_MIN min); results: $(ls "$RESULTS" | tr '\n' ' ')"
+    return "$failed"
+}
+
+mkdir -p "$RESULTS"
+main 2>&1 | tee "$RESULTS/recipe.log"
