@@ -4,10 +4,13 @@ naming what is wrong."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import cv2
 import numpy as np
 import pytest
-from seg_harness import write_tiny_model_config
+from seg_harness import REPO_ROOT, process_env, write_tiny_model_config
 from test_bags_convert import one_torch_thread  # noqa: F401  (autouse fixture)
 
 from mambaseg_core.bags import EVENT_PACKET, IMAGE, BagReader, BagWriter, event_packet_message, image_message
@@ -101,3 +104,27 @@ def test_unsupported_encodings_and_corrupt_packets_are_reported(tmp_path, capsys
     assert "32FC1" in captured.out
     assert "malformed messages on /event_camera/events: 1 skipped" in captured.out
     assert "no image of /camera/image_raw was segmented" in captured.err
+
+
+def test_segment_and_convert_run_without_ros(tmp_path):
+    # segment and convert-* must not need rclpy: run them with every ROS module import blocked.
+    config = write_tiny_model_config(tmp_path)
+    code = f"""
+import sys
+class BlockRos:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('rclpy', 'sensor_msgs', 'std_msgs', 'event_camera_msgs', 'builtin_interfaces'):
+            raise ImportError('ROS import: ' + name)
+sys.meta_path.insert(0, BlockRos())
+from mambaseg_ros.bag_cli import main
+assert main(['convert-synthetic', r'{tmp_path / "bag"}', '--seconds', '0.2', '--height', '32', '--width', '48']) == 0
+assert main(['segment', r'{tmp_path / "bag"}', r'{tmp_path / "out"}', '--model-config', r'{config}',
+             '--random-weights', '--window-events', '300', '--no-progress']) == 0
+"""
+    env = {**process_env(), "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    print(out.stdout, out.stderr[-3000:])
+    assert out.returncode == 0
+    assert "masks" in out.stdout
