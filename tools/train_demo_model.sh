@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # The embedded demo model in one command: seeded synthetic data -> train -> test metrics -> model-only checkpoint.
+# This is the CPU recipe of models/demo/MODEL_CARD.md; tools/train_demo_gpu.sh is the GPU one (with the ablation).
 #
 #   tools/train_demo_model.sh [extra mambaseg-train --set KEY=VALUE ...]
 #   e.g. tools/train_demo_model.sh runtime.max_iters=2000      (cap the run, as the CPU model card run did)
@@ -22,13 +23,9 @@ command -v mambaseg-eval >/dev/null || evaluate=(python -m mambaseg_core.cli.eva
 sets=(--set "data.root=$DATA")
 for kv in "$@"; do sets+=(--set "$kv"); done
 
-if [ ! -f "$DATA/.complete" ]; then
-    echo "== generating the synthetic dataset in $DATA (seed 0: 8 train, 1 val, 3 test sequences of 8 s, 128x96)"
-    rm -rf "$DATA"
-    python tools/demo_model.py generate --root "$DATA" --seed 0 --height 96 --width 128 --seconds 8 \
-        --train 8 --val 1 --test 3
-    touch "$DATA/.complete"
-fi
+echo "== synthetic dataset in $DATA (seed 0: 8 train, 1 val, 3 test sequences of 8 s, 128x96; reused if complete)"
+python tools/demo_model.py generate --root "$DATA" --seed 0 --height 96 --width 128 --seconds 8 \
+    --train 8 --val 1 --test 3
 
 echo "== training ($CONFIG)"
 "${train[@]}" --config "$CONFIG" --resume auto "${sets[@]}"
