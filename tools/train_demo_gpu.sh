@@ -74,7 +74,8 @@ EOF
     fi
 
     echo "== [${SECONDS}s] synthetic data in $DATA (${dataset[*]}, 128x96, dataset_plan seed 1)"
-    python tools/demo_model.py generate --root "$DATA" --seed 1 --height 96 --width 128 "${dataset[@]}" \
+    # niced, so that the CUDA build (a few nvcc processes) is not slowed down by the JOBS generator processes
+    nice -n 5 python tools/demo_model.py generate --root "$DATA" --seed 1 --height 96 --width 128 "${dataset[@]}" \
         --jobs "$JOBS" | sed '/^wrote /d'
     local generated=$SECONDS
 
