@@ -266,20 +266,23 @@ def _record(args: argparse.Namespace) -> int:
 
     rclpy.init()
     node = rclpy.create_node("mambaseg_bag_recorder")
-    recorder = BagRecorder(node, args.out, args.topics, args.storage)
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
+    recorder = None
     deadline = None if args.duration is None else time.monotonic() + args.duration
     try:
+        recorder = BagRecorder(node, args.out, args.topics, args.storage)
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
         while deadline is None or time.monotonic() < deadline:
             executor.spin_once(timeout_sec=0.1)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        recorder.close()
+        if recorder is not None:
+            recorder.close()
         node.destroy_node()
         rclpy.try_shutdown()
-    print(", ".join(f"{topic} {count}" for topic, count in recorder.counts.items()) or "nothing recorded")
+    counts = recorder.counts if recorder is not None else {}
+    print(", ".join(f"{topic} {count}" for topic, count in counts.items()) or "nothing recorded")
     return 0
 
 

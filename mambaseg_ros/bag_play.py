@@ -150,10 +150,8 @@ class BagPlayer:
             start_wall = time.monotonic()
             first_log: int | None = None
             paused = 0.0
-            for record in reader.records():
+            for record in reader.records(only=list(publishers)):
                 topic = record.connection.topic
-                if topic not in publishers:
-                    continue
                 if first_log is None:
                     first_log = record.log_time_ns
                 if topic == options.lockstep_image_topic:
