@@ -121,6 +121,8 @@ class BagPlayer:
                 missing.append(options.lockstep_image_topic)
             if missing:
                 raise ValueError(f"{self.bag} has no topic(s) {missing}; it has {sorted(topics)}")
+            if options.lockstep_image_topic is not None and options.lockstep_image_topic not in wanted:
+                raise ValueError(f"lock-step image topic {options.lockstep_image_topic} is not among the played topics")
             publishers = {}
             for connection in reader.connections:
                 if connection.topic in wanted and connection.topic not in publishers:

@@ -59,6 +59,8 @@ def packet_bounds(t: np.ndarray, packet_us: int) -> list[tuple[int, int]]:
 
 
 class _SequenceWriter:
+    """Writes one sequence's messages into an open BagWriter and counts them."""
+
     def __init__(
         self,
         writer: BagWriter,
@@ -69,12 +71,17 @@ class _SequenceWriter:
         frame_id: str,
         report: ConvertReport,
     ):
-        self.writer, self.source, self.topics = writer, source, topics
-        self.encoding, self.packet_us, self.frame_id, self.report = encoding, packet_us, frame_id, report
-        self.seq = 0
+        self.writer = writer
+        self.source = source
+        self.topics = topics
+        self.encoding = encoding
+        self.packet_us = packet_us
+        self.frame_id = frame_id
+        self.report = report
+        self.seq = 0  # EventPacket.seq: consecutive, so a consumer can detect lost packets
         self.last_event_us: int | None = None
 
-    def events(self, events: EventBatch) -> None:
+    def write_events(self, events: EventBatch) -> None:
         if len(events) == 0:
             return
         if np.any(np.diff(events.t) < 0) or (self.last_event_us is not None and events.t[0] < self.last_event_us):
@@ -95,7 +102,7 @@ class _SequenceWriter:
             self.report.packets += 1
             self.report.events += len(chunk)
 
-    def frame(self, frame: BagFrame) -> None:
+    def write_frame(self, frame: BagFrame) -> None:
         source, stamp = self.source, frame.stamp_ns
         if frame.image.shape[:2] != (source.height, source.width) or frame.image.dtype != np.uint8:
             raise ValueError(
@@ -139,8 +146,8 @@ def write_sequence_bag(
         for frame in tqdm(source.frames, total=source.num_frames, unit="frame", disable=not progress):
             events = EventBatch.concatenate([carry, frame.events])
             before = int(np.searchsorted(events.t * 1000, frame.stamp_ns, side="left"))
-            sequence.events(events[:before])
-            sequence.frame(frame)
+            sequence.write_events(events[:before])
+            sequence.write_frame(frame)
             carry = events[before:]
-        sequence.events(carry)
+        sequence.write_events(carry)
     return report
