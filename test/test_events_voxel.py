@@ -76,9 +76,16 @@ def assert_bit_exact(a: np.ndarray, b: np.ndarray) -> None:
     assert a.tobytes() == b.tobytes()
 
 
+@pytest.fixture(params=["sparse", "dense"])
+def kernel(request, monkeypatch) -> str:
+    """Force voxel_grid's sparse (touched cells only) or dense (whole-grid sweep) kernel."""
+    monkeypatch.setattr(voxel_module, "_DENSE_BELOW_CELLS_PER_EVENT", 0 if request.param == "sparse" else 10**12)
+    return request.param
+
+
 @pytest.mark.parametrize("rectified", [True, False])
 @pytest.mark.parametrize("seed", range(6))
-def test_bit_exact_against_literal_and_add_at(seed: int, rectified: bool) -> None:
+def test_bit_exact_against_literal_and_add_at(seed: int, rectified: bool, kernel: str) -> None:
     rng = np.random.default_rng(seed)
     bins, height, width = int(rng.integers(1, 11)), int(rng.integers(1, 9)), int(rng.integers(1, 9))
     n = int(rng.integers(1, 400))  # small frames: many collisions, so the addition order matters
@@ -88,7 +95,7 @@ def test_bit_exact_against_literal_and_add_at(seed: int, rectified: bool) -> Non
     assert_bit_exact(ours, add_at_voxel_grid(x, y, t, p, bins, height, width))
 
 
-def test_bit_exact_on_unsorted_float_times_and_signed_polarity() -> None:
+def test_bit_exact_on_unsorted_float_times_and_signed_polarity(kernel: str) -> None:
     rng = np.random.default_rng(7)
     n, bins, height, width = 500, 5, 4, 6
     x, y = rng.integers(-2, 8, n), rng.integers(-2, 6, n)
@@ -109,7 +116,7 @@ def test_bit_exact_on_unsorted_float_times_and_signed_polarity() -> None:
         (np.float16, np.int16, "float"),
     ],
 )
-def test_bit_exact_for_each_input_dtype(coord_dtype, time_dtype, polarity: str) -> None:
+def test_bit_exact_for_each_input_dtype(coord_dtype, time_dtype, polarity: str, kernel: str) -> None:
     rng = np.random.default_rng(11)
     n, bins, height, width = 3000, 6, 7, 9
     kind = np.dtype(coord_dtype).kind
@@ -123,7 +130,7 @@ def test_bit_exact_for_each_input_dtype(coord_dtype, time_dtype, polarity: str) 
     assert_bit_exact(ours, literal_voxel_grid(x, y, t, p, bins, height, width))
 
 
-def test_full_size_grid_with_dense_mixed_cells() -> None:
+def test_full_size_grid_with_dense_mixed_cells(kernel: str) -> None:
     """DSEC size (10x480x640): 100k events on a 24x24 patch, so most cells get both polarities."""
     rng = np.random.default_rng(5)
     n = 100_000
@@ -135,7 +142,7 @@ def test_full_size_grid_with_dense_mixed_cells() -> None:
     assert_bit_exact(ours, add_at_voxel_grid(x, y, t, p, 10, 480, 640))
 
 
-def test_out_buffer_is_overwritten_and_work_buffers_stay_zero() -> None:
+def test_out_buffer_is_overwritten_and_work_buffers_stay_zero(kernel: str) -> None:
     rng = np.random.default_rng(9)
     out = np.full((4, 6, 5), 7.0, np.float32)  # stale content must not leak into the result
     for seed_events in range(3):  # repeated calls on one thread reuse its marks/scratch buffers
