@@ -253,7 +253,12 @@ def voxel_grid_torch(
             raise ValueError(f"voxel_grid_torch {name} must be 1-D with {n} entries like t, got {tuple(values.shape)}")
     if out is None:
         out = torch.empty(bins, height, width, dtype=torch.float32, device=device)
-    elif out.dtype != torch.float32 or tuple(out.shape) != (bins, height, width) or out.device != device:
+    elif (
+        out.dtype != torch.float32
+        or tuple(out.shape) != (bins, height, width)
+        or out.device.type != device.type
+        or device.index not in (None, out.device.index)
+    ):
         raise ValueError(
             f"voxel_grid_torch out must be float32 ({bins}, {height}, {width}) on {device}, "
             f"got {out.dtype} {tuple(out.shape)} on {out.device}"
