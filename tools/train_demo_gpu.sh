@@ -18,6 +18,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" # an uninstalled checkout works too
+export PYTHONUNBUFFERED=1                           # the logs show progress while the runs go on
 
 CONFIG=config/train/synthetic_demo_gpu.yaml
 MODALITIES=(fused image_only events_only)
@@ -65,9 +66,9 @@ if sys.argv[1] == "0" and not torch.cuda.is_available():
     sys.exit("train_demo_gpu.sh needs a CUDA GPU (or run it with --smoke)")
 EOF
 
+    mkdir -p "$RUNS"
     build_pid=""
     if [ "$SMOKE" = 0 ]; then
-        mkdir -p "$RUNS"
         python -c "from mambaseg_core.ops.selective_scan.cuda_scan import load_extension; load_extension()" \
             >"$RUNS/cuda_build.log" 2>&1 &
         build_pid=$!
@@ -96,7 +97,11 @@ EOF
         return 1
     fi
     echo "== [${SECONDS}s] training ${MODALITIES[*]} concurrently, $train_min min each ($CONFIG)"
-    local pids=() modality failed=0
+    local pids=() modality failed=0 monitor=""
+    if [ "$SMOKE" = 0 ] && command -v nvidia-smi >/dev/null; then # GPU load every 20 s, for tuning the recipe
+        nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader -l 20 >"$RUNS/gpu_load.log" 2>&1 &
+        monitor=$!
+    fi
     for modality in "${MODALITIES[@]}"; do
         rm -rf "${RUNS:?}/$modality"
         python -m mambaseg_core.cli.train --config "$CONFIG" "${sets[@]}" --set "model.overrides.modality=$modality" \
@@ -112,6 +117,10 @@ EOF
         fi
     done
     local trained=$SECONDS
+    if [ -n "$monitor" ]; then
+        kill "$monitor" 2>/dev/null || true
+        echo "-- GPU utilization, memory every 20 s: $(tr '\n' ';' <"$RUNS/gpu_load.log")"
+    fi
     for modality in "${MODALITIES[@]}"; do
         echo "-- $modality:" && grep -E '^(time budget|\[best|\[last)' "$RUNS/train_$modality.log" | tail -n 3 || true
     done
