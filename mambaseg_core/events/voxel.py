@@ -246,26 +246,26 @@ def voxel_grid_torch(
     the interior.
     """
     _check_shape(bins, height, width)
-    device = torch.device(device) if device is not None else x.device
+    target = torch.device(device) if device is not None else x.device
     n = t.shape[0]
     for name, values in (("x", x), ("y", y), ("t", t), ("p", p)):
         if values.dim() != 1 or values.shape[0] != n:
             raise ValueError(f"voxel_grid_torch {name} must be 1-D with {n} entries like t, got {tuple(values.shape)}")
     if out is None:
-        out = torch.empty(bins, height, width, dtype=torch.float32, device=device)
+        out = torch.empty(bins, height, width, dtype=torch.float32, device=target)
     elif (
         out.dtype != torch.float32
         or tuple(out.shape) != (bins, height, width)
-        or out.device.type != device.type
-        or device.index not in (None, out.device.index)
+        or out.device.type != target.type
+        or target.index not in (None, out.device.index)
     ):
         raise ValueError(
-            f"voxel_grid_torch out must be float32 ({bins}, {height}, {width}) on {device}, "
+            f"voxel_grid_torch out must be float32 ({bins}, {height}, {width}) on {target}, "
             f"got {out.dtype} {tuple(out.shape)} on {out.device}"
         )
     if n == 0:
         return out.zero_()
-    x, y, t, p = (v.to(device) for v in (x, y, t, p))
+    x, y, t, p = (v.to(target) for v in (x, y, t, p))
     if t.is_floating_point():
         t = t.to(torch.float64)
         if not bool(torch.isfinite(t if count is None else t[: int(count)]).all()):
@@ -277,13 +277,13 @@ def voxel_grid_torch(
     if count is None:
         span = since_first[-1]
     else:
-        count = count.to(device=device, dtype=torch.int64)
+        count = count.to(device=target, dtype=torch.int64)
         span = since_first.gather(0, (count - 1).clamp_min(0).view(1))  # (1,): a 0-d index would sync
     span = span.to(torch.float64)
     tau = (since_first * (bins - 1)) / torch.where(span == 0, 1.0, span)  # float64, as on the CPU
     in_window = tau >= 0
     if count is not None:
-        in_window &= torch.arange(n, device=device) < count
+        in_window &= torch.arange(n, device=target) < count
     tau = torch.where(in_window, tau, -2.0)
     b = tau.clamp(max=bins).floor_()  # -2 or bins: both terms land in padding planes; else int(τ)
     right_weight = tau - b
@@ -298,7 +298,7 @@ def voxel_grid_torch(
     row_col = torch.add(padded_coordinate(x, width), padded_coordinate(y, height), alpha=padded_w)
     left = torch.add(row_col, b, alpha=padded_plane).add_(2 * padded_plane + padded_w + 1).long()
     sign = torch.where(p == 1, 1.0, -1.0)
-    grid = torch.zeros((bins + 4) * padded_plane, dtype=torch.float32, device=device)
+    grid = torch.zeros((bins + 4) * padded_plane, dtype=torch.float32, device=target)
     grid.index_add_(0, left, torch.addcmul(sign, sign, right_weight, value=-1).float())  # sign * (1 - δ)
     grid.index_add_(0, left + padded_plane, (sign * right_weight).float())
     interior = grid.view(bins + 4, height + 2, width + 2)[2 : bins + 2, 1 : height + 1, 1 : width + 1]
