@@ -58,10 +58,12 @@ for kv in "${overrides[@]}"; do sets+=(--set "$kv"); done
 main() {
     echo "== $(date -u +%FT%TZ) train_demo_gpu.sh (smoke=$SMOKE): budget $BUDGET_MIN min, $JOBS cores, results in $RESULTS"
     python - "$SMOKE" <<'EOF'
-import sys
-import h5py, hdf5plugin, numba, cv2, yaml, torch  # noqa: F401 (fail here, not after the data is written)
+import shutil, sys
+import cv2, h5py, hdf5plugin, numba, PIL, tqdm, yaml, torch  # noqa: F401 (fail here, not after the data is written)
+from torch.utils.cpp_extension import CUDA_HOME
 print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, GPU: "
-      f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}")
+      f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}; "
+      f"for the CUDA scan build: CUDA_HOME {CUDA_HOME}, ninja {shutil.which('ninja')}")
 if sys.argv[1] == "0" and not torch.cuda.is_available():
     sys.exit("train_demo_gpu.sh needs a CUDA GPU (or run it with --smoke)")
 EOF
