@@ -144,7 +144,8 @@ EOF
 
     mkdir -p "$RESULTS"
     if [ -f "$RUNS/fused/model_best.pt" ]; then
-        python tools/demo_model.py export --checkpoint "$RUNS/fused/model_best.pt" --out "$RESULTS/mambaseg_demo.pt"
+        python tools/demo_model.py export --checkpoint "$RUNS/fused/model_best.pt" --out "$RESULTS/mambaseg_demo.pt" ||
+            failed=1
     fi
     local timings="$RUNS/timings.json"
     echo "{\"generate\": $generated, \"train\": $((trained - generated)), \"evaluate\": $((SECONDS - trained)),"\
