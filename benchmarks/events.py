@@ -187,6 +187,17 @@ def bench_voxel_gpu(rng: np.random.Generator) -> list[list[object]]:
         rows.append(rate_row(case, f"torch eager, {gpu}", n, gpu_seconds(eager), ">= 1000"))
         rows.append(rate_row(case, f"torch CUDA-graph replay, {gpu}", n, gpu_seconds(graph.replay), ">= 1000"))
         del graph
+        if n == 100_000:  # what kernel fusion would buy (not used by the package: compile time, numerics)
+            compiled = torch.compile(voxel_grid_torch, dynamic=False)
+            try:
+                seconds = gpu_seconds(
+                    lambda compiled=compiled, events=events, out=out: compiled(
+                        *events, bins=10, height=480, width=640, out=out
+                    )
+                )
+                rows.append(rate_row(case, f"torch.compile (inductor) eager, {gpu}", n, seconds, "-"))
+            except Exception as error:  # a missing Triton etc.: say so in the table instead of failing the run
+                rows.append([case, f"torch.compile failed: {type(error).__name__}", "-", "-", "-"])
     return rows
 
 
