@@ -271,9 +271,10 @@ def bench_cpu() -> tuple[str, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    parser.add_argument("--backends", nargs="+", help="GPU backends to time (default: every available one)")
     args = parser.parse_args()
     if torch.cuda.is_available():
-        backends = [b for b in available_backends("cuda") if b != "reference"]
+        backends = [b for b in available_backends("cuda") if b != "reference" and b in (args.backends or [b])]
         body, summary = bench_gpu(backends)
         name = "Selective scan"
     else:

@@ -111,5 +111,6 @@ def test_cuda_graph_replay_equals_eager_and_recaptures_on_new_shapes(fixture, pr
         error = rel_l2(logits, data[f"logits{key}"])
         agreement = float((logits.argmax(1) == data[f"logits{key}"].argmax(1)).float().mean())
         print(f"{precision} cuda vs official logits{key}: rel L2 {error:.2e}, argmax agreement {agreement:.4f}")
-        assert error < (1e-4 if precision == "fp32" else 2e-2)
+        # fp32 on the GPU: cuDNN convolutions use TF32 by default (torch.backends.cudnn.allow_tf32).
+        assert error < (1e-3 if precision == "fp32" else 2e-2)
         assert agreement > (0.999 if precision == "fp32" else 0.98)

@@ -286,7 +286,7 @@ def test_cuda_forward_is_deterministic_and_auto_picks_it():
 )
 def test_cuda_inference_kernel_matches_reference(dtype, state, length, groups):
     # Without autograd the one-pass inference kernel runs; lengths cover 1, 2, many 512-step chunks and odd tails.
-    inputs = make_inputs(1, 6, state, length, groups, dtype=dtype, device="cuda", seed=7 * state + length)
+    inputs = make_inputs(1, 8, state, length, groups, dtype=dtype, device="cuda", seed=7 * state + length)
     with torch.no_grad():
         y = selective_scan(**inputs, delta_softplus=True, backend="cuda")
         y_ref = selective_scan(**inputs, delta_softplus=True, backend="reference" if length < 5000 else "torch")

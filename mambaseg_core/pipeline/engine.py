@@ -4,6 +4,9 @@ one CUDA graph replayed per frame.
 - Precision `bf16`/`fp16`: the weights of every matrix product (convolutions, linears, the SSM projections) are
   cast once and the forward runs under autocast; norms, the SSM's A, D and dt bias, and the selective-scan state
   stay float32. Logits come back float32.
+- `compile`: the forward goes through torch.compile (TorchInductor fuses the many small memory-bound kernels
+  around the matrix products and scans; the scan is one opaque custom op). Compilation happens on the first
+  frame of each input shape and takes minutes; Inductor caches it on disk for the next start.
 - `cuda_graph`: the first frame of a given input shape is run twice eagerly on a side stream (kernel selection,
   allocator warm-up), then the forward and the argmax are captured; every later frame copies its inputs into the
   captured buffers and replays the graph (one launch instead of ~2,000, no host work in between). A new input
@@ -14,10 +17,13 @@ The engine owns the model: a half-precision engine casts the model's weights in 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import Literal
 
 import torch
 import torch.nn as nn
+
+from mambaseg_core.ops.selective_scan import available_backends
 
 Precision = Literal["fp32", "bf16", "fp16"]
 PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -40,7 +46,9 @@ def cast_matmul_weights(model: nn.Module, dtype: torch.dtype) -> None:
 class InferenceEngine:
     """model(image=(B, C, H, W), events=(B, bins, H, W)) -> logits or (B, H, W) uint8 class ids."""
 
-    def __init__(self, model: nn.Module, *, precision: Precision = "fp32", cuda_graph: bool = False):
+    def __init__(
+        self, model: nn.Module, *, precision: Precision = "fp32", cuda_graph: bool = False, compile: bool = False
+    ):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
         self.model = model.eval()
@@ -51,6 +59,11 @@ class InferenceEngine:
         self.cuda_graph = cuda_graph
         if precision != "fp32":
             cast_matmul_weights(model, PRECISIONS[precision])
+        self.compile = compile
+        self._forward: Callable[..., torch.Tensor] = model
+        if compile:
+            available_backends(self.device)  # load the scan backends now, outside the traced code
+            self._forward = torch.compile(model, dynamic=False)
         self._graph: torch.cuda.CUDAGraph | None = None
         self._graph_key: tuple = ()
         self._static: dict[str, torch.Tensor] = {}
@@ -64,7 +77,7 @@ class InferenceEngine:
     def logits(self, image: torch.Tensor, events: torch.Tensor) -> torch.Tensor:
         """(B, K, H, W) float32 logits, always eager (the graph holds only class ids)."""
         with torch.inference_mode(), self._autocast():
-            return self.model(image=image, events=events).float()
+            return self._forward(image=image, events=events).float()
 
     def _class_ids_eager(self, image: torch.Tensor, events: torch.Tensor) -> torch.Tensor:
         return self.logits(image, events).argmax(1).to(torch.uint8)
@@ -98,4 +111,7 @@ class InferenceEngine:
         self._graph, self._graph_key = graph, key
 
     def __repr__(self) -> str:
-        return f"InferenceEngine(precision={self.precision!r}, cuda_graph={self.cuda_graph}, device={self.device})"
+        return (
+            f"InferenceEngine(precision={self.precision!r}, cuda_graph={self.cuda_graph}, compile={self.compile}, "
+            f"device={self.device})"
+        )

@@ -69,6 +69,7 @@ class SegmenterConfig:
     palette: list[tuple[int, int, int]] | None = None  # overrides the class set's RGB palette (one per class)
     precision: Precision = "fp32"  # fp32 (accuracy reference) | bf16 | fp16 matrix products (InferenceEngine)
     cuda_graph: bool = False  # replay one captured CUDA graph per frame (CUDA devices; ignored with a warning on CPU)
+    compile: bool = False  # torch.compile the forward (fuses small kernels; minutes of compilation at warm-up)
 
     def validate(self) -> None:
         if self.window_events < 1:
@@ -188,7 +189,9 @@ class Segmenter:
         use_graph = config.cuda_graph and self.device.type == "cuda"
         if config.cuda_graph and not use_graph:
             log.warning("cuda_graph ignored: the model runs on %s, not a CUDA device", self.device)
-        self.engine = InferenceEngine(self.model, precision=config.precision, cuda_graph=use_graph)
+        self.engine = InferenceEngine(
+            self.model, precision=config.precision, cuda_graph=use_graph, compile=config.compile
+        )
         self._pinned: dict[str, torch.Tensor] = {}
 
     # ---- event stream -------------------------------------------------------------------------------

@@ -65,10 +65,18 @@ def available_backends(device: torch.device | str = "cpu") -> list[str]:
     return usable
 
 
+# device type -> available_backends() of that device, so that "auto" costs a dict lookup per call (and
+# torch.compile traces no backend loading).
+_USABLE: dict[str, list[str]] = {}
+
+
 def _auto_backend(u: torch.Tensor, A: torch.Tensor) -> str:
     """The fastest available backend that takes these inputs: the CUDA kernels take fp32/fp16/bf16 only
     (float64, e.g. for gradcheck, goes to the torch backend), and ours N <= CUDA_MAX_STATE."""
-    for name in available_backends(u.device):
+    usable = _USABLE.get(u.device.type)
+    if usable is None:
+        usable = _USABLE[u.device.type] = available_backends(u.device)
+    for name in usable:
         if name in ("cuda", "mamba_ssm") and u.dtype == torch.float64:
             continue
         if name == "cuda" and A.shape[1] > CUDA_MAX_STATE:

@@ -28,16 +28,19 @@ __device__ __forceinline__ float to_float<__half>(__half x) { return __half2floa
 template <>
 __device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 x) { return __bfloat162float(x); }
 
-// Loads kItems consecutive elements starting at step t0 of a row (zero past `length`); 16-byte loads for
-// fp32 where the whole run is in bounds and aligned.
+// Loads kItems consecutive elements starting at step t0 of a row (zero past `length`); 16-byte loads (4 fp32
+// or 8 fp16/bf16 elements) where the whole run is in bounds and aligned.
 template <int kItems, typename T>
 __device__ __forceinline__ void load_items(const T* row, int t0, int length, float (&out)[kItems]) {
-  if constexpr (sizeof(T) == 4 && kItems % 4 == 0) {
+  constexpr int kPerLoad = 16 / sizeof(T);
+  if constexpr (kItems % kPerLoad == 0) {
     if (t0 + kItems <= length && (reinterpret_cast<uintptr_t>(row + t0) & 15) == 0) {
 #pragma unroll
-      for (int i = 0; i < kItems; i += 4) {
-        const float4 v = *reinterpret_cast<const float4*>(row + t0 + i);
-        out[i] = v.x, out[i + 1] = v.y, out[i + 2] = v.z, out[i + 3] = v.w;
+      for (int i = 0; i < kItems; i += kPerLoad) {
+        const uint4 raw = *reinterpret_cast<const uint4*>(row + t0 + i);
+        const T* v = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+        for (int j = 0; j < kPerLoad; ++j) out[i + j] = to_float(v[j]);
       }
       return;
     }

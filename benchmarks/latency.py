@@ -1,0 +1,469 @@
+"""Real-time inference latency of the official MambaSeg architectures on one GPU (issue #11).
+
+Sections of the report:
+1. Model only: network inputs already on the GPU -> class ids on the host, per precision (fp32 = the accuracy
+   reference, bf16) x execution (eager, CUDA graph), batch 1 and 8, DDD17 (200x346) and DSEC (440x640) sizes,
+   random weights (timing does not depend on them). p50/p99 over `--frames` calls, throughput = batch / p50.
+2. End to end, batch 1, through the same `Segmenter` as the ROS node: raw EVT3 packet bytes (1 ms packets of a
+   synthetic stream, DSEC 2 M ev/s with a 100k-event window, DDD17 1 M ev/s with a 50 ms window) + image bytes
+   -> class-id mask on the host. Per frame: decode the frame's packets, add them to the ring buffer, window,
+   voxel grid on the GPU, crop, forward, ids to the host. `render` adds the palette + overlay (CPU) on top.
+3. Per-module GPU time of the eager forward (CUDA events around each module; nested modules overlap), and the
+   kernel count and GPU busy time from the profiler, against the wall time: what dominates, and the host's share.
+4. Accuracy of each optimised mode against fp32 eager: logits relative L2 error and argmax agreement on DSEC-size
+   random inputs (random weights), and on synthetic frames with the trained demo model.
+Usage: python benchmarks/latency.py [--datasets DSEC DDD17] [--batches 1 8] [--frames 100] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _report import table, write_section
+
+from mambaseg_core.config import load_config
+from mambaseg_core.events import EventBatch
+from mambaseg_core.events.evt3 import Evt3Decoder, encode_evt3
+from mambaseg_core.models import MambaSeg, load_model, load_model_config
+from mambaseg_core.pipeline import InferenceEngine, Segmenter, SegmenterConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+# (precision, CUDA graph, torch.compile)
+MODES = {
+    "fp32 eager": ("fp32", False, False),
+    "fp32 graph": ("fp32", True, False),
+    "bf16 eager": ("bf16", False, False),
+    "bf16 graph": ("bf16", True, False),
+    "bf16 compiled graph": ("bf16", True, True),
+}
+# dataset -> (model config, sensor (H, W), Segmenter settings, events per second)
+DATASETS = {
+    "DSEC": (
+        "mambaseg_dsec.yaml",
+        (480, 640),
+        {"window_mode": "count", "window_events": 100_000, "image_fit": "crop_bottom"},
+        2_000_000,
+    ),
+    "DDD17": (
+        "mambaseg_ddd17.yaml",
+        (260, 346),
+        {"window_mode": "duration", "window_duration_us": 50_000, "image_fit": "crop_bottom"},
+        1_000_000,
+    ),
+}
+FRAME_US = 50_000  # 20 Hz camera
+SECTIONS = ("model", "e2e", "breakdown", "accuracy")
+
+
+def make_engine(model: MambaSeg, mode: str) -> InferenceEngine:
+    precision, graph, compiled = MODES[mode]
+    return InferenceEngine(copy.deepcopy(model), precision=precision, cuda_graph=graph, compile=compiled)  # type: ignore[arg-type]
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def build_model(dataset: str) -> MambaSeg:
+    torch.manual_seed(0)
+    config = load_model_config(ROOT / "config" / "model" / DATASETS[dataset][0])
+    return MambaSeg(config).cuda().eval()
+
+
+def time_calls(fn: Callable[[], object], frames: int, warmup: int = 3) -> list[float]:
+    """Milliseconds of each call; fn must return only once its result is on the host."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(frames):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def random_inputs(model: MambaSeg, batch: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    config = model.config
+    gen = torch.Generator().manual_seed(seed)
+    height, width = config.image_size
+    image = torch.rand(batch, config.image_channels, height, width, generator=gen)
+    events = torch.randn(batch, config.event_bins, height, width, generator=gen) * (torch.rand(1, generator=gen) > 0.5)
+    return image.cuda(), events.cuda()
+
+
+# ---- 1. model only ---------------------------------------------------------------------------------------------
+
+
+def bench_model_only(datasets: list[str], batches: list[int], modes: list[str], frames: int) -> str:
+    rows = []
+    for dataset in datasets:
+        base = build_model(dataset)
+        for batch in batches:
+            image, events = random_inputs(base, batch)
+            for mode in modes:
+                engine = make_engine(base, mode)
+                start = time.perf_counter()
+                engine.class_ids(image, events).cpu()
+                first_ms = (time.perf_counter() - start) * 1e3
+                times = time_calls(lambda e=engine, i=image, v=events: e.class_ids(i, v).cpu(), frames)
+                p50 = statistics.median(times)
+                rows.append(
+                    [
+                        dataset,
+                        batch,
+                        mode,
+                        f"{p50:.2f}",
+                        f"{percentile(times, 99):.2f}",
+                        f"{batch * 1e3 / p50:.1f}",
+                        f"{first_ms:.0f}",
+                    ]
+                )
+                print(rows[-1], flush=True)
+                del engine
+                torch.cuda.empty_cache()
+        del base
+        torch.cuda.empty_cache()
+    headers = ["size", "batch", "mode", "p50 ms", "p99 ms", "frames/s", "first call ms (compile, capture)"]
+    return table(headers, rows)
+
+
+# ---- 2. end to end ---------------------------------------------------------------------------------------------
+
+
+def synthetic_stream(sensor: tuple[int, int], rate: int, frames: int, seed: int = 0) -> list[list[bytes]]:
+    """EVT3 1 ms packets per frame interval: events cluster on moving vertical edges, like a driving scene."""
+    rng = np.random.default_rng(seed)
+    height, width = sensor
+    per_ms = rate // 1000
+    stream = []
+    for frame in range(frames):
+        packets = []
+        for ms in range(FRAME_US // 1000):
+            t0 = frame * FRAME_US + ms * 1000
+            t = np.sort(rng.integers(t0, t0 + 1000, per_ms))
+            edges = rng.integers(0, width, 32)
+            x = np.clip(edges[rng.integers(0, 32, per_ms)] + rng.normal(0, 3, per_ms).astype(int), 0, width - 1)
+            y = rng.integers(0, height, per_ms)
+            batch = EventBatch.from_arrays(x, y, t, rng.integers(0, 2, per_ms))
+            packets.append(encode_evt3(batch))
+        stream.append(packets)
+    return stream
+
+
+def bench_end_to_end(datasets: list[str], modes: list[str], frames: int) -> str:
+    rows = []
+    for dataset in datasets:
+        _, sensor, settings, rate = DATASETS[dataset]
+        base = build_model(dataset)
+        stream = synthetic_stream(sensor, rate, frames + 4)
+        image_bytes = np.random.default_rng(1).integers(0, 256, (*sensor, 3), dtype=np.uint8).tobytes()
+        channels = base.config.image_channels
+        for mode in modes:
+            precision, graph, compiled = MODES[mode]
+            config = load_config(
+                SegmenterConfig,
+                {
+                    **settings,
+                    "output_resolution": "network",
+                    "precision": precision,
+                    "cuda_graph": graph,
+                    "compile": compiled,
+                },
+            )
+            seg = Segmenter(copy.deepcopy(base), config, "cuda")
+            warmup_ms = seg.warmup()
+            decoder = Evt3Decoder(width=sensor[1], height=sensor[0])
+            stats: dict[str, list[float]] = defaultdict(list)
+            for k, packets in enumerate(stream):
+                start = time.perf_counter()
+                for packet in packets:
+                    seg.add_events(decoder.decode(packet))
+                decode_ms = (time.perf_counter() - start) * 1e3
+                image = np.frombuffer(image_bytes, np.uint8).reshape(*sensor, 3)
+                if channels == 1:
+                    image = image[..., 1]
+                result = seg.segment(image, (k + 1) * FRAME_US)
+                assert result is not None
+                if k < 4:  # warm-up frames: the ring buffer and allocator settle
+                    continue
+                timings = result.timings_ms
+                stats["decode"].append(decode_ms)
+                for key in ("window", "voxel", "preprocess", "forward", "postprocess"):
+                    stats[key].append(timings[key])
+                stats["to_ids"].append(decode_ms + timings["total"] - timings["postprocess"])
+                stats["render"].append(decode_ms + timings["total"])
+            row = [dataset, mode, f"{warmup_ms:.0f}"]
+            row += [f"{statistics.median(stats[k]):.2f}" for k in ("decode", "window", "voxel", "preprocess")]
+            row += [f"{statistics.median(stats['forward']):.2f}"]
+            row += [f"{statistics.median(stats['to_ids']):.2f}", f"{percentile(stats['to_ids'], 99):.2f}"]
+            row += [f"{statistics.median(stats['render']):.2f}"]
+            rows.append(row)
+            print(row, flush=True)
+            del seg
+            torch.cuda.empty_cache()
+        del base
+        torch.cuda.empty_cache()
+    headers = [
+        "size",
+        "mode",
+        "warm-up ms",
+        "decode p50",
+        "window p50",
+        "voxel p50 (queue)",
+        "preprocess p50 (queue)",
+        "forward p50 (to host)",
+        "bytes -> ids p50",
+        "bytes -> ids p99",
+        "+ render p50",
+    ]
+    return table(headers, rows)
+
+
+# ---- 3. where the time goes ------------------------------------------------------------------------------------
+
+
+def module_label(name: str, module: torch.nn.Module) -> str | None:
+    kind = type(module).__name__
+    if kind in ("PatchEmbed", "Mlp", "Downsample", "CTIM", "CSIM", "SegFormerHead", "DirectionalSSM"):
+        where = "DDIM " if name.startswith("fusion") else ""
+        return where + kind
+    if kind == "SS2D" and not name.startswith("fusion"):
+        return "encoder SS2D"
+    if kind == "DDIM":
+        return "DDIM (whole)"
+    if kind == "LayerNorm2d":
+        return "LayerNorm2d (all)"
+    return None
+
+
+def profile_forward(engine: InferenceEngine, image: torch.Tensor, events: torch.Tensor) -> dict[str, object]:
+    """One profiled forward: GPU ms per module label (kernels launched inside the module, nested modules
+    overlap), the kernels by GPU time, their count and the GPU busy time."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    open_ranges: list[record_function] = []
+    handles = []
+    for name, module in engine.model.named_modules():
+        label = module_label(name, module)
+        if label is None:
+            continue
+
+        def enter(_m, _i, label=label):
+            scope = record_function(f"module::{label}")
+            scope.__enter__()
+            open_ranges.append(scope)
+
+        def leave(_m, _i, _o):
+            open_ranges.pop().__exit__(None, None, None)
+
+        handles += [module.register_forward_pre_hook(enter), module.register_forward_hook(leave)]
+    try:
+        engine.class_ids(image, events).cpu()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            engine.class_ids(image, events).cpu()
+            torch.cuda.synchronize()
+    finally:
+        for handle in handles:
+            handle.remove()
+    averages = prof.key_averages()
+    on_gpu = [str(getattr(e, "device_type", "")).endswith("CUDA") for e in averages]
+    # The CPU-side module ranges sum the kernels launched inside them (the GPU-side ones span idle gaps too).
+    modules = {
+        e.key[len("module::") :]: e.device_time_total / 1e3
+        for e, gpu in zip(averages, on_gpu, strict=True)
+        if e.key.startswith("module::") and not gpu
+    }
+    kernels = [e for e, gpu in zip(averages, on_gpu, strict=True) if gpu and not e.key.startswith("module::")]
+    kernels.sort(key=lambda e: e.self_device_time_total, reverse=True)
+    return {
+        "modules": modules,
+        "kernels": [(e.key, e.count, e.self_device_time_total / 1e3) for e in kernels],
+        "count": sum(e.count for e in kernels),
+        "busy": sum(e.self_device_time_total for e in kernels) / 1e3,
+    }
+
+
+def bench_breakdown(dataset: str, frames: int, top: int = 20) -> str:
+    base = build_model(dataset)
+    image, events = random_inputs(base, 1)
+    labels: list[str] = []
+    profiles: dict[str, dict] = {}
+    summary_rows = []
+    for precision in ("fp32", "bf16"):
+        engine = InferenceEngine(copy.deepcopy(base), precision=precision)  # type: ignore[arg-type]
+        profiles[precision] = profiled = profile_forward(engine, image, events)
+        labels += [label for label in profiled["modules"] if label not in labels]
+        wall = statistics.median(time_calls(lambda e=engine: e.class_ids(image, events).cpu(), frames // 2))
+        graphed = InferenceEngine(engine.model, precision=precision, cuda_graph=True)  # type: ignore[arg-type]
+        graph_wall = statistics.median(time_calls(lambda g=graphed: g.class_ids(image, events).cpu(), frames // 2))
+        busy = profiled["busy"]
+        summary_rows.append(
+            [precision, profiled["count"], f"{busy:.2f}", f"{wall:.2f}", f"{wall - busy:.2f}", f"{graph_wall:.2f}"]
+        )
+        del engine, graphed
+        torch.cuda.empty_cache()
+    module_rows = [
+        [label, *(f"{profiles[p]['modules'].get(label, 0):.2f}" for p in ("fp32", "bf16"))] for label in labels
+    ]
+    parts = [
+        f"{dataset} size, batch 1, random weights.",
+        table(
+            [
+                "precision",
+                "kernels per forward",
+                "GPU busy ms",
+                "eager wall ms",
+                "eager host-bound ms",
+                "graph wall ms",
+            ],
+            summary_rows,
+        ),
+        "GPU time of the kernels launched inside each module (profiler; nested modules are included in their parents):",
+        table(["module", "fp32 GPU ms", "bf16 GPU ms"], module_rows),
+    ]
+    for precision in ("fp32", "bf16"):
+        busy = profiles[precision]["busy"]
+        rows = [
+            [name[:100].replace("|", "/"), count, f"{ms:.3f}", f"{100 * ms / busy:.1f}"]
+            for name, count, ms in profiles[precision]["kernels"][:top]
+        ]
+        parts += [f"Top {top} kernels, {precision}:", table(["kernel", "calls", "GPU ms", "% of busy"], rows)]
+    return "\n\n".join(parts)
+
+
+# ---- 4. accuracy -----------------------------------------------------------------------------------------------
+
+
+def agreement(reference: torch.Tensor, other: torch.Tensor) -> tuple[float, float]:
+    """(relative L2 error of the logits, share of pixels with the same argmax)."""
+    error = float((other.double() - reference.double()).norm() / reference.double().norm())
+    return error, float((other.argmax(1) == reference.argmax(1)).float().mean())
+
+
+def demo_inputs(model: MambaSeg, frames: int = 12) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Network inputs of synthetic frames (a seeded street scene with a tunnel), built by the Segmenter."""
+    from mambaseg_core.synthetic import SceneConfig, SequenceConfig, generate_sequence
+
+    height, width = model.config.image_size
+    scene = SceneConfig(height=height, width=width, seed=31, duration_s=(frames + 1) / 20.0)
+    seg = Segmenter(model, load_config(SegmenterConfig, {"window_events": 4000}), "cuda")
+    inputs = []
+    for frame in list(generate_sequence(replace(SequenceConfig(), scene=scene)))[1:]:
+        seg.add_events(frame.events)
+        prepared = seg.prepare(frame.rgb, frame.t_us + 1)
+        inputs.append((prepared.image, prepared.events))
+    return inputs
+
+
+def bench_accuracy(datasets: list[str], modes: list[str]) -> str:
+    rows = []
+    cases: list[tuple[str, MambaSeg, list[tuple[torch.Tensor, torch.Tensor]]]] = []
+    for dataset in datasets:
+        model = build_model(dataset)
+        cases.append(
+            (f"{dataset} random weights, 4 random inputs", model, [random_inputs(model, 1, s) for s in range(4)])
+        )
+    demo = ROOT / "models" / "demo" / "mambaseg_demo.pt"
+    if demo.exists():
+        model = load_model(str(demo), device="cuda").eval()
+        cases.append(("demo model, 12 synthetic frames", model, demo_inputs(model)))
+    for label, model, inputs in cases:
+        reference = InferenceEngine(copy.deepcopy(model))
+        expected = [reference.logits(i, e) for i, e in inputs]
+        for mode in modes:
+            if mode == "fp32 eager":
+                continue
+            graph = MODES[mode][1]
+            engine = make_engine(model, mode)
+            errors, agree = [], []
+            for (image, events), ref in zip(inputs, expected, strict=True):
+                if graph:
+                    ids = engine.class_ids(image, events).cpu()
+                    errors.append(float("nan"))
+                    agree.append(float((ids == ref.argmax(1).cpu()).float().mean()))
+                else:
+                    error, same = agreement(ref, engine.logits(image, events))
+                    errors.append(error)
+                    agree.append(same)
+            worst = "n/a (ids only)" if graph else f"{max(errors):.2e}"
+            rows.append([label, mode, worst, f"{100 * min(agree):.3f}"])
+            print(rows[-1], flush=True)
+            del engine
+        del reference, model
+        torch.cuda.empty_cache()
+    return table(["inputs", "mode vs fp32 eager", "logits rel L2 (worst)", "argmax agreement % (worst)"], rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", nargs="+", default=["DSEC", "DDD17"], choices=list(DATASETS))
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
+    parser.add_argument("--frames", type=int, default=100, help="timed calls per row")
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES), help="engine modes to run")
+    parser.add_argument(
+        "--sections",
+        nargs="+",
+        default=["model", "e2e", "breakdown", "accuracy"],
+        choices=["model", "e2e", "breakdown", "accuracy"],
+    )
+    parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("benchmarks/latency.py measures GPU inference: no CUDA device found")
+    parts = [
+        "Official MambaSeg architectures (DSEC: RGB 440x640, 11 classes; DDD17: gray 200x346, 6 classes), our CUDA "
+        "selective scan, `InferenceEngine` modes: precision (fp32 = accuracy reference, bf16 matrix products) x "
+        "eager / one CUDA graph per frame. All times are wall-clock milliseconds on the host; the GPU is "
+        "synchronised once per frame, when the class ids reach the host."
+    ]
+    sections: dict[str, tuple[str, Callable[[], str]]] = {
+        "model": (
+            "### Model only (inputs on the GPU -> class ids on the host)",
+            lambda: bench_model_only(args.datasets, args.batches, args.modes, args.frames),
+        ),
+        "e2e": (
+            "### End to end, batch 1 (EVT3 packet bytes + image bytes -> class ids on the host, through Segmenter)\n\n"
+            "Per frame: decode 50 one-millisecond EVT3 packets, ring buffer, window, GPU voxel grid, crop to the "
+            "network size, forward, ids to the host; `+ render` adds the palette and overlay on the CPU. "
+            "`voxel` and `preprocess` are the host's time to queue that GPU work; `forward` waits for all of it.",
+            lambda: bench_end_to_end(args.datasets, args.modes, args.frames),
+        ),
+        "breakdown": (
+            "### Where the time goes (eager forward, CUDA events per module)",
+            lambda: bench_breakdown(args.datasets[0], args.frames),
+        ),
+        "accuracy": (
+            "### Accuracy of the optimised modes against fp32 eager",
+            lambda: bench_accuracy(args.datasets, args.modes),
+        ),
+    }
+    for name in args.sections:
+        heading, run = sections[name]
+        try:
+            body = run()
+        except Exception as exc:  # report what failed and keep the other sections
+            body = f"FAILED: {type(exc).__name__}: {exc}"
+            print(body, file=sys.stderr, flush=True)
+        parts += [heading, body]
+    text = "\n\n".join(parts) + "\n"
+    print(text)
+    if not args.no_write:
+        write_section("Real-time inference latency", text)
+
+
+if __name__ == "__main__":
+    main()
