@@ -37,6 +37,7 @@ from mambaseg_core.events import (
     voxel_grid,
     voxel_grid_torch,
 )
+from mambaseg_core.events import voxel as voxel_module
 
 try:  # the PyPI decoder, measured for comparison only
     import evt3 as evt3_package
@@ -47,8 +48,9 @@ RATE_EV_PER_S, DURATION_S, WIDTH, HEIGHT = 20_000_000, 0.5, 1280, 720
 REPEATS = 7
 GPU_NOTE = (
     "voxel_grid_torch on DSEC-like events (float32 rectified x/y uniform over 640x480, int64 µs t, uint8 p), "
-    "10 bins: eager calls (Python + ~30 kernel launches each, 50 back to back per timing) and replays of one "
-    "CUDA graph captured on fixed-size buffers with a count tensor; best and median of 7 timings. "
+    "10 bins, per backend (triton: one fused kernel + zeroing; torch: ~30 small kernels): eager calls (50 back "
+    "to back per timing) and replays of one CUDA graph captured on fixed-size buffers with a count tensor; best "
+    "and median of 7 timings. "
     "Command: `python benchmarks/events.py --gpu-only`."
 )
 
@@ -160,44 +162,33 @@ def gpu_seconds(fn: Callable[[], object], calls: int = 50) -> tuple[float, float
 
 
 def bench_voxel_gpu(rng: np.random.Generator) -> list[list[object]]:
-    """Eager calls (Python + ~30 kernel launches each), and CUDA-graph replays of the padded-buffer + count form
-    (how a fixed-rate pipeline can run it: the events copied into fixed buffers, one replay per frame)."""
+    """Per backend (triton: one fused kernel; torch: ~30 small ones): eager calls, and CUDA-graph replays of the
+    padded-buffer + count form (a fixed-rate pipeline's way: events copied into fixed buffers, one replay per
+    frame)."""
     rows: list[list[object]] = []
     gpu = torch.cuda.get_device_name(0)
+    backends = ["triton", "torch"] if voxel_module.triton is not None else ["torch"]
     for n in (100_000, 1_000_000, 10_000_000):
         events = gpu_events(rng, n)
         out = torch.empty(10, 480, 640, device="cuda")
         count = torch.tensor(n, device="cuda")
-
-        def eager(events: list[torch.Tensor] = events, out: torch.Tensor = out) -> None:
-            voxel_grid_torch(*events, bins=10, height=480, width=640, out=out)
-
-        def graphed_call(events: list[torch.Tensor] = events, out: torch.Tensor = out, count=count) -> None:
-            voxel_grid_torch(*events, bins=10, height=480, width=640, count=count, out=out)
-
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            graphed_call()  # warm-up outside the capture
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            graphed_call()
         case = f"voxel 10x480x640, {n:,} ev (uniform, float x/y)"
-        rows.append(rate_row(case, f"torch eager, {gpu}", n, gpu_seconds(eager), ">= 1000"))
-        rows.append(rate_row(case, f"torch CUDA-graph replay, {gpu}", n, gpu_seconds(graph.replay), ">= 1000"))
-        del graph
-        if n == 100_000:  # what kernel fusion would buy (not used by the package: compile time, numerics)
-            compiled = torch.compile(voxel_grid_torch, dynamic=False)
-            try:
-                seconds = gpu_seconds(
-                    lambda compiled=compiled, events=events, out=out: compiled(
-                        *events, bins=10, height=480, width=640, out=out
-                    )
-                )
-                rows.append(rate_row(case, f"torch.compile (inductor) eager, {gpu}", n, seconds, "-"))
-            except Exception as error:  # a missing Triton etc.: say so in the table instead of failing the run
-                rows.append([case, f"torch.compile failed: {type(error).__name__}", "-", "-", "-"])
+        for backend in backends:
+
+            def call(backend: str = backend, events: list[torch.Tensor] = events, out=out, count=count) -> None:
+                voxel_grid_torch(*events, bins=10, height=480, width=640, count=count, out=out, backend=backend)
+
+            rows.append(rate_row(case, f"{backend} eager, {gpu}", n, gpu_seconds(call), ">= 1000"))
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                call()  # warm-up (Triton compile, allocator) outside the capture
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                call()
+            rows.append(rate_row(case, f"{backend} CUDA-graph replay, {gpu}", n, gpu_seconds(graph.replay), ">= 1000"))
+            del graph
     return rows
 
 

@@ -206,19 +206,21 @@ def test_sum_equals_signed_event_count() -> None:
     assert float(grid.sum(dtype=np.float64)) == pytest.approx(expected, abs=1e-3)
 
 
-def _torch_matches_numpy(device: str) -> None:
+def _torch_matches_numpy(device: str, backend: str = "torch") -> None:
     rng = np.random.default_rng(4)
     for rectified in (True, False):
         x, y, t, p = random_events(rng, 20_000, 30, 40, rectified=rectified)
         expected = voxel_grid(x, y, t, p, bins=10, height=30, width=40)
         tensors = [torch.from_numpy(a.astype(np.int64) if a.dtype == np.uint8 else a) for a in (x, y, t, p)]
-        got = voxel_grid_torch(*tensors, bins=10, height=30, width=40, device=device)
+        got = voxel_grid_torch(*tensors, bins=10, height=30, width=40, device=device, backend=backend)
         diff = float((got.cpu() - torch.from_numpy(expected)).abs().max())
-        print(device, "rectified" if rectified else "integer", "max abs diff", diff)
+        print(device, backend, "rectified" if rectified else "integer", "max abs diff", diff)
         assert got.dtype == torch.float32 and got.device.type == device
         assert diff < 1e-4  # float32 sums of up to ~100 unit weights per cell, different order
     empty = torch.empty(0)
-    assert not voxel_grid_torch(empty, empty, empty, empty, bins=2, height=3, width=4, device=device).any()
+    assert not voxel_grid_torch(
+        empty, empty, empty, empty, bins=2, height=3, width=4, device=device, backend=backend
+    ).any()
 
 
 def test_torch_edge_cases_match_numpy() -> None:
@@ -260,15 +262,32 @@ def test_torch_matches_numpy_cpu() -> None:
     _torch_matches_numpy("cpu")
 
 
+GPU_BACKENDS = [
+    "torch",
+    pytest.param("triton", marks=pytest.mark.skipif(voxel_module.triton is None, reason="no triton")),
+]
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: voxel_grid_torch on device")
-def test_torch_matches_numpy_cuda() -> None:
-    _torch_matches_numpy("cuda")
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_torch_matches_numpy_cuda(backend: str) -> None:
+    _torch_matches_numpy("cuda", backend)
+
+
+def test_torch_backend_errors() -> None:
+    events = [torch.zeros(3)] * 4
+    with pytest.raises(ValueError, match="backend must be"):
+        voxel_grid_torch(*events, bins=2, height=2, width=2, backend="cuda")
+    if not torch.cuda.is_available():  # the fused kernel needs the package and a GPU (or its interpreter)
+        with pytest.raises(ValueError, match="backend='triton'"):
+            voxel_grid_torch(*events, bins=2, height=2, width=2, backend="triton")
 
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: CUDA-graph capture")
-def test_torch_cuda_graph_replay_with_count_matches_numpy() -> None:
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_torch_cuda_graph_replay_with_count_matches_numpy(backend: str) -> None:
     """Capture once on fixed-size buffers, refill them and replay for several counts (stale tails ignored)."""
     rng = np.random.default_rng(12)
     capacity, bins, height, width = 5000, 10, 30, 40
@@ -285,7 +304,7 @@ def test_torch_cuda_graph_replay_with_count_matches_numpy() -> None:
         return voxel_grid(*events, bins=bins, height=height, width=width)
 
     def grid() -> torch.Tensor:
-        return voxel_grid_torch(*buffers, bins=bins, height=height, width=width, count=count, out=out)
+        return voxel_grid_torch(*buffers, bins=bins, height=height, width=width, count=count, out=out, backend=backend)
 
     refill(capacity)
     side = torch.cuda.Stream()
