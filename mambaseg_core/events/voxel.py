@@ -227,7 +227,7 @@ def voxel_grid(
 
 if triton is not None:
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["n"])  # one compilation for every event count
     def _voxel_kernel(  # pragma: no cover - GPU
         x_ptr, y_ptr, t_ptr, p_ptr, count_ptr, grid_ptr, n, bins, height, width,
         HAS_COUNT: tl.constexpr, BLOCK: tl.constexpr,
