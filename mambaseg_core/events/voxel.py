@@ -1,4 +1,4 @@
-"""The MambaSeg/EISNet voxel grid (`generate_voxel_grid`, separate_pol=False), bit-exact, plus a torch variant.
+"""The MambaSeg/EISNet voxel grid (`generate_voxel_grid`, separate_pol=False), bit-exact, plus a GPU variant.
 
 For N events (x, y, t, p) and B bins over an H x W frame:
 - t0 = t[0], t1 = t[-1] (first/last event, not min/max); Δ = t1 - t0, or 1.0 when 0;
@@ -187,8 +187,9 @@ def voxel_grid(
     differences matter); p: (N,) polarity, 1 positive, anything else negative. Inputs are not modified.
     out: optional float32 (bins, height, width) C-contiguous array to overwrite and return (a caller-owned
     grid, e.g. pinned memory for the upload); without it a fresh zeroed grid is returned.
-    Single-threaded numba kernel that releases the GIL; each calling thread keeps B*H*W uint8 marks and a
-    2*B*H*W float32 scratch grid (27 MB of address space for DSEC, mostly never touched) between calls.
+    Single-threaded numba kernels that release the GIL: a sparse one that touches only the cells the events
+    hit (below one valid event per 32 cells) and a dense one that sweeps the grid once. Each calling thread
+    keeps B*H*W uint8 marks and a 2*B*H*W float32 scratch grid (27 MB for DSEC) between calls.
     """
     _check_shape(bins, height, width)
     n = len(t)
