@@ -12,10 +12,11 @@ Semantics follow the ROS driver's decoder (ros-event-camera/event_camera_codecs)
 
 Output times are unwrapped sensor µs (int64) starting from the first TIME_HIGH's 24-bit value.
 
-Two decoders produce identical batches: a numba kernel (the default: one pass over the words, branch-light
-vector groups) and a vectorised numpy one (the slow, obvious reference the tests compare it with). The PyPI
-`evt3` package (Metavision semantics: a TIME_HIGH clears TIME_LOW, another rollover rule) is slower than the
-kernel on one core and serves only as an independent oracle in the tests.
+Two decoders produce identical batches: a numba kernel (the default: a counting pass, then one decoding pass;
+vector words visit only their set bits) and a vectorised numpy one (the slow, obvious reference the tests
+compare it with). The PyPI `evt3` package follows Metavision semantics (a TIME_HIGH clears TIME_LOW, another
+rollover rule), so it would need a per-packet check and fallback, and is no faster than the kernel on one core
+(benchmarks/events.py); it serves only as an independent oracle in the tests.
 """
 
 from __future__ import annotations
