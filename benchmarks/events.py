@@ -224,7 +224,8 @@ def main() -> None:
             f"{len(os.sched_getaffinity(0))} of {os.cpu_count()} cores). `uniform` voxel rows scatter events over "
             f"the whole frame (cache-miss bound worst case); `edges` rows cluster them like real scenes. "
             f"Load average (1 min) before/after: {load_before:.1f}/{os.getloadavg()[0]:.1f} on {os.cpu_count()} "
-            f"cores (other jobs inflate times; the best column is the least disturbed)."
+            f"cores (other jobs inflate times; the best column is the least disturbed). GPU voxel grid: the "
+            f"'Events (GPU voxel grid)' section, from `python benchmarks/events.py --gpu-only` on a CUDA machine."
         )
         print(body)
         write_section("Events", note + "\n\n" + body)
