@@ -23,7 +23,6 @@ INSTALL_REQUIRES = [
     "hdf5plugin>=4.1",
     "opencv-python-headless>=4.8",
     "pillow>=9.5",
-    "evt3>=0.4",
     "numba>=0.60",
     "tqdm>=4.60",
     "rosbags>=0.10",
@@ -34,6 +33,7 @@ EXTRAS_REQUIRE = {
     "dev": [
         "pytest>=8",
         "hypothesis>=6.100",
+        "evt3>=0.4",  # the reference EVT3 decoder: a test oracle and a benchmark row only
         "ruff>=0.6",
         "mypy>=1.10",
         "mcap>=1.1",

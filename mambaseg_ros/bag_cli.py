@@ -35,6 +35,8 @@ from mambaseg_core.bags.writer import STORAGES
 from mambaseg_core.config import ConfigError, load_config
 from mambaseg_core.data.errors import DatasetError
 from mambaseg_core.pipeline import Segmenter, SegmenterConfig, build_model
+from mambaseg_core.pipeline.event_clock import EVENT_CLOCK_SETTINGS
+from mambaseg_core.pipeline.ros_messages import EVENT_ENCODINGS
 
 PROG = "mambaseg-bag"
 
@@ -47,7 +49,7 @@ def _add_topic_arguments(parser: argparse.ArgumentParser) -> None:
 def _add_convert_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", type=Path, help="output bag folder (must not exist)")
     parser.add_argument("--storage", choices=sorted(STORAGES), default="mcap", help="default %(default)s")
-    parser.add_argument("--encoding", choices=("evt3", "mono"), default="evt3", help="EventPacket encoding")
+    parser.add_argument("--encoding", choices=EVENT_ENCODINGS, default="evt3", help="EventPacket encoding")
     parser.add_argument("--packet-us", type=int, default=1000, help="event packet length, µs (default 1000)")
     parser.add_argument("--frame-id", default="camera", help="header frame_id of every message")
     _add_topic_arguments(parser)
@@ -80,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--output-namespace", default=NODE_NAMESPACE, help="output topics' prefix (default %(default)s)")
     seg.add_argument("--outputs", nargs="+", choices=OUTPUT_NAMES, default=list(OUTPUT_NAMES))
     seg.add_argument("--storage", choices=sorted(STORAGES), help="output storage (default: the input's)")
-    seg.add_argument("--event-clock", choices=("auto", "header_offset", "as_is"), default="auto")
+    seg.add_argument("--event-clock", choices=EVENT_CLOCK_SETTINGS, default="auto")
     seg.add_argument("--png-dir", type=Path, help="also write every overlay as PNG here")
     seg.add_argument("--mp4", type=Path, help="also write the overlays as an MP4 video")
     seg.add_argument("--fps", type=float, help="MP4 frame rate (default: from the image stamps)")

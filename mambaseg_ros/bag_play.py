@@ -24,6 +24,7 @@ from rosbags.interfaces import Qos
 from sensor_msgs.msg import Image
 
 from mambaseg_core.bags import BagReader
+from mambaseg_core.pipeline.ros_messages import stamp_ns
 
 _FALLBACK_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 
@@ -109,7 +110,7 @@ class BagPlayer:
         return True
 
     def _on_answer(self, msg: Image) -> None:
-        self._answered.add(int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec))
+        self._answered.add(stamp_ns(msg.header.stamp))
 
     def play(self) -> PlayReport:
         options, report = self.options, self.report
@@ -168,8 +169,7 @@ class BagPlayer:
         return report
 
     def _stamp_of_image(self, data: bytes) -> int:
-        stamp = deserialize_message(data, Image).header.stamp
-        return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+        return stamp_ns(deserialize_message(data, Image).header.stamp)
 
     def _wait_for_answers(self) -> float:
         """Wait until every published lock-step image was answered; returns the seconds waited."""

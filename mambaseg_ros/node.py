@@ -36,7 +36,9 @@ from std_msgs.msg import Header
 
 from mambaseg_core.config import ConfigError
 from mambaseg_core.events import EventBatch, Evt3Decoder, UnsupportedEncodingError, encode_evt3
-from mambaseg_core.pipeline import EventClock, Segmenter, build_model
+from mambaseg_core.pipeline import Segmenter, build_model
+from mambaseg_core.pipeline.event_clock import EventStream
+from mambaseg_core.pipeline.ros_messages import mask_images
 from mambaseg_ros.conversions import (
     event_array_to_batch,
     event_packet_to_batch,
@@ -151,10 +153,11 @@ class MambaSegNode(Node):
         self._inference_ms: collections.deque[float] = collections.deque(maxlen=500)
         self._last_report = (time.monotonic(), self.counters.snapshot())
         self._jump_tolerance_us = int(settings.time_jump_tolerance_ms * 1000)
-        sensor = settings.segmenter.sensor_size
-        self._evt3_decoder = Evt3Decoder(sensor[1], sensor[0]) if sensor else Evt3Decoder()
-        self._event_clock: EventClock | None = None
-        self._event_clock_key: str | None = None
+        self._events = EventStream(
+            settings.event_clock,  # type: ignore[arg-type]  # validated by read_settings
+            self._jump_tolerance_us,
+            settings.segmenter.sensor_size,
+        )
         self._last_image_us: int | None = None
 
         output_qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
@@ -287,7 +290,7 @@ class MambaSegNode(Node):
     def _on_event_packet(self, msg: Any) -> None:
         self.counters.add("event_packets")
         try:
-            batch = event_packet_to_batch(msg, self._evt3_decoder if msg.encoding == "evt3" else None)
+            batch = event_packet_to_batch(msg, self._events)
         except UnsupportedEncodingError as exc:
             self.counters.add("event_packets_unsupported_encoding")
             self.get_logger().warning(str(exc), throttle_duration_sec=5.0)
@@ -308,15 +311,8 @@ class MambaSegNode(Node):
             return
         self._add_events(batch, stamp_to_us(msg.header.stamp), "event_array")
 
-    def _add_events(self, batch: Any, stamp_us: int, source: str) -> None:
-        if self._event_clock_key != source:  # first packet, or the stream changed encoding
-            mode = self.settings.event_clock
-            if mode == "auto":
-                mode = "header_offset" if source == "evt3" else "as_is"
-            self._event_clock = EventClock(mode, self._jump_tolerance_us)  # type: ignore[arg-type]
-            self._event_clock_key = source
-        assert self._event_clock is not None
-        batch, jumped = self._event_clock.align(batch, stamp_us)
+    def _add_events(self, batch: EventBatch, stamp_us: int, source: str) -> None:
+        batch, jumped = self._events.align(batch, stamp_us, source)
         if jumped:
             self._on_time_jump("event time went back or strayed from the packet stamps")
         self.segmenter.add_events(batch)
@@ -367,11 +363,7 @@ class MambaSegNode(Node):
                 continue
             if result.events_used == 0:
                 self.counters.add("image_only")
-            outputs = {
-                "raw_mask": (result.class_ids, "mono8"),
-                "colored_mask": (result.colored, "rgb8"),
-                "overlay": (result.overlay, "rgb8"),
-            }
+            outputs = mask_images(result)
             try:
                 for name, publisher in self._mask_publishers.items():
                     array, encoding = outputs[name]

@@ -6,7 +6,6 @@ only after every output topic answered the previous one) so that a slow CPU mode
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,7 +18,8 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
-from mambaseg_core.events import EventBatch, encode_evt3, encode_mono
+from mambaseg_core.events import EventBatch
+from mambaseg_core.pipeline.ros_messages import event_packet_payload, packet_bounds
 from mambaseg_ros.conversions import numpy_to_image, stamp_to_us, us_to_stamp
 
 
@@ -33,30 +33,15 @@ class PlayerFrame:
 def event_packets(
     events: EventBatch, *, width: int, height: int, encoding: str = "evt3", packet_us: int | None = None
 ) -> list[EventPacket]:
-    """Events as EventPacket messages of `packet_us` µs each (one packet if None), stamped with their first
-    event's time, as a driver stamps them. `mono` packets carry that time (ns) as `time_base`."""
-    if len(events) == 0:
-        return []
-    if packet_us is None:
-        bounds = [0, len(events)]
-    else:
-        edges = np.arange(int(events.t[0]) + packet_us, int(events.t[-1]) + packet_us, packet_us)
-        bounds = [0, *np.searchsorted(events.t, edges, side="left").tolist(), len(events)]
+    """Time-sorted events as EventPacket messages cut on absolute multiples of `packet_us` µs (one packet if None),
+    stamped with their first event's time, as a driver stamps them (layout: mambaseg_core.pipeline.ros_messages)."""
     packets = []
-    for start, stop in itertools.pairwise(bounds):
-        if stop <= start:
-            continue
+    for start, stop in packet_bounds(events.t, packet_us):
         chunk = events[start:stop]
-        first_us = int(chunk.t[0])
-        msg = EventPacket(encoding=encoding, width=width, height=height, is_bigendian=False)
-        msg.header.stamp = us_to_stamp(first_us)
-        if encoding == "evt3":
-            msg.events = encode_evt3(chunk)
-        elif encoding == "mono":
-            msg.time_base = first_us * 1000
-            msg.events = encode_mono(chunk, msg.time_base)
-        else:
-            raise ValueError(f"cannot encode event packets as {encoding!r}; use evt3 or mono")
+        payload, time_base = event_packet_payload(chunk, encoding)
+        msg = EventPacket(encoding=encoding, width=width, height=height, is_bigendian=False, time_base=time_base)
+        msg.header.stamp = us_to_stamp(int(chunk.t[0]))
+        msg.events = payload
         packets.append(msg)
     return packets
 

@@ -19,7 +19,6 @@ from mambaseg_core.bags import (
     BagEventPacket,
     BagImage,
     BagReader,
-    EventStream,
     SegmentOptions,
     ddd17_source,
     dsec_source,
@@ -32,6 +31,7 @@ from mambaseg_core.data.fixtures import write_ddd17_fixture, write_dsec_fixture
 from mambaseg_core.events import EventBatch
 from mambaseg_core.models import MambaSeg, load_model_config
 from mambaseg_core.pipeline import Segmenter, SegmenterConfig
+from mambaseg_core.pipeline.event_clock import EventStream
 from mambaseg_core.synthetic import SceneConfig, SequenceConfig, generate_sequence
 
 TOPICS = DEFAULT_TOPICS
@@ -153,7 +153,8 @@ def test_synthetic_sequence_bag_holds_the_frames_labels_and_event_stream(tmp_pat
             last_log = record.log_time_ns
             item = record.decoded
             if isinstance(item, BagEventPacket):
-                batch, jumped = stream.align(item)
+                decoded_batch = stream.decode(item.encoding, item.payload, time_base=item.time_base)
+                batch, jumped = stream.align(decoded_batch, item.stamp_ns // 1000, item.encoding)
                 assert not jumped and item.stamp_ns == record.log_time_ns
                 decoded.append(batch)
                 packet_spans.append(int(batch.t[-1] - batch.t[0]))

@@ -19,11 +19,11 @@ from mambaseg_core.bags import (
     BagWriter,
     event_packet_message,
     image_message,
-    image_to_rgb_or_mono,
     typestore,
 )
 from mambaseg_core.bags.writer import EVENTS_QOS
 from mambaseg_core.events import EventBatch, Evt3Decoder
+from mambaseg_core.pipeline.ros_messages import image_to_rgb_or_mono
 
 # docs/spec ros.md §3 and §5: identical from rosidl (the wheels / colcon build) and from rosbags.
 EVENT_PACKET_RIHS01 = "RIHS01_d6fa176260b1f37e5a40845305315e150a0f18191241eb64f407442aa29844aa"

@@ -13,6 +13,7 @@ from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
 from mambaseg_core.events import EventBatch, UnsupportedEncodingError, encode_evt3, encode_mono  # noqa: E402
+from mambaseg_core.pipeline.event_clock import EventStream  # noqa: E402
 from mambaseg_ros.conversions import (  # noqa: E402
     IMAGE_ENCODINGS,
     event_packet_to_batch,
@@ -151,25 +152,23 @@ def _packet(encoding: str, data: bytes, time_base: int = 0, big_endian: bool = F
 
 
 def test_event_packets_decode_mono_and_evt3():
-    from mambaseg_core.events import Evt3Decoder
-
     events = _events()
     time_base = 1_000 * 1000
-    mono = event_packet_to_batch(_packet("mono", encode_mono(events, time_base), time_base))
+    mono = event_packet_to_batch(_packet("mono", encode_mono(events, time_base), time_base), EventStream())
     for name in "xytp":
         np.testing.assert_array_equal(getattr(mono, name), getattr(events, name))
-    evt3 = event_packet_to_batch(_packet("evt3", encode_evt3(events)), Evt3Decoder())
+    evt3 = event_packet_to_batch(_packet("evt3", encode_evt3(events)), EventStream())
     np.testing.assert_array_equal(evt3.x, events.x)
     np.testing.assert_array_equal(evt3.t - evt3.t[0], events.t - events.t[0])
 
 
 def test_bad_event_packets_raise_value_error():
     with pytest.raises(UnsupportedEncodingError, match="libcaer_cmp"):
-        event_packet_to_batch(_packet("libcaer_cmp", b"\x00" * 16))
+        event_packet_to_batch(_packet("libcaer_cmp", b"\x00" * 16), EventStream())
     with pytest.raises(ValueError, match="8-byte"):
-        event_packet_to_batch(_packet("mono", b"\x00" * 7))
+        event_packet_to_batch(_packet("mono", b"\x00" * 7), EventStream())
     with pytest.raises(ValueError, match="big-endian"):
-        event_packet_to_batch(_packet("mono", b"\x00" * 8, big_endian=True))
+        event_packet_to_batch(_packet("mono", b"\x00" * 8, big_endian=True), EventStream())
 
 
 def test_event_arrays_decode_duck_typed_dvs_messages():

@@ -6,7 +6,7 @@ segmentation of a bag with the Segmenter, and dataset / synthetic sequences -> b
     report = segment_bag("seq_bag", "seq_bag_masks", segmenter)
 """
 
-from mambaseg_core.bags.convert import ConvertReport, packet_bounds, write_sequence_bag
+from mambaseg_core.bags.convert import ConvertReport, write_sequence_bag
 from mambaseg_core.bags.dump import OverlayDump
 from mambaseg_core.bags.messages import (
     CAMERA_INFO,
@@ -16,12 +16,9 @@ from mambaseg_core.bags.messages import (
     camera_info_message,
     event_packet_message,
     image_message,
-    image_to_numpy,
-    image_to_rgb_or_mono,
-    stamp_ns,
 )
 from mambaseg_core.bags.reader import BagError, BagEventPacket, BagImage, BagReader, BagRecord
-from mambaseg_core.bags.segment import EventStream, SegmentOptions, SegmentReport, bag_storage, segment_bag
+from mambaseg_core.bags.segment import SegmentOptions, SegmentReport, bag_storage, segment_bag
 from mambaseg_core.bags.sources import (
     BagFrame,
     SequenceSource,
@@ -50,7 +47,6 @@ __all__ = [
     "BagTopics",
     "BagWriter",
     "ConvertReport",
-    "EventStream",
     "Intrinsics",
     "OverlayDump",
     "SegmentOptions",
@@ -62,14 +58,10 @@ __all__ = [
     "dsec_source",
     "event_packet_message",
     "image_message",
-    "image_to_numpy",
-    "image_to_rgb_or_mono",
     "output_topics",
-    "packet_bounds",
     "qos_profile",
     "rectify_events",
     "segment_bag",
-    "stamp_ns",
     "synthetic_source",
     "typestore",
     "write_sequence_bag",

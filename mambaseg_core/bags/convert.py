@@ -10,7 +10,6 @@ Topic names: mambaseg_core.bags.topics.
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +18,6 @@ from tqdm import tqdm
 
 from mambaseg_core.bags.messages import (
     CAMERA_INFO,
-    EVENT_ENCODINGS,
     EVENT_PACKET,
     IMAGE,
     camera_info_message,
@@ -30,6 +28,7 @@ from mambaseg_core.bags.sources import BagFrame, SequenceSource
 from mambaseg_core.bags.topics import DEFAULT_TOPICS, BagTopics
 from mambaseg_core.bags.writer import EVENTS_QOS, IMAGE_QOS, BagWriter
 from mambaseg_core.events import EventBatch
+from mambaseg_core.pipeline.ros_messages import EVENT_ENCODINGS, packet_bounds
 
 
 @dataclass
@@ -47,15 +46,6 @@ class ConvertReport:
             f"{self.path}: {self.frames} images, {self.labels} labels, "
             f"{self.packets} event packets ({self.events} events)"
         )
-
-
-def packet_bounds(t: np.ndarray, packet_us: int) -> list[tuple[int, int]]:
-    """[start, stop) index ranges of time-sorted `t` (µs) cut at every multiple of `packet_us`."""
-    if t.size == 0:
-        return []
-    slot = t // packet_us
-    cuts = [0, *(np.flatnonzero(np.diff(slot)) + 1).tolist(), int(t.size)]
-    return list(itertools.pairwise(cuts))
 
 
 class _SequenceWriter:

@@ -21,8 +21,8 @@ from rosbags.rosbag2 import Reader
 from rosbags.rosbag2.errors import ReaderError
 from rosbags.typesys.store import Typestore
 
-from mambaseg_core.bags.messages import image_to_rgb_or_mono, stamp_ns
 from mambaseg_core.bags.typesys import register_bag_types, typestore
+from mambaseg_core.pipeline.ros_messages import image_to_rgb_or_mono, stamp_ns
 
 
 class BagError(ValueError):

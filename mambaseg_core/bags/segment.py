@@ -1,8 +1,8 @@
 """Offline segmentation of a bag: bag -> Segmenter -> a copy of the bag plus the node's three output topics.
 
 Every input message is copied unchanged (same topics, types, QoS, log times). Event packets are decoded and moved
-into the image clock as the node does (evt3: stream decoder + header-offset clock; mono: as is), and fed to the
-Segmenter. Each image waits (in bag time, not wall time) until the event stream has reached its stamp, so its
+into the image clock by the node's `EventStream` (evt3: stream decoder + header-offset clock; mono: as is), and fed
+to the Segmenter. Each image waits (in bag time, not wall time) until the event stream has reached its stamp, so its
 window holds every event recorded before it whatever the message order in the bag; after `max_event_wait_ms`
 of bag time without that, it is segmented with the events there are (counted as `late_events`). Masks are
 written at the image's log time with the image's header: raw_mask (mono8 class ids, 255 = unlabeled),
@@ -22,8 +22,10 @@ from mambaseg_core.bags.messages import EVENT_PACKET, IMAGE, image_message
 from mambaseg_core.bags.reader import BagError, BagEventPacket, BagImage, BagReader, BagRecord
 from mambaseg_core.bags.topics import DEFAULT_TOPICS, NODE_NAMESPACE, OUTPUT_NAMES, output_topics
 from mambaseg_core.bags.writer import BagWriter, qos_profile
-from mambaseg_core.events import EventBatch, Evt3Decoder, UnsupportedEncodingError, decode_packet
-from mambaseg_core.pipeline import EventClock, SegmentationResult, Segmenter
+from mambaseg_core.events import UnsupportedEncodingError
+from mambaseg_core.pipeline import SegmentationResult, Segmenter
+from mambaseg_core.pipeline.event_clock import EventClockSetting, EventStream
+from mambaseg_core.pipeline.ros_messages import mask_images
 
 OUTPUT_QOS = qos_profile(depth=5)  # the node's output publishers
 ResultCallback = Callable[[BagImage, SegmentationResult], None]
@@ -38,7 +40,7 @@ class SegmentOptions:
     output_namespace: str = NODE_NAMESPACE
     outputs: tuple[str, ...] = OUTPUT_NAMES  # a subset of raw_mask, colored_mask, overlay
     storage: str | None = None  # mcap | sqlite3; None = the input bag's
-    event_clock: str = "auto"  # auto (evt3: header_offset, else as_is) | header_offset | as_is
+    event_clock: EventClockSetting = "auto"  # auto (evt3: header_offset, else as_is) | header_offset | as_is
     max_event_wait_ms: float = 1000.0  # bag time an image waits for events up to its stamp
     time_jump_tolerance_ms: float = 500.0  # event clock steps beyond this reset the event buffer
 
@@ -72,32 +74,6 @@ class SegmentReport:
             if kind in self.errors:
                 lines.append(f"{kind}: first error: {self.errors[kind]}")
         return "\n".join(lines)
-
-
-class EventStream:
-    """One event topic -> EventBatches in the image clock, as the node aligns them (mambaseg_ros.node)."""
-
-    def __init__(self, clock: str = "auto", tolerance_us: int = 500_000, sensor_size: tuple[int, int] | None = None):
-        if clock not in ("auto", "header_offset", "as_is"):
-            raise ValueError(f"event clock must be auto, header_offset or as_is, got {clock!r}")
-        self.clock_mode, self.tolerance_us = clock, tolerance_us
-        self._evt3 = Evt3Decoder(sensor_size[1], sensor_size[0]) if sensor_size else Evt3Decoder()
-        self._clock: EventClock | None = None
-        self._clock_encoding: str | None = None
-
-    def align(self, packet: BagEventPacket) -> tuple[EventBatch, bool]:
-        """(events in the image clock, whether the clock jumped). Raises UnsupportedEncodingError / ValueError."""
-        if packet.is_bigendian:
-            raise ValueError("big-endian EventPacket payloads are not supported (evt3 and mono are little-endian)")
-        batch = decode_packet(packet.encoding, packet.payload, time_base=packet.time_base, decoder=self._evt3)
-        if self._clock_encoding != packet.encoding:  # first packet, or the stream changed encoding
-            mode = self.clock_mode
-            if mode == "auto":
-                mode = "header_offset" if packet.encoding == "evt3" else "as_is"
-            self._clock = EventClock(mode, self.tolerance_us)  # type: ignore[arg-type]
-            self._clock_encoding = packet.encoding
-        assert self._clock is not None
-        return self._clock.align(batch, packet.stamp_ns // 1000)
 
 
 class _Run:
@@ -137,7 +113,9 @@ class _Run:
         report = self.report
         report.event_packets += 1
         try:
-            batch, jumped = self.events.align(packet)
+            batch = self.events.decode(
+                packet.encoding, packet.payload, time_base=packet.time_base, is_bigendian=packet.is_bigendian
+            )
         except UnsupportedEncodingError as exc:
             report.unsupported_event_packets += 1
             report.errors.setdefault("unsupported_event_packets", str(exc))
@@ -146,6 +124,7 @@ class _Run:
             report.malformed[packet.topic] = report.malformed.get(packet.topic, 0) + 1
             report.errors.setdefault(packet.topic, f"{type(exc).__name__}: {exc}")
             return
+        batch, jumped = self.events.align(batch, packet.stamp_ns // 1000, packet.encoding)
         if jumped:  # the images waiting belong to the old timeline
             self._flush(None)
             self.segmenter.reset()
@@ -189,11 +168,7 @@ class _Run:
         if result is None:
             self.report.skipped_no_events += 1
             return
-        arrays = {
-            "raw_mask": (result.class_ids, "mono8"),
-            "colored_mask": (result.colored, "rgb8"),
-            "overlay": (result.overlay, "rgb8"),
-        }
+        arrays = mask_images(result)
         for name, topic in self.outputs.items():
             array, encoding = arrays[name]
             message = image_message(array, encoding, image.stamp_ns, image.frame_id)

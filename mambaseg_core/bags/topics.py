@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mambaseg_core.pipeline.ros_messages import MASK_ENCODINGS
+
 NODE_NAMESPACE = "/mambaseg_node"
-OUTPUT_NAMES = ("raw_mask", "colored_mask", "overlay")
+OUTPUT_NAMES = tuple(MASK_ENCODINGS)
 """Node outputs: class ids (mono8, 255 = unlabeled), colored mask (rgb8), overlay (rgb8)."""
 
 

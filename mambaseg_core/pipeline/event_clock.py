@@ -14,15 +14,24 @@ A jump is reported when a packet stamp goes back by more than `tolerance_us` (ba
 event of a packet is older than the newest event seen by more than `tolerance_us`, or (header_offset) when a
 packet's aligned time strays from its stamp by more than `tolerance_us`. The caller should then drop the
 buffered events (`Segmenter.reset`); the clock restarts its estimate from the jumping packet itself.
+
+`EventStream` is one event topic as the node and the bag tools consume it: its stateful EVT3 decoder and an
+`EventClock` whose mode `auto` picks per source (evt3: header_offset, anything else: as_is), restarted when
+the source changes.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import array
+from typing import Literal, get_args
 
-from mambaseg_core.events import EventBatch
+import numpy as np
+
+from mambaseg_core.events import EventBatch, Evt3Decoder, decode_packet
 
 EventClockMode = Literal["header_offset", "as_is"]
+EventClockSetting = Literal["auto", "header_offset", "as_is"]
+EVENT_CLOCK_SETTINGS: tuple[str, ...] = get_args(EventClockSetting)
 
 
 class EventClock:
@@ -66,3 +75,49 @@ class EventClock:
         newest = int(batch.t.max())
         self._newest_us = newest if self._newest_us is None else max(self._newest_us, newest)
         return batch, jumped
+
+
+class EventStream:
+    """One event topic -> EventBatches in the image clock (module docstring). Not thread-safe: one caller."""
+
+    def __init__(
+        self,
+        clock: EventClockSetting = "auto",
+        tolerance_us: int = 500_000,
+        sensor_size: tuple[int, int] | None = None,
+    ):
+        """`sensor_size` (H, W) bounds the EVT3 decoder's coordinates (None: unchecked)."""
+        if clock not in EVENT_CLOCK_SETTINGS:
+            raise ValueError(f"event clock must be one of {', '.join(EVENT_CLOCK_SETTINGS)}, got {clock!r}")
+        self.clock_setting, self.tolerance_us = clock, tolerance_us
+        self._evt3 = Evt3Decoder(sensor_size[1], sensor_size[0]) if sensor_size else Evt3Decoder()
+        self._clock: EventClock | None = None
+        self._clock_source: str | None = None
+
+    def decode(
+        self,
+        encoding: str,
+        payload: bytes | bytearray | memoryview | array.array | np.ndarray,
+        *,
+        time_base: int = 0,
+        is_bigendian: bool = False,
+    ) -> EventBatch:
+        """An EventPacket's payload (any buffer: bytes, array('B'), (N,) uint8) as events in the packet's own
+        clock. Raises UnsupportedEncodingError (a ValueError) for other encodings, ValueError when malformed."""
+        if is_bigendian:
+            raise ValueError("big-endian EventPacket payloads are not supported (evt3 and mono are little-endian)")
+        data = np.frombuffer(payload, np.uint8)  # a zero-copy view
+        return decode_packet(encoding, data, time_base=int(time_base), decoder=self._evt3)
+
+    def align(self, batch: EventBatch, stamp_us: int, source: str) -> tuple[EventBatch, bool]:
+        """(`batch` moved into the image clock, whether the clock jumped). `stamp_us` is the packet's header
+        stamp, `source` its encoding (or any other name, e.g. "event_array", for already-aligned streams)."""
+        if self._clock is None or self._clock_source != source:  # first packet, or the stream changed encoding
+            mode: EventClockMode
+            if self.clock_setting == "auto":
+                mode = "header_offset" if source == "evt3" else "as_is"
+            else:
+                mode = self.clock_setting
+            self._clock = EventClock(mode, self.tolerance_us)
+            self._clock_source = source
+        return self._clock.align(batch, stamp_us)
