@@ -18,7 +18,7 @@ from mambaseg_core.events import EventBatch, decode_event_array
 from mambaseg_core.pipeline.event_clock import EventStream
 from mambaseg_core.pipeline.ros_messages import (
     IMAGE_ENCODINGS,
-    image_pixels,
+    image_fields,
     image_to_numpy,
     image_to_rgb_or_mono,
     stamp_ns,
@@ -38,17 +38,12 @@ __all__ = [
 
 def numpy_to_image(array: np.ndarray, encoding: str, header: Header | None = None) -> Image:
     """A sensor_msgs/Image holding `array` ((H, W) or (H, W, C) matching `encoding`), little-endian, unpadded."""
-    array = image_pixels(array, encoding)
-    msg = Image(
-        height=int(array.shape[0]),
-        width=int(array.shape[1]),
-        encoding=encoding,
-        is_bigendian=0,
-        step=int(array.strides[0]),
-    )
+    fields = image_fields(array, encoding)
+    data = fields.pop("data")
+    msg = Image(**fields)
     if header is not None:
         msg.header = header
-    msg.data = array.tobytes()  # bytes assignment is ~200x faster than a memoryview
+    msg.data = data.tobytes()  # bytes assignment is ~200x faster than a memoryview
     return msg
 
 

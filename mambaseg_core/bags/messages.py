@@ -13,7 +13,7 @@ import numpy as np
 
 from mambaseg_core.bags.typesys import typestore
 from mambaseg_core.events import EventBatch
-from mambaseg_core.pipeline.ros_messages import event_packet_payload, image_pixels
+from mambaseg_core.pipeline.ros_messages import event_packet_payload, image_fields
 
 IMAGE = "sensor_msgs/msg/Image"
 CAMERA_INFO = "sensor_msgs/msg/CameraInfo"
@@ -31,16 +31,7 @@ def header(stamp: int, frame_id: str) -> Any:
 
 def image_message(array: np.ndarray, encoding: str, stamp: int, frame_id: str) -> Any:
     """sensor_msgs/Image holding `array` ((H, W) or (H, W, C) matching `encoding`), little-endian, unpadded."""
-    array = image_pixels(array, encoding)
-    return typestore().types[IMAGE](
-        header=header(stamp, frame_id),
-        height=int(array.shape[0]),
-        width=int(array.shape[1]),
-        encoding=encoding,
-        is_bigendian=0,
-        step=int(array.strides[0]),
-        data=array.reshape(-1).view(np.uint8),
-    )
+    return typestore().types[IMAGE](header=header(stamp, frame_id), **image_fields(array, encoding))
 
 
 def event_packet_message(events: EventBatch, *, encoding: str, width: int, height: int, seq: int, frame_id: str) -> Any:

@@ -106,9 +106,9 @@ def image_to_rgb_or_mono(msg: Any) -> np.ndarray:
     return pixels
 
 
-def image_pixels(array: np.ndarray, encoding: str) -> np.ndarray:
-    """`array` ((H, W) or (H, W, C)) checked against `encoding` and made C-contiguous little-endian: the
-    `data` of an unpadded sensor_msgs/Image with `is_bigendian` 0 and `step` = strides[0]."""
+def image_fields(array: np.ndarray, encoding: str) -> dict[str, Any]:
+    """The sensor_msgs/Image fields but `header` of an unpadded little-endian image holding `array` ((H, W) or
+    (H, W, C), checked against `encoding`); `data` is a (step x H,) uint8 view, no copy when already so laid out."""
     kind, channels = _encoding_layout(encoding)
     shape_channels = 1 if array.ndim == 2 else array.shape[2] if array.ndim == 3 else -1
     if array.dtype != np.dtype(kind) or shape_channels != channels:
@@ -116,7 +116,15 @@ def image_pixels(array: np.ndarray, encoding: str) -> np.ndarray:
             f"{encoding} needs a {np.dtype(kind).name} array with {channels} channel(s), "
             f"got {array.dtype} {array.shape}"
         )
-    return np.ascontiguousarray(array, dtype=np.dtype(kind).newbyteorder("<"))
+    array = np.ascontiguousarray(array, dtype=np.dtype(kind).newbyteorder("<"))
+    return {
+        "height": int(array.shape[0]),
+        "width": int(array.shape[1]),
+        "encoding": encoding,
+        "is_bigendian": 0,
+        "step": int(array.strides[0]),
+        "data": array.reshape(-1).view(np.uint8),
+    }
 
 
 def mask_images(result: SegmentationResult) -> dict[str, tuple[np.ndarray, str]]:
