@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,17 @@ def message_class(msgtype: str) -> type:
         raise ValueError(
             f"message type {msgtype} is not available to rclpy (is the {package} package built and sourced?)"
         ) from None
+
+
+def spin_until(executor: Any, predicate: Callable[[], bool], deadline: float, step_s: float = 0.02) -> bool:
+    """Spin `executor` until `predicate()` holds (True) or time.monotonic() passes `deadline` (False); with a
+    predicate that never holds, a sleep that keeps serving callbacks."""
+    while not predicate():
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        executor.spin_once(timeout_sec=min(remaining, step_s))
+    return True
 
 
 def rclpy_qos(profiles: Sequence[Qos]) -> QoSProfile:
@@ -101,14 +112,6 @@ class BagPlayer:
         self._waiting: list[int] = []  # stamps of published lock-step images not yet answered
         self.report = PlayReport()
 
-    def _spin_until(self, predicate: Any, deadline: float) -> bool:
-        while not predicate():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            self.executor.spin_once(timeout_sec=min(remaining, 0.02))
-        return True
-
     def _on_answer(self, msg: Image) -> None:
         self._answered.add(stamp_ns(msg.header.stamp))
 
@@ -136,13 +139,16 @@ class BagPlayer:
                 answers = self.node.create_subscription(
                     Image, options.lockstep_answer_topic, self._on_answer, QoSProfile(depth=100)
                 )
-                ready = self._spin_until(
-                    lambda: answers.get_publisher_count() > 0, time.monotonic() + options.subscriber_timeout_s
+                ready = spin_until(
+                    self.executor,
+                    lambda: answers.get_publisher_count() > 0,
+                    time.monotonic() + options.subscriber_timeout_s,
                 )
                 if not ready:
                     raise TimeoutError(f"nobody publishes {options.lockstep_answer_topic} (lock step answers)")
             for topic in options.wait_for_subscribers:
-                if not self._spin_until(
+                if not spin_until(
+                    self.executor,
                     lambda t=topic: publishers[t].get_subscription_count() > 0,
                     time.monotonic() + options.subscriber_timeout_s,
                 ):
@@ -161,7 +167,7 @@ class BagPlayer:
                     paused += self._wait_for_answers()
                     self._waiting.append(self._stamp_of_image(record.data))
                 due = start_wall + paused + (record.log_time_ns - first_log) / 1e9 / options.rate
-                self._spin_until(lambda: False, due)
+                spin_until(self.executor, lambda: False, due)
                 publishers[topic].publish(record.data)
                 report.published[options.remap.get(topic, topic)] += 1
             paused += self._wait_for_answers()
@@ -175,7 +181,9 @@ class BagPlayer:
         """Wait until every published lock-step image was answered; returns the seconds waited."""
         start = time.monotonic()
         for stamp in self._waiting:
-            if self._spin_until(lambda s=stamp: s in self._answered, time.monotonic() + self.options.answer_timeout_s):
+            if spin_until(
+                self.executor, lambda s=stamp: s in self._answered, time.monotonic() + self.options.answer_timeout_s
+            ):
                 self.report.answered += 1
             else:
                 self.report.unanswered += 1

@@ -20,6 +20,7 @@ from std_msgs.msg import Header
 
 from mambaseg_core.events import EventBatch
 from mambaseg_core.pipeline.ros_messages import event_packet_payload, packet_bounds
+from mambaseg_ros.bag_play import spin_until
 from mambaseg_ros.conversions import numpy_to_image, stamp_to_us, us_to_stamp
 
 
@@ -87,12 +88,8 @@ class FramePlayer:
         return record
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            if time.monotonic() > deadline:
-                return False
-            self.executor.spin_once(timeout_sec=0.05)
-        return True
+        """Spin until `predicate()` holds (True) or `timeout` seconds passed (False)."""
+        return spin_until(self.executor, predicate, time.monotonic() + timeout, step_s=0.05)
 
     def connected(self) -> bool:
         """The node subscribes to both inputs and publishes every output topic."""
