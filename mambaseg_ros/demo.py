@@ -51,7 +51,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("demo_output"), help="artefact folder (default demo_output)")
     parser.add_argument("--seconds", type=float, default=4.0, help="sequence length at 20 Hz (default 4 s)")
-    # The demo model was trained on scene seeds 0-7, 1000 and 2000-2002 (models/demo/MODEL_CARD.md).
+    # The demo model was trained on scene seeds 10000-10047, selected on 11000-11001 (models/demo/MODEL_CARD.md).
     parser.add_argument("--seed", type=int, default=31, help="scene seed (default 31: unseen in training)")
     parser.add_argument("--lighting", default="tunnel", help="lighting scenario (default tunnel: dark + HDR)")
     parser.add_argument("--checkpoint", type=Path, default=None, help=f"default {DEFAULT_CHECKPOINT} if present")
