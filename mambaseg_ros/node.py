@@ -2,7 +2,8 @@
 
 Thin glue over `mambaseg_core.pipeline.Segmenter` (which does all tensor work):
 - `events` (event_camera_msgs/EventPacket evt3|mono, or dvs/prophesee EventArray): decoded on the executor
-  thread, moved into the image clock (`EventClock`), appended to the Segmenter's ring buffer.
+  thread, moved into the image clock (`EventStream`, shared with the bag tools), appended to the Segmenter's
+  ring buffer.
 - `image` (sensor_msgs/Image): converted to RGB/gray and put in a one-frame slot; a newer frame replaces a
   waiting one (counted as `dropped_busy`).
 - A worker thread takes the frame, waits up to `max_event_latency_ms` for events up to the frame stamp,
