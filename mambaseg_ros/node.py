@@ -334,8 +334,7 @@ class MambaSegNode(Node):
         deadline = frame.received + self.settings.max_event_latency_ms / 1000.0
         with self._slot.condition:
             while not self._slot.closed:
-                latest = self.segmenter.latest_event_us
-                if latest is not None and latest >= frame.stamp_us:
+                if self.segmenter.events_reached(frame.stamp_us):
                     return True
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:

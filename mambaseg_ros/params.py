@@ -18,10 +18,11 @@ from rclpy.parameter import Parameter
 
 from mambaseg_core.config import ConfigError, load_config
 from mambaseg_core.pipeline import SegmenterConfig
+from mambaseg_core.pipeline.event_clock import EVENT_CLOCK_SETTINGS
 
 RELIABILITY_CHOICES = ("best_effort", "reliable", "system_default")
 EVENT_MSG_TYPES = ("event_packet", "dvs", "prophesee")
-EVENT_CLOCKS = ("auto", "header_offset", "as_is")
+EVENT_CLOCKS = EVENT_CLOCK_SETTINGS
 _CONFIG_KEY_TO_PARAMETER = {"sensor_size": "sensor_width"}  # SegmenterConfig keys that are not parameter names
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
@@ -64,6 +65,7 @@ PARAMETERS: tuple[_Spec, ...] = (
         choices=("fp32", "bf16", "fp16"),
     ),
     _Spec("cuda_graph", True, "Replay one captured CUDA graph per frame (CUDA devices; ignored on CPU)"),
+    _Spec("compile", False, "torch.compile the forward (fuses small kernels; 1-2 min of compilation at start-up)"),
     # event window
     _Spec(
         "window_mode",
@@ -254,6 +256,7 @@ def read_settings(node: Any) -> NodeSettings:
                 "palette": _palette(list(values["palette"]) if values["palette"] is not None else None),
                 "precision": values["precision"],
                 "cuda_graph": values["cuda_graph"],
+                "compile": values["compile"],
             },
         )
     except ConfigError as exc:

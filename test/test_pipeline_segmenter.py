@@ -295,3 +295,11 @@ def test_cuda_segmenter_matches_cpu(model):
     agreement = float((cpu_ids == gpu_ids).mean())
     print(f"ids agreeing between CPU and CUDA: {agreement:.4f}")
     assert agreement > 0.99  # TF32/cuDNN kernels may flip near-ties of random-weight logits
+
+
+def test_events_reached_tracks_the_newest_buffered_event(model):
+    seg = segmenter(model)
+    assert not seg.events_reached(0)
+    seg.add_events(make_events(10, 0, 1000))
+    newest = int(seg.latest_event_us)
+    assert seg.events_reached(newest) and not seg.events_reached(newest + 1)

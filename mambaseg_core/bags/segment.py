@@ -149,8 +149,7 @@ class _Run:
         """Segment the waiting images whose events are complete (all of them when `now_ns` is None)."""
         while self.pending:
             image = self.pending[0]
-            latest = self.segmenter.latest_event_us
-            complete = latest is not None and latest >= image.stamp_ns // 1000
+            complete = self.segmenter.events_reached(image.stamp_ns // 1000)
             timed_out = now_ns is None or now_ns - image.log_time_ns > self.max_wait_ns
             if not (complete or timed_out):
                 return

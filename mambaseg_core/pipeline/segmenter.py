@@ -205,6 +205,11 @@ class Segmenter:
         """The newest buffered event time (µs, image clock); None when the buffer is empty."""
         return self._buffer.latest_time
 
+    def events_reached(self, stamp_us: int) -> bool:
+        """True once the buffered events reach `stamp_us`: a frame at that stamp has all of its window."""
+        latest = self._buffer.latest_time
+        return latest is not None and latest >= stamp_us
+
     @property
     def buffer(self) -> EventRingBuffer:
         """The event ring buffer (its `stats` count overflow drops and resets; `len` is the events held)."""
