@@ -19,6 +19,9 @@ export ROS_DOMAIN_ID=${ROS_DOMAIN_ID:-$(( (RANDOM % 100) + 100 ))}
 export FASTDDS_DEFAULT_PROFILES_FILE=$PWD/config/fastdds_shm.xml
 export ROS_LOG_DIR=$PWD/build/ros_log
 export PYTHONUNBUFFERED=1
+# One OpenMP thread per process: tests run nodes and players beside pytest on 2 cores, and oversubscribed torch
+# threads made a 24 ms forward take seconds under load.
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 mkdir -p build
 pytest_cmd=(python -m pytest -rs -q --durations=15 "$@")
 echo "== pytest (ROS_DOMAIN_ID=$ROS_DOMAIN_ID)"
