@@ -58,6 +58,9 @@ def init_distributed(backend: str | None = None) -> bool:
 
 def destroy_distributed() -> None:
     if is_distributed():
+        # Leave together: rank 0 hosts the rendezvous store, and a rank still tearing down its gloo threads
+        # after rank 0 exited can abort ("terminate called without an active exception").
+        dist.barrier()
         dist.destroy_process_group()
 
 
