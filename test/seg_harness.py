@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,6 +152,75 @@ class SpunNode:
         self.executor.shutdown(timeout_sec=5.0)
         self.node.destroy_node()
         self.thread.join(timeout=10.0)
+
+
+@dataclass
+class NodeSession:
+    """A node process (`python -m mambaseg_ros.node`) and a listener of its raw masks in this process."""
+
+    node: subprocess.Popen
+    masks: list[Any]
+    subscription: Any
+    executor: Any
+    node_rc: int | None = None  # set when the session ends (SIGINT)
+    node_output: str = ""
+
+    def spin_until(self, predicate: Any, timeout: float) -> bool:
+        """Spin the listener until predicate() or the timeout; returns predicate()."""
+        deadline = time.monotonic() + timeout
+        while not predicate() and time.monotonic() < deadline:
+            self.executor.spin_once(timeout_sec=0.05)
+        return predicate()
+
+    def drive(self, driver: subprocess.Popen, expected_masks: int, timeout: float) -> tuple[int, str]:
+        """Spin while `driver` (a publisher/player process) runs, then until `expected_masks` masks arrived (plus
+        0.5 s for extra ones); stop it and return its (rc, output). The driver is killed if anything fails."""
+        try:
+            self.spin_until(lambda: driver.poll() is not None, timeout)
+            self.spin_until(lambda: len(self.masks) >= expected_masks, 30.0)
+            self.spin_until(lambda: False, 0.5)  # extra masks would arrive now
+            return stop(driver)
+        finally:
+            if driver.poll() is None:
+                driver.kill()
+
+    def wait_until_up(self, timeout: float = 120.0) -> None:
+        assert self.spin_until(
+            lambda: self.subscription.get_publisher_count() > 0 or self.node.poll() is not None, timeout
+        )
+        assert self.node.poll() is None, "the node process exited during start-up"
+
+
+@contextlib.contextmanager
+def node_session(params: Path, remaps: dict[str, str], *, env: dict[str, str] | None = None, depth: int = 50):
+    """Start the node with `params` and topic `remaps`, listen to ~/raw_mask; on exit SIGINT it (rc, output kept)."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+
+    command = [sys.executable, "-m", "mambaseg_ros.node", "--ros-args", "--params-file", str(params)]
+    for topic, target in remaps.items():
+        command += ["-r", f"{topic}:={target}"]
+    node = subprocess.Popen(
+        command, cwd=REPO_ROOT, env=env or process_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    listener = rclpy.create_node("test_mask_listener", context=context)
+    masks: list[Any] = []
+    qos = QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE)
+    subscription = listener.create_subscription(Image, "/mambaseg_node/raw_mask", masks.append, qos)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(listener)
+    session = NodeSession(node, masks, subscription, executor)
+    try:
+        yield session
+    finally:
+        session.node_rc, session.node_output = stop(node)
+        executor.shutdown()
+        listener.destroy_node()
+        rclpy.try_shutdown(context=context)
 
 
 def stamps_us(messages: list[Any]) -> list[int]:

@@ -19,9 +19,14 @@ pytestmark = pytest.mark.ros
 
 import rclpy  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
-from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
-from seg_harness import process_env, ros_context, stamps_us, stop, write_params, write_tiny_model_config  # noqa: E402
-from sensor_msgs.msg import Image  # noqa: E402
+from seg_harness import (  # noqa: E402
+    node_session,
+    process_env,
+    ros_context,
+    stamps_us,
+    write_params,
+    write_tiny_model_config,
+)
 
 from mambaseg_core.bags import DEFAULT_TOPICS, BagFrame, BagReader, SequenceSource, write_sequence_bag  # noqa: E402
 from mambaseg_core.events import EventBatch  # noqa: E402
@@ -56,53 +61,21 @@ def test_player_drives_the_node_process_one_mask_per_image(tmp_path):
     bag = write_bag(tmp_path / "bag", frames)
     params = write_params(tmp_path, write_tiny_model_config(tmp_path))
     env = {**process_env(), "OMP_NUM_THREADS": "1"}  # the tiny model; 2 OpenMP threads crawl on a shared CPU
-    node_cmd = [sys.executable, "-m", "mambaseg_ros.node", "--ros-args", "--params-file", str(params)]
-    node_cmd += ["-r", f"image:={DEFAULT_TOPICS.image}", "-r", f"events:={DEFAULT_TOPICS.events}"]
-    node = subprocess.Popen(
-        node_cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    listener = rclpy.create_node("bag_test_listener", context=context)
-    masks: list[Image] = []
-    subscription = listener.create_subscription(
-        Image, "/mambaseg_node/raw_mask", masks.append, QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE)
-    )
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(listener)
-
-    def spin_until(predicate, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while not predicate() and time.monotonic() < deadline:
-            executor.spin_once(timeout_sec=0.05)
-        return predicate()
-
-    player = None
-    try:
-        assert spin_until(lambda: subscription.get_publisher_count() > 0 or node.poll() is not None, 120.0)
-        assert node.poll() is None, "the node process exited during start-up"
+    remaps = {"image": DEFAULT_TOPICS.image, "events": DEFAULT_TOPICS.events}
+    with node_session(params, remaps, env=env, depth=200) as session:
+        session.wait_until_up()
         play_cmd = [sys.executable, "-m", "mambaseg_ros.bag_cli", "play", str(bag), "--rate", "2"]
         play_cmd += ["--topics", *INPUTS, "--wait-subscribers", *INPUTS, "--timeout", "60"]
         play_cmd += ["--lockstep", DEFAULT_TOPICS.image, "/mambaseg_node/raw_mask"]
         player = subprocess.Popen(
             play_cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
-        spin_until(lambda: player.poll() is not None, 300.0)
-        spin_until(lambda: len(masks) >= frames, 30.0)
-        spin_until(lambda: False, 0.5)  # extra masks would arrive now
-        player_rc, player_output = stop(player)
+        player_rc, player_output = session.drive(player, frames, 300.0)
         print(player_output)
         assert player_rc == 0
-    finally:
-        if player is not None and player.poll() is None:
-            player.kill()
-        node_rc, node_output = stop(node)
-        print(node_output[-3000:])
-        executor.shutdown()
-        listener.destroy_node()
-        rclpy.try_shutdown(context=context)
-    assert stamps_us(masks) == [BASE_US + k * PERIOD_US for k in range(frames)]
-    assert node_rc == 0
+    print(session.node_output[-3000:])
+    assert stamps_us(session.masks) == [BASE_US + k * PERIOD_US for k in range(frames)]
+    assert session.node_rc == 0
 
 
 def test_recorder_writes_back_what_the_player_publishes(tmp_path):
