@@ -7,6 +7,7 @@ Defaults are the official MambaSeg recipe (spec model.md §6) where one exists; 
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -123,6 +124,54 @@ class EmaConfig:
 
 
 @dataclass
+class OhemConfig:
+    """Online hard example mining: only pixels whose true-class probability is below `thresh` count in the loss,
+    and at least the `min_kept` hardest labelled pixels of each rank's batch (all of them if it has fewer)."""
+
+    thresh: float = 0.7
+    min_kept: int = 100_000
+
+    def validate(self) -> None:
+        if not 0.0 < self.thresh <= 1.0:
+            raise ConfigError("thresh", f"must be a probability in (0, 1], got {self.thresh}")
+        if self.min_kept < 0:
+            raise ConfigError("min_kept", f"must be >= 0, got {self.min_kept}")
+
+
+CLASS_WEIGHT_METHODS = ("median_frequency", "inverse_sqrt_frequency")
+
+
+@dataclass
+class LossConfig:
+    """Cross-entropy over the labelled pixels (255 = ignore); the defaults are the official plain CE.
+
+    `class_weights`: null (unweighted), a method computed from the train labels' class frequencies (counted on an
+    evenly spaced sample of at most `frequency_samples` train samples, then clipped to `class_weight_range`), or
+    one explicit weight per class. See `losses.class_weights_from_counts`.
+    """
+
+    class_weights: str | list[float] | None = None
+    class_weight_range: tuple[float, float] = (0.1, 10.0)
+    frequency_samples: int = 2000
+    ohem: OhemConfig | None = None
+
+    def validate(self) -> None:
+        weights = self.class_weights
+        if isinstance(weights, str) and weights not in CLASS_WEIGHT_METHODS:
+            raise ConfigError(
+                "class_weights",
+                f"must be null, one of {list(CLASS_WEIGHT_METHODS)} or a list of per-class weights, got {weights!r}",
+            )
+        if isinstance(weights, list) and not all(math.isfinite(w) and w > 0 for w in weights):
+            raise ConfigError("class_weights", f"explicit weights must be finite and > 0, got {weights}")
+        low, high = self.class_weight_range
+        if not 0.0 < low <= high or not math.isfinite(high):
+            raise ConfigError("class_weight_range", f"must be [low, high] with 0 < low <= high, got {[low, high]}")
+        if self.frequency_samples < 1:
+            raise ConfigError("frequency_samples", f"must be >= 1, got {self.frequency_samples}")
+
+
+@dataclass
 class CheckpointConfig:
     """When to write checkpoints and how many to keep."""
 
@@ -189,6 +238,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     ema: EmaConfig | None = None
+    loss: LossConfig = field(default_factory=LossConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
@@ -196,6 +246,16 @@ class TrainConfig:
     def validate(self) -> None:
         if self.version != self.VERSION:
             raise ConfigError("version", f"this code reads train config version {self.VERSION}, got {self.version}")
+        if isinstance(self.loss.class_weights, list):
+            from .builders import dataset_class_set  # local: builders imports this module
+
+            classes = dataset_class_set(self.data).num_classes
+            if len(self.loss.class_weights) != classes:
+                raise ConfigError(
+                    "loss.class_weights",
+                    f"has {len(self.loss.class_weights)} weights, data.dataset {self.data.dataset!r} has {classes} "
+                    "classes",
+                )
 
     @property
     def run_dir(self) -> Path:

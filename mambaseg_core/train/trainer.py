@@ -6,6 +6,7 @@ global batch, split evenly over the ranks, so N GPUs follow the same recipe as o
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -18,10 +19,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
 from ..config import to_dict
-from ..data.classes import IGNORE_INDEX
 from ..models.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from ..models.checkpoint import VERSION as CHECKPOINT_VERSION
 from .checkpoint import capture_rng_state, restore_rng_state, seed_everything
+from .class_frequencies import count_class_pixels
 from .config import TrainConfig
 from .distributed import (
     all_gather_object,
@@ -34,6 +35,7 @@ from .distributed import (
 from .ema import ModelEma
 from .evaluation import autocast_context
 from .hooks import CheckpointHook, EvalHook, HookBase, ProgressBar, ScalarLogger
+from .losses import build_loss, class_weights_from_counts, format_class_weights
 from .sampling import Augment, AugmentedDataset, ResumableDistributedSampler, ShardSampler
 from .schedules import build_scheduler, set_horizon
 
@@ -95,6 +97,7 @@ class Trainer:
             self.ddp_model = DistributedDataParallel(self.model, device_ids=device_ids)
         self.model.train()
 
+        self.train_set = train_set
         self.per_rank_batch = self._per_rank_batch(cfg.data.batch_size)
         self.sampler = ResumableDistributedSampler(train_set, self.world_size, self.rank, seed=cfg.runtime.seed)
         self.train_loader = self._loader(AugmentedDataset(train_set, augment, cfg.runtime.seed), self.per_rank_batch)
@@ -129,7 +132,7 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule, self.max_iter)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.runtime.precision == "fp16")
         self.ema = ModelEma(self.model, cfg.ema.decay, cfg.ema.warmup) if cfg.ema is not None else None
-        self.loss_fn = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
+        self.loss_fn = build_loss(cfg.loss, self.num_classes).to(self.device)
 
         self.iteration = 0
         self.epoch = 0
@@ -210,6 +213,7 @@ class Trainer:
         budget re-plans at every epoch end (`_fit_to_budget`)."""
         self._started_at, self._pace_mark = self.clock(), None
         self._open_run_dir()
+        self.prepare_class_weights()
         for hook in self.hooks:
             hook.before_train()
         try:
@@ -245,7 +249,8 @@ class Trainer:
         return done
 
     def run_step(self) -> None:
-        """One optimiser step on the next batch: forward, CE loss, backward, (clip), step, LR, EMA."""
+        """One optimiser step on the next batch: forward, loss (`losses.SegmentationLoss`), backward, (clip), step,
+        LR, EMA."""
         assert self.ddp_model.training, "the model was left in eval mode"
         batch = next(self._batches)
         image = batch["image"].to(self.device, non_blocking=True)
@@ -266,6 +271,44 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(self.model)
         self.last_loss = loss.detach()
+
+    def prepare_class_weights(self) -> None:
+        """Count the train labels' class frequencies and set the loss weights, when loss.class_weights names a
+        method and no resumed checkpoint already set them. Rank 0 counts (inside the time budget); every rank
+        gets the same weights. The counts and weights are printed and written to class_weights.json."""
+        cfg = self.cfg.loss
+        if not isinstance(cfg.class_weights, str) or self.loss_fn.class_weights is not None:
+            return
+        counted: tuple[list[int], int] | None = None
+        if is_main_process():
+            print(f"class weights ({cfg.class_weights}): counting the train labels", flush=True)
+            counts, samples = count_class_pixels(
+                self.train_set,
+                self.num_classes,
+                cfg.frequency_samples,
+                self.cfg.data.num_workers,
+                self.cfg.logging.progress_bar,
+            )
+            counted = (counts.tolist(), samples)
+        counts_list, samples = broadcast_object(counted)
+        counts = torch.tensor(counts_list, dtype=torch.int64)
+        weights = class_weights_from_counts(counts, cfg.class_weights, cfg.class_weight_range)
+        self.loss_fn.class_weights = weights.to(self.device)
+        if is_main_process():
+            print(
+                f"class weights from {samples} of {len(self.train_set)} train samples (evenly spaced), clipped to "  # type: ignore[arg-type]
+                f"{list(cfg.class_weight_range)}:\n" + format_class_weights(self.class_names, counts, weights),
+                flush=True,
+            )
+            record = {
+                "method": cfg.class_weights,
+                "samples": samples,
+                "weight_range": list(cfg.class_weight_range),
+                "classes": list(self.class_names),
+                "pixel_counts": counts_list,
+                "weights": weights.tolist(),
+            }
+            (self.run_dir / "class_weights.json").write_text(json.dumps(record, indent=1) + "\n")
 
     # ----------------------------------------------------------------- wall-clock budget (runtime.max_minutes)
     def _fit_to_budget(self) -> None:
@@ -354,6 +397,7 @@ class Trainer:
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(),
                 "ema": self.ema.state_dict() if self.ema is not None else None,
+                "class_weights": None if self.loss_fn.class_weights is None else self.loss_fn.class_weights.cpu(),
                 "rng": rng_states,
                 "hooks": hook_states,
                 "config": to_dict(self.cfg),
@@ -361,7 +405,8 @@ class Trainer:
         }
 
     def resume(self, path: str | Path) -> None:
-        """Restore model, optimiser, scheduler, scaler, EMA, hooks, iteration and this rank's RNG state."""
+        """Restore model, optimiser, scheduler, scaler, EMA, loss class weights, hooks, iteration and this rank's
+        RNG state."""
         state = torch.load(path, map_location="cpu", weights_only=True)
         if "trainer" not in state:
             raise ValueError(f"{path}: a model-only checkpoint (no 'trainer' state); cannot resume from it")
@@ -376,6 +421,14 @@ class Trainer:
             )
         if self.ema is not None:
             self.ema.load_state_dict(trainer["ema"])
+        class_weights = trainer.get("class_weights")  # absent from checkpoints older than loss.class_weights
+        if (class_weights is None) != (self.cfg.loss.class_weights is None):
+            raise ValueError(
+                f"{path}: loss class weights are {'on' if class_weights is not None else 'off'} in the checkpoint "
+                "but not in the config"
+            )
+        if class_weights is not None:  # the run's own weights, not a recount or an edited list
+            self.loss_fn.class_weights = class_weights.to(self.device)
         for i, hook in enumerate(self.hooks):
             key = f"{i}:{type(hook).__name__}"
             if hasattr(hook, "load_state_dict") and key in trainer["hooks"]:
