@@ -131,12 +131,6 @@ class OhemConfig:
     thresh: float = 0.7
     min_kept: int = 100_000
 
-    def validate(self) -> None:
-        if not 0.0 < self.thresh <= 1.0:
-            raise ConfigError("thresh", f"must be a probability in (0, 1], got {self.thresh}")
-        if self.min_kept < 0:
-            raise ConfigError("min_kept", f"must be >= 0, got {self.min_kept}")
-
 
 CLASS_WEIGHT_METHODS = ("median_frequency", "inverse_sqrt_frequency")
 
@@ -169,6 +163,12 @@ class LossConfig:
             raise ConfigError("class_weight_range", f"must be [low, high] with 0 < low <= high, got {[low, high]}")
         if self.frequency_samples < 1:
             raise ConfigError("frequency_samples", f"must be >= 1, got {self.frequency_samples}")
+        # Checked here, not in an OhemConfig.validate: load_config reports a failure inside an optional section
+        # only as "matches none of OhemConfig | None", without the key and the reason.
+        if self.ohem is not None and not 0.0 < self.ohem.thresh <= 1.0:
+            raise ConfigError("ohem.thresh", f"must be a probability in (0, 1], got {self.ohem.thresh}")
+        if self.ohem is not None and self.ohem.min_kept < 0:
+            raise ConfigError("ohem.min_kept", f"must be >= 0, got {self.ohem.min_kept}")
 
 
 @dataclass
