@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import socket
 from pathlib import Path
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 import torch.nn as nn
 import torch.nn.functional as F
 from test_train_support import (  # noqa: F401 (autouse fixture)
@@ -26,6 +29,7 @@ from mambaseg_core.train import HookBase, LossRecorder, Trainer
 from mambaseg_core.train.checkpoint import resolve_resume
 from mambaseg_core.train.class_frequencies import count_class_pixels, sample_indices
 from mambaseg_core.train.config import LossConfig, OhemConfig, load_train_config
+from mambaseg_core.train.distributed import destroy_distributed, init_distributed
 from mambaseg_core.train.losses import SegmentationLoss, build_loss, class_weights_from_counts, ohem_keep_mask
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -222,3 +226,37 @@ def test_trainer_counts_weights_once_saves_them_and_resume_reuses_them(tmp_path)
     plain = _trainer(tiny_config(tmp_path / "split", schedule={"epochs": 2}))
     with pytest.raises(ValueError, match="class weights are on in the checkpoint but not in the config"):
         plain.resume(checkpoint)
+
+
+def _ddp_weights(rank: int, world_size: int, port: int, out_dir: str) -> None:
+    """One rank of a 2-process gloo run with frequency weights; saves the loss weights this rank trained with."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size))
+    os.environ["LOCAL_RANK"] = str(rank)
+    torch.set_num_threads(1)
+    assert init_distributed("gloo")
+    try:
+        cfg = tiny_config(
+            Path(out_dir) / "run",
+            loss={"class_weights": "inverse_sqrt_frequency"},
+            runtime={"max_iters": 1, "eval_every_epochs": 0},
+            checkpoint={"every_epochs": 0},
+        )
+        trainer = _trainer(cfg)
+        trainer.train()
+        torch.save(trainer.loss_fn.class_weights, Path(out_dir) / f"weights_{rank}.pt")
+    finally:
+        destroy_distributed()
+
+
+def test_ddp_ranks_train_with_rank_0s_weights(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_weights, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    labels = BlobDataset(16, seed=1, ignore_fraction=0.1).labels
+    counts = torch.bincount(labels[labels != IGNORE], minlength=NUM_CLASSES)
+    expected = class_weights_from_counts(counts, "inverse_sqrt_frequency", (0.1, 10.0))
+    for rank in range(2):
+        weights = torch.load(tmp_path / f"weights_{rank}.pt", weights_only=True)
+        print(f"rank {rank} weights {weights.tolist()}")
+        assert torch.equal(weights, expected)
