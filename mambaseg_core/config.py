@@ -39,14 +39,14 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         args = get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
+        options = [arg for arg in args if arg is not type(None)]
+        if len(options) == 1:  # `X | None`: X's own error names the inner key and the reason
+            return _convert(value, options[0], key)
+        for arg in options:
             try:
                 return _convert(value, arg, key)
-            except ConfigError as exc:
-                errors.append(str(exc))
+            except ConfigError:
+                continue
         raise ConfigError(key, f"{value!r} matches none of {tp}")
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         if isinstance(value, tp):

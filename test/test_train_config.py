@@ -44,3 +44,10 @@ def test_dotted_overrides_and_errors_name_the_key():
         load_train_config(path, ["runtime.precision=fp8"])
     with pytest.raises(ConfigError, match=r"data\.splits"):
         load_train_config({"data": {"dataset": "ddd17", "root": "x", "splits": {"val": {"sequences": ["a"]}}}})
+
+
+def test_errors_inside_an_optional_section_name_the_inner_key():
+    path = CONFIGS[0].with_name("dsec.yaml")
+    # `ema` is `EmaConfig | None`: the error must reach into the section, not just say "matches none of".
+    with pytest.raises(ConfigError, match=r"'ema\.decya'.*unknown key"):
+        load_train_config(path, ["ema={decya: 0.9}"])
