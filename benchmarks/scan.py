@@ -32,6 +32,7 @@ from mambaseg_core.ops.selective_scan import available_backends, selective_scan
 CHANNELS = (96, 192, 384, 768)
 DEPTHS = (2, 2, 8, 2)
 TOKENS = {"DDD17": (4350, 1100, 286, 77), "DSEC": (17600, 4400, 1120, 280)}
+CPU_BACKENDS = ("numba", "torch")  # inference on a robot's CPU: the numba loop, and the differentiable fallback
 REFERENCE_MAX_STEPS = 1200  # the reference loops over L in Python: skip it beyond this
 
 
@@ -243,26 +244,28 @@ def bench_gpu(backends: list[str]) -> tuple[str, str]:
 
 
 def bench_cpu() -> tuple[str, str]:
-    """DDD17 forward set, torch backend; wall time and process CPU time (the box may be shared)."""
-    rows, wall_total, cpu_total = [], 0.0, 0.0
+    """DDD17 forward set, numba and torch backends; wall time and process CPU time (the box may be shared)."""
+    rows, wall_total, cpu_total = [], dict.fromkeys(CPU_BACKENDS, 0.0), dict.fromkeys(CPU_BACKENDS, 0.0)
     for shape in model_shapes("DDD17"):
         inputs = make_inputs(shape, "cpu", requires_grad=False)
+        for backend in CPU_BACKENDS:
 
-        def fwd(i: dict[str, torch.Tensor] = inputs) -> None:
-            with torch.no_grad():
-                selective_scan(**i, delta_softplus=True, backend="torch")
+            def fwd(i: dict[str, torch.Tensor] = inputs, b: str = backend) -> None:
+                with torch.no_grad():
+                    selective_scan(**i, delta_softplus=True, backend=b)
 
-        wall = time_call(fwd, "cpu", 1.0, 5)
-        cpu_start = time.process_time()
-        fwd()
-        cpu = time.process_time() - cpu_start
-        wall_total += shape.per_forward * wall
-        cpu_total += shape.per_forward * cpu
-        rows.append([shape.label, "torch", f"{wall * 1e3:.1f}", f"{cpu * 1e3:.1f}", shape.per_forward])
+            wall = time_call(fwd, "cpu", 1.0, 5)
+            cpu_start = time.process_time()
+            fwd()
+            cpu = time.process_time() - cpu_start
+            wall_total[backend] += shape.per_forward * wall
+            cpu_total[backend] += shape.per_forward * cpu
+            rows.append([shape.label, backend, f"{wall * 1e3:.1f}", f"{cpu * 1e3:.1f}", shape.per_forward])
     calls = sum(s.per_forward for s in model_shapes("DDD17"))
-    summary = (
-        f"All {calls} scans of one DDD17 model forward (torch backend, no grad, {torch.get_num_threads()} threads): "
-        f"{wall_total:.2f} s wall, {cpu_total:.2f} s of process CPU time."
+    summary = "\n".join(
+        f"All {calls} scans of one DDD17 model forward ({backend} backend, no grad, {torch.get_num_threads()} torch "
+        f"threads): {wall_total[backend]:.2f} s wall, {cpu_total[backend]:.2f} s of process CPU time."
+        for backend in CPU_BACKENDS
     )
     headers = ["shape (channels, N, L)", "backend", "fwd ms (wall)", "fwd ms (process CPU)", "calls per forward"]
     return table(headers, rows), summary

@@ -175,10 +175,47 @@ def test_torch_backend_stable_for_strong_and_weak_decay(decay_scale):
 # --------------------------------------------------------------------------------------- API
 
 
-def test_cpu_auto_uses_torch_backend():
-    assert available_backends("cpu") == ["torch", "reference"]
+def test_cpu_auto_uses_numba_for_inference_and_torch_for_gradients():
+    assert available_backends("cpu") == ["numba", "torch", "reference"]
     inputs = make_inputs(1, 4, 2, 33, 2)
-    assert torch.equal(selective_scan(**inputs), selective_scan(**inputs, backend="torch"))
+    with torch.no_grad():
+        assert torch.equal(selective_scan(**inputs), selective_scan(**inputs, backend="numba"))
+    leaf = inputs["u"].clone().requires_grad_(True)
+    y = selective_scan(**{**inputs, "u": leaf})
+    assert y.requires_grad and torch.equal(y.detach(), selective_scan(**inputs, backend="torch"))
+    double = {k: v.double() if v is not None else None for k, v in inputs.items()}
+    with torch.no_grad():
+        assert torch.equal(selective_scan(**double), selective_scan(**double, backend="torch"))
+
+
+@pytest.mark.parametrize(
+    ("batch", "channels", "state", "length", "groups", "with_d", "with_bias", "softplus"), CPU_CASES
+)
+def test_numba_backend_matches_reference(batch, channels, state, length, groups, with_d, with_bias, softplus):
+    inputs = make_inputs(batch, channels, state, length, groups, with_d=with_d, with_bias=with_bias, softplus=softplus)
+    with torch.no_grad():
+        y = selective_scan(**inputs, delta_softplus=softplus, backend="numba")
+        expected = selective_scan(**inputs, delta_softplus=softplus, backend="reference")
+    assert y.dtype == torch.float32 and y.shape == expected.shape
+    assert_close("y (numba)", y, expected, (2e-5, 2e-5))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_numba_backend_low_precision_inputs(dtype):
+    inputs = make_inputs(2, 6, 16, 200, 3, dtype=dtype)
+    with torch.no_grad():
+        y = selective_scan(**inputs, delta_softplus=True, backend="numba")
+        expected = selective_scan(**inputs, delta_softplus=True, backend="reference")
+    assert_close(f"y (numba, {dtype})", y, expected, (2e-5, 2e-5))
+
+
+def test_numba_backend_is_forward_only_and_cpu_only():
+    inputs = make_inputs(1, 2, 4, 9, 1)
+    inputs["u"].requires_grad_(True)
+    with pytest.raises(BackendUnavailableError, match="forward-only"):
+        selective_scan(**inputs, backend="numba")
+    with torch.no_grad():
+        selective_scan(**inputs, backend="numba")  # the same inputs without autograd are fine
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised where no CUDA GPU is present")

@@ -13,10 +13,11 @@ import torch
 
 from mambaseg_core.ops.selective_scan.cuda_scan import MAX_STATE as CUDA_MAX_STATE
 from mambaseg_core.ops.selective_scan.errors import BackendUnavailableError
+from mambaseg_core.ops.selective_scan.numba_scan import selective_scan_numba
 from mambaseg_core.ops.selective_scan.reference import selective_scan_reference
 from mambaseg_core.ops.selective_scan.torch_scan import selective_scan_torch
 
-BACKENDS = ("reference", "torch", "cuda", "mamba_ssm")
+BACKENDS = ("reference", "torch", "numba", "cuda", "mamba_ssm")
 
 ScanFn = Callable[..., torch.Tensor]
 
@@ -29,6 +30,8 @@ def _import_backend(name: str) -> ScanFn:
         return selective_scan_reference
     if name == "torch":
         return selective_scan_torch
+    if name == "numba":
+        return selective_scan_numba
     if name == "cuda":
         from mambaseg_core.ops.selective_scan.cuda_scan import load_extension, make_cuda_scan
 
@@ -54,7 +57,7 @@ def _load_backend(name: str) -> ScanFn:
 def available_backends(device: torch.device | str = "cpu") -> list[str]:
     """Backends that can run on `device`, fastest first (a first call may compile the CUDA kernels)."""
     device = torch.device(device)
-    names = ("cuda", "mamba_ssm", "torch", "reference") if device.type == "cuda" else ("torch", "reference")
+    names = ("cuda", "mamba_ssm", "torch", "reference") if device.type == "cuda" else ("numba", "torch", "reference")
     usable = []
     for name in names:
         try:
@@ -70,14 +73,17 @@ def available_backends(device: torch.device | str = "cpu") -> list[str]:
 _USABLE: dict[str, list[str]] = {}
 
 
-def _auto_backend(u: torch.Tensor, A: torch.Tensor) -> str:
+def _auto_backend(u: torch.Tensor, A: torch.Tensor, needs_grad: bool) -> str:
     """The fastest available backend that takes these inputs: the CUDA kernels take fp32/fp16/bf16 only
-    (float64, e.g. for gradcheck, goes to the torch backend), and ours N <= CUDA_MAX_STATE."""
+    (float64, e.g. for gradcheck, goes to the torch backend), ours N <= CUDA_MAX_STATE; the numba CPU scan
+    serves inference only (float32 maths), so gradients and float64 go to the torch backend."""
     usable = _USABLE.get(u.device.type)
     if usable is None:
         usable = _USABLE[u.device.type] = available_backends(u.device)
     for name in usable:
-        if name in ("cuda", "mamba_ssm") and u.dtype == torch.float64:
+        if name in ("cuda", "mamba_ssm", "numba") and u.dtype == torch.float64:
+            continue
+        if name == "numba" and needs_grad:
             continue
         if name == "cuda" and A.shape[1] > CUDA_MAX_STATE:
             continue
@@ -120,7 +126,10 @@ def selective_scan(
     """Mamba-1 selective scan; see `selective_scan_reference` for the semantics and shapes."""
     _check_inputs(u, delta, A, B, C, D, delta_bias)
     if backend == "auto":
-        backend = _auto_backend(u, A)
+        needs_grad = torch.is_grad_enabled() and any(
+            x is not None and x.requires_grad for x in (u, delta, A, B, C, D, delta_bias)
+        )
+        backend = _auto_backend(u, A, needs_grad)
     elif backend not in BACKENDS:
         raise ValueError(f"unknown selective-scan backend {backend!r}; choose one of auto, {', '.join(BACKENDS)}")
     fn = _load_backend(backend)
@@ -132,6 +141,7 @@ __all__ = [
     "BackendUnavailableError",
     "available_backends",
     "selective_scan",
+    "selective_scan_numba",
     "selective_scan_reference",
     "selective_scan_torch",
 ]

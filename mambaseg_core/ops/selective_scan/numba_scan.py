@@ -1,0 +1,81 @@
+"""CPU inference selective scan: the sequential recurrence compiled with numba, rows spread over the cores.
+
+On a CPU the recurrence itself is cheap (one exp and two multiply-adds per step and state); what makes the torch
+backend slow there is the many tensor operations of its chunked formulation. This backend runs the plain loop,
+one (batch, channel) row per task, with the N states of a step contiguous in memory (B and C are transposed to
+(batch, groups, L, N) once per call). Forward only: it serves inference (`torch.no_grad` / `inference_mode`); a
+call that needs gradients raises, and `auto` then picks the differentiable torch backend.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+import torch
+
+from mambaseg_core.ops.selective_scan.errors import BackendUnavailableError
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _scan_rows(u, delta, A, Bt, Ct, D, bias, softplus, y):  # pragma: no cover - compiled
+    """u, delta, y (batch, channels, L); A (channels, N); Bt, Ct (batch, groups, L, N); D, bias (channels,).
+    All float32; the state stays float32 (as in the CUDA kernels), exp is evaluated in float64 and rounded."""
+    batch, channels, length = u.shape
+    groups, state = Bt.shape[1], A.shape[1]
+    per_group = channels // groups
+    for row in numba.prange(batch * channels):
+        b = row // channels
+        c = row - b * channels
+        g = c // per_group
+        h = np.zeros(state, np.float32)
+        for t in range(length):
+            dt = delta[b, c, t] + bias[c]
+            if softplus and dt <= 20.0:
+                dt = np.float32(math.log1p(math.exp(dt)))
+            x = u[b, c, t]
+            step_input = dt * x
+            acc = D[c] * x
+            for n in range(state):
+                h[n] = np.float32(math.exp(dt * A[c, n])) * h[n] + step_input * Bt[b, g, t, n]
+                acc += h[n] * Ct[b, g, t, n]
+            y[b, c, t] = acc
+
+
+def _as_array(x: torch.Tensor) -> np.ndarray:
+    return x.detach().to(torch.float32).contiguous().numpy()
+
+
+def selective_scan_numba(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+) -> torch.Tensor:
+    """Same semantics and shapes as `selective_scan_reference`; CPU tensors, no gradients; float32 out."""
+    if u.device.type != "cpu":
+        raise BackendUnavailableError(f"selective-scan backend 'numba' runs on the CPU, got u on {u.device}")
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (u, delta, A, B, C, D, delta_bias)):
+        raise BackendUnavailableError(
+            "selective-scan backend 'numba' is forward-only (inference); use 'torch' when gradients are needed"
+        )
+    channels = u.shape[1]
+    zeros = np.zeros(channels, np.float32)
+    y = np.empty(tuple(u.shape), np.float32)
+    _scan_rows(
+        _as_array(u),
+        _as_array(delta),
+        _as_array(A),
+        np.ascontiguousarray(_as_array(B).transpose(0, 1, 3, 2)),
+        np.ascontiguousarray(_as_array(C).transpose(0, 1, 3, 2)),
+        _as_array(D) if D is not None else zeros,
+        _as_array(delta_bias) if delta_bias is not None else zeros,
+        delta_softplus,
+        y,
+    )
+    return torch.from_numpy(y)
