@@ -72,6 +72,13 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def checkpoint_size(checkpoint: str) -> tuple[int, int]:
+    from mambaseg_core.models import load_model
+
+    height, width = load_model(checkpoint).config.image_size
+    return int(height), int(width)
+
+
 def network_size(model_config: dict | str) -> tuple[int, int]:
     from mambaseg_core.models import load_model_config
 
@@ -172,12 +179,13 @@ def main() -> int:
         config_path = str(workdir / "tiny_model.yaml")
     else:
         config_path = args.model_config
-    net_h, net_w = network_size(model_config)
+    # A checkpoint carries its own architecture (and, for ours, its network size); describe what actually runs.
+    net_h, net_w = network_size(model_config) if not args.checkpoint else checkpoint_size(args.checkpoint)
     height, width = (int(v) for v in args.image_size.split("x")) if args.image_size else (net_h, net_w)
     period_us = int(1e6 / args.rate)
     setup = [
-        ("model", f"{'tiny built-in' if args.tiny else Path(args.model_config).name}, "
-                  f"{'random weights' if not args.checkpoint else Path(args.checkpoint).name}"),
+        ("model", Path(args.checkpoint).name if args.checkpoint
+                  else f"{'tiny built-in' if args.tiny else Path(args.model_config).name}, random weights"),
         ("network input", f"{net_h}x{net_w}"),
         ("camera image", f"{height}x{width} rgb8, image_fit={args.image_fit}"),
         ("events", f"{args.events_per_frame} per frame in {args.packets_per_frame + 1} mono packets"),
