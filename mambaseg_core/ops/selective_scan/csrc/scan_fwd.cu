@@ -77,34 +77,20 @@ __global__ void __launch_bounds__(kMaxThreads, 2) scan_fwd_kernel(ScanParams p) 
 }
 
 template <typename T, int kMaxN>
-static void launch_fwd_typed(const ScanParams& p, cudaStream_t stream) {
-  constexpr int kItems = kMaxN == 1 ? 8 : 4;  // must match items_per_thread()
-  const dim3 grid(p.batch * p.channels * p.n_tiles), block(p.threads);
-  if (p.n_tiles > 1) {
-    scan_fwd_kernel<T, kMaxN, kItems, true><<<grid, block, 0, stream>>>(p);
-    launch_carry<false>(p.tile_maps, p.tile_carries, p, stream);
+struct FwdLaunch {
+  static void run(const ScanParams& p, cudaStream_t stream) {
+    constexpr int kItems = kMaxN == 1 ? 8 : 4;  // must match items_per_thread()
+    const dim3 grid(p.batch * p.channels * p.n_tiles), block(p.threads);
+    if (p.n_tiles > 1) {
+      scan_fwd_kernel<T, kMaxN, kItems, true><<<grid, block, 0, stream>>>(p);
+      launch_carry<false>(p.tile_maps, p.tile_carries, p, stream);
+    }
+    scan_fwd_kernel<T, kMaxN, kItems, false><<<grid, block, 0, stream>>>(p);
   }
-  scan_fwd_kernel<T, kMaxN, kItems, false><<<grid, block, 0, stream>>>(p);
-}
-
-template <typename T>
-static void launch_fwd_dispatch_state(const ScanParams& p, cudaStream_t stream) {
-  if (p.state <= 1)
-    launch_fwd_typed<T, 1>(p, stream);
-  else if (p.state <= 4)
-    launch_fwd_typed<T, 4>(p, stream);
-  else if (p.state <= 8)
-    launch_fwd_typed<T, 8>(p, stream);
-  else
-    launch_fwd_typed<T, 16>(p, stream);
-}
+};
 
 void launch_scan_fwd(const ScanParams& p, ScanDtype dtype, cudaStream_t stream) {
-  switch (dtype) {
-    case ScanDtype::kFloat32: launch_fwd_dispatch_state<float>(p, stream); break;
-    case ScanDtype::kFloat16: launch_fwd_dispatch_state<__half>(p, stream); break;
-    case ScanDtype::kBFloat16: launch_fwd_dispatch_state<__nv_bfloat16>(p, stream); break;
-  }
+  dispatch_dtype_state<FwdLaunch>(p, dtype, stream);
 }
 
 }  // namespace mambaseg

@@ -105,35 +105,21 @@ static void launch_infer(const ScanParams& p, cudaStream_t stream) {
 // Short rows take fewer steps per lane so that every lane has work; rows longer than two one-warp chunks
 // take a block of 4 warps.
 template <typename T, int kMaxN>
-static void launch_infer_state(const ScanParams& p, cudaStream_t stream) {
-  if (p.length <= 32 * 4)
-    launch_infer<T, kMaxN, 4, 1>(p, stream);
-  else if (p.length <= 32 * 8)
-    launch_infer<T, kMaxN, 8, 1>(p, stream);
-  else if (p.length <= 2 * 32 * 16)
-    launch_infer<T, kMaxN, 16, 1>(p, stream);
-  else
-    launch_infer<T, kMaxN, 16, 4>(p, stream);
-}
-
-template <typename T>
-static void launch_infer_dispatch(const ScanParams& p, cudaStream_t stream) {
-  if (p.state <= 1)
-    launch_infer_state<T, 1>(p, stream);
-  else if (p.state <= 4)
-    launch_infer_state<T, 4>(p, stream);
-  else if (p.state <= 8)
-    launch_infer_state<T, 8>(p, stream);
-  else
-    launch_infer_state<T, 16>(p, stream);
-}
+struct InferLaunch {
+  static void run(const ScanParams& p, cudaStream_t stream) {
+    if (p.length <= 32 * 4)
+      launch_infer<T, kMaxN, 4, 1>(p, stream);
+    else if (p.length <= 32 * 8)
+      launch_infer<T, kMaxN, 8, 1>(p, stream);
+    else if (p.length <= 2 * 32 * 16)
+      launch_infer<T, kMaxN, 16, 1>(p, stream);
+    else
+      launch_infer<T, kMaxN, 16, 4>(p, stream);
+  }
+};
 
 void launch_scan_fwd_infer(const ScanParams& p, ScanDtype dtype, cudaStream_t stream) {
-  switch (dtype) {
-    case ScanDtype::kFloat32: launch_infer_dispatch<float>(p, stream); break;
-    case ScanDtype::kFloat16: launch_infer_dispatch<__half>(p, stream); break;
-    case ScanDtype::kBFloat16: launch_infer_dispatch<__nv_bfloat16>(p, stream); break;
-  }
+  dispatch_dtype_state<InferLaunch>(p, dtype, stream);
 }
 
 }  // namespace mambaseg
