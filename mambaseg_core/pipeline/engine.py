@@ -1,5 +1,5 @@
-"""The inference engine: network inputs -> class ids, in fp32 (the accuracy reference) or bf16/fp16, eager or as
-one CUDA graph replayed per frame.
+"""The inference engine: network inputs -> class ids, in fp32 (the accuracy reference) or bf16/fp16, eager or
+compiled, optionally as one CUDA graph replayed per frame.
 
 - Precision `bf16`/`fp16`: the weights of every matrix product (convolutions, linears, the SSM projections) are
   cast once and the forward runs under autocast; norms, the SSM's A, D and dt bias, and the selective-scan state
@@ -75,7 +75,7 @@ class InferenceEngine:
         return torch.autocast(self.device.type, dtype=PRECISIONS[self.precision], cache_enabled=False)
 
     def logits(self, image: torch.Tensor, events: torch.Tensor) -> torch.Tensor:
-        """(B, K, H, W) float32 logits, always eager (the graph holds only class ids)."""
+        """(B, K, H, W) float32 logits, never through the CUDA graph (it holds only the class ids)."""
         with torch.inference_mode(), self._autocast():
             return self._forward(image=image, events=events).float()
 
