@@ -192,7 +192,7 @@ class Segmenter:
         self.engine = InferenceEngine(
             self.model, precision=config.precision, cuda_graph=use_graph, compile=config.compile
         )
-        self._pinned: dict[str, torch.Tensor] = {}
+        self._pinned: dict[str, tuple[torch.Tensor, torch.cuda.Event]] = {}  # name -> (buffer, its last copy)
 
     # ---- event stream -------------------------------------------------------------------------------
 
@@ -251,17 +251,22 @@ class Segmenter:
 
     def _upload(self, name: str, array: np.ndarray) -> torch.Tensor:
         """`array` on the device. On CUDA it is staged in a pinned buffer kept per `name` and copied asynchronously;
-        reusing that buffer next frame is safe because `segment` waits for the GPU before it returns."""
+        before the buffer is refilled the host waits for the previous copy out of it (normally long finished)."""
         if self.device.type != "cuda":
             return torch.from_numpy(np.ascontiguousarray(array))
         dtype = torch.from_numpy(array[:0]).dtype
-        staged = self._pinned.get(name)
+        staged, copied = self._pinned.get(name, (None, None))
+        if copied is not None:
+            copied.synchronize()
         if staged is None or staged.numel() < array.size or staged.dtype != dtype:
             staged = torch.empty(max(array.size, 1), dtype=dtype, pin_memory=True)
-            self._pinned[name] = staged
         view = staged[: array.size]
         view.numpy()[...] = array.reshape(-1)
-        return view.to(self.device, non_blocking=True).view(array.shape)
+        on_device = view.to(self.device, non_blocking=True).view(array.shape)
+        copied = torch.cuda.Event()
+        copied.record()
+        self._pinned[name] = (staged, copied)
+        return on_device
 
     def _image_tensor(self, image: np.ndarray) -> torch.Tensor:
         """(H, W[, 3]) uint8/uint16 -> (image_channels, H, W) float32 in [0, 1] on the device."""
