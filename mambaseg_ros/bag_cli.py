@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--image-fit", choices=("resize", "crop_bottom"), help="image -> network size")
     seg.add_argument("--output-resolution", choices=("input", "network"), help="mask size")
     seg.add_argument("--class-set", help="dsec11 | dsec19 | ddd17 | auto")
+    seg.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="matrix products (default fp32)")
+    seg.add_argument("--cuda-graph", action="store_true", default=None, help="replay one CUDA graph per frame")
     _add_topic_arguments(seg)
     seg.add_argument("--output-namespace", default=NODE_NAMESPACE, help="output topics' prefix (default %(default)s)")
     seg.add_argument("--outputs", nargs="+", choices=OUTPUT_NAMES, default=list(OUTPUT_NAMES))
@@ -148,6 +150,8 @@ def _segmenter(args: argparse.Namespace) -> Segmenter:
             ("image_fit", args.image_fit),
             ("output_resolution", args.output_resolution),
             ("class_set", args.class_set),
+            ("precision", args.precision),
+            ("cuda_graph", args.cuda_graph),
         )
         if value is not None
     }

@@ -128,3 +128,18 @@ assert main(['segment', r'{tmp_path / "bag"}', r'{tmp_path / "out"}', '--model-c
     print(out.stdout, out.stderr[-3000:])
     assert out.returncode == 0
     assert "masks" in out.stdout
+
+
+def test_segment_engine_options_reach_the_segmenter(tmp_path):
+    from mambaseg_ros.bag_cli import _segmenter, build_parser
+
+    config = write_tiny_model_config(tmp_path)
+    argv = ["segment", "in", "out", "--model-config", str(config), *MODEL_ARGS, "--precision", "bf16", "--cuda-graph"]
+    segmenter = _segmenter(build_parser().parse_args(argv))
+    # On this CPU the CUDA graph is ignored (with a warning); the precision is honoured.
+    assert segmenter.config.precision == "bf16" and segmenter.config.cuda_graph is True
+    assert segmenter.engine.precision == "bf16" and not segmenter.engine.cuda_graph
+    default = _segmenter(
+        build_parser().parse_args(["segment", "in", "out", "--model-config", str(config), *MODEL_ARGS])
+    )
+    assert default.config.precision == "fp32" and default.config.cuda_graph is False
