@@ -31,7 +31,7 @@ from mambaseg_core.data.classes import IGNORE_INDEX
 from mambaseg_core.data.ddd17 import extract_video_frames, frame_image_path, load_index, mask_frame_id
 from mambaseg_core.data.dsec import DsecSequenceFiles, read_rectify_map
 from mambaseg_core.data.errors import DatasetError
-from mambaseg_core.data.images import read_label_cv2, read_label_pil
+from mambaseg_core.data.images import open_image, read_label_cv2, read_label_pil
 from mambaseg_core.events import Ddd17Events, DsecEventReader, EventBatch, rectify
 from mambaseg_core.synthetic import SequenceConfig, generate_sequence
 
@@ -60,13 +60,8 @@ class SequenceSource:
 
 def _read_png(path: Path, mode: str) -> np.ndarray:
     """A PNG converted by PIL to `mode` ("RGB" or "L"), uint8; DatasetError naming the file."""
-    if not path.is_file():
-        raise DatasetError(path, "file not found")
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert(mode))
-    except OSError as err:
-        raise DatasetError(path, f"cannot decode image ({err})") from err
+    with open_image(path) as image:
+        return np.asarray(image.convert(mode))
 
 
 def _png_size(path: Path) -> tuple[int, int]:

@@ -23,7 +23,8 @@ def _check_size(path: Path, array: np.ndarray, height: int, width: int, what: st
         raise DatasetError(path, f"{what} must be {width}x{height} (WxH), got {got_w}x{got_h}")
 
 
-def _open_pil(path: Path) -> Image.Image:
+def open_image(path: Path) -> Image.Image:
+    """A decoded PIL image; DatasetError naming the file when it is missing or cannot be decoded."""
     if not path.is_file():
         raise DatasetError(path, "file not found")
     try:
@@ -41,7 +42,7 @@ def _to_unit_float(array: np.ndarray) -> np.ndarray:
 
 def read_rgb_image(path: Path, height: int, width: int) -> np.ndarray:
     """An RGB PNG as float32 (3, H, W) in [0, 1]."""
-    image = _open_pil(path)
+    image = open_image(path)
     if image.mode != "RGB":
         raise DatasetError(path, f"expected an RGB image, got PIL mode {image.mode!r}")
     array = np.asarray(image)
@@ -51,14 +52,14 @@ def read_rgb_image(path: Path, height: int, width: int) -> np.ndarray:
 
 def read_gray_image(path: Path, height: int, width: int) -> np.ndarray:
     """Any PNG converted to 8-bit luma with PIL, as float32 (1, H, W) in [0, 1]."""
-    array = np.asarray(_open_pil(path).convert("L"))
+    array = np.asarray(open_image(path).convert("L"))
     _check_size(path, array, height, width, "image")
     return _to_unit_float(array)[None]
 
 
 def read_label_pil(path: Path, height: int, width: int) -> np.ndarray:
     """A single-channel uint8 label PNG read with PIL (DSEC), as uint8 (H, W)."""
-    array = np.asarray(_open_pil(path))
+    array = np.asarray(open_image(path))
     if array.ndim != 2 or array.dtype != np.uint8:
         raise DatasetError(path, f"label must be a single-channel 8-bit PNG, got array {array.dtype}{array.shape}")
     _check_size(path, array, height, width, "label")
