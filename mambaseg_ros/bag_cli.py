@@ -34,9 +34,9 @@ from mambaseg_core.bags import (
 from mambaseg_core.bags.writer import STORAGES
 from mambaseg_core.config import ConfigError, load_config
 from mambaseg_core.data.errors import DatasetError
+from mambaseg_core.events.packets import SUPPORTED_ENCODINGS
 from mambaseg_core.pipeline import Segmenter, SegmenterConfig, build_model
 from mambaseg_core.pipeline.event_clock import EVENT_CLOCK_SETTINGS
-from mambaseg_core.pipeline.ros_messages import EVENT_ENCODINGS
 
 PROG = "mambaseg-bag"
 
@@ -49,7 +49,7 @@ def _add_topic_arguments(parser: argparse.ArgumentParser) -> None:
 def _add_convert_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", type=Path, help="output bag folder (must not exist)")
     parser.add_argument("--storage", choices=sorted(STORAGES), default="mcap", help="default %(default)s")
-    parser.add_argument("--encoding", choices=EVENT_ENCODINGS, default="evt3", help="EventPacket encoding")
+    parser.add_argument("--encoding", choices=SUPPORTED_ENCODINGS, default="evt3", help="EventPacket encoding")
     parser.add_argument("--packet-us", type=int, default=1000, help="event packet length, µs (default 1000)")
     parser.add_argument("--frame-id", default="camera", help="header frame_id of every message")
     _add_topic_arguments(parser)

@@ -19,7 +19,7 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
 from mambaseg_core.events import EventBatch
-from mambaseg_core.pipeline.ros_messages import event_packet_payload, packet_bounds
+from mambaseg_core.events.packets import encode_packet, packet_bounds
 from mambaseg_ros.bag_play import spin_until
 from mambaseg_ros.conversions import numpy_to_image, stamp_to_us, us_to_stamp
 
@@ -39,7 +39,7 @@ def event_packets(
     packets = []
     for start, stop in packet_bounds(events.t, packet_us):
         chunk = events[start:stop]
-        payload, time_base = event_packet_payload(chunk, encoding)
+        payload, time_base = encode_packet(chunk, encoding)
         msg = EventPacket(encoding=encoding, width=width, height=height, is_bigendian=False, time_base=time_base)
         msg.header.stamp = us_to_stamp(int(chunk.t[0]))
         msg.events = payload

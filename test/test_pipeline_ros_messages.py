@@ -10,15 +10,9 @@ import numpy as np
 import pytest
 
 from mambaseg_core.events import EventBatch
+from mambaseg_core.events.packets import encode_packet, packet_bounds
 from mambaseg_core.pipeline.event_clock import EventStream
-from mambaseg_core.pipeline.ros_messages import (
-    MASK_ENCODINGS,
-    event_packet_payload,
-    image_fields,
-    image_to_numpy,
-    packet_bounds,
-    stamp_ns,
-)
+from mambaseg_core.pipeline.ros_messages import MASK_ENCODINGS, image_fields, image_to_numpy, stamp_ns
 
 
 def _events(n: int = 400, t0: int = 5_000_300, t1: int = 5_009_700, seed: int = 0) -> EventBatch:
@@ -48,9 +42,9 @@ def test_packet_bounds_cut_on_absolute_multiples_and_line_up_across_calls():
 
 
 @pytest.mark.parametrize("encoding", ["evt3", "mono"])
-def test_event_packet_payload_decodes_back_through_event_stream(encoding):
+def test_encode_packet_decodes_back_through_event_stream(encoding):
     events = _events()
-    payload, time_base = event_packet_payload(events, encoding)
+    payload, time_base = encode_packet(events, encoding)
     assert time_base == (int(events.t[0]) * 1000 if encoding == "mono" else 0)
     stream = EventStream()
     decoded = stream.decode(encoding, payload, time_base=time_base)
@@ -60,7 +54,7 @@ def test_event_packet_payload_decodes_back_through_event_stream(encoding):
     for name in "xytp":
         np.testing.assert_array_equal(getattr(aligned, name), getattr(events, name))
     with pytest.raises(ValueError, match="libcaer"):
-        event_packet_payload(events, "libcaer")
+        encode_packet(events, "libcaer")
     with pytest.raises(ValueError, match="big-endian"):
         stream.decode(encoding, payload, time_base=time_base, is_bigendian=True)
 

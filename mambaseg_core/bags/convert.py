@@ -28,7 +28,7 @@ from mambaseg_core.bags.sources import BagFrame, SequenceSource
 from mambaseg_core.bags.topics import DEFAULT_TOPICS, BagTopics
 from mambaseg_core.bags.writer import EVENTS_QOS, IMAGE_QOS, BagWriter
 from mambaseg_core.events import EventBatch
-from mambaseg_core.pipeline.ros_messages import EVENT_ENCODINGS, packet_bounds
+from mambaseg_core.events.packets import SUPPORTED_ENCODINGS, packet_bounds
 
 
 @dataclass
@@ -121,8 +121,8 @@ def write_sequence_bag(
     progress: bool = False,
 ) -> ConvertReport:
     """Write `source` as a new rosbag2 at `path` (module docstring); returns what was written."""
-    if encoding not in EVENT_ENCODINGS:
-        raise ValueError(f"unknown event encoding {encoding!r}; choose one of {list(EVENT_ENCODINGS)}")
+    if encoding not in SUPPORTED_ENCODINGS:
+        raise ValueError(f"unknown event encoding {encoding!r}; choose one of {list(SUPPORTED_ENCODINGS)}")
     if packet_us < 1:
         raise ValueError(f"packet_us must be >= 1, got {packet_us}")
     report = ConvertReport(Path(path))

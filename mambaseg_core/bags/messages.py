@@ -13,7 +13,8 @@ import numpy as np
 
 from mambaseg_core.bags.typesys import typestore
 from mambaseg_core.events import EventBatch
-from mambaseg_core.pipeline.ros_messages import event_packet_payload, image_fields
+from mambaseg_core.events.packets import encode_packet
+from mambaseg_core.pipeline.ros_messages import image_fields
 
 IMAGE = "sensor_msgs/msg/Image"
 CAMERA_INFO = "sensor_msgs/msg/CameraInfo"
@@ -37,7 +38,7 @@ def image_message(array: np.ndarray, encoding: str, stamp: int, frame_id: str) -
 def event_packet_message(events: EventBatch, *, encoding: str, width: int, height: int, seq: int, frame_id: str) -> Any:
     """event_camera_msgs/EventPacket of `events` (t in µs, time-ordered), stamped with its first event's time,
     as the metavision driver stamps a packet. `mono` carries that time (ns) as `time_base`; `evt3` leaves it 0."""
-    payload, time_base = event_packet_payload(events, encoding)
+    payload, time_base = encode_packet(events, encoding)
     first_ns = int(events.t[0]) * 1000
     return typestore().types[EVENT_PACKET](
         header=header(first_ns, frame_id),

@@ -5,19 +5,18 @@
   multi-byte channels, `data` holding at least step x height bytes; violations raise ValueError naming the field.
 - builtin_interfaces/Time: integer ns here (`stamp_ns`).
 - event_camera_msgs/EventPacket as a driver publishes it: ~`packet_us` of events per packet, cut on absolute
-  multiples of `packet_us`, stamped with the packet's first event time; evt3 or mono payloads.
+  multiples of `packet_us`, stamped with the packet's first event time; evt3 or mono payloads (payload encoding
+  and packet cuts: `mambaseg_core.events.packets`).
 - The node's mask outputs: raw_mask (mono8 class ids, 255 = unlabeled), colored_mask and overlay (rgb8).
 """
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
 import cv2
 import numpy as np
 
-from mambaseg_core.events import EventBatch, encode_evt3, encode_mono
 from mambaseg_core.pipeline.segmenter import SegmentationResult
 
 # encoding -> (numpy dtype, channels)
@@ -50,7 +49,6 @@ _BAYER_TO_RGB = {
     "grbg": cv2.COLOR_BayerGB2RGB,
 }
 _BGR_ORDER = ("bgr8", "bgra8", "bgr16", "8UC3")  # 8UC3 is OpenCV's default BGR order
-EVENT_ENCODINGS = ("evt3", "mono")  # what `event_packet_payload` produces
 MASK_ENCODINGS = {"raw_mask": "mono8", "colored_mask": "rgb8", "overlay": "rgb8"}  # the node's outputs, in order
 
 
@@ -131,30 +129,3 @@ def mask_images(result: SegmentationResult) -> dict[str, tuple[np.ndarray, str]]
     """{output name: (array, image encoding)} of one result, in MASK_ENCODINGS order."""
     arrays = {"raw_mask": result.class_ids, "colored_mask": result.colored, "overlay": result.overlay}
     return {name: (arrays[name], encoding) for name, encoding in MASK_ENCODINGS.items()}
-
-
-def packet_bounds(t: np.ndarray, packet_us: int | None) -> list[tuple[int, int]]:
-    """[start, stop) index ranges of time-sorted `t` (N,) µs cut at every multiple of `packet_us` (absolute,
-    so packets of consecutive calls line up); one range for all of `t` when `packet_us` is None."""
-    if t.size == 0:
-        return []
-    if packet_us is None:
-        return [(0, int(t.size))]
-    if packet_us < 1:
-        raise ValueError(f"packet_us must be >= 1, got {packet_us}")
-    slot = t // packet_us
-    cuts = [0, *(np.flatnonzero(np.diff(slot)) + 1).tolist(), int(t.size)]
-    return list(itertools.pairwise(cuts))
-
-
-def event_packet_payload(events: EventBatch, encoding: str) -> tuple[bytes, int]:
-    """(EventPacket `events` bytes, `time_base` ns) of a non-empty time-sorted packet. `mono` times are relative
-    to the first event's time, carried as `time_base`; `evt3` carries sensor time itself (time_base 0)."""
-    if len(events) == 0:
-        raise ValueError("an EventPacket needs at least one event")
-    if encoding == "evt3":
-        return encode_evt3(events), 0
-    if encoding == "mono":
-        time_base = int(events.t[0]) * 1000
-        return encode_mono(events, time_base), time_base
-    raise ValueError(f"cannot encode event packets as {encoding!r}; supported: {', '.join(EVENT_ENCODINGS)}")
