@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import torch
 
+from mambaseg_core.ops.selective_scan.autograd import needs_grad
 from mambaseg_core.ops.selective_scan.cuda_scan import MAX_STATE as CUDA_MAX_STATE
 from mambaseg_core.ops.selective_scan.errors import BackendUnavailableError
 from mambaseg_core.ops.selective_scan.numba_scan import selective_scan_numba
@@ -126,10 +127,7 @@ def selective_scan(
     """Mamba-1 selective scan; see `selective_scan_reference` for the semantics and shapes."""
     _check_inputs(u, delta, A, B, C, D, delta_bias)
     if backend == "auto":
-        needs_grad = torch.is_grad_enabled() and any(
-            x is not None and x.requires_grad for x in (u, delta, A, B, C, D, delta_bias)
-        )
-        backend = _auto_backend(u, A, needs_grad)
+        backend = _auto_backend(u, A, needs_grad(u, delta, A, B, C, D, delta_bias))
     elif backend not in BACKENDS:
         raise ValueError(f"unknown selective-scan backend {backend!r}; choose one of auto, {', '.join(BACKENDS)}")
     fn = _load_backend(backend)

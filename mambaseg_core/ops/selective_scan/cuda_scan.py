@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from mambaseg_core.ops.selective_scan.autograd import needs_grad
 from mambaseg_core.ops.selective_scan.errors import BackendUnavailableError
 
 CSRC = Path(__file__).resolve().with_name("csrc")
@@ -123,10 +124,6 @@ def _register_inference_op(extension: ModuleType) -> Any:
     return selective_scan_infer
 
 
-def _needs_grad(*tensors: torch.Tensor | None) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
 def make_cuda_scan(extension: ModuleType):
     """The `cuda` backend's scan function over a loaded extension: the training kernels (which keep the per-tile
     states for the backward) when a gradient is needed, the one-pass inference kernel otherwise."""
@@ -159,7 +156,7 @@ def make_cuda_scan(extension: ModuleType):
         u, delta, B, C = (_as(x, dtype) for x in (u, delta, B, C))
         A = _as(A, torch.float32)
         D, delta_bias = (_as(x, torch.float32) if x is not None else None for x in (D, delta_bias))
-        if not _needs_grad(u, delta, A, B, C, D, delta_bias):
+        if not needs_grad(u, delta, A, B, C, D, delta_bias):
             return scan_infer(u, delta, A, B, C, D, delta_bias, delta_softplus)
         return _CudaScanFunction.apply(extension, u, delta, A, B, C, D, delta_bias, delta_softplus)
 

@@ -15,6 +15,7 @@ import numba
 import numpy as np
 import torch
 
+from mambaseg_core.ops.selective_scan.autograd import needs_grad
 from mambaseg_core.ops.selective_scan.errors import BackendUnavailableError
 
 
@@ -60,7 +61,7 @@ def selective_scan_numba(
     """Same semantics and shapes as `selective_scan_reference`; CPU tensors, no gradients; float32 out."""
     if u.device.type != "cpu":
         raise BackendUnavailableError(f"selective-scan backend 'numba' runs on the CPU, got u on {u.device}")
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (u, delta, A, B, C, D, delta_bias)):
+    if needs_grad(u, delta, A, B, C, D, delta_bias):
         raise BackendUnavailableError(
             "selective-scan backend 'numba' is forward-only (inference); use 'torch' when gradients are needed"
         )

@@ -17,6 +17,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from mambaseg_core.ops.selective_scan.autograd import needs_grad
+
 # Elements of one (batch, channels, N, segment) intermediate (about eight are alive at a time): on CPU small
 # enough to stay in cache (measured fastest on 2 cores), on GPU large enough to keep the launch count low.
 _SEGMENT_ELEMENTS = {"cpu": 1 << 19, "cuda": 1 << 26}
@@ -123,7 +125,7 @@ def selective_scan_torch(
     grouped_dt = dt.reshape(batch, groups, per_group, length)
     grouped_A = A.view(groups, per_group, state)
     h = u.new_zeros(batch, groups, per_group, state)
-    in_place = not (torch.is_grad_enabled() and any(x.requires_grad for x in inputs))
+    in_place = not needs_grad(*inputs)
     segment = _segment_length(batch, channels, state, length, u.device)
     pieces = []
     for start in range(0, length, segment):
