@@ -39,17 +39,9 @@ from mambaseg_core.config import load_config
 from mambaseg_core.events import EventBatch
 from mambaseg_core.events.evt3 import Evt3Decoder, encode_evt3
 from mambaseg_core.models import MambaSeg, load_model, load_model_config
-from mambaseg_core.pipeline import InferenceEngine, Segmenter, SegmenterConfig
+from mambaseg_core.pipeline import ENGINE_MODES, InferenceEngine, Segmenter, SegmenterConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-# (precision, CUDA graph, torch.compile)
-MODES = {
-    "fp32 eager": ("fp32", False, False),
-    "fp32 graph": ("fp32", True, False),
-    "bf16 eager": ("bf16", False, False),
-    "bf16 graph": ("bf16", True, False),
-    "bf16 compiled graph": ("bf16", True, True),
-}
 # dataset -> (model config, sensor (H, W), Segmenter settings, events per second)
 DATASETS = {
     "DSEC": (
@@ -70,7 +62,7 @@ SECTIONS = ("model", "e2e", "breakdown", "accuracy")
 
 
 def make_engine(model: MambaSeg, mode: str) -> InferenceEngine:
-    precision, graph, compiled = MODES[mode]
+    precision, graph, compiled = ENGINE_MODES[mode]
     return InferenceEngine(copy.deepcopy(model), precision=precision, cuda_graph=graph, compile=compiled)  # type: ignore[arg-type]
 
 
@@ -173,7 +165,7 @@ def bench_end_to_end(datasets: list[str], modes: list[str], frames: int) -> str:
         image_bytes = np.random.default_rng(1).integers(0, 256, (*sensor, 3), dtype=np.uint8).tobytes()
         channels = base.config.image_channels
         for mode in modes:
-            precision, graph, compiled = MODES[mode]
+            precision, graph, compiled = ENGINE_MODES[mode]
             config = load_config(
                 SegmenterConfig,
                 {
@@ -309,7 +301,7 @@ def bench_breakdown(dataset: str, modes: list[str], frames: int, top: int = 20) 
     summary_rows = []
     # Profiled without the CUDA graph: the kernels are the same, and the module ranges stay visible (eager).
     for mode in modes:
-        precision, _, compiled = MODES[mode]
+        precision, _, compiled = ENGINE_MODES[mode]
         engine = InferenceEngine(copy.deepcopy(base), precision=precision, compile=compiled)  # type: ignore[arg-type]
         profiles[mode] = profiled = profile_forward(engine, image, events)
         labels += [label for label in profiled["modules"] if label not in labels]
@@ -318,7 +310,7 @@ def bench_breakdown(dataset: str, modes: list[str], frames: int, top: int = 20) 
         summary_rows.append([mode, profiled["count"], f"{busy:.2f}", f"{wall:.2f}", f"{wall - busy:.2f}"])
         del engine
         torch.cuda.empty_cache()
-    eager = [m for m in profiles if not MODES[m][2]]
+    eager = [m for m in profiles if not ENGINE_MODES[m][2]]
     module_rows = [[label, *(f"{profiles[m]['modules'].get(label, 0):.2f}" for m in eager)] for label in labels]
     parts = [
         f"{dataset} size, batch 1, random weights, each mode without its CUDA graph.",
@@ -379,7 +371,7 @@ def bench_accuracy(datasets: list[str], modes: list[str]) -> str:
         for mode in modes:
             if mode == "fp32 eager":
                 continue
-            graph = MODES[mode][1]
+            graph = ENGINE_MODES[mode][1]
             engine = make_engine(model, mode)
             errors, agree = [], []
             for (image, events), ref in zip(inputs, expected, strict=True):
@@ -406,13 +398,17 @@ def main() -> None:
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--frames", type=int, default=100, help="timed calls per row")
     parser.add_argument(
-        "--modes", nargs="+", default=list(MODES)[:4], choices=list(MODES), help="modes of the model/breakdown/accuracy"
+        "--modes",
+        nargs="+",
+        default=list(ENGINE_MODES)[:4],
+        choices=list(ENGINE_MODES),
+        help="modes of the model/breakdown/accuracy",
     )
     parser.add_argument(
         "--e2e-modes",
         nargs="+",
         default=["fp32 eager", "bf16 graph", "bf16 compiled graph"],
-        choices=list(MODES),
+        choices=list(ENGINE_MODES),
         help="modes of the end-to-end section (a compiled mode costs 1-2 minutes of compilation per row)",
     )
     parser.add_argument(

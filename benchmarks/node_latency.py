@@ -22,6 +22,7 @@ Needs rclpy and event_camera_msgs (not with --no-ros). Writes the "Node latency"
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import os
 import signal
 import subprocess
@@ -38,6 +39,8 @@ sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 
 from _report import table, write_section  # noqa: E402
+
+from mambaseg_core.pipeline.engine import ENGINE_MODES  # noqa: E402
 
 # A small random-weight model for CPU runs (network input 128x192).
 TINY_MODEL = dict(
@@ -61,6 +64,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--scan-backend", default="", help="selective-scan backend override")
     parser.add_argument("--image-size", default="", help="HxW of the camera image (default: the network input)")
     parser.add_argument("--image-fit", default="resize", choices=("resize", "crop_bottom"))
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        choices=list(ENGINE_MODES),
+        help="engine modes, one node start each (default: fp32 graph on CUDA, fp32 eager on CPU)",
+    )
     parser.add_argument("--frames", type=int, default=60, help="timed frames")
     parser.add_argument("--warmup", type=int, default=5, help="lock-step frames before timing")
     parser.add_argument("--rate", type=float, default=10.0, help="publish rate of timed frames, Hz")
@@ -182,7 +191,6 @@ def main() -> int:
     # A checkpoint carries its own architecture (and, for ours, its network size); describe what actually runs.
     net_h, net_w = network_size(model_config) if not args.checkpoint else checkpoint_size(args.checkpoint)
     height, width = (int(v) for v in args.image_size.split("x")) if args.image_size else (net_h, net_w)
-    period_us = int(1e6 / args.rate)
     setup = [
         ("model", Path(args.checkpoint).name if args.checkpoint
                   else f"{'tiny built-in' if args.tiny else Path(args.model_config).name}, random weights"),
@@ -194,6 +202,31 @@ def main() -> int:
     if args.no_ros:
         return run_pipeline_only(args, config_path, height, width, setup)
 
+    rows, notes = [], []
+    for mode in args.modes or [("fp32 graph" if args.device.startswith("cuda") else "fp32 eager")]:
+        row, note = measure_node(args, mode, config_path, height, width, workdir)
+        rows.append(row)
+        notes.append(note)
+    setup += [
+        ("device", notes[0]["device"]),
+        ("schedule", f"{args.warmup} warm-up frames lock-step, then {args.frames} frames at {args.rate:g} Hz"),
+        ("transport", notes[0]["transport"]),
+        ("ROS 2", notes[0]["ros"]),
+    ]
+    headers = ["engine mode", "sent", "received", "missed", "p50 ms", "p90 ms", "p99 ms", "max ms",
+               "node forward p50 ms", "dropped busy", "node rc"]  # fmt: skip
+    body = table(["setting", "value"], setup) + "\n\n" + table(headers, rows)
+    body += "\n\nLatency: image publish -> raw mask receive in the publishing process (`benchmarks/node_latency.py`)."
+    print(body)
+    if not args.no_write:
+        write_section("Node latency" + (" (GPU)" if args.device.startswith("cuda") else ""), body)
+    return 0 if all(row[-1] == 0 for row in rows) else 1
+
+
+def measure_node(
+    args: argparse.Namespace, mode: str, config_path: str, height: int, width: int, workdir: Path
+) -> tuple[list, dict[str, str]]:
+    """Start mambaseg_node with the engine `mode`, drive it and return its table row and notes."""
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
     from event_camera_msgs.msg import EventPacket
@@ -204,12 +237,17 @@ def main() -> int:
 
     from mambaseg_ros.conversions import numpy_to_image, stamp_to_us, us_to_stamp
 
+    precision, cuda_graph, compiled = ENGINE_MODES[mode]
+    period_us = int(1e6 / args.rate)
     params = {
         "checkpoint": args.checkpoint,
         "model_config": config_path,
         "allow_random_weights": not args.checkpoint,
         "device": args.device,
         "scan_backend": args.scan_backend,
+        "precision": precision,
+        "cuda_graph": cuda_graph,
+        "compile": compiled,
         "window_events": args.events_per_frame,
         "image_fit": args.image_fit,
         "image_reliability": "reliable",
@@ -217,7 +255,9 @@ def main() -> int:
         "max_event_latency_ms": 1000.0,
         "diagnostics_period_s": 0.5,
     }
-    (workdir / "params.yaml").write_text(yaml.safe_dump({"/**": {"ros__parameters": params}}))
+    tag = f"{precision}_{cuda_graph}_{compiled}"
+    params_path = workdir / f"params_{tag}.yaml"
+    params_path.write_text(yaml.safe_dump({"/**": {"ros__parameters": params}}))
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
@@ -226,9 +266,10 @@ def main() -> int:
     env.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(REPO_ROOT / "config" / "fastdds_shm.xml"))
     env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     os.environ.update({k: env[k] for k in ("FASTDDS_DEFAULT_PROFILES_FILE", "ROS_AUTOMATIC_DISCOVERY_RANGE")})
-    node_cmd = [sys.executable, "-m", "mambaseg_ros.node", "--ros-args", "--params-file", str(workdir / "params.yaml")]
+    node_cmd = [sys.executable, "-m", "mambaseg_ros.node", "--ros-args", "--params-file", str(params_path)]
     node_cmd += ["-r", "image:=/bench/image", "-r", "events:=/bench/events"]
-    node_log = open(workdir / "node.log", "w")  # noqa: SIM115 - closed below
+    log_path = workdir / f"node_{tag}.log"
+    node_log = open(log_path, "w")  # noqa: SIM115 - closed below
     node = subprocess.Popen(node_cmd, cwd=REPO_ROOT, env=env, stdout=node_log, stderr=subprocess.STDOUT)
 
     rclpy.init()
@@ -274,7 +315,6 @@ def main() -> int:
         image_pub.publish(image_msg)
         return stamp
 
-    rc = 1
     try:
         connected = spin_until(
             lambda: (
@@ -285,11 +325,11 @@ def main() -> int:
             args.startup_timeout,
         )
         if not connected:
-            raise RuntimeError(f"the node did not come up; see {workdir / 'node.log'}")
+            raise RuntimeError(f"the node did not come up; see {log_path}")
         for i in range(args.warmup):
             stamp = publish(i)
             if not spin_until(lambda s=stamp: s in received, args.startup_timeout):
-                raise RuntimeError(f"no mask for warm-up frame {i}; see {workdir / 'node.log'}")
+                raise RuntimeError(f"no mask for warm-up frame {i}; see {log_path}")
         timed = []
         start = time.perf_counter()
         for j in range(args.frames):
@@ -300,7 +340,6 @@ def main() -> int:
         latencies = np.array([(received[s] - published[s]) * 1e3 for s in timed if s in received])
         missed = len(timed) - len(latencies)
         node_stats = {kv.key: kv.value for kv in diagnostics[-1].status[0].values} if diagnostics else {}
-        rc = 0
     finally:
         if node.poll() is None:
             node.send_signal(signal.SIGINT)
@@ -309,37 +348,28 @@ def main() -> int:
         executor.shutdown()
         bench.destroy_node()
         rclpy.try_shutdown()
-    if rc:
-        return rc
 
     p50, p90, p99 = np.percentile(latencies, (50, 90, 99)) if len(latencies) else (np.nan,) * 3
-    setup += [
-        ("device", f"{node_stats.get('device', args.device)}, scan backend {node_stats.get('scan_backend', '?')}"),
-        ("schedule", f"{args.warmup} warm-up frames lock-step, then {args.frames} frames at {args.rate:g} Hz"),
-        ("transport", "FastDDS, reliable, " + Path(env["FASTDDS_DEFAULT_PROFILES_FILE"]).name),
+    row = [
+        mode,
+        len(timed),
+        len(latencies),
+        missed,
+        float(p50),
+        float(p90),
+        float(p99),
+        float(latencies.max()) if len(latencies) else float("nan"),
+        node_stats.get("inference_p50_ms", "?"),
+        node_stats.get("total_dropped_busy", "?"),
+        node_rc,
     ]
-    results = [
-        (
-            len(timed),
-            len(latencies),
-            missed,
-            float(p50),
-            float(p90),
-            float(p99),
-            float(latencies.max()) if len(latencies) else float("nan"),
-            node_stats.get("inference_p50_ms", "?"),
-            node_stats.get("total_dropped_busy", "?"),
-            node_rc,
-        )
-    ]
-    headers = ["sent", "received", "missed", "p50 ms", "p90 ms", "p99 ms", "max ms", "node forward p50 ms",
-               "dropped busy", "node rc"]  # fmt: skip
-    body = table(["setting", "value"], setup) + "\n\n" + table(headers, results)
-    body += "\n\nLatency: image publish -> raw mask receive in the publishing process (`benchmarks/node_latency.py`)."
-    print(body)
-    if not args.no_write:
-        write_section("Node latency", body)
-    return 0 if node_rc == 0 else 1
+    rclpy_version = importlib.metadata.version("rclpy")
+    notes = {
+        "device": f"{node_stats.get('device', args.device)}, scan backend {node_stats.get('scan_backend', '?')}",
+        "transport": "FastDDS, reliable, " + Path(env["FASTDDS_DEFAULT_PROFILES_FILE"]).name,
+        "ros": f"rclpy {rclpy_version}, ROS_DISTRO {os.environ.get('ROS_DISTRO', 'unset (PyPI wheels)')}",
+    }
+    return row, notes
 
 
 if __name__ == "__main__":

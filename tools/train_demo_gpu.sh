@@ -13,7 +13,9 @@
 #    ablation.json (all metrics, per-class IoU, val history, timings), recipe.log, train_<modality>.log.
 #
 # Environment (defaults in brackets): RESULTS [$RUNS/results], BUDGET_MIN [8: the whole command], TRAIN_SEQUENCES
-# [96 of 8 s], JOBS [all cores: generation processes], DATA [data/synthetic_demo_gpu]. Extra arguments after the
+# [96 of 8 s], JOBS [all cores: generation processes], HEIGHT x WIDTH [96 x 128: sensor and network size; the
+# event window scales with the pixel count], DATA [data/synthetic_demo_gpu, or ..._<W>x<H> at another size]. Extra
+# arguments after the
 # optional --smoke are passed to every mambaseg-train as --set KEY=VALUE. Re-running reuses a complete dataset.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,9 +29,20 @@ if [ "${1:-}" = "--smoke" ]; then
     SMOKE=1
     shift
 fi
+HEIGHT=${HEIGHT:-96}
+WIDTH=${WIDTH:-128}
+size_suffix=""
+size_overrides=()
+if [ "$HEIGHT x $WIDTH" != "96 x 128" ]; then
+    # The config describes 128x96; another size replaces the model size, the sensor size and the event window
+    # (4000 events at 12288 px: DSEC's 100k at 640x480 scaled by pixel count).
+    size_suffix="_${WIDTH}x${HEIGHT}"
+    size_overrides=("model.overrides.image_size=[$HEIGHT,$WIDTH]" "data.options.sensor_size=[$HEIGHT,$WIDTH]"
+        "data.options.num_events=$((4000 * HEIGHT * WIDTH / 12288))")
+fi
 if [ "$SMOKE" = 1 ]; then
     # Toy sizes on the CPU: every step runs, nothing is meant to be accurate.
-    DATA=${DATA:-data/synthetic_demo_smoke}
+    DATA=${DATA:-data/synthetic_demo_smoke$size_suffix}
     RUN_NAME=demo_gpu_smoke
     BUDGET_MIN=${BUDGET_MIN:-2.75}
     dataset=(--seconds 1.5 --train 2 --val 1 --test 2)
@@ -39,7 +52,7 @@ if [ "$SMOKE" = 1 ]; then
     overrides=(runtime.device=cpu runtime.precision=fp32 model.scan_backend=null data.batch_size=4
         data.eval_batch_size=8 data.num_workers=0 schedule.warmup_iters=2 schedule.epochs=2)
 else
-    DATA=${DATA:-data/synthetic_demo_gpu}
+    DATA=${DATA:-data/synthetic_demo_gpu$size_suffix}
     RUN_NAME=demo_gpu
     BUDGET_MIN=${BUDGET_MIN:-8}
     dataset=(--seconds 8 --train "${TRAIN_SEQUENCES:-96}" --val 2 --test 6)
@@ -51,7 +64,7 @@ fi
 RUNS=runs/$RUN_NAME
 RESULTS=${RESULTS:-$RUNS/results}
 JOBS=${JOBS:-$(env -u OMP_NUM_THREADS nproc)} # nproc counts OMP_NUM_THREADS, not cores, when it is set
-for kv in "$@"; do overrides+=("$kv"); done
+for kv in "${size_overrides[@]}" "$@"; do overrides+=("$kv"); done
 sets=(--set "data.root=$DATA")
 for kv in "${overrides[@]}"; do sets+=(--set "$kv"); done
 
@@ -76,9 +89,9 @@ EOF
         build_pid=$!
     fi
 
-    echo "== [${SECONDS}s] synthetic data in $DATA (${dataset[*]}, 128x96, dataset_plan seed 1)"
+    echo "== [${SECONDS}s] synthetic data in $DATA (${dataset[*]}, ${WIDTH}x$HEIGHT, dataset_plan seed 1)"
     # niced, so that the CUDA build (a few nvcc processes) is not slowed down by the JOBS generator processes
-    nice -n 5 python tools/demo_model.py generate --root "$DATA" --seed 1 --height 96 --width 128 "${dataset[@]}" \
+    nice -n 5 python tools/demo_model.py generate --root "$DATA" --seed 1 --height "$HEIGHT" --width "$WIDTH" "${dataset[@]}" \
         --jobs "$JOBS" | sed '/^wrote /d'
     local generated=$SECONDS
 

@@ -1,7 +1,7 @@
 """Frames + events -> class masks: the Segmenter (one code path for the node, bag tools and benchmarks)."""
 
 from mambaseg_core.pipeline.colorize import UNLABELED_COLOR, colorize, overlay, palette_lut, to_rgb8
-from mambaseg_core.pipeline.engine import PRECISIONS, InferenceEngine, Precision, cast_matmul_weights
+from mambaseg_core.pipeline.engine import ENGINE_MODES, PRECISIONS, InferenceEngine, Precision, cast_matmul_weights
 from mambaseg_core.pipeline.event_clock import EventClock, EventClockMode
 from mambaseg_core.pipeline.segmenter import (
     ClassInfo,
@@ -15,6 +15,7 @@ from mambaseg_core.pipeline.segmenter import (
 )
 
 __all__ = [
+    "ENGINE_MODES",
     "PRECISIONS",
     "UNLABELED_COLOR",
     "ClassInfo",

@@ -27,6 +27,14 @@ from mambaseg_core.ops.selective_scan import available_backends
 
 Precision = Literal["fp32", "bf16", "fp16"]
 PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+ENGINE_MODES: dict[str, tuple[Precision, bool, bool]] = {
+    "fp32 eager": ("fp32", False, False),
+    "fp32 graph": ("fp32", True, False),
+    "bf16 eager": ("bf16", False, False),
+    "bf16 graph": ("bf16", True, False),
+    "bf16 compiled graph": ("bf16", True, True),
+}
+"""The named engine settings the benchmarks compare: name -> (precision, cuda_graph, compile)."""
 
 # Parameters of matrix products that the SSM applies with einsum rather than through nn.Linear/nn.Conv2d.
 _SSM_PROJECTIONS = ("x_proj_weight", "dt_proj_weight")
