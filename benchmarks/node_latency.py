@@ -214,9 +214,13 @@ def main() -> int:
         ("ROS 2", notes[0]["ros"]),
     ]
     headers = ["engine mode", "sent", "received", "missed", "p50 ms", "p90 ms", "p99 ms", "max ms",
-               "node forward p50 ms", "dropped busy", "node rc"]  # fmt: skip
+               "node in->out p50 ms", "node forward p50 ms", "dropped busy", "node rc"]  # fmt: skip
     body = table(["setting", "value"], setup) + "\n\n" + table(headers, rows)
-    body += "\n\nLatency: image publish -> raw mask receive in the publishing process (`benchmarks/node_latency.py`)."
+    body += (
+        "\n\nLatency: image publish -> raw mask receive in the publishing process (`benchmarks/node_latency.py`). "
+        "`node in->out`: image callback -> all masks published, inside the node (its /diagnostics); the rest is "
+        "DDS transport and executor wake-ups both ways. `node forward`: the Segmenter's forward stage."
+    )
     print(body)
     if not args.no_write:
         write_section("Node latency" + (" (GPU)" if args.device.startswith("cuda") else ""), body)
@@ -359,6 +363,7 @@ def measure_node(
         float(p90),
         float(p99),
         float(latencies.max()) if len(latencies) else float("nan"),
+        node_stats.get("latency_p50_ms", "?"),
         node_stats.get("inference_p50_ms", "?"),
         node_stats.get("total_dropped_busy", "?"),
         node_rc,
