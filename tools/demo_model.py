@@ -5,7 +5,9 @@ script of their own.
     python tools/demo_model.py export --checkpoint runs/mambaseg_demo/model_best.pt --out models/demo/mambaseg_demo.pt
     python tools/demo_model.py conditions --config config/train/synthetic_demo.yaml --checkpoint CKPT [--split test]
     python tools/demo_model.py ablation --runs runs/demo_gpu --out RESULTS_DIR [--timings timings.json]
+    python tools/demo_model.py ceiling [--sizes 128x96 192x144 256x192]
 
+`ceiling` bounds the mIoU of a stride-4 head by the label resolution alone (block-mode oracle);
 `generate` writes the seeded synthetic world (mambaseg_core.synthetic) in the DSEC layout at the demo resolution,
 sequences in parallel over `--jobs` processes, and reuses a complete dataset written with the same arguments;
 `export` keeps only the weights and model config; `conditions` reports mIoU per lighting condition
@@ -25,13 +27,16 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from mambaseg_core.data.classes import class_set
 from mambaseg_core.data.dsec import DsecSemantic
 from mambaseg_core.models import load_model, save_checkpoint
 from mambaseg_core.models.config import MODALITIES
 from mambaseg_core.synthetic import SceneConfig, SequenceConfig, dataset_plan, write_dsec_sequence
+from mambaseg_core.synthetic.scene import Scene
 from mambaseg_core.train.builders import build_dataset, dataset_class_set
 from mambaseg_core.train.config import load_train_config
 from mambaseg_core.train.metrics import ConfusionMatrix
@@ -234,6 +239,49 @@ def ablation(args: argparse.Namespace) -> None:
     print(markdown + f"wrote {out / 'ablation.md'} and {out / 'ablation.json'}")
 
 
+def block_mode_oracle(label: np.ndarray, stride: int, num_classes: int) -> np.ndarray:
+    """The best prediction a head at 1/`stride` resolution can make without sub-cell detail: every stride x stride
+    cell takes its most frequent class (255 = unlabeled counts as a class of its own), upsampled by repetition."""
+    height, width = label.shape
+    cells = label[: height - height % stride, : width - width % stride]
+    cells = cells.reshape(height // stride, stride, width // stride, stride).transpose(0, 2, 1, 3)
+    cells = cells.reshape(height // stride, width // stride, stride * stride)
+    classes = np.append(np.arange(num_classes), 255)
+    votes = np.stack([(cells == c).sum(-1) for c in classes], -1)
+    mode = classes[votes.argmax(-1)].astype(np.uint8)
+    oracle = np.full_like(label, 255)
+    oracle[: mode.shape[0] * stride, : mode.shape[1] * stride] = mode.repeat(stride, 0).repeat(stride, 1)
+    return oracle
+
+
+def ceiling(args: argparse.Namespace) -> None:
+    """mIoU upper bound from label resolution alone: the block-mode oracle at the head's stride, on labels rendered
+    for the test scenes of `dataset_plan` at every requested size (no events, no model)."""
+    names = class_set("dsec11").names
+    num_classes = len(names)
+    rows = []
+    for size in args.sizes:
+        width, height = (int(v) for v in size.split("x"))
+        base = SequenceConfig(scene=SceneConfig(height=height, width=width, duration_s=args.seconds))
+        matrix = ConfusionMatrix(num_classes)
+        for _split, _name, config in dataset_plan(base, {"train": 0, "val": 0, "test": args.test}, seed=args.seed):
+            scene = Scene(config.scene)
+            for t_s in np.linspace(0.1, args.seconds - 0.1, args.frames):
+                label = scene.render(float(t_s)).label
+                oracle = block_mode_oracle(label, args.stride, num_classes)
+                matrix.update(torch.from_numpy(oracle.astype(np.int64)), torch.from_numpy(label.astype(np.int64)))
+        metrics = matrix.compute()
+        rows.append((f"{width}x{height}", metrics.miou * 100, metrics.iou * 100))
+    print(
+        f"Label-resolution ceiling: block-mode oracle at stride {args.stride}, {args.test} test scenes x "
+        f"{args.frames} frames (dataset_plan seed {args.seed}).\n"
+    )
+    print("| size | mIoU | " + " | ".join(names) + " |")
+    print("|---|---|" + "---|" * num_classes)
+    for size, miou, iou in rows:
+        print(f"| {size} | {miou:.1f} | " + " | ".join(f"{v:.1f}" for v in iou.tolist()) + " |")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -259,6 +307,14 @@ def build_parser() -> argparse.ArgumentParser:
     cond.add_argument("--output")
     cond.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     cond.set_defaults(func=conditions)
+    ceil = commands.add_parser("ceiling", help="mIoU bound of a stride-4 head from the label resolution alone")
+    ceil.add_argument("--sizes", nargs="+", default=["128x96", "192x144", "256x192"], metavar="WxH")
+    ceil.add_argument("--seed", type=int, default=1, help="dataset_plan seed of the GPU recipe")
+    ceil.add_argument("--test", type=int, default=6, help="test scenes")
+    ceil.add_argument("--seconds", type=float, default=8.0)
+    ceil.add_argument("--frames", type=int, default=12, help="labels rendered per scene")
+    ceil.add_argument("--stride", type=int, default=4, help="output stride of the head (SegFormer: 4)")
+    ceil.set_defaults(func=ceiling)
     abl = commands.add_parser("ablation", help="table of the fused / image_only / events_only runs")
     abl.add_argument("--runs", required=True, help="folder holding one run folder per modality")
     abl.add_argument("--out", required=True, help="folder for ablation.md and ablation.json")
