@@ -151,26 +151,26 @@ inline void launch_carry(const float* maps, float* carries, const ScanParams& p,
                                                                                            p.n_tiles, p.state);
 }
 
-// Runs Launch<T, kMaxN>::run(p, stream) for the input dtype T and the smallest compiled state count kMaxN >= N
-// (1, 4, 8 or 16: the per-state values live in registers sized by kMaxN).
-template <typename T, template <typename, int> class Launch>
-inline void dispatch_state(const ScanParams& p, cudaStream_t stream) {
+// Runs Launch<T, kMaxN>::run(p, stream, args...) for the input dtype T and the smallest compiled state count
+// kMaxN >= N (1, 4, 8 or 16: the per-state values live in registers sized by kMaxN).
+template <typename T, template <typename, int> class Launch, typename... Args>
+inline void dispatch_state(const ScanParams& p, cudaStream_t stream, Args&... args) {
   if (p.state <= 1)
-    Launch<T, 1>::run(p, stream);
+    Launch<T, 1>::run(p, stream, args...);
   else if (p.state <= 4)
-    Launch<T, 4>::run(p, stream);
+    Launch<T, 4>::run(p, stream, args...);
   else if (p.state <= 8)
-    Launch<T, 8>::run(p, stream);
+    Launch<T, 8>::run(p, stream, args...);
   else
-    Launch<T, 16>::run(p, stream);
+    Launch<T, 16>::run(p, stream, args...);
 }
 
-template <template <typename, int> class Launch>
-inline void dispatch_dtype_state(const ScanParams& p, ScanDtype dtype, cudaStream_t stream) {
+template <template <typename, int> class Launch, typename... Args>
+inline void dispatch_dtype_state(const ScanParams& p, ScanDtype dtype, cudaStream_t stream, Args&... args) {
   switch (dtype) {
-    case ScanDtype::kFloat32: dispatch_state<float, Launch>(p, stream); break;
-    case ScanDtype::kFloat16: dispatch_state<__half, Launch>(p, stream); break;
-    case ScanDtype::kBFloat16: dispatch_state<__nv_bfloat16, Launch>(p, stream); break;
+    case ScanDtype::kFloat32: dispatch_state<float, Launch>(p, stream, args...); break;
+    case ScanDtype::kFloat16: dispatch_state<__half, Launch>(p, stream, args...); break;
+    case ScanDtype::kBFloat16: dispatch_state<__nv_bfloat16, Launch>(p, stream, args...); break;
   }
 }
 

@@ -1,22 +1,32 @@
 // Inference forward of the selective scan: one pass, no state saved for a backward.
 //
 // Work split: one block of kWarps warps owns one whole (batch, channel) row and walks it in chunks of
-// kWarps * 32 * kItems steps; every lane holds kItems consecutive steps. Per state n a chunk is a warp scan of
+// kWarps * 32 * kItems steps; every lane holds kItems consecutive steps. Per state a chunk is a warp scan of
 // affine maps (lane-local composition, then shuffles) and, with several warps, one exchange of the warp totals
 // through shared memory; the state leaving the chunk is carried in registers (every warp composes the same
 // totals), so there is no extra launch and nothing is written but y.
+// The kernel is latency-bound (per state: B and C loads, a serial composition, a 5-step shuffle scan, a
+// barrier), so it takes kStates states per pass: their loads are in flight together, their compositions and
+// shuffles are independent and overlap, and the pass needs one barrier, not kStates. The price is registers:
+// kItems * kStates * 3 floats per lane live at once. y still sums the states in order 0..N-1, so kStates
+// changes no result.
 // Long rows take 4 warps (the 768 rows of a DSEC stage-0 CSIM scan would leave most of the GPU idle and
 // latency-bound with one warp each); short rows one warp, with no barrier at all.
 // Compared with the training forward (scan_fwd.cu) this does a third of the exp2 calls (no map-only pass, no
 // recomputation), reads B and C once, and amortises each scan over more steps per lane.
+#include <stdexcept>
+
 #include "scan_common.cuh"
+#include "scan_infer.h"
 
 namespace mambaseg {
 
-template <typename T, int kMaxN, int kItems, int kWarps>
+template <typename T, int kMaxN, int kItems, int kWarps, int kStates>
 __global__ void __launch_bounds__(kWarps * 32) scan_fwd_infer_kernel(ScanParams p) {
+  static_assert(kMaxN % kStates == 0, "kStates must divide kMaxN, so that a pass never runs past the arrays");
   // Warp totals per state, double-buffered by chunk parity: a warp may start the next chunk's writes while a
-  // slower one still reads this chunk's (kWarps > 1 only).
+  // slower one still reads this chunk's (kWarps > 1 only). Slot (parity, n) is next written two chunks later,
+  // past the next chunk's first barrier, which no warp passes before every warp has read it.
   __shared__ float2 warp_totals[2][kMaxN][kWarps];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, row = blockIdx.x;
   const int batch = row / p.channels, channel = row % p.channels;
@@ -50,76 +60,179 @@ __global__ void __launch_bounds__(kWarps * 32) scan_fwd_infer_kernel(ScanParams 
       du[i] *= dt[i];
     }
 #pragma unroll
-    for (int n = 0; n < kMaxN; ++n) {
-      if (n >= N) break;
-      float a[kItems], x[kItems], c[kItems];
-      load_items<kItems>(Bg + static_cast<int64_t>(n) * L, t0, L, x);
-      load_items<kItems>(Cg + static_cast<int64_t>(n) * L, t0, L, c);
-      float decay = 1.f, h = 0.f;  // this lane's steps composed, from a zero state
+    for (int first = 0; first < kMaxN; first += kStates) {
+      if (first >= N) break;
+      // States first .. first + kStates - 1. Those past N load nothing: x = 0 and (A2 = 0) a = 1 make them
+      // the identity map, and c = 0 keeps them out of y.
+      float a[kStates][kItems], x[kStates][kItems], c[kStates][kItems];
+#pragma unroll
+      for (int k = 0; k < kStates; ++k) {
+        if (first + k < N) {
+          load_items<kItems>(Bg + static_cast<int64_t>(first + k) * L, t0, L, x[k]);
+          load_items<kItems>(Cg + static_cast<int64_t>(first + k) * L, t0, L, c[k]);
+        } else {
+#pragma unroll
+          for (int i = 0; i < kItems; ++i) x[k][i] = 0.f, c[k][i] = 0.f;
+        }
+      }
+      float decay[kStates], h[kStates];  // this lane's steps composed, from a zero state
+#pragma unroll
+      for (int k = 0; k < kStates; ++k) decay[k] = 1.f, h[k] = 0.f;
 #pragma unroll
       for (int i = 0; i < kItems; ++i) {
-        a[i] = exp2f(dt[i] * A2[n]);
-        x[i] *= du[i];
-        h = fmaf(a[i], h, x[i]);
-        decay *= a[i];
+#pragma unroll
+        for (int k = 0; k < kStates; ++k) {
+          a[k][i] = exp2f(dt[i] * A2[first + k]);
+          x[k][i] *= du[i];
+          h[k] = fmaf(a[k][i], h[k], x[k][i]);
+          decay[k] *= a[k][i];
+        }
       }
-      // Inclusive warp scan of the lane maps: afterwards (decay, h) maps the warp's start to this lane's end.
+      // Inclusive warp scans of the lane maps: afterwards (decay, h) maps the warp's start to this lane's end.
 #pragma unroll
       for (int offset = 1; offset < 32; offset *= 2) {
-        const float earlier_decay = __shfl_up_sync(0xffffffffu, decay, offset);
-        const float earlier_h = __shfl_up_sync(0xffffffffu, h, offset);
-        if (lane >= offset) h = fmaf(decay, earlier_h, h), decay *= earlier_decay;
-      }
-      float entering = carry[n];  // the state entering this warp's steps
-      if constexpr (kWarps > 1) {
-        if (lane == 31) warp_totals[parity][n][warp] = make_float2(decay, h);
-        __syncthreads();
-        float state = carry[n];
 #pragma unroll
-        for (int w = 0; w < kWarps; ++w) {
-          if (w == warp) entering = state;
-          const float2 total = warp_totals[parity][n][w];
-          state = fmaf(total.x, state, total.y);
+        for (int k = 0; k < kStates; ++k) {
+          const float earlier_decay = __shfl_up_sync(0xffffffffu, decay[k], offset);
+          const float earlier_h = __shfl_up_sync(0xffffffffu, h[k], offset);
+          if (lane >= offset) h[k] = fmaf(decay[k], earlier_h, h[k]), decay[k] *= earlier_decay;
         }
-        carry[n] = state;
       }
-      const float leaving = fmaf(decay, entering, h);  // state after this lane's last step
-      float state = __shfl_up_sync(0xffffffffu, leaving, 1);
-      if (lane == 0) state = entering;
-      if constexpr (kWarps == 1) carry[n] = __shfl_sync(0xffffffffu, leaving, 31);
+      float entering[kStates];  // the state entering this warp's steps
 #pragma unroll
-      for (int i = 0; i < kItems; ++i) {
-        state = fmaf(a[i], state, x[i]);
-        y[i] = fmaf(c[i], state, y[i]);
+      for (int k = 0; k < kStates; ++k) entering[k] = carry[first + k];
+      if constexpr (kWarps > 1) {
+        if (lane == 31) {
+#pragma unroll
+          for (int k = 0; k < kStates; ++k) warp_totals[parity][first + k][warp] = make_float2(decay[k], h[k]);
+        }
+        __syncthreads();
+#pragma unroll
+        for (int k = 0; k < kStates; ++k) {
+          float state = carry[first + k];
+#pragma unroll
+          for (int w = 0; w < kWarps; ++w) {
+            if (w == warp) entering[k] = state;
+            const float2 total = warp_totals[parity][first + k][w];
+            state = fmaf(total.x, state, total.y);
+          }
+          carry[first + k] = state;
+        }
+      }
+#pragma unroll
+      for (int k = 0; k < kStates; ++k) {
+        const float leaving = fmaf(decay[k], entering[k], h[k]);  // state after this lane's last step
+        float state = __shfl_up_sync(0xffffffffu, leaving, 1);
+        if (lane == 0) state = entering[k];
+        if constexpr (kWarps == 1) carry[first + k] = __shfl_sync(0xffffffffu, leaving, 31);
+#pragma unroll
+        for (int i = 0; i < kItems; ++i) {
+          state = fmaf(a[k][i], state, x[k][i]);
+          y[i] = fmaf(c[k][i], state, y[i]);
+        }
       }
     }
     store_items<kItems>(p.y + row_offset, t0, L, y);
   }
 }
 
-template <typename T, int kMaxN, int kItems, int kWarps>
-static void launch_infer(const ScanParams& p, cudaStream_t stream) {
-  scan_fwd_infer_kernel<T, kMaxN, kItems, kWarps><<<p.batch * p.channels, kWarps * 32, 0, stream>>>(p);
+// A configuration fixed at compile time, and a list of them.
+template <int kItems, int kWarps, int kStates>
+struct Config {
+  static constexpr InferConfig value{kItems, kWarps, kStates};
+
+  template <typename T, int kMaxN>
+  static void launch(const ScanParams& p, cudaStream_t stream) {
+    scan_fwd_infer_kernel<T, kMaxN, kItems, kWarps, kStates><<<p.batch * p.channels, kWarps * 32, 0, stream>>>(p);
+  }
+};
+template <class... Configs>
+struct ConfigList {};
+
+// The default launcher's choices, compiled for every dtype and N. Short rows take fewer steps per lane so that
+// every lane has work; rows longer than two one-warp chunks take a block of 4 warps.
+using DefaultConfigs = ConfigList<Config<4, 1, 1>, Config<8, 1, 1>, Config<16, 1, 1>, Config<16, 4, 1>>;
+
+InferConfig default_infer_config(int length) {
+  if (length <= 32 * 4) return {4, 1, 1};
+  if (length <= 32 * 8) return {8, 1, 1};
+  if (length <= 2 * 32 * 16) return {16, 1, 1};
+  return {16, 4, 1};
 }
 
-// Short rows take fewer steps per lane so that every lane has work; rows longer than two one-warp chunks
-// take a block of 4 warps.
+// Tuning variants for the model's long rows (CSIM/CTIM at N = 16, the encoder at N = 1), fp32 and bf16 only,
+// to time against the defaults (benchmarks/scan.py --infer-sweep). Pruned by registers (items * states <= 32;
+// none spills, see ptxas -v) and kept few, since each one lengthens the build. None repeats a default.
+using TunedConfigsN16 = ConfigList<Config<16, 4, 2>, Config<8, 4, 1>, Config<8, 4, 2>, Config<8, 4, 4>,
+                                   Config<8, 8, 1>, Config<8, 8, 2>, Config<4, 4, 2>, Config<4, 4, 4>,
+                                   Config<4, 8, 2>>;
+using TunedConfigsN1 = ConfigList<Config<8, 4, 1>, Config<8, 8, 1>, Config<16, 8, 1>>;
+
 template <typename T, int kMaxN>
-struct InferLaunch {
-  static void run(const ScanParams& p, cudaStream_t stream) {
-    if (p.length <= 32 * 4)
-      launch_infer<T, kMaxN, 4, 1>(p, stream);
-    else if (p.length <= 32 * 8)
-      launch_infer<T, kMaxN, 8, 1>(p, stream);
-    else if (p.length <= 2 * 32 * 16)
-      launch_infer<T, kMaxN, 16, 1>(p, stream);
-    else
-      launch_infer<T, kMaxN, 16, 4>(p, stream);
+struct TunedConfigs {
+  using type = ConfigList<>;
+};
+template <>
+struct TunedConfigs<float, 16> {
+  using type = TunedConfigsN16;
+};
+template <>
+struct TunedConfigs<__nv_bfloat16, 16> {
+  using type = TunedConfigsN16;
+};
+template <>
+struct TunedConfigs<float, 1> {
+  using type = TunedConfigsN1;
+};
+template <>
+struct TunedConfigs<__nv_bfloat16, 1> {
+  using type = TunedConfigsN1;
+};
+
+// Launches the configuration of the list equal to `config`; false if there is none.
+template <typename T, int kMaxN, class... Configs>
+bool launch_listed(ConfigList<Configs...>, const ScanParams& p, InferConfig config, cudaStream_t stream) {
+  return ((Configs::value == config && (Configs::template launch<T, kMaxN>(p, stream), true)) || ...);
+}
+
+template <class... Configs>
+void append_listed(ConfigList<Configs...>, std::vector<InferConfig>& out) {
+  (out.push_back(Configs::value), ...);
+}
+
+template <typename T, int kMaxN>
+struct LaunchConfig {
+  static void run(const ScanParams& p, cudaStream_t stream, const InferConfig& config, bool& launched) {
+    launched = launch_listed<T, kMaxN>(DefaultConfigs{}, p, config, stream) ||
+               launch_listed<T, kMaxN>(typename TunedConfigs<T, kMaxN>::type{}, p, config, stream);
   }
 };
 
+template <typename T, int kMaxN>
+struct ListConfigs {
+  static void run(const ScanParams&, cudaStream_t, std::vector<InferConfig>& out) {
+    append_listed(DefaultConfigs{}, out);
+    append_listed(typename TunedConfigs<T, kMaxN>::type{}, out);
+  }
+};
+
+std::vector<InferConfig> compiled_infer_configs(ScanDtype dtype, int state) {
+  ScanParams p{};
+  p.state = state;
+  std::vector<InferConfig> configs;
+  dispatch_dtype_state<ListConfigs>(p, dtype, nullptr, configs);
+  return configs;
+}
+
+bool launch_scan_fwd_infer_config(const ScanParams& p, ScanDtype dtype, InferConfig config, cudaStream_t stream) {
+  bool launched = false;
+  dispatch_dtype_state<LaunchConfig>(p, dtype, stream, config, launched);
+  return launched;
+}
+
 void launch_scan_fwd_infer(const ScanParams& p, ScanDtype dtype, cudaStream_t stream) {
-  dispatch_dtype_state<InferLaunch>(p, dtype, stream);
+  if (!launch_scan_fwd_infer_config(p, dtype, default_infer_config(p.length), stream))
+    throw std::logic_error("selective_scan cuda: the default inference configuration is not compiled (a bug)");
 }
 
 }  // namespace mambaseg
