@@ -3,25 +3,30 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/extension.h>
 
+#include <algorithm>
 #include <optional>
+#include <sstream>
 #include <string>
+#include <tuple>
 #include <vector>
 
+#include "scan_infer.h"
 #include "scan_params.h"
 
 namespace {
 
+using mambaseg::InferConfig;
 using mambaseg::ScanDtype;
 using mambaseg::ScanParams;
 
-ScanDtype scan_dtype(const at::Tensor& u) {
-  switch (u.scalar_type()) {
+ScanDtype scan_dtype(at::ScalarType dtype) {
+  switch (dtype) {
     case at::kFloat: return ScanDtype::kFloat32;
     case at::kHalf: return ScanDtype::kFloat16;
     case at::kBFloat16: return ScanDtype::kBFloat16;
     default: break;
   }
-  TORCH_CHECK(false, "selective_scan cuda: u must be float32, float16 or bfloat16, got ", u.scalar_type());
+  TORCH_CHECK(false, "selective_scan cuda: u must be float32, float16 or bfloat16, got ", dtype);
 }
 
 void check_tensor(const at::Tensor& x, const char* name, const at::Tensor& u, at::ScalarType dtype,
@@ -49,7 +54,7 @@ ScanParams make_params(const at::Tensor& u, const at::Tensor& delta, const at::T
   TORCH_CHECK(length >= 1 && batch * channels * length < (int64_t(1) << 31),
               "selective_scan cuda: need 1 <= L and batch*channels*L < 2^31, got ", u.sizes());
   const auto dtype = u.scalar_type();
-  scan_dtype(u);
+  scan_dtype(dtype);
   check_tensor(u, "u", u, dtype, {batch, channels, length});
   check_tensor(delta, "delta", u, dtype, {batch, channels, length});
   check_tensor(A, "A", u, at::kFloat, {channels, state});
@@ -91,22 +96,73 @@ std::vector<at::Tensor> forward(const at::Tensor& u, const at::Tensor& delta, co
   at::Tensor y = at::empty(u.sizes(), f32);
   at::Tensor maps = tile_buffer(p, u, 2 * p.state), carries = tile_buffer(p, u, p.state);
   p.y = y.data_ptr<float>(), p.tile_maps = maps.data_ptr<float>(), p.tile_carries = carries.data_ptr<float>();
-  mambaseg::launch_scan_fwd(p, scan_dtype(u), c10::cuda::getCurrentCUDAStream());
+  mambaseg::launch_scan_fwd(p, scan_dtype(u.scalar_type()), c10::cuda::getCurrentCUDAStream());
   check_launch();
   return {y, carries};
 }
 
-// Returns y (batch, channels, L) fp32; nothing is kept for a backward.
-at::Tensor forward_infer(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
-                         const at::Tensor& C, const std::optional<at::Tensor>& D,
-                         const std::optional<at::Tensor>& delta_bias, bool softplus) {
+// Returns y (batch, channels, L) fp32; nothing is kept for a backward. Runs `config`, or the default one if none.
+at::Tensor run_forward_infer(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
+                             const at::Tensor& C, const std::optional<at::Tensor>& D,
+                             const std::optional<at::Tensor>& delta_bias, bool softplus,
+                             const std::optional<InferConfig>& config) {
   ScanParams p = make_params(u, delta, A, B, C, D, delta_bias, softplus);
+  const ScanDtype dtype = scan_dtype(u.scalar_type());
+  if (config) {
+    const auto compiled = mambaseg::compiled_infer_configs(dtype, p.state);
+    if (std::find(compiled.begin(), compiled.end(), *config) == compiled.end()) {
+      std::ostringstream names;
+      for (const InferConfig& c : compiled) names << " (" << c.items << ", " << c.warps << ", " << c.states << ")";
+      TORCH_CHECK_VALUE(false, "selective_scan cuda: inference configuration (items=", config->items,
+                        ", warps=", config->warps, ", states=", config->states, ") is not compiled for ",
+                        u.scalar_type(), " inputs with N=", p.state, "; compiled (items, warps, states):",
+                        names.str());
+    }
+  }
   const c10::cuda::CUDAGuard guard(u.device());
   at::Tensor y = at::empty(u.sizes(), u.options().dtype(at::kFloat));
   p.y = y.data_ptr<float>();
-  mambaseg::launch_scan_fwd_infer(p, scan_dtype(u), c10::cuda::getCurrentCUDAStream());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  if (config) {
+    TORCH_CHECK(mambaseg::launch_scan_fwd_infer_config(p, dtype, *config, stream),
+                "selective_scan cuda: a listed inference configuration did not launch (a bug)");
+  } else {
+    mambaseg::launch_scan_fwd_infer(p, dtype, stream);
+  }
   check_launch();
   return y;
+}
+
+at::Tensor forward_infer(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
+                         const at::Tensor& C, const std::optional<at::Tensor>& D,
+                         const std::optional<at::Tensor>& delta_bias, bool softplus) {
+  return run_forward_infer(u, delta, A, B, C, D, delta_bias, softplus, std::nullopt);
+}
+
+// The inference scan in one explicit configuration (for tuning); ValueError if it is not compiled.
+at::Tensor forward_infer_config(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
+                                const at::Tensor& B, const at::Tensor& C, const std::optional<at::Tensor>& D,
+                                const std::optional<at::Tensor>& delta_bias, bool softplus, int64_t items,
+                                int64_t warps, int64_t states) {
+  const InferConfig config{static_cast<int>(items), static_cast<int>(warps), static_cast<int>(states)};
+  return run_forward_infer(u, delta, A, B, C, D, delta_bias, softplus, config);
+}
+
+using ConfigTuple = std::tuple<int, int, int>;  // (items, warps, states)
+
+// Every inference configuration compiled for inputs of `dtype` with N = `state`.
+std::vector<ConfigTuple> infer_configs(at::ScalarType dtype, int64_t state) {
+  TORCH_CHECK_VALUE(state >= 1 && state <= 16, "selective_scan cuda: N must be in 1..16, got ", state);
+  std::vector<ConfigTuple> out;
+  for (const InferConfig& c : mambaseg::compiled_infer_configs(scan_dtype(dtype), static_cast<int>(state)))
+    out.emplace_back(c.items, c.warps, c.states);
+  return out;
+}
+
+ConfigTuple default_infer_config(int64_t length) {
+  TORCH_CHECK_VALUE(length >= 1, "selective_scan cuda: L must be >= 1, got ", length);
+  const InferConfig c = mambaseg::default_infer_config(static_cast<int>(std::min<int64_t>(length, INT32_MAX)));
+  return {c.items, c.warps, c.states};
 }
 
 // Returns du, ddelta (fp32, u's shape), dA, dB, dC (fp32) and dD, ddelta_bias (fp32, empty when not given).
@@ -131,7 +187,7 @@ std::vector<at::Tensor> backward(const at::Tensor& u, const at::Tensor& delta, c
   p.dD = D ? dD.data_ptr<float>() : nullptr;
   p.dbias = delta_bias ? dbias.data_ptr<float>() : nullptr;
   p.reverse_maps = reverse_maps.data_ptr<float>(), p.reverse_carries = reverse_carries.data_ptr<float>();
-  mambaseg::launch_scan_bwd(p, scan_dtype(u), c10::cuda::getCurrentCUDAStream());
+  mambaseg::launch_scan_bwd(p, scan_dtype(u.scalar_type()), c10::cuda::getCurrentCUDAStream());
   check_launch();
   return {du, ddelta, dA, dB, dC, dD, dbias};
 }
@@ -141,5 +197,9 @@ std::vector<at::Tensor> backward(const at::Tensor& u, const at::Tensor& delta, c
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "selective scan forward: (y, tile_carries)");
   m.def("forward_infer", &forward_infer, "selective scan forward for inference: y");
+  m.def("forward_infer_config", &forward_infer_config,
+        "selective scan forward for inference in one compiled configuration (items, warps, states): y");
+  m.def("infer_configs", &infer_configs, "compiled inference configurations (items, warps, states) for (dtype, N)");
+  m.def("default_infer_config", &default_infer_config, "the inference configuration the default picks for L");
   m.def("backward", &backward, "selective scan backward: (du, ddelta, dA, dB, dC, dD, ddelta_bias)");
 }
