@@ -62,8 +62,7 @@ SECTIONS = ("model", "e2e", "breakdown", "accuracy")
 
 
 def make_engine(model: MambaSeg, mode: str) -> InferenceEngine:
-    precision, graph, compiled = ENGINE_MODES[mode]
-    return InferenceEngine(copy.deepcopy(model), precision=precision, cuda_graph=graph, compile=compiled)  # type: ignore[arg-type]
+    return InferenceEngine(copy.deepcopy(model), **ENGINE_MODES[mode]._asdict())
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -165,16 +164,8 @@ def bench_end_to_end(datasets: list[str], modes: list[str], frames: int) -> str:
         image_bytes = np.random.default_rng(1).integers(0, 256, (*sensor, 3), dtype=np.uint8).tobytes()
         channels = base.config.image_channels
         for mode in modes:
-            precision, graph, compiled = ENGINE_MODES[mode]
             config = load_config(
-                SegmenterConfig,
-                {
-                    **settings,
-                    "output_resolution": "network",
-                    "precision": precision,
-                    "cuda_graph": graph,
-                    "compile": compiled,
-                },
+                SegmenterConfig, {**settings, "output_resolution": "network", **ENGINE_MODES[mode]._asdict()}
             )
             seg = Segmenter(copy.deepcopy(base), config, "cuda")
             warmup_ms = seg.warmup()
@@ -301,8 +292,7 @@ def bench_breakdown(dataset: str, modes: list[str], frames: int, top: int = 20) 
     summary_rows = []
     # Profiled without the CUDA graph: the kernels are the same, and the module ranges stay visible (eager).
     for mode in modes:
-        precision, _, compiled = ENGINE_MODES[mode]
-        engine = InferenceEngine(copy.deepcopy(base), precision=precision, compile=compiled)  # type: ignore[arg-type]
+        engine = InferenceEngine(copy.deepcopy(base), **ENGINE_MODES[mode]._replace(cuda_graph=False)._asdict())
         profiles[mode] = profiled = profile_forward(engine, image, events)
         labels += [label for label in profiled["modules"] if label not in labels]
         wall = statistics.median(time_calls(lambda e=engine: e.class_ids(image, events).cpu(), frames // 2))
@@ -310,7 +300,7 @@ def bench_breakdown(dataset: str, modes: list[str], frames: int, top: int = 20) 
         summary_rows.append([mode, profiled["count"], f"{busy:.2f}", f"{wall:.2f}", f"{wall - busy:.2f}"])
         del engine
         torch.cuda.empty_cache()
-    eager = [m for m in profiles if not ENGINE_MODES[m][2]]
+    eager = [m for m in profiles if not ENGINE_MODES[m].compile]
     module_rows = [[label, *(f"{profiles[m]['modules'].get(label, 0):.2f}" for m in eager)] for label in labels]
     parts = [
         f"{dataset} size, batch 1, random weights, each mode without its CUDA graph.",
@@ -371,7 +361,7 @@ def bench_accuracy(datasets: list[str], modes: list[str]) -> str:
         for mode in modes:
             if mode == "fp32 eager":
                 continue
-            graph = ENGINE_MODES[mode][1]
+            graph = ENGINE_MODES[mode].cuda_graph
             engine = make_engine(model, mode)
             errors, agree = [], []
             for (image, events), ref in zip(inputs, expected, strict=True):

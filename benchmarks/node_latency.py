@@ -241,7 +241,7 @@ def measure_node(
 
     from mambaseg_ros.conversions import numpy_to_image, stamp_to_us, us_to_stamp
 
-    precision, cuda_graph, compiled = ENGINE_MODES[mode]
+    engine = ENGINE_MODES[mode]
     period_us = int(1e6 / args.rate)
     params = {
         "checkpoint": args.checkpoint,
@@ -249,9 +249,7 @@ def measure_node(
         "allow_random_weights": not args.checkpoint,
         "device": args.device,
         "scan_backend": args.scan_backend,
-        "precision": precision,
-        "cuda_graph": cuda_graph,
-        "compile": compiled,
+        **engine._asdict(),
         "window_events": args.events_per_frame,
         "image_fit": args.image_fit,
         "image_reliability": "reliable",
@@ -259,7 +257,7 @@ def measure_node(
         "max_event_latency_ms": 1000.0,
         "diagnostics_period_s": 0.5,
     }
-    tag = f"{precision}_{cuda_graph}_{compiled}"
+    tag = mode.replace(" ", "_")
     params_path = workdir / f"params_{tag}.yaml"
     params_path.write_text(yaml.safe_dump({"/**": {"ros__parameters": params}}))
     env = {

@@ -12,6 +12,7 @@ from seg_harness import TINY_MODEL
 
 from mambaseg_core.config import ConfigError, load_config
 from mambaseg_core.models import MambaSeg, load_model_config, load_official_checkpoint
+from mambaseg_core.models.branches import parallel_branches, run_branches
 from mambaseg_core.pipeline import InferenceEngine, Segmenter, SegmenterConfig
 from mambaseg_core.pipeline.engine import cast_matmul_weights
 
@@ -71,6 +72,18 @@ def test_engine_rejects_bad_settings():
         InferenceEngine(model, cuda_graph=True)
     with pytest.raises(ConfigError, match="precision"):
         load_config(SegmenterConfig, {"precision": "fp64"})
+    with pytest.raises(ValueError, match="parallel_branches needs"):
+        InferenceEngine(model, parallel_branches=True)
+    with pytest.raises(ConfigError, match="parallel_branches"):
+        load_config(SegmenterConfig, {"parallel_branches": True, "compile": True})
+
+
+def test_run_branches_without_parallel_streams_runs_in_order():
+    calls = []
+    assert run_branches(lambda: calls.append("a") or 1, lambda: calls.append("b") or 2) == (1, 2)
+    assert calls == ["a", "b"]
+    with pytest.raises(ValueError, match="CUDA device"), parallel_branches("cpu"):
+        pass
 
 
 def test_segmenter_ignores_cuda_graph_on_cpu_and_runs_bf16():
@@ -114,3 +127,27 @@ def test_cuda_graph_replay_equals_eager_and_recaptures_on_new_shapes(fixture, pr
         # fp32 on the GPU: cuDNN convolutions use TF32 by default (torch.backends.cudnn.allow_tf32).
         assert error < (1e-3 if precision == "fp32" else 2e-2)
         assert agreement > (0.999 if precision == "fp32" else 0.98)
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_parallel_branches_give_the_same_result_on_several_streams(precision):
+    torch.manual_seed(0)
+    model = MambaSeg(load_model_config(dict(TINY_MODEL))).eval().cuda()
+    height, width = TINY_MODEL["image_size"]
+    image = torch.rand(2, 3, height, width, device="cuda")
+    events = torch.randn(2, TINY_MODEL["event_bins"], height, width, device="cuda")
+    sequential = InferenceEngine(copy.deepcopy(model), precision=precision)
+    branched = InferenceEngine(copy.deepcopy(model), precision=precision, parallel_branches=True)
+    expected = sequential.logits(image, events)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        actual = branched.logits(image, events)
+        torch.cuda.synchronize()
+    streams = {getattr(e, "device_resource_id", None) for e in prof.events() if e.device_type.name == "CUDA"}
+    print(f"{precision}: kernels on {len(streams)} streams, max diff {(actual - expected).abs().max().item():.2e}")
+    assert len(streams) >= 3  # the stage pairs and the nested CTIM/CSIM forks really ran side by side
+    torch.testing.assert_close(actual, expected, rtol=0, atol=0)
+    graphed = InferenceEngine(copy.deepcopy(model), precision=precision, cuda_graph=True, parallel_branches=True)
+    ids = graphed.class_ids(image, events).clone()
+    assert torch.equal(ids, graphed.class_ids(image, events)) and torch.equal(ids, sequential.class_ids(image, events))

@@ -8,11 +8,13 @@ maps are applied crosswise. B = batch, C = channels, D = 2C inner channels, P = 
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
 import torch.nn as nn
 
+from mambaseg_core.models.branches import run_branches
 from mambaseg_core.models.layers import LayerNorm2d, per_pixel_linear
 from mambaseg_core.models.ssm import DirectionalSSM
 from mambaseg_core.models.vmamba import SS2D, resolve_dt_rank
@@ -156,9 +158,15 @@ class CTIM(nn.Module):
         image, events = self.swap_odd_channels(image, events)
         # One gate shared by both modalities, each gated by the other's statistics.
         image, events = image * self.channel_gate(events), events * self.channel_gate(image)
+        return run_branches(partial(self._image_path, image), partial(self._event_path, events))
+
+    def _image_path(self, image: torch.Tensor) -> torch.Tensor:
         image = self.image_tssm(image) + self.image_skip(image)
+        return image * self.image_attention(image)
+
+    def _event_path(self, events: torch.Tensor) -> torch.Tensor:
         events = self.event_tssm(events) + self.event_skip(events)
-        return image * self.image_attention(image), events * self.event_attention(events)
+        return events * self.event_attention(events)
 
 
 class CSIM(nn.Module):
@@ -177,9 +185,15 @@ class CSIM(nn.Module):
     def forward(self, image: torch.Tensor, events: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         image_gate, event_gate = self.spatial_gate(image, events)
         image, events = image * image_gate, events * event_gate
+        return run_branches(partial(self._image_path, image), partial(self._event_path, events))
+
+    def _image_path(self, image: torch.Tensor) -> torch.Tensor:
         image = self.image_ss2d(image) + self.image_skip(image)
+        return image * self.image_attention(image)
+
+    def _event_path(self, events: torch.Tensor) -> torch.Tensor:
         events = self.event_ss2d(events) + self.event_skip(events)
-        return image * self.image_attention(image), events * self.event_attention(events)
+        return events * self.event_attention(events)
 
 
 class DDIM(nn.Module):
@@ -214,8 +228,9 @@ class DDIM(nn.Module):
 
     def forward(self, image: torch.Tensor, events: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         image_norm, event_norm = self.image_norm(image), self.event_norm(events)
-        image_temporal, event_temporal = self.ctim(image_norm, event_norm)
-        image_spatial, event_spatial = self.csim(image_norm, event_norm)
+        (image_temporal, event_temporal), (image_spatial, event_spatial) = run_branches(
+            partial(self.ctim.__call__, image_norm, event_norm), partial(self.csim.__call__, image_norm, event_norm)
+        )
         image = image + self.image_out(torch.cat([image_temporal, image_spatial], dim=1))
         events = events + self.event_out(torch.cat([event_temporal, event_spatial], dim=1))
         return image, events

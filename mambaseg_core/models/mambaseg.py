@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, NamedTuple
 
 import torch
@@ -9,6 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from mambaseg_core.models.branches import run_branches
 from mambaseg_core.models.config import ModelConfig
 from mambaseg_core.models.ddim import DDIM
 from mambaseg_core.models.segformer_head import SegFormerHead
@@ -115,23 +117,35 @@ class MambaSeg(nn.Module):
             return torch.zeros_like(image), events
         return image, events
 
+    def _encoder_stage(self, encoder: VMambaEncoder, i: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stage i of one encoder: (o, a) = (its blocks' output, out_norm(o))."""
+        for block in encoder.stages[i]:
+            x = self._run(block, x)
+        return x, encoder.out_norms[i](x)
+
     def forward_features(self, *, image: torch.Tensor, events: torch.Tensor) -> MambaSegFeatures:
         """Run both encoders and the fusion modules; see MambaSegFeatures for the shapes."""
         self._check_inputs(image, events)
         image, events = self._select_modality(image, events)
-        x_image, x_events = self.image_encoder.stem(image), self.event_encoder.stem(events)
+        image_encoder, event_encoder = self.image_encoder, self.event_encoder
+        # The two encoders meet only in the fusion modules: each step runs as two branches (models/branches.py).
+        x_image, x_events = run_branches(
+            partial(image_encoder.stem.__call__, image), partial(event_encoder.stem.__call__, events)
+        )
         decoder_inputs, fusion_outputs = [], []
         for i, fusion in enumerate(self.fusion):
-            for image_block, event_block in zip(self.image_encoder.stages[i], self.event_encoder.stages[i]):
-                x_image, x_events = self._run(image_block, x_image), self._run(event_block, x_events)
-            o_image, o_events = x_image, x_events
-            a_image, a_events = self.image_encoder.out_norms[i](o_image), self.event_encoder.out_norms[i](o_events)
+            (o_image, a_image), (o_events, a_events) = run_branches(
+                partial(self._encoder_stage, image_encoder, i, x_image),
+                partial(self._encoder_stage, event_encoder, i, x_events),
+            )
             f_image, f_events = self._run(fusion, a_image, a_events)
             fusion_outputs.append((f_image, f_events))
             decoder_inputs.append(self.decoder_proj[i](torch.cat([f_image, f_events], dim=1)))
-            if i < len(self.image_encoder.downsamples):
-                x_image = self.image_encoder.downsamples[i](o_image + f_image)
-                x_events = self.event_encoder.downsamples[i](o_events + f_events)
+            if i < len(image_encoder.downsamples):
+                x_image, x_events = run_branches(
+                    partial(image_encoder.downsamples[i], o_image + f_image),
+                    partial(event_encoder.downsamples[i], o_events + f_events),
+                )
         return MambaSegFeatures(decoder_inputs, fusion_outputs)
 
     def forward(self, *, image: torch.Tensor, events: torch.Tensor) -> torch.Tensor:

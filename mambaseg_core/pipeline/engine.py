@@ -7,6 +7,9 @@ compiled, optionally as one CUDA graph replayed per frame.
 - `compile`: the forward goes through torch.compile (TorchInductor fuses the many small memory-bound kernels
   around the matrix products and scans; the scan is one opaque custom op). Compilation happens on the first
   frame of each input shape and takes minutes; Inductor caches it on disk for the next start.
+- `parallel_branches` (CUDA): the image and event branches run on parallel streams (models/branches.py); under
+  a CUDA graph they become parallel graph paths. Not combined with `compile` (Inductor would trace the stream
+  switches).
 - `cuda_graph`: the first frame of a given input shape is run twice eagerly on a side stream (kernel selection,
   allocator warm-up), then the forward and the argmax are captured; every later frame copies its inputs into the
   captured buffers and replays the graph (one launch instead of ~2,000, no host work in between). A new input
@@ -18,23 +21,35 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn as nn
 
+from mambaseg_core.models.branches import parallel_branches
 from mambaseg_core.ops.selective_scan import available_backends
 
 Precision = Literal["fp32", "bf16", "fp16"]
 PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-ENGINE_MODES: dict[str, tuple[Precision, bool, bool]] = {
-    "fp32 eager": ("fp32", False, False),
-    "fp32 graph": ("fp32", True, False),
-    "bf16 eager": ("bf16", False, False),
-    "bf16 graph": ("bf16", True, False),
-    "bf16 compiled graph": ("bf16", True, True),
+
+
+class EngineMode(NamedTuple):
+    """InferenceEngine settings under one name (the benchmarks compare these)."""
+
+    precision: Precision
+    cuda_graph: bool
+    compile: bool
+    parallel_branches: bool = False
+
+
+ENGINE_MODES: dict[str, EngineMode] = {
+    "fp32 eager": EngineMode("fp32", False, False),
+    "fp32 graph": EngineMode("fp32", True, False),
+    "bf16 eager": EngineMode("bf16", False, False),
+    "bf16 graph": EngineMode("bf16", True, False),
+    "bf16 graph branches": EngineMode("bf16", True, False, True),
+    "bf16 compiled graph": EngineMode("bf16", True, True),
 }
-"""The named engine settings the benchmarks compare: name -> (precision, cuda_graph, compile)."""
 
 # Parameters of matrix products that the SSM applies with einsum rather than through nn.Linear/nn.Conv2d.
 _SSM_PROJECTIONS = ("x_proj_weight", "dt_proj_weight")
@@ -55,7 +70,13 @@ class InferenceEngine:
     """model(image=(B, C, H, W), events=(B, bins, H, W)) -> logits or (B, H, W) uint8 class ids."""
 
     def __init__(
-        self, model: nn.Module, *, precision: Precision = "fp32", cuda_graph: bool = False, compile: bool = False
+        self,
+        model: nn.Module,
+        *,
+        precision: Precision = "fp32",
+        cuda_graph: bool = False,
+        compile: bool = False,
+        parallel_branches: bool = False,
     ):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
@@ -63,6 +84,11 @@ class InferenceEngine:
         self.device = next(model.parameters()).device
         if cuda_graph and self.device.type != "cuda":
             raise ValueError(f"cuda_graph needs the model on a CUDA device, it is on {self.device}")
+        if parallel_branches and self.device.type != "cuda":
+            raise ValueError(f"parallel_branches needs the model on a CUDA device, it is on {self.device}")
+        if parallel_branches and compile:
+            raise ValueError("parallel_branches and compile cannot be combined (Inductor would trace the streams)")
+        self.parallel_branches = parallel_branches
         self.precision = precision
         self.cuda_graph = cuda_graph
         if precision != "fp32":
@@ -76,6 +102,9 @@ class InferenceEngine:
         self._graph_key: tuple = ()
         self._static: dict[str, torch.Tensor] = {}
 
+    def _branches(self) -> contextlib.AbstractContextManager:
+        return parallel_branches(self.device) if self.parallel_branches else contextlib.nullcontext()
+
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.precision == "fp32":
             return contextlib.nullcontext()
@@ -84,7 +113,7 @@ class InferenceEngine:
 
     def logits(self, image: torch.Tensor, events: torch.Tensor) -> torch.Tensor:
         """(B, K, H, W) float32 logits, never through the CUDA graph (it holds only the class ids)."""
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode(), self._autocast(), self._branches():
             return self._forward(image=image, events=events).float()
 
     def _class_ids_eager(self, image: torch.Tensor, events: torch.Tensor) -> torch.Tensor:
@@ -121,5 +150,5 @@ class InferenceEngine:
     def __repr__(self) -> str:
         return (
             f"InferenceEngine(precision={self.precision!r}, cuda_graph={self.cuda_graph}, compile={self.compile}, "
-            f"device={self.device})"
+            f"parallel_branches={self.parallel_branches}, device={self.device})"
         )

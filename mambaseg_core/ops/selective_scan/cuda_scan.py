@@ -6,10 +6,11 @@ torch/CUDA version and GPU architecture, so only the first call of a fresh machi
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -31,6 +32,7 @@ def _build_dir() -> Path:
     return path
 
 
+@functools.cache
 def load_extension() -> ModuleType:
     """Compile (or load the cached build of) the kernels; BackendUnavailableError saying why if impossible."""
     if not torch.cuda.is_available():
@@ -124,6 +126,26 @@ def _register_inference_op(extension: ModuleType) -> Any:
     return selective_scan_infer
 
 
+def _kernel_inputs(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    delta_bias: torch.Tensor | None,
+) -> tuple[torch.Tensor | None, ...]:
+    """The inputs in the kernels' dtypes, contiguous: one input dtype for u, delta, B, C (theirs if they agree
+    and the kernel has it, else float32); A, D, delta_bias float32."""
+    dtypes = {x.dtype for x in (u, delta, B, C)}
+    dtype = dtypes.pop() if len(dtypes) == 1 else torch.float32
+    if dtype not in _INPUT_DTYPES:
+        dtype = torch.float32
+    u, delta, B, C = (_as(x, dtype) for x in (u, delta, B, C))
+    D, delta_bias = (_as(x, torch.float32) if x is not None else None for x in (D, delta_bias))
+    return u, delta, _as(A, torch.float32), B, C, D, delta_bias
+
+
 def make_cuda_scan(extension: ModuleType):
     """The `cuda` backend's scan function over a loaded extension: the training kernels (which keep the per-tile
     states for the backward) when a gradient is needed, the one-pass inference kernel otherwise."""
@@ -148,16 +170,53 @@ def make_cuda_scan(extension: ModuleType):
             )
         if u.numel() == 0:
             return u.new_zeros(u.shape, dtype=torch.float32)
-        # One input dtype for u, delta, B, C: keep it if they agree and the kernel has it, else float32.
-        dtypes = {x.dtype for x in (u, delta, B, C)}
-        dtype = dtypes.pop() if len(dtypes) == 1 else torch.float32
-        if dtype not in _INPUT_DTYPES:
-            dtype = torch.float32
-        u, delta, B, C = (_as(x, dtype) for x in (u, delta, B, C))
-        A = _as(A, torch.float32)
-        D, delta_bias = (_as(x, torch.float32) if x is not None else None for x in (D, delta_bias))
+        u, delta, A, B, C, D, delta_bias = _kernel_inputs(u, delta, A, B, C, D, delta_bias)
         if not needs_grad(u, delta, A, B, C, D, delta_bias):
             return scan_infer(u, delta, A, B, C, D, delta_bias, delta_softplus)
         return _CudaScanFunction.apply(extension, u, delta, A, B, C, D, delta_bias, delta_softplus)
 
     return selective_scan_cuda
+
+
+# --------------------------------------------------------------------------------------- inference tuning
+
+
+class InferConfig(NamedTuple):
+    """A compiled launch configuration of the inference kernel (csrc/scan_infer.h)."""
+
+    items: int  # consecutive steps per lane
+    warps: int  # warps per (batch, channel) row
+    states: int  # states scanned together per pass
+
+
+def inference_configs(dtype: torch.dtype, state: int) -> list[InferConfig]:
+    """Every configuration the inference kernel is compiled in for inputs of `dtype` with N = `state` (the
+    default launcher's, plus tuning variants for float32 and bfloat16 at N = 1 and 9..16). Needs a CUDA GPU."""
+    return [InferConfig(*c) for c in load_extension().infer_configs(dtype, state)]
+
+
+def default_inference_config(length: int) -> InferConfig:
+    """The configuration the `cuda` backend's inference path picks for rows of `length` steps."""
+    return InferConfig(*load_extension().default_infer_config(length))
+
+
+def selective_scan_infer_config(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    *,
+    config: InferConfig,
+) -> torch.Tensor:
+    """The inference kernel in one explicit configuration, for benchmarks and tests (not a backend: no
+    autograd, no shape checks beyond the kernel binding's). Same semantics as `selective_scan_reference`;
+    float32 out. ValueError naming the compiled ones if `config` is not compiled for these inputs."""
+    if not u.is_cuda:
+        raise ValueError(f"the CUDA inference scan needs CUDA tensors, got u on {u.device}")
+    u, delta, A, B, C, D, delta_bias = _kernel_inputs(u, delta, A, B, C, D, delta_bias)
+    items, warps, states = config
+    return load_extension().forward_infer_config(u, delta, A, B, C, D, delta_bias, delta_softplus, items, warps, states)

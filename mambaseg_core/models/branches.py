@@ -1,0 +1,80 @@
+"""Independent branches of a forward pass, optionally on parallel CUDA streams.
+
+Between the fusion points the image and event paths of MambaSeg never read each other (the encoder stages, the
+halves of CTIM and CSIM, and CTIM beside CSIM). `run_branches(f, g, ...)` returns `(f(), g(), ...)`. Inside
+`parallel_branches(device)` it runs `f` on the current stream and every other function on a side stream that
+first waits for the current one; the current stream then waits for all of them before it returns. The kernels are
+the same, so are the results. Captured in a CUDA graph the branches become parallel paths of the graph, so that
+the small kernels of the deeper stages share the GPU instead of running one after the other. Outside the context
+(CPU, training, a whole-model torch.compile) the functions simply run in order.
+
+Memory stays stream-ordered: the caching allocator reuses a block only for its own stream, every fork starts with
+its side streams waiting for the current stream and ends with them joined back, and a branch's inputs stay
+referenced by the caller until the join.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+
+
+class _StreamPool:
+    """Side streams of one device, lent to forks (nested forks take more of them)."""
+
+    def __init__(self, device: torch.device, size: int):
+        self.free = [torch.cuda.Stream(device) for _ in range(size)]
+
+    def take(self, count: int) -> list[torch.cuda.Stream]:
+        taken, self.free = self.free[:count], self.free[count:]
+        return taken
+
+    def give_back(self, streams: list[torch.cuda.Stream]) -> None:
+        self.free = streams + self.free
+
+
+_POOL: contextvars.ContextVar[_StreamPool | None] = contextvars.ContextVar("mambaseg_branch_streams", default=None)
+
+
+@contextlib.contextmanager
+def parallel_branches(device: torch.device | str, streams: int = 6) -> Iterator[None]:
+    """Run the `run_branches` calls of this thread on parallel CUDA streams of `device` (a CUDA device).
+
+    `streams` side streams are created up front (not during a graph capture); a fork that finds none free runs
+    its remaining branches on the current stream.
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        raise ValueError(f"parallel branches need a CUDA device, got {device}")
+    token = _POOL.set(_StreamPool(device, streams))
+    try:
+        yield
+    finally:
+        _POOL.reset(token)
+
+
+def run_branches(*branches: Callable[[], Any]) -> tuple[Any, ...]:
+    """(branches[0](), branches[1](), ...), on parallel streams inside `parallel_branches` (module docstring)."""
+    pool = _POOL.get()
+    if pool is None or len(branches) < 2:
+        return tuple(branch() for branch in branches)
+    current = torch.cuda.current_stream()
+    sides = pool.take(len(branches) - 1)
+    results: list[Any] = [None] * len(branches)
+    try:
+        for index, side in enumerate(sides, start=1):
+            side.wait_stream(current)
+            with torch.cuda.stream(side):
+                results[index] = branches[index]()
+        for index in range(len(sides) + 1, len(branches)):
+            results[index] = branches[index]()
+        results[0] = branches[0]()
+    finally:
+        for side in sides:
+            current.wait_stream(side)
+        pool.give_back(sides)
+    return tuple(results)
