@@ -134,7 +134,9 @@ def _kernel_inputs(
     C: torch.Tensor,
     D: torch.Tensor | None,
     delta_bias: torch.Tensor | None,
-) -> tuple[torch.Tensor | None, ...]:
+) -> tuple[
+    torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None
+]:
     """The inputs in the kernels' dtypes, contiguous: one input dtype for u, delta, B, C (theirs if they agree
     and the kernel has it, else float32); A, D, delta_bias float32."""
     dtypes = {x.dtype for x in (u, delta, B, C)}
@@ -142,7 +144,8 @@ def _kernel_inputs(
     if dtype not in _INPUT_DTYPES:
         dtype = torch.float32
     u, delta, B, C = (_as(x, dtype) for x in (u, delta, B, C))
-    D, delta_bias = (_as(x, torch.float32) if x is not None else None for x in (D, delta_bias))
+    D = _as(D, torch.float32) if D is not None else None
+    delta_bias = _as(delta_bias, torch.float32) if delta_bias is not None else None
     return u, delta, _as(A, torch.float32), B, C, D, delta_bias
 
 
