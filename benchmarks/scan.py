@@ -7,7 +7,9 @@ Shapes (model spec §1, §3, §4), per stage i with C_i = 96 * 2^i channels and 
 On a GPU: DDD17 (200x346) and DSEC (440x640) sizes, forward and forward+backward, every available backend, and
 the bandwidth each reaches against the compulsory bytes (inputs read once, output written once) and a measured
 device-to-device copy. On CPU: the DDD17 forward set with the torch backend only (what inference on the robot's
-CPU costs). Usage: python benchmarks/scan.py [--no-write]
+CPU costs). With --infer-sweep instead: every compiled configuration of the CUDA inference kernel (steps per
+lane, warps per row, states per pass) at the long-row shapes, fp32 and bf16 inputs (issues #3, #11).
+Usage: python benchmarks/scan.py [--no-write] [--infer-sweep]
 """
 
 from __future__ import annotations
@@ -28,6 +30,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _report import table, write_section
 
 from mambaseg_core.ops.selective_scan import available_backends, selective_scan
+from mambaseg_core.ops.selective_scan.cuda_scan import (
+    InferConfig,
+    default_inference_config,
+    inference_configs,
+    selective_scan_infer_config,
+)
 
 CHANNELS = (96, 192, 384, 768)
 DEPTHS = (2, 2, 8, 2)
@@ -70,20 +78,27 @@ def model_shapes(dataset: str) -> list[ScanShape]:
     return shapes
 
 
-def make_inputs(shape: ScanShape, device: str, requires_grad: bool) -> dict[str, torch.Tensor]:
+def make_inputs(
+    shape: ScanShape, device: str, requires_grad: bool, dtype: torch.dtype = torch.float32
+) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(0)
 
     def rand(*size: int, scale: float = 1.0, shift: float = 0.0) -> torch.Tensor:
         x = (torch.randn(*size, generator=gen) * scale + shift).to(device)
         return x.requires_grad_(requires_grad)
 
+    def rand_io(*size: int, scale: float = 1.0, shift: float = 0.0) -> torch.Tensor:
+        """u, delta, B, C in `dtype` (A, D and delta_bias stay float32)."""
+        x = (torch.randn(*size, generator=gen) * scale + shift).to(device, dtype)
+        return x.requires_grad_(requires_grad)
+
     r, n, length, g = shape.channels, shape.state, shape.length, shape.groups
     return {
-        "u": rand(1, r, length),
-        "delta": rand(1, r, length, scale=0.5, shift=-1.0),
+        "u": rand_io(1, r, length),
+        "delta": rand_io(1, r, length, scale=0.5, shift=-1.0),
         "A": rand(r, n, scale=0.5).detach().exp().neg().requires_grad_(requires_grad),
-        "B": rand(1, g, n, length),
-        "C": rand(1, g, n, length),
+        "B": rand_io(1, g, n, length),
+        "C": rand_io(1, g, n, length),
         "D": rand(r),
         "delta_bias": rand(r, scale=0.3),
     }
@@ -271,12 +286,95 @@ def bench_cpu() -> tuple[str, str]:
     return table(headers, rows), summary
 
 
+def sweep_shapes() -> list[ScanShape]:
+    """The long rows (over 1024 steps, where the default takes 4 warps per row) at N = 16 (CSIM, and TSSM =
+    CTIM at the last stage) and the stage-0 encoder scan (N = 1), of both datasets."""
+    shapes = model_shapes("DDD17") + model_shapes("DSEC")
+    return [s for s in shapes if (s.state == 16 and s.length > 1024) or (s.module == "encoder" and s.stage == 0)]
+
+
+def graph_time_us(fn: Callable[[], object], repeats: int = 15, calls: int = 10) -> float:
+    """Median GPU µs per call: `calls` back-to-back calls captured in a CUDA graph and replayed between CUDA
+    events (so no host launch overhead in the number), after a warm-up on a side stream."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    graph.replay()
+    times = []
+    for _ in range(repeats):
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(begin.elapsed_time(end) * 1e3 / calls)
+    return statistics.median(times)
+
+
+def bench_infer_configs() -> tuple[str, str]:
+    """Every compiled inference configuration at every sweep shape, fp32 and bf16: the table, and a summary of
+    the default's and the fastest configuration's time per shape."""
+    rows, best = [], []
+    for shape in sweep_shapes():
+        for dtype, dtype_name in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
+            inputs = make_inputs(shape, "cuda", requires_grad=False, dtype=dtype)
+            default = default_inference_config(shape.length)
+
+            def scan(config: InferConfig, i: dict[str, torch.Tensor] = inputs) -> torch.Tensor:
+                return selective_scan_infer_config(**i, delta_softplus=True, config=config)
+
+            with torch.no_grad():
+                expected = scan(default)
+                scale = expected.abs().max()
+                timed = []
+                for config in inference_configs(dtype, shape.state):
+                    err = ((scan(config) - expected).abs().max() / scale).item()
+                    timed.append((config, graph_time_us(lambda c=config: scan(c)), err))
+            default_us = next(us for config, us, _ in timed if config == default)
+            for config, us, err in timed:
+                label = str(tuple(config)) + (" default" if config == default else "")
+                rows.append([shape.label, dtype_name, label, f"{us:.1f}", f"{default_us / us:.2f}", f"{err:.1e}"])
+            fastest, fastest_us, _ = min(timed, key=lambda t: t[1])
+            best.append(
+                [shape.label, dtype_name, f"{tuple(default)}: {default_us:.1f}", f"{tuple(fastest)}: {fastest_us:.1f}"]
+            )
+    headers = ["shape (channels, N, L)", "dtype", "config (items, warps, states)", "µs", "x vs default", "rel diff"]
+    summary = "\n".join(
+        [
+            "GPU time per call of the one-pass inference kernel in each compiled configuration "
+            "(`selective_scan_infer_config`): 10 calls captured in a CUDA graph, median of 15 replays; batch 1, "
+            "softplus, D and delta_bias given. Config = (steps per lane, warps per row, states per pass); "
+            "x vs default > 1 is faster than the default launcher's choice; rel diff = max |y - y_default| / "
+            "max |y_default|.",
+            "",
+            table(["shape (channels, N, L)", "dtype", "default: µs", "fastest: µs"], best),
+        ]
+    )
+    return table(headers, rows), summary
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     parser.add_argument("--backends", nargs="+", help="GPU backends to time (default: every available one)")
+    parser.add_argument(
+        "--infer-sweep", action="store_true", help="time every compiled configuration of the CUDA inference kernel"
+    )
     args = parser.parse_args()
-    if torch.cuda.is_available():
+    if args.infer_sweep:
+        if not torch.cuda.is_available():
+            print("no CUDA: the inference-configuration sweep times the CUDA kernel and needs a GPU; nothing to do")
+            return
+        body, summary = bench_infer_configs()
+        name = "Selective scan inference configurations"
+    elif torch.cuda.is_available():
         backends = [b for b in available_backends("cuda") if b != "reference" and b in (args.backends or [b])]
         body, summary = bench_gpu(backends)
         name = "Selective scan"

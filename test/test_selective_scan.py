@@ -354,3 +354,42 @@ def test_cuda_inference_kernel_without_optional_inputs_and_in_a_cuda_graph():
         graph.replay()
     torch.cuda.synchronize()
     assert_close("y (graph replay)", captured, expected, (1e-4, 1e-4))
+
+
+# --------------------------------------------------------------------------------------- inference configurations (GPU)
+
+cuda_scan = importlib.import_module("mambaseg_core.ops.selective_scan.cuda_scan")
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("state", "groups"), [(16, 2), (13, 1), (1, 4)])  # 13: a last pass of 1 of 2 or 4 states
+@pytest.mark.parametrize("length", [1, 37, 4097, 17601])
+def test_cuda_inference_configurations_match_reference(dtype, state, groups, length):
+    # Every compiled configuration (items per lane, warps per row, states per pass) on the same inputs.
+    inputs = make_inputs(2, 4, state, length, groups, dtype=dtype, device="cuda", seed=3 * state + length)
+    configs = cuda_scan.inference_configs(dtype, state)
+    assert cuda_scan.default_inference_config(length) in configs
+    assert len(configs) > 4, f"{dtype}, N={state}: expected tuning variants beside the 4 defaults, got {configs}"
+    with torch.no_grad():
+        y_ref = selective_scan(**inputs, delta_softplus=True, backend="reference" if length < 5000 else "torch")
+        outputs = {c: cuda_scan.selective_scan_infer_config(**inputs, delta_softplus=True, config=c) for c in configs}
+    for config, y in outputs.items():
+        assert y.dtype == torch.float32 and y.shape == y_ref.shape
+        assert_close(f"y {config}", y, y_ref, (1e-4, 1e-4))
+        # States per pass only regroup independent work: y sums the states in the same order.
+        one_state = outputs.get(config._replace(states=1))
+        if one_state is not None:
+            assert_close(f"y {config} vs states=1", y, one_state, (1e-6, 1e-6))
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_cuda_inference_configuration_not_compiled_raises_naming_the_compiled_ones():
+    inputs = make_inputs(1, 4, 16, 100, 2, dtype=torch.float16, device="cuda")
+    tuned = cuda_scan.InferConfig(items=8, warps=4, states=2)
+    assert tuned in cuda_scan.inference_configs(torch.float32, 16)
+    assert tuned not in cuda_scan.inference_configs(torch.float16, 16)  # fp16 has the defaults only
+    with torch.no_grad(), pytest.raises(ValueError, match=r"not compiled .* compiled \(items, warps, states\): \(4"):
+        cuda_scan.selective_scan_infer_config(**inputs, delta_softplus=True, config=tuned)
