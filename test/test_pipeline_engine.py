@@ -74,8 +74,21 @@ def test_engine_rejects_bad_settings():
         load_config(SegmenterConfig, {"precision": "fp64"})
     with pytest.raises(ValueError, match="parallel_branches needs"):
         InferenceEngine(model, parallel_branches=True)
-    with pytest.raises(ConfigError, match="parallel_branches"):
-        load_config(SegmenterConfig, {"parallel_branches": True, "compile": True})
+
+
+def test_compiled_branch_units_compute_the_same_logits():
+    torch.manual_seed(0)
+    model = MambaSeg(load_model_config({**TINY_MODEL, "scan_backend": "torch"})).eval()  # numba is not traceable
+    height, width = TINY_MODEL["image_size"]
+    image, events = torch.rand(1, 3, height, width), torch.randn(1, TINY_MODEL["event_bins"], height, width)
+    with torch.inference_mode():
+        expected = model(image=image, events=events)
+        compiled = copy.deepcopy(model)
+        compiled.compile_branch_units(backend="eager")  # dynamo traces every unit; no code generation on the CPU
+        actual = compiled(image=image, events=events)
+    units = [m for m in compiled.modules() if getattr(m, "_compiled_call_impl", None) is not None]
+    assert len(units) >= 2 * (1 + sum(TINY_MODEL["depths"]) + 4 + 3) + 1  # stems, blocks, out-norms, downsamples
+    torch.testing.assert_close(actual, expected, rtol=0, atol=0)
 
 
 def test_run_branches_without_parallel_streams_runs_in_order():

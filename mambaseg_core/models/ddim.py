@@ -168,6 +168,11 @@ class CTIM(nn.Module):
         events = self.event_tssm(events) + self.event_skip(events)
         return events * self.event_attention(events)
 
+    def compile_paths(self, **compile_kwargs: Any) -> None:
+        """torch.compile each modality's path on its own (what runs inside one branch, models/branches.py)."""
+        self._image_path = torch.compile(self._image_path, **compile_kwargs)  # type: ignore[method-assign]
+        self._event_path = torch.compile(self._event_path, **compile_kwargs)  # type: ignore[method-assign]
+
 
 class CSIM(nn.Module):
     """Cross-spatial interaction: (n_I, n_E) (B, C, H, W) x 2 -> (q_I, q_E) (B, C, H, W) x 2."""
@@ -194,6 +199,11 @@ class CSIM(nn.Module):
     def _event_path(self, events: torch.Tensor) -> torch.Tensor:
         events = self.event_ss2d(events) + self.event_skip(events)
         return events * self.event_attention(events)
+
+    def compile_paths(self, **compile_kwargs: Any) -> None:
+        """torch.compile each modality's path on its own (what runs inside one branch, models/branches.py)."""
+        self._image_path = torch.compile(self._image_path, **compile_kwargs)  # type: ignore[method-assign]
+        self._event_path = torch.compile(self._event_path, **compile_kwargs)  # type: ignore[method-assign]
 
 
 class DDIM(nn.Module):

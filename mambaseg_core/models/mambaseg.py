@@ -117,6 +117,19 @@ class MambaSeg(nn.Module):
             return torch.zeros_like(image), events
         return image, events
 
+    def compile_branch_units(self, **compile_kwargs: Any) -> None:
+        """torch.compile every unit that runs inside one branch of `forward_features` (stems, VSS blocks, out-norms,
+        downsamples, the modality paths of CTIM and CSIM) and the decoder, each on its own. A whole-model
+        torch.compile would trace the stream switches of models/branches.py; this keeps them between the units."""
+        for encoder in (self.image_encoder, self.event_encoder):
+            blocks = [block for stage in encoder.stages for block in stage]
+            for module in (encoder.stem, *blocks, *encoder.out_norms, *encoder.downsamples):
+                module.compile(**compile_kwargs)
+        for fusion in self.fusion:
+            fusion.ctim.compile_paths(**compile_kwargs)
+            fusion.csim.compile_paths(**compile_kwargs)
+        self.decoder.compile(**compile_kwargs)
+
     def _encoder_stage(self, encoder: VMambaEncoder, i: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Stage i of one encoder: (o, a) = (its blocks' output, out_norm(o))."""
         for block in encoder.stages[i]:

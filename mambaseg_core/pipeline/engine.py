@@ -8,8 +8,8 @@ compiled, optionally as one CUDA graph replayed per frame.
   around the matrix products and scans; the scan is one opaque custom op). Compilation happens on the first
   frame of each input shape and takes minutes; Inductor caches it on disk for the next start.
 - `parallel_branches` (CUDA): the image and event branches run on parallel streams (models/branches.py); under
-  a CUDA graph they become parallel graph paths. Not combined with `compile` (Inductor would trace the stream
-  switches).
+  a CUDA graph they become parallel graph paths. With `compile` too, every unit inside a branch is compiled on its
+  own (`MambaSeg.compile_branch_units`) instead of the whole forward, whose trace would hold the stream switches.
 - `cuda_graph`: the first frame of a given input shape is run twice eagerly on a side stream (kernel selection,
   allocator warm-up), then the forward and the argmax are captured; every later frame copies its inputs into the
   captured buffers and replays the graph (one launch instead of ~2,000, no host work in between). A new input
@@ -49,6 +49,7 @@ ENGINE_MODES: dict[str, EngineMode] = {
     "bf16 graph": EngineMode("bf16", True, False),
     "bf16 graph branches": EngineMode("bf16", True, False, True),
     "bf16 compiled graph": EngineMode("bf16", True, True),
+    "bf16 compiled graph branches": EngineMode("bf16", True, True, True),
 }
 
 # Parameters of matrix products that the SSM applies with einsum rather than through nn.Linear/nn.Conv2d.
@@ -86,8 +87,6 @@ class InferenceEngine:
             raise ValueError(f"cuda_graph needs the model on a CUDA device, it is on {self.device}")
         if parallel_branches and self.device.type != "cuda":
             raise ValueError(f"parallel_branches needs the model on a CUDA device, it is on {self.device}")
-        if parallel_branches and compile:
-            raise ValueError("parallel_branches and compile cannot be combined (Inductor would trace the streams)")
         self.parallel_branches = parallel_branches
         self.precision = precision
         self.cuda_graph = cuda_graph
@@ -97,7 +96,13 @@ class InferenceEngine:
         self._forward: Callable[..., torch.Tensor] = model
         if compile:
             available_backends(self.device)  # load the scan backends now, outside the traced code
-            self._forward = torch.compile(model, dynamic=False)
+            if parallel_branches:
+                compile_units = getattr(model, "compile_branch_units", None)
+                if compile_units is None:
+                    raise ValueError(f"compile with parallel_branches needs a MambaSeg, got {type(model).__name__}")
+                compile_units(dynamic=False)
+            else:
+                self._forward = torch.compile(model, dynamic=False)
         self._graph: torch.cuda.CUDAGraph | None = None
         self._graph_key: tuple = ()
         self._static: dict[str, torch.Tensor] = {}

@@ -70,7 +70,7 @@ class SegmenterConfig:
     precision: Precision = "fp32"  # fp32 (accuracy reference) | bf16 | fp16 matrix products (InferenceEngine)
     cuda_graph: bool = False  # replay one captured CUDA graph per frame (CUDA devices; ignored with a warning on CPU)
     compile: bool = False  # torch.compile the forward (fuses small kernels; minutes of compilation at warm-up)
-    parallel_branches: bool = False  # image and event branches on parallel CUDA streams (not with compile)
+    parallel_branches: bool = False  # image and event branches on parallel CUDA streams (CUDA devices)
 
     def validate(self) -> None:
         if self.window_events < 1:
@@ -94,8 +94,6 @@ class SegmenterConfig:
             )
         if self.precision not in PRECISIONS:
             raise ConfigError("precision", f"must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
-        if self.parallel_branches and self.compile:
-            raise ConfigError("parallel_branches", "cannot be combined with compile (Inductor would trace the streams)")
         if not 0.0 <= self.overlay_alpha <= 1.0:
             raise ConfigError("overlay_alpha", f"must be in [0, 1], got {self.overlay_alpha}")
         if self.class_set != "auto" and self.class_set not in CLASS_SETS:
