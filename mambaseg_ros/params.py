@@ -66,7 +66,7 @@ PARAMETERS: tuple[_Spec, ...] = (
     ),
     _Spec("cuda_graph", True, "Replay one captured CUDA graph per frame (CUDA devices; ignored on CPU)"),
     _Spec("compile", False, "torch.compile the forward (fuses small kernels; 1-2 min of compilation at start-up)"),
-    _Spec("parallel_branches", False, "Image and event branches on parallel CUDA streams (CUDA devices)"),
+    _Spec("parallel_branches", True, "Image and event branches on parallel CUDA streams (ignored on CPU)"),
     # event window
     _Spec(
         "window_mode",

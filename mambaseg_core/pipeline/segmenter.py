@@ -70,7 +70,7 @@ class SegmenterConfig:
     precision: Precision = "fp32"  # fp32 (accuracy reference) | bf16 | fp16 matrix products (InferenceEngine)
     cuda_graph: bool = False  # replay one captured CUDA graph per frame (CUDA devices; ignored with a warning on CPU)
     compile: bool = False  # torch.compile the forward (fuses small kernels; minutes of compilation at warm-up)
-    parallel_branches: bool = False  # image and event branches on parallel CUDA streams (CUDA devices)
+    parallel_branches: bool = True  # image and event branches on parallel CUDA streams (ignored on CPU)
 
     def validate(self) -> None:
         if self.window_events < 1:

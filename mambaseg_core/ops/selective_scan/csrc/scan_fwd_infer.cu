@@ -10,8 +10,9 @@
 // shuffles are independent and overlap, and the pass needs one barrier, not kStates. The price is registers:
 // kItems * kStates * 3 floats per lane live at once. y still sums the states in order 0..N-1, so kStates
 // changes no result.
-// Long rows take 4 warps (the 768 rows of a DSEC stage-0 CSIM scan would leave most of the GPU idle and
-// latency-bound with one warp each); short rows one warp, with no barrier at all.
+// The default launcher takes one state per pass; long rows take 4 warps (the 768 rows of a DSEC stage-0 CSIM
+// scan would leave most of the GPU idle and latency-bound with one warp each), short rows one warp, with no
+// barrier at all. Other configurations are compiled for tuning only (see TunedConfigsN16).
 // Compared with the training forward (scan_fwd.cu) this does a third of the exp2 calls (no map-only pass, no
 // recomputation), reads B and C once, and amortises each scan over more steps per lane.
 #include <stdexcept>
