@@ -40,7 +40,7 @@ from mambaseg_core.config import ConfigError
 from mambaseg_core.events import EventBatch, Evt3Decoder, UnsupportedEncodingError, encode_evt3
 from mambaseg_core.pipeline import Segmenter, build_model
 from mambaseg_core.pipeline.event_clock import EventStream
-from mambaseg_core.pipeline.ros_messages import mask_images
+from mambaseg_core.pipeline.ros_messages import MASK_ENCODINGS, mask_image
 from mambaseg_ros.conversions import (
     event_array_to_batch,
     event_packet_to_batch,
@@ -364,11 +364,9 @@ class MambaSegNode(Node):
                 continue
             if result.events_used == 0:
                 self.counters.add("image_only")
-            outputs = mask_images(result)
-            try:
+            try:  # the class ids go out first; the colored mask and overlay are rendered after them
                 for name, publisher in self._mask_publishers.items():
-                    array, encoding = outputs[name]
-                    publisher.publish(numpy_to_image(array, encoding, frame.header))
+                    publisher.publish(numpy_to_image(mask_image(result, name), MASK_ENCODINGS[name], frame.header))
             except Exception as exc:
                 if self._slot.closed or not rclpy.ok(context=self.context):
                     return  # shutting down

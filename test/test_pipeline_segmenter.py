@@ -14,6 +14,8 @@ from mambaseg_core.data.classes import IGNORE_INDEX
 from mambaseg_core.events import EventBatch, voxel_grid
 from mambaseg_core.models import MambaSeg, load_model_config
 from mambaseg_core.pipeline import EventClock, Segmenter, SegmenterConfig, build_model
+from mambaseg_core.pipeline.colorize import colorize, palette_lut
+from mambaseg_core.pipeline.ros_messages import mask_image
 
 NET_H, NET_W = TINY_MODEL["image_size"]
 BINS = TINY_MODEL["event_bins"]
@@ -73,6 +75,20 @@ def test_segment_outputs_and_ids_match_the_model_called_directly(model):
     print(f"ids differing from the direct model call: {mismatches} of {expected.size}")
     assert mismatches == 0
     assert int(result.class_ids.max()) < 6
+
+
+def test_colored_mask_and_overlay_are_rendered_on_first_access_only(model):
+    seg = segmenter(model, window_mode="count", window_events=700)
+    seg.add_events(make_events(3000, 0, 100_000))
+    result = seg.segment(make_image(), 60_000)
+    assert result is not None
+    assert "colored" not in vars(result) and "overlay" not in vars(result)
+    assert mask_image(result, "raw_mask") is result.class_ids and "colored" not in vars(result)
+    overlaid = mask_image(result, "overlay")
+    assert "colored" in vars(result) and mask_image(result, "overlay") is overlaid  # rendered once, then cached
+    np.testing.assert_array_equal(result.colored, colorize(result.class_ids, palette_lut(seg.classes.palette)))
+    with pytest.raises(KeyError, match="unknown output"):
+        mask_image(result, "depth")
 
 
 @pytest.mark.parametrize("mode", ["count", "duration"])

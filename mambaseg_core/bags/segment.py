@@ -25,7 +25,7 @@ from mambaseg_core.bags.writer import BagWriter, qos_profile
 from mambaseg_core.events import UnsupportedEncodingError
 from mambaseg_core.pipeline import SegmentationResult, Segmenter
 from mambaseg_core.pipeline.event_clock import EventClockSetting, EventStream
-from mambaseg_core.pipeline.ros_messages import mask_images
+from mambaseg_core.pipeline.ros_messages import MASK_ENCODINGS, mask_image
 
 OUTPUT_QOS = qos_profile(depth=5)  # the node's output publishers
 ResultCallback = Callable[[BagImage, SegmentationResult], None]
@@ -167,10 +167,8 @@ class _Run:
         if result is None:
             self.report.skipped_no_events += 1
             return
-        arrays = mask_images(result)
         for name, topic in self.outputs.items():
-            array, encoding = arrays[name]
-            message = image_message(array, encoding, image.stamp_ns, image.frame_id)
+            message = image_message(mask_image(result, name), MASK_ENCODINGS[name], image.stamp_ns, image.frame_id)
             self.writer.write(topic, image.log_time_ns, message)
         self.report.masks += 1
         if self.on_result is not None:

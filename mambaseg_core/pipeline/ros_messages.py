@@ -125,7 +125,13 @@ def image_fields(array: np.ndarray, encoding: str) -> dict[str, Any]:
     }
 
 
-def mask_images(result: SegmentationResult) -> dict[str, tuple[np.ndarray, str]]:
-    """{output name: (array, image encoding)} of one result, in MASK_ENCODINGS order."""
-    arrays = {"raw_mask": result.class_ids, "colored_mask": result.colored, "overlay": result.overlay}
-    return {name: (arrays[name], encoding) for name, encoding in MASK_ENCODINGS.items()}
+def mask_image(result: SegmentationResult, name: str) -> np.ndarray:
+    """The array of output `name` (a MASK_ENCODINGS key) of one result; colored masks and overlays are rendered
+    only when asked for."""
+    if name == "raw_mask":
+        return result.class_ids
+    if name == "colored_mask":
+        return result.colored
+    if name == "overlay":
+        return result.overlay
+    raise KeyError(f"unknown output {name!r}; expected one of {list(MASK_ENCODINGS)}")

@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -137,16 +138,31 @@ def resolve_classes(config: SegmenterConfig, num_classes: int) -> ClassInfo:
 
 @dataclass
 class SegmentationResult:
-    """Masks of one frame. (H', W') is the input or the network size per `output_resolution`."""
+    """Masks of one frame. (H', W') is the input or the network size per `output_resolution`.
+
+    `colored` and `overlay` are rendered on first access, so that a consumer can publish the class ids first and
+    never pays for renderings it does not use.
+    """
 
     class_ids: np.ndarray  # (H', W') uint8, 255 = unlabeled
-    colored: np.ndarray  # (H', W', 3) uint8 RGB
-    overlay: np.ndarray  # (H', W', 3) uint8 RGB
     events_used: int  # events in the voxel grid (0: image-only, `missing_events: zeros`)
     # Per stage: window, voxel, preprocess, forward, postprocess, total. On CUDA devices voxel and preprocess are
     # the host's time to queue their GPU work; forward runs until the class ids are on the host (so it includes
-    # what the GPU still had queued); postprocess is the resizing back, palette and overlay.
+    # what the GPU still had queued); postprocess is the resizing back to the output size (not the renderings).
     timings_ms: dict[str, float]
+    overlay_base: np.ndarray  # (H', W', 3) uint8 RGB: the image under the overlay
+    palette_lut: np.ndarray  # (256, 3) uint8: class id -> colour (colorize.palette_lut)
+    overlay_alpha: float
+
+    @cached_property
+    def colored(self) -> np.ndarray:
+        """(H', W', 3) uint8 RGB class colours."""
+        return colorize(self.class_ids, self.palette_lut)
+
+    @cached_property
+    def overlay(self) -> np.ndarray:
+        """(H', W', 3) uint8 RGB: the class colours blended over the image."""
+        return overlay(self.overlay_base, self.colored, self.class_ids, self.overlay_alpha)
 
 
 @dataclass
@@ -385,13 +401,10 @@ class Segmenter:
             # The overlay shows what the network saw: the fitted (and possibly gray) image.
             pixels = (inputs.image[0] * 255.0).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0)
             base = to_rgb8(pixels.cpu().numpy().squeeze(2) if self.image_channels == 1 else pixels.cpu().numpy())
-        class_ids = ids.numpy()
-        colored = colorize(class_ids, self._lut)
-        blended = overlay(base, colored, class_ids, self.config.overlay_alpha)
         timings["postprocess"] = _ms_since(start)
         timings["total"] = _ms_since(total_start)
         self.stats.frames += 1
-        return SegmentationResult(class_ids, colored, blended, inputs.events_used, timings)
+        return SegmentationResult(ids.numpy(), inputs.events_used, timings, base, self._lut, self.config.overlay_alpha)
 
 
 def _ms_since(start: float) -> float:
