@@ -95,6 +95,25 @@ def test_own_checkpoint_round_trip(tmp_path: Path):
         save_checkpoint(model, path, state_dict={})
 
 
+def test_half_precision_checkpoint_loads_into_a_float32_model(tmp_path: Path):
+    model = small_model().eval()
+    randomise_non_default_parameters(model)
+    save_checkpoint(model, tmp_path / "full.pt")
+    save_checkpoint(model, tmp_path / "half.pt", weights_dtype=torch.float16)
+    stored = torch.load(tmp_path / "half.pt", weights_only=True)["state_dict"]
+    assert {v.dtype for v in stored.values() if v.is_floating_point()} == {torch.float16}
+    assert (tmp_path / "half.pt").stat().st_size < 0.6 * (tmp_path / "full.pt").stat().st_size
+    loaded = load_model(tmp_path / "half.pt")
+    for key, value in model.state_dict().items():
+        assert loaded.state_dict()[key].dtype == value.dtype, key
+        torch.testing.assert_close(loaded.state_dict()[key], value.half().to(value.dtype), rtol=0, atol=0)
+    inputs = inputs_for(model, batch=1)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**inputs), model(**inputs), rtol=2e-2, atol=2e-3)
+    with pytest.raises(ValueError, match="floating-point"):
+        save_checkpoint(model, tmp_path / "int.pt", weights_dtype=torch.int8)
+
+
 def test_own_checkpoint_errors(tmp_path: Path):
     model = small_model()
     path = tmp_path / "model.pt"

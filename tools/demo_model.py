@@ -91,7 +91,7 @@ def export(args: argparse.Namespace) -> None:
     model = load_model(args.checkpoint, "cpu", scan_backend="auto")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(model, out)
+    save_checkpoint(model, out, weights_dtype=torch.float16 if args.half else None)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
 
 
@@ -299,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp = commands.add_parser("export", help="model-only checkpoint from a training checkpoint")
     exp.add_argument("--checkpoint", required=True)
     exp.add_argument("--out", required=True)
+    exp.add_argument("--half", action="store_true", help="store the weights in float16 (about half the file)")
     exp.set_defaults(func=export)
     cond = commands.add_parser("conditions", help="metrics per condition tag (normal / dark / hdr_bright)")
     cond.add_argument("--config", required=True)

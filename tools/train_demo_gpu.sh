@@ -14,7 +14,8 @@
 #
 # Environment (defaults in brackets): RESULTS [$RUNS/results], BUDGET_MIN [8: the whole command], TRAIN_SEQUENCES
 # [96 of 8 s], JOBS [all cores: generation processes], HEIGHT x WIDTH [96 x 128: sensor and network size; the
-# event window scales with the pixel count], DATA [data/synthetic_demo_gpu, or ..._<W>x<H> at another size]. Extra
+# event window scales with the pixel count], DATA [data/synthetic_demo_gpu, or ..._<W>x<H> at another size],
+# EXPORT_HALF [empty at 128x96, else 1: export float16 weights and score that file on test too]. Extra
 # arguments after the
 # optional --smoke are passed to every mambaseg-train as --set KEY=VALUE. Re-running reuses a complete dataset.
 set -euo pipefail
@@ -39,6 +40,7 @@ if [ "$HEIGHT x $WIDTH" != "96 x 128" ]; then
     size_suffix="_${WIDTH}x${HEIGHT}"
     size_overrides=("model.overrides.image_size=[$HEIGHT,$WIDTH]" "data.options.sensor_size=[$HEIGHT,$WIDTH]"
         "data.options.num_events=$((4000 * HEIGHT * WIDTH / 12288))")
+    EXPORT_HALF=${EXPORT_HALF-1} # the TSSM weights grow with the pixel count: 30 MB in fp32 at 256x192
 fi
 if [ "$SMOKE" = 1 ]; then
     # Toy sizes on the CPU: every step runs, nothing is meant to be accurate.
@@ -157,8 +159,12 @@ EOF
 
     mkdir -p "$RESULTS"
     if [ -f "$RUNS/fused/model_best.pt" ]; then
-        python tools/demo_model.py export --checkpoint "$RUNS/fused/model_best.pt" --out "$RESULTS/mambaseg_demo.pt" ||
-            failed=1
+        python tools/demo_model.py export --checkpoint "$RUNS/fused/model_best.pt" --out "$RESULTS/mambaseg_demo.pt" \
+            ${EXPORT_HALF:+--half} || failed=1
+        if [ -n "${EXPORT_HALF:-}" ]; then # the shipped file is what gets scored: the fp16 weights, all test frames
+            python tools/demo_model.py conditions --config "$CONFIG" --checkpoint "$RESULTS/mambaseg_demo.pt" \
+                --split test "${sets[@]}" --output "$RESULTS" | tail -n 4 || failed=1
+        fi
     fi
     local timings="$RUNS/timings.json"
     echo "{\"generate\": $generated, \"train\": $((trained - generated)), \"evaluate\": $((SECONDS - trained)),"\

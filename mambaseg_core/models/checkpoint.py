@@ -208,16 +208,27 @@ def _materialise(model: MambaSeg, state_dict: Mapping[str, torch.Tensor], device
 # Our format
 
 
-def save_checkpoint(model: MambaSeg, path: str | Path, **extra: Any) -> None:
-    """Write {"format", "version", "model_config", "state_dict", **extra} to `path`."""
+def save_checkpoint(
+    model: MambaSeg, path: str | Path, *, weights_dtype: torch.dtype | None = None, **extra: Any
+) -> None:
+    """Write {"format", "version", "model_config", "state_dict", **extra} to `path`.
+
+    `weights_dtype` (e.g. torch.float16) stores the floating-point tensors in that type, about half the file for a
+    deployed model; `load_model` casts them back into the float32 model.
+    """
     reserved = {"format", "version", "model_config", "state_dict"} & extra.keys()
     if reserved:
         raise ValueError(f"extra keys {sorted(reserved)} are reserved by the checkpoint format")
+    state_dict = model.state_dict()
+    if weights_dtype is not None:
+        if not weights_dtype.is_floating_point:
+            raise ValueError(f"weights_dtype must be a floating-point type, got {weights_dtype}")
+        state_dict = {k: v.to(weights_dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
     checkpoint = {
         "format": FORMAT,
         "version": VERSION,
         "model_config": to_dict(model.config),
-        "state_dict": model.state_dict(),
+        "state_dict": state_dict,
         **extra,
     }
     torch.save(checkpoint, Path(path))
