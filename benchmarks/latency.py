@@ -399,7 +399,7 @@ def main() -> None:
     parser.add_argument(
         "--e2e-modes",
         nargs="+",
-        default=["fp32 eager", "bf16 graph", "bf16 compiled graph"],
+        default=["fp32 eager", "bf16 graph", "bf16 graph branches", "bf16 compiled graph branches"],
         choices=list(ENGINE_MODES),
         help="modes of the end-to-end section (a compiled mode costs 1-2 minutes of compilation per row)",
     )
