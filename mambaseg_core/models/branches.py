@@ -27,6 +27,7 @@ class _StreamPool:
     """Side streams of one device, lent to forks (nested forks take more of them)."""
 
     def __init__(self, device: torch.device, size: int):
+        self.device = device
         self.free = [torch.cuda.Stream(device) for _ in range(size)]
 
     def take(self, count: int) -> list[torch.cuda.Stream]:
@@ -62,7 +63,7 @@ def run_branches(*branches: Callable[[], Any]) -> tuple[Any, ...]:
     pool = _POOL.get()
     if pool is None or len(branches) < 2:
         return tuple(branch() for branch in branches)
-    current = torch.cuda.current_stream()
+    current = torch.cuda.current_stream(pool.device)  # the model's device, whichever device is current
     sides = pool.take(len(branches) - 1)
     results: list[Any] = [None] * len(branches)
     try:
