@@ -1,0 +1,138 @@
+"""The CUDA inference scan kernel (scan_fwd_infer.cu), run without a GPU by the host emulator of test/cuda_emulator.
+
+The real kernel sources are copied, their `<<<...>>>` launches rewritten for emu.h, and compiled with the system C++
+compiler against the CUDA host headers; the driver runs every compiled configuration with lanes as fibers in an
+adversarial order (warps drift apart, so shared-memory races show up) and checks it against a float64 reference.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# Overridable to run the test on a modified copy of the kernel sources (e.g. a planted bug, to see it fail).
+CSRC = Path(os.environ.get("MAMBASEG_EMULATED_CSRC", REPO / "mambaseg_core" / "ops" / "selective_scan" / "csrc"))
+EMULATOR = Path(__file__).resolve().parent / "cuda_emulator"
+# The headers the driver includes, and what cuda_runtime.h / cuda_bf16.h include in turn from other packages.
+REQUIRED_HEADERS = ("cuda_runtime.h", "cuda_bf16.h", "cuda_fp16.h", "crt/host_defines.h", "nv/target")
+
+# `kernel<template args><<<launch config>>>(args);`, arguments possibly over several lines.
+LAUNCH = re.compile(r"(?P<kernel>\b[A-Za-z_]\w*(?:<[^;<>]*>)?)\s*<<<(?P<config>.*?)>>>\s*\((?P<args>[^;]*)\)\s*;", re.S)
+
+# dtype,N,L,groups,softplus. A chunk is warps * 32 * items steps: 512 to 4096 over the compiled configurations.
+# 37: one chunk with an odd tail. 2084..2120: one 2048-step chunk (the default for long rows, 4 warps of 16 items)
+# and a tail, several of the smaller chunks. 4133: three 2048-step chunks, so each chunk parity of the
+# double-buffered warp totals is reused, and past one 4096-step chunk; at N = 1 (one pass per chunk) that
+# reuse is where a single-buffered version races. L a multiple of 4 (fp32) or 8 (bf16) aligns every row for
+# the 16-byte loads; odd L leaves all rows but the first on the scalar path.
+CASES = (
+    "fp32,16,37,2,1",
+    "fp32,16,4133,1,0",
+    "fp32,13,2084,2,1",
+    "fp32,1,37,1,0",
+    "fp32,1,4133,2,1",
+    "bf16,16,2120,2,1",
+    "bf16,13,37,1,0",
+    "bf16,1,4133,1,0",
+    "fp16,16,2085,2,1",
+    "fp16,1,4133,1,0",
+)
+DEFAULT_CONFIG_COUNT = 4  # DefaultConfigs: compiled for every dtype and N
+
+
+def rewrite_launches(source: str) -> tuple[str, int]:
+    """Rewrites every `kernel<<<grid, block, smem, stream>>>(args);` of `source` for emu.h, as
+    `emu_launch([&] { kernel(args); }, grid, block, smem, stream);`; returns the new source and the count.
+    """
+    return LAUNCH.subn(lambda m: f"emu_launch([&] {{ {m['kernel']}({m['args']}); }}, {m['config']});", source)
+
+
+def copy_rewritten_sources(destination: Path) -> int:
+    """Copies the kernel headers and scan_fwd_infer.cu with every launch rewritten; returns the launch count.
+
+    Raises AssertionError naming the file if a `<<<` is left over or the rewrite count differs from it.
+    """
+    sources = sorted(CSRC.glob("*.h")) + sorted(CSRC.glob("*.cuh")) + [CSRC / "scan_fwd_infer.cu"]
+    total = 0
+    for path in sources:
+        text = path.read_text()
+        expected = text.count("<<<")
+        rewritten, count = rewrite_launches(text)
+        assert count == expected and "<<<" not in rewritten, (
+            f"{path.name}: rewrote {count} of {expected} kernel launches; update LAUNCH in {Path(__file__).name}"
+        )
+        (destination / path.name).write_text(rewritten)
+        total += count
+    return total
+
+
+def cuda_include_dir() -> Path | None:
+    """A directory holding every CUDA host header in REQUIRED_HEADERS: a CUDA toolkit, or the pip wheels
+    nvidia-cuda-runtime, nvidia-cuda-crt and nvidia-cuda-cccl (CUDA 13 layout, nvidia/cu13/include)."""
+    roots = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
+    candidates = [Path(root) / "include" for root in roots if root]
+    candidates += [Path(p) for p in sorted(glob.glob("/usr/local/cuda-*/include"), reverse=True)]
+    candidates += [Path(sysconfig.get_paths()["purelib"]) / "nvidia" / "cu13" / "include"]
+    for directory in candidates:
+        if all((directory / header).is_file() for header in REQUIRED_HEADERS):
+            return directory
+    return None
+
+
+def test_every_launch_is_rewritten(tmp_path: Path) -> None:
+    """The rewrite finds the launches of the inference path (the carry kernel's and the inference kernel's)."""
+    count = copy_rewritten_sources(tmp_path)
+    rewritten = (tmp_path / "scan_fwd_infer.cu").read_text()
+    print("launches rewritten:", count)
+    assert count >= 2
+    assert "emu_launch([&] { scan_fwd_infer_kernel<T, kMaxN, kItems, kWarps, kStates>(p); }" in rewritten
+
+
+@pytest.fixture(scope="module")
+def driver(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    compiler = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
+    if compiler is None:
+        pytest.skip("needs a C++ compiler (g++, c++ or $CXX) to build the CUDA emulator")
+    include = cuda_include_dir()
+    if include is None:
+        pytest.skip(
+            f"needs the CUDA host headers {', '.join(REQUIRED_HEADERS)}: set CUDA_HOME to a CUDA toolkit, or "
+            "pip install nvidia-cuda-runtime nvidia-cuda-crt nvidia-cuda-cccl"
+        )
+    build = tmp_path_factory.mktemp("cuda_emulator")
+    copy_rewritten_sources(build)
+    binary = build / "driver"
+    command = [compiler, "-O2", "-std=c++17", "-fno-strict-aliasing", f"-I{build}", f"-I{include}"]
+    command += [str(EMULATOR / "driver.cpp"), "-o", str(binary)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, f"compiling the emulated kernel failed:\n{' '.join(command)}\n{result.stderr}"
+    return binary
+
+
+def test_inference_kernel_matches_reference_under_emulation(driver: Path) -> None:
+    """Every compiled configuration, fp32 and bf16, N 16 / 13 / 1, one and several chunks, softplus on and off,
+    groups 1 and 2: close to the float64 reference, and bit-identical across states per pass."""
+    result = subprocess.run([str(driver), *CASES], capture_output=True, text=True, timeout=600)
+    sys.stdout.write(result.stdout)
+    lines = [line for line in result.stdout.splitlines() if line.startswith(("ok ", "FAIL "))]
+    failed = [line for line in lines if not line.startswith("ok ")]
+    exit_status = result.returncode
+    assert exit_status == 0 and not failed, f"driver exit status {exit_status}, failed checks:\n" + "\n".join(
+        [*failed, result.stderr]
+    )
+    for case in CASES:
+        dtype, state, length, groups, softplus = case.split(",")
+        prefix = f"ok {dtype} N={state} L={length} groups={groups} softplus={softplus} "
+        ran = sum(line.startswith(prefix) for line in lines)
+        # fp32 and bf16 also compile tuning configurations at N = 1 and for N in 9..16.
+        tuned = dtype != "fp16" and state in ("16", "13", "1")
+        assert ran >= DEFAULT_CONFIG_COUNT + tuned, f"{case}: only {ran} configurations ran"
