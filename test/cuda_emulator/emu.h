@@ -78,8 +78,9 @@ struct Block {
   std::vector<Fiber> fibers;
   std::vector<Barrier> warp_barriers;
   Barrier block_barrier;
-  // Shuffle values, double-buffered by the warp barrier's generation parity: a lane writes the next
-  // shuffle's buffer, and the one after reuses this buffer only past a barrier every lane reached after reading.
+  // Shuffle values, double-buffered by the parity of the warp barrier's generation, so that one barrier per
+  // shuffle is enough: a lane can only write this buffer again two shuffles later, past a barrier that every
+  // lane reaches after reading it.
   std::vector<float> shuffle_slots[2];
   ucontext_t scheduler;
   std::function<void()> kernel;
