@@ -41,8 +41,9 @@ bool parse_case(const char* text, Case& out) {
     return false;
   out.dtype = dtype;
   out.softplus = softplus == 1;
-  return (out.dtype == "fp32" || out.dtype == "bf16" || out.dtype == "fp16") && out.state >= 1 && out.state <= 16 && out.length >= 1 &&
-         (out.groups == 1 || out.groups == 2) && (softplus == 0 || softplus == 1);
+  const bool known_dtype = out.dtype == "fp32" || out.dtype == "bf16" || out.dtype == "fp16";
+  return known_dtype && out.state >= 1 && out.state <= 16 && out.length >= 1 && (out.groups == 1 || out.groups == 2) &&
+         (softplus == 0 || softplus == 1);
 }
 
 float to_host_float(float x) { return x; }

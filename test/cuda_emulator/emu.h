@@ -190,5 +190,6 @@ void emu_launch(Kernel&& kernel, dim3 grid, dim3 threads, size_t dynamic_smem = 
   if (grid.y != 1 || grid.z != 1 || threads.y != 1 || threads.z != 1) emu::fail("only 1-D launches are emulated");
   if (dynamic_smem != 0) emu::fail("dynamic shared memory is not emulated");
   emu::block.kernel = kernel;
-  for (unsigned index = 0; index < grid.x; ++index) emu::run_block(static_cast<int>(threads.x), static_cast<int>(index));
+  for (unsigned index = 0; index < grid.x; ++index)
+    emu::run_block(static_cast<int>(threads.x), static_cast<int>(index));
 }
