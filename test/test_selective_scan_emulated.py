@@ -1,8 +1,10 @@
-"""The CUDA inference scan kernel (scan_fwd_infer.cu), run without a GPU by the host emulator of test/cuda_emulator.
+"""The CUDA selective-scan kernels, run without a GPU by the host emulator of test/cuda_emulator: the inference kernel
+(scan_fwd_infer.cu) and the training path (scan_fwd.cu forward, scan_bwd.cu backward, the carry kernel between).
 
 The real kernel sources are copied, their `<<<...>>>` launches rewritten for emu.h, and compiled with the system C++
-compiler against the CUDA host headers; the driver runs every compiled configuration with lanes as fibers in an
-adversarial order (warps drift apart, so shared-memory races show up) and checks it against a float64 reference.
+compiler against the CUDA host headers; the drivers run the kernels with lanes as fibers in an adversarial order
+(warps drift apart, so shared-memory races show up) and check them against a float64 reference: y for every compiled
+inference configuration (driver.cpp), y and every gradient for the training kernels (train_driver.cpp).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -48,6 +51,23 @@ CASES = (
 )
 DEFAULT_CONFIG_COUNT = 4  # DefaultConfigs: compiled for every dtype and N
 
+# Training cases (dtype,N,L,groups,softplus) -> tiles per row that choose_tiling gives them (a tile is at most 256
+# threads of 4 steps, of 8 at N = 1): single-tile rows of one warp and of 4 or 8 warps, and multi-tile rows (the
+# map-only launch, the carry kernel, the rescan; forward and backward) with a short tail tile, a full last tile,
+# or an odd tail. groups = 1 makes two channels add into every dB and dC element. 13 leaves 3 padded states.
+TRAIN_CASES = {
+    "fp32,16,37,2,1": 1,
+    "fp32,16,700,1,0": 1,
+    "fp32,16,2085,1,0": 3,
+    "fp32,1,37,1,0": 1,
+    "fp32,1,4133,2,1": 3,
+    "bf16,16,300,1,1": 1,
+    "bf16,16,1030,2,1": 2,
+    "bf16,1,4096,1,0": 2,
+    "fp16,13,1100,2,1": 2,
+}
+REFERENCE_GRADIENT_CHECKS = 14  # 7 gradients, 2 problems
+
 
 def rewrite_launches(source: str) -> tuple[str, int]:
     """Rewrites every `kernel<<<grid, block, smem, stream>>>(args);` of `source` for emu.h, as
@@ -57,11 +77,11 @@ def rewrite_launches(source: str) -> tuple[str, int]:
 
 
 def copy_rewritten_sources(destination: Path) -> int:
-    """Copies the kernel headers and scan_fwd_infer.cu with every launch rewritten; returns the launch count.
+    """Copies the kernel headers and .cu files with every launch rewritten; returns the launch count.
 
     Raises AssertionError naming the file if a `<<<` is left over or the rewrite count differs from it.
     """
-    sources = sorted(CSRC.glob("*.h")) + sorted(CSRC.glob("*.cuh")) + [CSRC / "scan_fwd_infer.cu"]
+    sources = sorted(CSRC.glob("*.h")) + sorted(CSRC.glob("*.cuh")) + sorted(CSRC.glob("*.cu"))
     total = 0
     for path in sources:
         text = path.read_text()
@@ -89,16 +109,29 @@ def cuda_include_dir() -> Path | None:
 
 
 def test_every_launch_is_rewritten(tmp_path: Path) -> None:
-    """The rewrite finds the launches of the inference path (the carry kernel's and the inference kernel's)."""
+    """The rewrite finds the launches of the inference kernel, the carry kernel, and both launches (map-only and
+    full) of the training forward and backward kernels."""
     count = copy_rewritten_sources(tmp_path)
-    rewritten = (tmp_path / "scan_fwd_infer.cu").read_text()
     print("launches rewritten:", count)
-    assert count >= 2
-    assert "emu_launch([&] { scan_fwd_infer_kernel<T, kMaxN, kItems, kWarps, kStates>(p); }" in rewritten
+    assert count >= 6
+    expected = {
+        "scan_fwd_infer.cu": ["scan_fwd_infer_kernel<T, kMaxN, kItems, kWarps, kStates>(p); }"],
+        "scan_common.cuh": ["carry_kernel<kReverse>(maps, carries, rows,"],
+        "scan_fwd.cu": [f"scan_fwd_kernel<T, kMaxN, kItems, {map_only}>(p); }}" for map_only in ("true", "false")],
+        "scan_bwd.cu": [f"scan_bwd_kernel<T, kMaxN, kItems, {map_only}>(p); }}" for map_only in ("true", "false")],
+    }
+    for name, launches in expected.items():
+        rewritten = (tmp_path / name).read_text()
+        for launch in launches:
+            assert f"emu_launch([&] {{ {launch}" in rewritten, f"{name}: no rewritten launch of {launch}"
+
+
+DRIVERS = ("driver", "train_driver")  # test/cuda_emulator/<name>.cpp
 
 
 @pytest.fixture(scope="module")
-def driver(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def drivers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Every driver of DRIVERS compiled against the rewritten kernel sources (side by side), by name."""
     wanted = [os.environ["CXX"]] if os.environ.get("CXX") else ["g++", "c++"]
     compiler = next((path for path in map(shutil.which, wanted) if path), None)
     if compiler is None:
@@ -111,25 +144,32 @@ def driver(tmp_path_factory: pytest.TempPathFactory) -> Path:
         )
     build = tmp_path_factory.mktemp("cuda_emulator")
     copy_rewritten_sources(build)
-    binary = build / "driver"
-    command = [compiler, "-O2", "-std=c++17", "-fno-strict-aliasing", f"-I{build}", f"-I{include}"]
-    command += [str(EMULATOR / "driver.cpp"), "-o", str(binary)]
-    result = subprocess.run(command, capture_output=True, text=True)
-    assert result.returncode == 0, f"compiling the emulated kernel failed:\n{' '.join(command)}\n{result.stderr}"
-    return binary
+    flags = ["-O2", "-std=c++17", "-fno-strict-aliasing", f"-I{build}", f"-I{include}"]
+    commands = {name: [compiler, *flags, str(EMULATOR / f"{name}.cpp"), "-o", str(build / name)] for name in DRIVERS}
+    compiles = {name: subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True) for name, cmd in commands.items()}
+    for name, process in compiles.items():
+        _, errors = process.communicate()
+        assert process.returncode == 0, f"compiling {name} failed:\n{' '.join(commands[name])}\n{errors}"
+    return {name: build / name for name in DRIVERS}
 
 
-def test_inference_kernel_matches_reference_under_emulation(driver: Path) -> None:
-    """Every compiled configuration (fp32 and bf16; fp16's defaults), N 16 / 13 / 1, one and several chunks,
-    softplus on and off, groups 1 and 2: close to the float64 reference, and bit-identical across states per pass."""
-    result = subprocess.run([str(driver), *CASES], capture_output=True, text=True, timeout=300)
+def run_driver(binary: Path, cases: Iterable[str]) -> list[str]:
+    """Runs a driver on `cases`; returns its "ok ..." lines, after asserting it exited 0 with no "FAIL" line."""
+    result = subprocess.run([str(binary), *cases], capture_output=True, text=True, timeout=300)
     sys.stdout.write(result.stdout)
     lines = [line for line in result.stdout.splitlines() if line.startswith(("ok ", "FAIL "))]
     failed = [line for line in lines if not line.startswith("ok ")]
     exit_status = result.returncode
-    assert exit_status == 0 and not failed, f"driver exit status {exit_status}, failed checks:\n" + "\n".join(
+    assert exit_status == 0 and not failed, f"{binary.name} exit status {exit_status}, failed checks:\n" + "\n".join(
         [*failed, result.stderr]
     )
+    return lines
+
+
+def test_inference_kernel_matches_reference_under_emulation(drivers: dict[str, Path]) -> None:
+    """Every compiled configuration (fp32 and bf16; fp16's defaults), N 16 / 13 / 1, one and several chunks,
+    softplus on and off, groups 1 and 2: close to the float64 reference, and bit-identical across states per pass."""
+    lines = run_driver(drivers["driver"], CASES)
     for case in CASES:
         dtype, state, length, groups, softplus = case.split(",")
         prefix = f"ok {dtype} N={state} L={length} groups={groups} softplus={softplus} "
@@ -137,3 +177,15 @@ def test_inference_kernel_matches_reference_under_emulation(driver: Path) -> Non
         # fp32 and bf16 also compile tuning configurations at N = 1 and for N in 9..16.
         tuned = dtype != "fp16" and state in ("16", "13", "1")
         assert ran >= DEFAULT_CONFIG_COUNT + tuned, f"{case}: only {ran} configurations ran"
+
+
+def test_training_kernels_match_reference_under_emulation(drivers: dict[str, Path]) -> None:
+    """The training forward then backward, buffers sized as scan_binding.cpp sizes them: y, du, ddelta, dA, dB, dC,
+    dD and ddelta_bias close to float64 reference gradients of sum(y * dy), themselves checked against finite
+    differences; single- and multi-tile rows, N 16 / 13 / 1, fp32, bf16 and fp16, groups 1 and 2, softplus on/off."""
+    lines = run_driver(drivers["train_driver"], TRAIN_CASES)
+    assert sum(line.startswith("ok reference gradient ") for line in lines) == REFERENCE_GRADIENT_CHECKS
+    for case, tiles in TRAIN_CASES.items():
+        dtype, state, length, groups, softplus = case.split(",")
+        prefix = f"ok {dtype} N={state} L={length} groups={groups} softplus={softplus} tiles={tiles} "
+        assert any(line.startswith(prefix) for line in lines), f"{case}: no line starting {prefix!r}"

@@ -1,19 +1,23 @@
-// Host emulator of the few CUDA features the inference scan kernel (scan_fwd_infer.cu) uses, so that the real
-// kernel source can be compiled with g++ and tested without a GPU (test/test_selective_scan_emulated.py).
+// Host emulator of the few CUDA features the selective-scan kernels use (the inference kernel of
+// scan_fwd_infer.cu, the training forward of scan_fwd.cu, the backward of scan_bwd.cu and the carry kernel of
+// scan_common.cuh), so that the real kernel sources can be compiled with g++ and tested without a GPU
+// (test/test_selective_scan_emulated.py).
 //
 // Every thread of a block is a ucontext fiber. The scheduler runs the fibers one at a time in an adversarial
 // random order, and warp shuffles and __syncthreads are barriers: a warp may run as far ahead of the others as
 // the kernel's own synchronisation allows, so a missing barrier or a shared buffer reused too early gives a
-// wrong result instead of passing by luck. Blocks run one after another.
+// wrong result instead of passing by luck. Blocks run one after another, each with the block size its launch
+// asks for (1 to 1024 threads, as on the GPU).
 //
 // Source rewrite expected: every `kernel<<<grid, block[, smem[, stream]]>>>(args);` becomes
 // `emu_launch([&] { kernel(args); }, grid, block[, smem[, stream]]);`.
 // Compile with -fno-strict-aliasing: the kernels read T arrays through uint4 / float4 (16-byte loads), which
 // nvcc allows and g++ -O2 miscompiles.
 //
-// Not emulated (each aborts or is out of scope): partial shuffle masks, shuffle variants other than up and
-// indexed, dynamic shared memory, atomics, intra-warp memory ordering without a shuffle or barrier. __shared__
-// variables are function statics: zero at first use and kept from block to block, not garbage.
+// Not emulated (each aborts or is out of scope): partial shuffle masks, shuffle widths other than 32, dynamic
+// shared memory, atomics other than float atomicAdd, intra-warp memory ordering without a shuffle or barrier,
+// blocks running concurrently (so no race between blocks shows up). __shared__ variables are function
+// statics: zero at first use and kept from block to block, not garbage.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -177,8 +181,27 @@ inline float __shfl_up_sync(unsigned mask, float value, unsigned delta) {
   return emu::warp_exchange(mask, value, lane >= static_cast<int>(delta) ? lane - static_cast<int>(delta) : lane);
 }
 
+inline float __shfl_down_sync(unsigned mask, float value, unsigned delta) {
+  const int lane = emu::block.current % emu::kWarpSize, source = lane + static_cast<int>(delta);
+  // Lanes whose source is past the warp keep their own value (and still take part in the exchange).
+  return emu::warp_exchange(mask, value, source < emu::kWarpSize ? source : lane);
+}
+
 inline float __shfl_sync(unsigned mask, float value, int source_lane) {
   return emu::warp_exchange(mask, value, source_lane & (emu::kWarpSize - 1));
+}
+
+inline float __shfl_xor_sync(unsigned mask, float value, int lane_mask) {
+  const int lane = emu::block.current % emu::kWarpSize;
+  return emu::warp_exchange(mask, value, (lane ^ lane_mask) & (emu::kWarpSize - 1));
+}
+
+// A plain read-modify-write is atomic here: a fiber is never preempted inside it, only at a shuffle or
+// barrier. Which order the contributions land in still follows the adversarial schedule.
+inline float atomicAdd(float* address, float value) {
+  const float old = *address;
+  *address = old + value;
+  return old;
 }
 
 // Device-only intrinsic: the exact host function (the GPU's is an approximation within a few ulp).
@@ -189,6 +212,8 @@ template <typename Kernel>
 void emu_launch(Kernel&& kernel, dim3 grid, dim3 threads, size_t dynamic_smem = 0, cudaStream_t = nullptr) {
   if (grid.y != 1 || grid.z != 1 || threads.y != 1 || threads.z != 1) emu::fail("only 1-D launches are emulated");
   if (dynamic_smem != 0) emu::fail("dynamic shared memory is not emulated");
+  // What the GPU rejects as an invalid configuration (the launch would do nothing and set an error).
+  if (grid.x < 1 || threads.x < 1 || threads.x > 1024) emu::fail("invalid launch: grid or block size out of range");
   emu::block.kernel = kernel;
   for (unsigned index = 0; index < grid.x; ++index)
     emu::run_block(static_cast<int>(threads.x), static_cast<int>(index));

@@ -1,0 +1,182 @@
+// Runs the emulated training kernels (scan_fwd.cu forward, scan_bwd.cu backward, and between their launches
+// the carry kernel of scan_common.cuh) on the cases given in argv and checks y and every gradient of
+// loss = sum(y * dy), for a fixed random dy, against the float64 reference of reference.h. Before the cases it
+// checks the reference gradients themselves against central finite differences on a tiny problem.
+// One line per check, "ok" or "FAIL"; exit status 1 on any failure, 2 on a bad argument.
+//
+// Usage: train_driver CASE...   with CASE = dtype,N,L,groups,softplus   e.g. fp32,16,2085,1,0
+//
+// Every buffer is sized and initialised as scan_binding.cpp's forward() and backward() size it (empty ones
+// NaN, the reduced gradients zero), inside NaN guards: an unwritten value, a read past a buffer or a write
+// past it fails the case. D and delta_bias are always given.
+// Needs the kernel sources with launches rewritten for emu.h (see test/test_selective_scan_emulated.py).
+#include "emu.h"
+#include "reference.h"
+#include "scan_bwd.cu"
+#include "scan_fwd.cu"
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+namespace {
+
+using mambaseg::ScanDtype;
+using mambaseg::ScanParams;
+using reference::Case;
+using reference::GuardedBuffer;
+using reference::kBatch;
+using reference::kChannels;
+
+// Relative to max |reference|. The kernels compute in fp32 from the same rounded inputs the reference sees
+// (bf16 and fp16 included) and return fp32, and the emulator's exp2f is the exact host one: the errors are
+// about 1e-7 here. 1e-5 for the gradients (the GPU tests allow 2e-4) still fails a gradient that misses one
+// step of a 4000-step sum.
+constexpr double kForwardTolerance = 2e-5, kGradientTolerance = 1e-5;
+// Finite differences in float64: step and bound (relative to max |gradient|) for the reference check.
+constexpr double kStep = 1e-6, kFiniteDifferenceTolerance = 1e-6;
+
+// sum(y * dy)
+double loss(const reference::Problem& p, const std::vector<double>& dy) {
+  const std::vector<double> y = reference::forward(p);
+  double sum = 0;
+  for (size_t i = 0; i < y.size(); ++i) sum += y[i] * dy[i];
+  return sum;
+}
+
+// The float64 reference gradients of every input against central differences of the loss, on a tiny problem
+// (N = 3, L = 6) per (groups, softplus); returns the number of failed checks.
+int check_reference_gradients() {
+  int failures = 0;
+  for (const Case& c : {Case{"fp32", 3, 6, 1, true}, Case{"fp32", 3, 6, 2, false}}) {
+    reference::Problem p = reference::to_problem(c, reference::Inputs<float>(c, reference::case_seed(c)));
+    const std::vector<double> dy = reference::to_double(
+        reference::random_buffer<float>(p.x.u.size(), [gen = std::mt19937(7)]() mutable {
+          return std::normal_distribution<float>(0.f, 1.f)(gen);
+        }));
+    reference::Tensors analytic = reference::backward(p, dy);
+    const auto inputs = p.x.named();
+    const auto gradients = analytic.named();
+    for (size_t k = 0; k < inputs.size(); ++k) {
+      std::vector<double>& x = *inputs[k].second;
+      std::vector<double> numeric(x.size());
+      for (size_t i = 0; i < x.size(); ++i) {
+        const double saved = x[i];
+        x[i] = saved + kStep;
+        const double above = loss(p, dy);
+        x[i] = saved - kStep;
+        const double below = loss(p, dy);
+        x[i] = saved;
+        numeric[i] = (above - below) / (2 * kStep);
+      }
+      const double error = reference::relative_error(numeric, *gradients[k].second);
+      const bool ok = error <= kFiniteDifferenceTolerance;
+      failures += !ok;
+      std::printf("%s reference gradient d%s groups=%d softplus=%d vs finite differences rel_err=%.2e\n",
+                  ok ? "ok" : "FAIL", inputs[k].first, c.groups, c.softplus, error);
+    }
+  }
+  return failures;
+}
+
+// An output of the kernels against its reference.
+struct Check {
+  const char* name;
+  const GuardedBuffer<float>& actual;
+  const std::vector<double>& expected;
+  double tolerance;
+};
+
+// Forward then backward on one case, buffers as scan_binding.cpp makes them; returns 1 if it failed, else 0.
+template <typename T>
+int run_case(const Case& c, ScanDtype dtype) {
+  const unsigned seed = reference::case_seed(c);
+  emu::rng.seed(seed);
+  const reference::Inputs<T> in(c, seed);
+  const reference::Problem problem = reference::to_problem(c, in);
+  std::mt19937 gen(seed + 1);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  const GuardedBuffer<float> dy = reference::random_buffer<float>(problem.x.u.size(), [&] { return normal(gen); });
+  const std::vector<double> expected_y = reference::forward(problem);
+  const reference::Tensors expected = reference::backward(problem, reference::to_double(dy));
+
+  // make_params(): the inputs and the tiling.
+  ScanParams p{};
+  p.batch = kBatch, p.channels = kChannels, p.groups = c.groups, p.state = c.state, p.length = c.length;
+  p.softplus = c.softplus;
+  mambaseg::choose_tiling(p);
+  p.u = in.u.data(), p.delta = in.delta.data(), p.A = in.A.data(), p.Bm = in.Bm.data(), p.Cm = in.Cm.data();
+  p.D = in.D.data(), p.delta_bias = in.bias.data();
+  const ScanParams inputs = p;
+  // tile_buffer(): (rows, n_tiles, per tile), no tile at all (size 0) when a row fits one tile. The kernels
+  // then still form pointers into it but must not touch it: here any access lands in the guards.
+  const size_t rows = kBatch * kChannels, steps = rows * c.length;
+  const size_t tiles = rows * (p.n_tiles > 1 ? p.n_tiles : 0);
+
+  // forward(): y and the tile buffers empty (NaN here).
+  GuardedBuffer<float> y(steps), maps(tiles * 2 * c.state), carries(tiles * c.state);
+  p.y = y.data(), p.tile_maps = maps.data(), p.tile_carries = carries.data();
+  const auto start = std::chrono::steady_clock::now();
+  mambaseg::launch_scan_fwd(p, dtype, nullptr);
+
+  // backward(): fresh parameters; du, ddelta and the reverse tile buffers empty, the reduced gradients zero.
+  p = inputs;
+  p.dy = dy.data(), p.tile_carries = carries.data();
+  GuardedBuffer<float> du(steps), ddelta(steps), reverse_maps(tiles * 2 * c.state), reverse_carries(tiles * c.state);
+  GuardedBuffer<float> dA(in.A.size(), 0.f), dB(in.Bm.size(), 0.f), dC(in.Cm.size(), 0.f);
+  GuardedBuffer<float> dD(kChannels, 0.f), dbias(kChannels, 0.f);
+  p.du = du.data(), p.ddelta = ddelta.data(), p.dA = dA.data(), p.dB = dB.data(), p.dC = dC.data();
+  p.dD = dD.data(), p.dbias = dbias.data();
+  p.reverse_maps = reverse_maps.data(), p.reverse_carries = reverse_carries.data();
+  mambaseg::launch_scan_bwd(p, dtype, nullptr);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+
+  bool ok = true;
+  std::string errors;
+  for (const Check& check : {Check{"y", y, expected_y, kForwardTolerance},
+                             Check{"du", du, expected.u, kGradientTolerance},
+                             Check{"ddelta", ddelta, expected.delta, kGradientTolerance},
+                             Check{"dA", dA, expected.A, kGradientTolerance},
+                             Check{"dB", dB, expected.B, kGradientTolerance},
+                             Check{"dC", dC, expected.C, kGradientTolerance},
+                             Check{"dD", dD, expected.D, kGradientTolerance},
+                             Check{"ddelta_bias", dbias, expected.delta_bias, kGradientTolerance}}) {
+    const double error = reference::relative_error(check.actual, check.expected);
+    const bool passed = error <= check.tolerance && check.actual.intact();
+    ok = ok && passed;
+    char text[64];
+    std::snprintf(text, sizeof text, " %s=%.1e%s", check.name, error, check.actual.intact() ? "" : "(OUT-OF-BOUNDS)");
+    errors += text;
+  }
+  const bool tile_buffers_intact = maps.intact() && carries.intact() && reverse_maps.intact() && reverse_carries.intact();
+  ok = ok && tile_buffers_intact;
+  std::printf("%s %s N=%d L=%d groups=%d softplus=%d tiles=%d threads=%d rel_err%s%s (%.2fs)\n", ok ? "ok" : "FAIL",
+              c.dtype.c_str(), c.state, c.length, c.groups, c.softplus, p.n_tiles, p.threads, errors.c_str(),
+              tile_buffers_intact ? "" : " tile buffers written OUT-OF-BOUNDS", seconds);
+  std::fflush(stdout);
+  return !ok;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<Case> cases(argc - 1);
+  for (int i = 1; i < argc; ++i)
+    if (!reference::parse_case(argv[i], cases[i - 1])) {
+      std::fprintf(stderr, "bad case '%s': expected dtype,N,L,groups,softplus with dtype fp32|bf16|fp16, N in 1..16, "
+                   "L >= 1, groups 1|2, softplus 0|1\n", argv[i]);
+      return 2;
+    }
+  if (cases.empty()) {
+    std::fprintf(stderr, "usage: %s dtype,N,L,groups,softplus ...   e.g. fp32,16,2085,1,0\n", argv[0]);
+    return 2;
+  }
+  int failures = check_reference_gradients();
+  for (const Case& c : cases) {
+    if (c.dtype == "fp32") failures += run_case<float>(c, ScanDtype::kFloat32);
+    if (c.dtype == "bf16") failures += run_case<__nv_bfloat16>(c, ScanDtype::kBFloat16);
+    if (c.dtype == "fp16") failures += run_case<__half>(c, ScanDtype::kFloat16);
+  }
+  std::printf("%d failed checks, %lld context switches\n", failures, emu::context_switches);
+  return failures == 0 ? 0 : 1;
+}
