@@ -50,10 +50,12 @@ namespace emu {
 
 constexpr int kWarpSize = 32;
 constexpr size_t kFiberStackBytes = 64 << 10;
-// Adversarial order: this share of picks goes to the runnable lanes of one "hot" warp, redrawn every
-// kHotWarpPicks picks, so that one warp races ahead of the others up to the next block barrier.
+// Adversarial order: this share of picks goes to the runnable lanes of one "hot" warp, redrawn after a
+// log-uniform number of picks between these bounds, so that one warp races ahead of the others up to the next
+// block barrier. Long stretches matter: a warp needs 32 picks per shuffle, and the training kernels at N = 16
+// do ~200 shuffles between two block barriers; with short ones every warp would keep up with the others.
 constexpr float kHotWarpShare = 0.97f;
-constexpr long long kHotWarpPicks = 2000;
+constexpr double kHotWarpPicksMin = 64, kHotWarpPicksMax = 1 << 17;
 
 [[noreturn]] inline void fail(const char* message) {
   std::fprintf(stderr, "cuda emulator: %s\n", message);
@@ -137,9 +139,13 @@ inline void run_block(int threads, int index) {
   }
   std::uniform_real_distribution<float> coin(0.f, 1.f);
   std::vector<int> candidates;
+  std::uniform_real_distribution<double> log2_hot_picks(std::log2(kHotWarpPicksMin), std::log2(kHotWarpPicksMax));
   int alive = threads, hot_warp = 0;
-  for (long long pick = 0; alive > 0; ++pick) {
-    if (pick % kHotWarpPicks == 0) hot_warp = std::uniform_int_distribution<int>(0, warps - 1)(rng);
+  for (long long pick = 0, next_draw = 0; alive > 0; ++pick) {
+    if (pick == next_draw) {
+      hot_warp = std::uniform_int_distribution<int>(0, warps - 1)(rng);
+      next_draw = pick + static_cast<long long>(std::exp2(log2_hot_picks(rng)));
+    }
     candidates.clear();
     if (coin(rng) < kHotWarpShare)
       for (int t = hot_warp * kWarpSize; t < hot_warp * kWarpSize + lanes_in_warp(hot_warp); ++t)

@@ -97,6 +97,13 @@ GuardedBuffer<T> random_buffer(size_t size, Draw draw) {
   return buffer;
 }
 
+// `size` standard normal values drawn from `seed`, in fp32 (as the kernels take dy).
+inline GuardedBuffer<float> standard_normal(size_t size, unsigned seed) {
+  std::mt19937 gen(seed);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  return random_buffer<float>(size, [&] { return normal(gen); });
+}
+
 // Inputs shaped like the model's: u, delta, B and C in T; A = -exp(.) < 0, D, bias fp32.
 template <typename T>
 struct Inputs {
@@ -111,13 +118,17 @@ struct Inputs {
     const size_t group_steps = static_cast<size_t>(kBatch) * c.groups * c.state * c.length;
     u = random_buffer<T>(steps, standard);
     // Around the softplus knee, or (no softplus) a small positive step: a negative dt would make h grow.
-    delta = random_buffer<T>(steps, [&] { return c.softplus ? 0.5f * normal(gen) - 1.f : 0.2f * std::fabs(normal(gen)); });
+    delta = random_buffer<T>(steps, [&] {
+      return c.softplus ? 0.5f * normal(gen) - 1.f : 0.2f * std::fabs(normal(gen));
+    });
     Bm = random_buffer<T>(group_steps, standard);
     Cm = random_buffer<T>(group_steps, standard);
     A = random_buffer<float>(static_cast<size_t>(kChannels) * c.state, [&] { return -std::exp(0.5f * normal(gen)); });
     D = random_buffer<float>(kChannels, standard);
     // dt = delta + bias > 0 without softplus.
-    bias = random_buffer<float>(kChannels, [&] { return c.softplus ? 0.3f * normal(gen) : std::fabs(0.3f * normal(gen)); });
+    bias = random_buffer<float>(kChannels, [&] {
+      return c.softplus ? 0.3f * normal(gen) : std::fabs(0.3f * normal(gen));
+    });
   }
 };
 

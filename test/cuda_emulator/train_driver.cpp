@@ -50,10 +50,7 @@ int check_reference_gradients() {
   int failures = 0;
   for (const Case& c : {Case{"fp32", 3, 6, 1, true}, Case{"fp32", 3, 6, 2, false}}) {
     reference::Problem p = reference::to_problem(c, reference::Inputs<float>(c, reference::case_seed(c)));
-    const std::vector<double> dy = reference::to_double(
-        reference::random_buffer<float>(p.x.u.size(), [gen = std::mt19937(7)]() mutable {
-          return std::normal_distribution<float>(0.f, 1.f)(gen);
-        }));
+    const std::vector<double> dy = reference::to_double(reference::standard_normal(p.x.u.size(), 7));
     reference::Tensors analytic = reference::backward(p, dy);
     const auto inputs = p.x.named();
     const auto gradients = analytic.named();
@@ -94,9 +91,7 @@ int run_case(const Case& c, ScanDtype dtype) {
   emu::rng.seed(seed);
   const reference::Inputs<T> in(c, seed);
   const reference::Problem problem = reference::to_problem(c, in);
-  std::mt19937 gen(seed + 1);
-  std::normal_distribution<float> normal(0.f, 1.f);
-  const GuardedBuffer<float> dy = reference::random_buffer<float>(problem.x.u.size(), [&] { return normal(gen); });
+  const GuardedBuffer<float> dy = reference::standard_normal(problem.x.u.size(), seed + 1);
   const std::vector<double> expected_y = reference::forward(problem);
   const reference::Tensors expected = reference::backward(problem, reference::to_double(dy));
 
@@ -148,7 +143,8 @@ int run_case(const Case& c, ScanDtype dtype) {
     std::snprintf(text, sizeof text, " %s=%.1e%s", check.name, error, check.actual.intact() ? "" : "(OUT-OF-BOUNDS)");
     errors += text;
   }
-  const bool tile_buffers_intact = maps.intact() && carries.intact() && reverse_maps.intact() && reverse_carries.intact();
+  const bool tile_buffers_intact =
+      maps.intact() && carries.intact() && reverse_maps.intact() && reverse_carries.intact();
   ok = ok && tile_buffers_intact;
   std::printf("%s %s N=%d L=%d groups=%d softplus=%d tiles=%d threads=%d rel_err%s%s (%.2fs)\n", ok ? "ok" : "FAIL",
               c.dtype.c_str(), c.state, c.length, c.groups, c.softplus, p.n_tiles, p.threads, errors.c_str(),
