@@ -10,7 +10,7 @@
 // in the same order whatever kStates).
 // Needs the kernel sources with launches rewritten for emu.h (see test/test_selective_scan_emulated.py).
 #include "emu.h"
-#include "reference.h"
+#include "harness.h"
 #include "scan_fwd_infer.cu"
 
 #include <chrono>
@@ -24,19 +24,19 @@ namespace {
 using mambaseg::InferConfig;
 using mambaseg::ScanDtype;
 using mambaseg::ScanParams;
-using reference::Case;
-using reference::kBatch;
-using reference::kChannels;
+using harness::Case;
+using harness::kBatch;
+using harness::kChannels;
 
 constexpr double kTolerance = 2e-5;  // relative to max |reference|; as the fp32 forward tolerance of the GPU tests
 
 // Runs every compiled configuration on one case; returns the number of failed checks.
 template <typename T>
 int run_case(const Case& c, ScanDtype dtype) {
-  const unsigned seed = reference::case_seed(c);
+  const unsigned seed = harness::case_seed(c);
   emu::rng.seed(seed);
-  const reference::Inputs<T> in(c, seed);
-  const std::vector<double> expected = reference::forward(reference::to_problem(c, in));
+  const harness::Inputs<T> in(c, seed);
+  const std::vector<double> expected = harness::reference_forward(harness::to_problem(c, in));
   for (double r : expected)
     if (!std::isfinite(r)) emu::fail("the float64 reference is not finite: the driver's inputs are bad");
 
@@ -51,15 +51,15 @@ int run_case(const Case& c, ScanDtype dtype) {
   std::stable_sort(configs.begin(), configs.end(), [](const InferConfig& a, const InferConfig& b) {
     return a.states < b.states;
   });
-  std::map<std::pair<int, int>, std::pair<InferConfig, reference::GuardedBuffer<float>>> first_of_shape;
+  std::map<std::pair<int, int>, std::pair<InferConfig, harness::GuardedBuffer<float>>> first_of_shape;
   int failures = 0;
   for (const InferConfig& config : configs) {
-    reference::GuardedBuffer<float> y(expected.size());
+    harness::GuardedBuffer<float> y(expected.size());
     p.y = y.data();
     const auto start = std::chrono::steady_clock::now();
     const bool launched = mambaseg::launch_scan_fwd_infer_config(p, dtype, config, nullptr);
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    const double error = launched && y.intact() ? reference::relative_error(y, expected) : INFINITY;
+    const double error = launched && y.intact() ? harness::relative_error(y, expected) : INFINITY;
     bool ok = launched && error <= kTolerance;
     char bitwise[64] = "";
     const auto shape = std::make_pair(config.items, config.warps);
@@ -85,23 +85,13 @@ int run_case(const Case& c, ScanDtype dtype) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::vector<Case> cases(argc - 1);
-  for (int i = 1; i < argc; ++i)
-    if (!reference::parse_case(argv[i], cases[i - 1])) {
-      std::fprintf(stderr, "bad case '%s': expected dtype,N,L,groups,softplus with dtype fp32|bf16|fp16, N in 1..16, "
-                   "L >= 1, groups 1|2, softplus 0|1\n", argv[i]);
-      return 2;
-    }
-  if (cases.empty()) {
-    std::fprintf(stderr, "usage: %s dtype,N,L,groups,softplus ...   e.g. fp32,16,37,2,1\n", argv[0]);
-    return 2;
-  }
+  std::vector<Case> cases;
+  if (!harness::parse_cases(argc, argv, cases)) return 2;
   int failures = 0;
-  for (const Case& c : cases) {
-    if (c.dtype == "fp32") failures += run_case<float>(c, ScanDtype::kFloat32);
-    if (c.dtype == "bf16") failures += run_case<__nv_bfloat16>(c, ScanDtype::kBFloat16);
-    if (c.dtype == "fp16") failures += run_case<__half>(c, ScanDtype::kFloat16);
-  }
+  for (const Case& c : cases)
+    failures += harness::run_in_dtype(c, [&](auto element, ScanDtype dtype) {
+      return run_case<decltype(element)>(c, dtype);
+    });
   std::printf("%d failed checks, %lld context switches\n", failures, emu::context_switches);
   return failures == 0 ? 0 : 1;
 }

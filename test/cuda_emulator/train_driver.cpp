@@ -1,6 +1,6 @@
 // Runs the emulated training kernels (scan_fwd.cu forward, scan_bwd.cu backward, and between their launches
 // the carry kernel of scan_common.cuh) on the cases given in argv and checks y and every gradient of
-// loss = sum(y * dy), for a fixed random dy, against the float64 reference of reference.h. Before the cases it
+// loss = sum(y * dy), for a fixed random dy, against the float64 reference of harness.h. Before the cases it
 // checks the reference gradients themselves against central finite differences on a tiny problem.
 // One line per check, "ok" or "FAIL"; exit status 1 on any failure, 2 on a bad argument.
 //
@@ -11,7 +11,7 @@
 // past it fails the case. D and delta_bias are always given.
 // Needs the kernel sources with launches rewritten for emu.h (see test/test_selective_scan_emulated.py).
 #include "emu.h"
-#include "reference.h"
+#include "harness.h"
 #include "scan_bwd.cu"
 #include "scan_fwd.cu"
 
@@ -23,10 +23,10 @@ namespace {
 
 using mambaseg::ScanDtype;
 using mambaseg::ScanParams;
-using reference::Case;
-using reference::GuardedBuffer;
-using reference::kBatch;
-using reference::kChannels;
+using harness::Case;
+using harness::GuardedBuffer;
+using harness::kBatch;
+using harness::kChannels;
 
 // Relative to max |reference|. The kernels compute in fp32 from the same rounded inputs the reference sees
 // (bf16 and fp16 included) and return fp32, and the emulator's exp2f is the exact host one: the errors are
@@ -37,8 +37,8 @@ constexpr double kForwardTolerance = 2e-5, kGradientTolerance = 1e-5;
 constexpr double kStep = 1e-6, kFiniteDifferenceTolerance = 1e-6;
 
 // sum(y * dy)
-double loss(const reference::Problem& p, const std::vector<double>& dy) {
-  const std::vector<double> y = reference::forward(p);
+double loss(const harness::Problem& p, const std::vector<double>& dy) {
+  const std::vector<double> y = harness::reference_forward(p);
   double sum = 0;
   for (size_t i = 0; i < y.size(); ++i) sum += y[i] * dy[i];
   return sum;
@@ -49,9 +49,9 @@ double loss(const reference::Problem& p, const std::vector<double>& dy) {
 int check_reference_gradients() {
   int failures = 0;
   for (const Case& c : {Case{"fp32", 3, 6, 1, true}, Case{"fp32", 3, 6, 2, false}}) {
-    reference::Problem p = reference::to_problem(c, reference::Inputs<float>(c, reference::case_seed(c)));
-    const std::vector<double> dy = reference::to_double(reference::standard_normal(p.x.u.size(), 7));
-    reference::Tensors analytic = reference::backward(p, dy);
+    harness::Problem p = harness::to_problem(c, harness::Inputs<float>(c, harness::case_seed(c)));
+    const std::vector<double> dy = harness::to_double(harness::standard_normal(p.x.u.size(), 7));
+    harness::Tensors analytic = harness::reference_backward(p, dy);
     const auto inputs = p.x.named();
     const auto gradients = analytic.named();
     for (size_t k = 0; k < inputs.size(); ++k) {
@@ -66,7 +66,7 @@ int check_reference_gradients() {
         x[i] = saved;
         numeric[i] = (above - below) / (2 * kStep);
       }
-      const double error = reference::relative_error(numeric, *gradients[k].second);
+      const double error = harness::relative_error(numeric, *gradients[k].second);
       const bool ok = error <= kFiniteDifferenceTolerance;
       failures += !ok;
       std::printf("%s reference gradient d%s groups=%d softplus=%d vs finite differences rel_err=%.2e\n",
@@ -87,13 +87,13 @@ struct Check {
 // Forward then backward on one case, buffers as scan_binding.cpp makes them; returns 1 if it failed, else 0.
 template <typename T>
 int run_case(const Case& c, ScanDtype dtype) {
-  const unsigned seed = reference::case_seed(c);
+  const unsigned seed = harness::case_seed(c);
   emu::rng.seed(seed);
-  const reference::Inputs<T> in(c, seed);
-  const reference::Problem problem = reference::to_problem(c, in);
-  const GuardedBuffer<float> dy = reference::standard_normal(problem.x.u.size(), seed + 1);
-  const std::vector<double> expected_y = reference::forward(problem);
-  const reference::Tensors expected = reference::backward(problem, reference::to_double(dy));
+  const harness::Inputs<T> in(c, seed);
+  const harness::Problem problem = harness::to_problem(c, in);
+  const GuardedBuffer<float> dy = harness::standard_normal(problem.x.u.size(), seed + 1);
+  const std::vector<double> expected_y = harness::reference_forward(problem);
+  const harness::Tensors expected = harness::reference_backward(problem, harness::to_double(dy));
 
   // make_params(): the inputs and the tiling.
   ScanParams p{};
@@ -136,11 +136,11 @@ int run_case(const Case& c, ScanDtype dtype) {
                              Check{"dC", dC, expected.C, kGradientTolerance},
                              Check{"dD", dD, expected.D, kGradientTolerance},
                              Check{"ddelta_bias", dbias, expected.delta_bias, kGradientTolerance}}) {
-    const double error = reference::relative_error(check.actual, check.expected);
-    const bool passed = error <= check.tolerance && check.actual.intact();
-    ok = ok && passed;
+    const double error = harness::relative_error(check.actual, check.expected);
+    const bool intact = check.actual.intact();
+    ok = ok && error <= check.tolerance && intact;
     char text[64];
-    std::snprintf(text, sizeof text, " %s=%.1e%s", check.name, error, check.actual.intact() ? "" : "(OUT-OF-BOUNDS)");
+    std::snprintf(text, sizeof text, " %s=%.1e%s", check.name, error, intact ? "" : "(OUT-OF-BOUNDS)");
     errors += text;
   }
   const bool tile_buffers_intact =
@@ -156,23 +156,13 @@ int run_case(const Case& c, ScanDtype dtype) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::vector<Case> cases(argc - 1);
-  for (int i = 1; i < argc; ++i)
-    if (!reference::parse_case(argv[i], cases[i - 1])) {
-      std::fprintf(stderr, "bad case '%s': expected dtype,N,L,groups,softplus with dtype fp32|bf16|fp16, N in 1..16, "
-                   "L >= 1, groups 1|2, softplus 0|1\n", argv[i]);
-      return 2;
-    }
-  if (cases.empty()) {
-    std::fprintf(stderr, "usage: %s dtype,N,L,groups,softplus ...   e.g. fp32,16,2085,1,0\n", argv[0]);
-    return 2;
-  }
+  std::vector<Case> cases;
+  if (!harness::parse_cases(argc, argv, cases)) return 2;
   int failures = check_reference_gradients();
-  for (const Case& c : cases) {
-    if (c.dtype == "fp32") failures += run_case<float>(c, ScanDtype::kFloat32);
-    if (c.dtype == "bf16") failures += run_case<__nv_bfloat16>(c, ScanDtype::kBFloat16);
-    if (c.dtype == "fp16") failures += run_case<__half>(c, ScanDtype::kFloat16);
-  }
+  for (const Case& c : cases)
+    failures += harness::run_in_dtype(c, [&](auto element, ScanDtype dtype) {
+      return run_case<decltype(element)>(c, dtype);
+    });
   std::printf("%d failed checks, %lld context switches\n", failures, emu::context_switches);
   return failures == 0 ? 0 : 1;
 }

@@ -14,7 +14,9 @@
 #include <utility>
 #include <vector>
 
-namespace reference {
+#include "scan_params.h"
+
+namespace harness {
 
 constexpr int kBatch = 2, kChannels = 2;
 
@@ -38,6 +40,20 @@ inline bool parse_case(const char* text, Case& out) {
          (softplus == 0 || softplus == 1);
 }
 
+// Parses every argument of a driver's command line into `cases`; false (after printing why) if there is none
+// or one is malformed.
+inline bool parse_cases(int argc, char** argv, std::vector<Case>& cases) {
+  cases.resize(argc - 1);
+  for (int i = 1; i < argc; ++i)
+    if (!parse_case(argv[i], cases[i - 1])) {
+      std::fprintf(stderr, "bad case '%s': expected dtype,N,L,groups,softplus with dtype fp32|bf16|fp16, N in 1..16, "
+                   "L >= 1, groups 1|2, softplus 0|1\n", argv[i]);
+      return false;
+    }
+  if (cases.empty()) std::fprintf(stderr, "usage: %s dtype,N,L,groups,softplus ...   e.g. fp32,16,37,2,1\n", argv[0]);
+  return !cases.empty();
+}
+
 // A seed of its own per case, so that each case's inputs and schedule are reproducible on their own.
 inline unsigned case_seed(const Case& c) { return 1000003u * c.state + 7919u * c.length + 31u * c.groups + c.softplus; }
 
@@ -57,6 +73,14 @@ inline __nv_bfloat16 from_host_float<__nv_bfloat16>(float x) {
 template <>
 inline __half from_host_float<__half>(float x) {
   return __float2half(x);
+}
+
+// Returns run(T{}, dtype) for the element type T of the case's dtype.
+template <typename Run>
+int run_in_dtype(const Case& c, Run run) {
+  if (c.dtype == "bf16") return run(__nv_bfloat16{}, mambaseg::ScanDtype::kBFloat16);
+  if (c.dtype == "fp16") return run(__half{}, mambaseg::ScanDtype::kFloat16);
+  return run(float{}, mambaseg::ScanDtype::kFloat32);
 }
 
 // Stands in for a device buffer of `size` elements: NaN guard elements on both sides catch a kernel reading
@@ -193,7 +217,7 @@ inline std::vector<double> row_dt(const Problem& p, size_t row, int channel) {
 }
 
 // y (B, C, L) of the sequential scan h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t, y_t = <C_t, h_t> + D u_t.
-inline std::vector<double> forward(const Problem& p) {
+inline std::vector<double> reference_forward(const Problem& p) {
   const int L = p.length;
   std::vector<double> y(p.x.u.size());
   for (size_t i = 0; i < y.size(); ++i) y[i] = p.x.D[i / L % p.channels] * p.x.u[i];
@@ -213,7 +237,7 @@ inline std::vector<double> forward(const Problem& p) {
 // dB_t = g_t dt_t u_t, du_t = D dy_t + sum_n g_t dt_t B_t, ddt_t = sum_n g_t (u_t B_t + A a_t h_{t-1}),
 // dA = sum_t g_t dt_t a_t h_{t-1}, dD = sum_t dy_t u_t; ddelta_t = ddt_t softplus'(.) and
 // ddelta_bias = sum_t ddelta_t. B and C gradients sum over the channels of their group.
-inline Tensors backward(const Problem& p, const std::vector<double>& dy) {
+inline Tensors reference_backward(const Problem& p, const std::vector<double>& dy) {
   const int L = p.length, N = p.state;
   Tensors d;
   auto zeros_like = [](const std::vector<double>& v) { return std::vector<double>(v.size(), 0.0); };
@@ -267,4 +291,4 @@ double relative_error(const Actual& actual, const std::vector<double>& expected)
   return error;
 }
 
-}  // namespace reference
+}  // namespace harness
