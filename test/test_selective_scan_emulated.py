@@ -31,12 +31,13 @@ REQUIRED_HEADERS = ("cuda_runtime.h", "cuda_bf16.h", "cuda_fp16.h", "crt/host_de
 # `kernel<template args><<<launch config>>>(args);`, arguments possibly over several lines.
 LAUNCH = re.compile(r"(?P<kernel>\b[A-Za-z_]\w*(?:<[^;<>]*>)?)\s*<<<(?P<config>.*?)>>>\s*\((?P<args>[^;]*)\)\s*;", re.S)
 
-# dtype,N,L,groups,softplus. A chunk is warps * 32 * items steps: 512 to 4096 over the compiled configurations.
-# 37: one chunk with an odd tail. 2084..2120: one 2048-step chunk (the default for long rows, 4 warps of 16 items)
-# and a tail, several of the smaller chunks. 4133: three 2048-step chunks, so each chunk parity of the
-# double-buffered warp totals is reused, and past one 4096-step chunk; at N = 1 (one pass per chunk) that
-# reuse is where a single-buffered version races. L a multiple of 4 (fp32) or 8 (bf16) aligns every row for
-# the 16-byte loads; odd L leaves all rows but the first on the scalar path.
+# dtype,N,L,groups,softplus[,skip_and_bias] (D and delta_bias given unless 0). A chunk is warps * 32 * items steps: 512
+# to 4096 over the compiled configurations. 37: one chunk with an odd tail. 2084..2120: one 2048-step chunk (the default
+# for long rows, 4 warps of 16 items) and a tail, several of the smaller chunks. 4133: three 2048-step chunks, so each
+# chunk parity of the double-buffered warp totals is reused, and past one 4096-step chunk; at N = 1 (one pass per chunk)
+# that reuse is where a single-buffered version races. L a multiple of 4 (fp32) or 8 (bf16) aligns every row for the
+# 16-byte loads; odd L leaves all rows but the first on the scalar path. N = 4 without D and delta_bias: the kernel's
+# null-pointer path and its N <= 4 instance.
 CASES = (
     "fp32,16,37,2,1",
     "fp32,16,4133,1,0",
@@ -48,13 +49,15 @@ CASES = (
     "bf16,1,4133,1,0",
     "fp16,16,2085,2,1",
     "fp16,1,4133,1,0",
+    "fp32,4,600,2,1,0",
 )
 DEFAULT_CONFIG_COUNT = 4  # DefaultConfigs: compiled for every dtype and N
 
-# Training cases (dtype,N,L,groups,softplus) -> tiles per row that choose_tiling gives them (a tile is at most 256
+# Training cases (as CASES) -> tiles per row that choose_tiling gives them (a tile is at most 256
 # threads of 4 steps, of 8 at N = 1): single-tile rows of one warp and of 4 or 8 warps, and multi-tile rows (the
 # map-only launch, the carry kernel, the rescan; forward and backward) with a short tail tile, a full last tile,
-# or an odd tail. groups = 1 makes two channels add into every dB and dC element. 13 leaves 3 padded states.
+# or an odd tail. groups = 1 makes two channels add into every dB and dC element. 13 leaves 3 padded states. N = 4
+# without D and delta_bias: null pointers to both kernels, no dD and ddelta_bias.
 TRAIN_CASES = {
     "fp32,16,37,2,1": 1,
     "fp32,16,700,1,0": 1,
@@ -65,8 +68,16 @@ TRAIN_CASES = {
     "bf16,16,1030,2,1": 2,
     "bf16,1,4096,1,0": 2,
     "fp16,13,1100,2,1": 2,
+    "bf16,4,1500,2,0,0": 2,
 }
 REFERENCE_GRADIENT_CHECKS = 14  # 7 gradients, 2 problems
+
+
+def describe(case: str) -> str:
+    """How the drivers' lines name `case` (dtype,N,L,groups,softplus[,skip_and_bias]): harness.h's describe()."""
+    dtype, state, length, groups, softplus, *rest = case.split(",")
+    skip_and_bias = rest[0] if rest else "1"
+    return f"{dtype} N={state} L={length} groups={groups} softplus={softplus} skip_and_bias={skip_and_bias}"
 
 
 def rewrite_launches(source: str) -> tuple[str, int]:
@@ -147,9 +158,9 @@ def drivers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     flags = ["-O2", "-std=c++17", "-fno-strict-aliasing", f"-I{build}", f"-I{include}"]
     commands = {name: [compiler, *flags, str(EMULATOR / f"{name}.cpp"), "-o", str(build / name)] for name in DRIVERS}
     compiles = {name: subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True) for name, cmd in commands.items()}
+    errors = {name: process.communicate()[1] for name, process in compiles.items()}  # every compile finishes
     for name, process in compiles.items():
-        _, errors = process.communicate()
-        assert process.returncode == 0, f"compiling {name} failed:\n{' '.join(commands[name])}\n{errors}"
+        assert process.returncode == 0, f"compiling {name} failed:\n{' '.join(commands[name])}\n{errors[name]}"
     return {name: build / name for name in DRIVERS}
 
 
@@ -167,14 +178,15 @@ def run_driver(binary: Path, cases: Iterable[str]) -> list[str]:
 
 
 def test_inference_kernel_matches_reference_under_emulation(drivers: dict[str, Path]) -> None:
-    """Every compiled configuration (fp32 and bf16; fp16's defaults), N 16 / 13 / 1, one and several chunks,
-    softplus on and off, groups 1 and 2: close to the float64 reference, and bit-identical across states per pass."""
+    """Every compiled configuration (fp32 and bf16; fp16's defaults), N 16 / 13 / 4 / 1, one and several chunks,
+    softplus on and off, groups 1 and 2, with and without D and delta_bias: close to the float64 reference, and
+    bit-identical across states per pass."""
     lines = run_driver(drivers["driver"], CASES)
     for case in CASES:
-        dtype, state, length, groups, softplus = case.split(",")
-        prefix = f"ok {dtype} N={state} L={length} groups={groups} softplus={softplus} "
+        prefix = f"ok {describe(case)} "
         ran = sum(line.startswith(prefix) for line in lines)
         # fp32 and bf16 also compile tuning configurations at N = 1 and for N in 9..16.
+        dtype, state = case.split(",")[:2]
         tuned = dtype != "fp16" and state in ("16", "13", "1")
         assert ran >= DEFAULT_CONFIG_COUNT + tuned, f"{case}: only {ran} configurations ran"
 
@@ -182,10 +194,10 @@ def test_inference_kernel_matches_reference_under_emulation(drivers: dict[str, P
 def test_training_kernels_match_reference_under_emulation(drivers: dict[str, Path]) -> None:
     """The training forward then backward, buffers sized as scan_binding.cpp sizes them: y, du, ddelta, dA, dB, dC,
     dD and ddelta_bias close to float64 reference gradients of sum(y * dy), themselves checked against finite
-    differences; single- and multi-tile rows, N 16 / 13 / 1, fp32, bf16 and fp16, groups 1 and 2, softplus on/off."""
+    differences; single- and multi-tile rows, N 16 / 13 / 4 / 1, fp32, bf16 and fp16, groups 1 and 2, softplus on
+    and off, with and without D and delta_bias."""
     lines = run_driver(drivers["train_driver"], TRAIN_CASES)
     assert sum(line.startswith("ok reference gradient ") for line in lines) == REFERENCE_GRADIENT_CHECKS
     for case, tiles in TRAIN_CASES.items():
-        dtype, state, length, groups, softplus = case.split(",")
-        prefix = f"ok {dtype} N={state} L={length} groups={groups} softplus={softplus} tiles={tiles} "
+        prefix = f"ok {describe(case)} tiles={tiles} "
         assert any(line.startswith(prefix) for line in lines), f"{case}: no line starting {prefix!r}"

@@ -2,7 +2,8 @@
 // it against a float64 reference. One line per (case, configuration), "ok" or "FAIL"; exit status 1 on any
 // failure, 2 on a bad argument.
 //
-// Usage: driver CASE...   with CASE = dtype,N,L,groups,softplus   e.g. fp32,16,37,2,1   (dtype: fp32, bf16, fp16)
+// Usage: driver CASE...   with CASE = dtype,N,L,groups,softplus[,skip_and_bias]   e.g. fp32,16,37,2,1
+// (dtype: fp32, bf16, fp16; see harness.h)
 //
 // Checks per configuration: max |y - reference| / max |reference| <= kTolerance (every y written and finite,
 // nothing written out of bounds),
@@ -44,7 +45,8 @@ int run_case(const Case& c, ScanDtype dtype) {
   p.batch = kBatch, p.channels = kChannels, p.groups = c.groups, p.state = c.state, p.length = c.length;
   p.softplus = c.softplus;
   p.u = in.u.data(), p.delta = in.delta.data(), p.Bm = in.Bm.data(), p.Cm = in.Cm.data();
-  p.A = in.A.data(), p.D = in.D.data(), p.delta_bias = in.bias.data();
+  p.A = in.A.data();
+  if (c.skip_and_bias) p.D = in.D.data(), p.delta_bias = in.bias.data();
 
   std::vector<InferConfig> configs = mambaseg::compiled_infer_configs(dtype, c.state);
   // Fewest states first: the first configuration of each (items, warps) is the one the others must match.
@@ -74,9 +76,9 @@ int run_case(const Case& c, ScanDtype dtype) {
                     other.items, other.warps, other.states);
     }
     failures += !ok;
-    std::printf("%s %s N=%d L=%d groups=%d softplus=%d config=(%d,%d,%d) %s rel_err=%.2e%s (%.2fs)\n",
-                ok ? "ok" : "FAIL", c.dtype.c_str(), c.state, c.length, c.groups, c.softplus, config.items,
-                config.warps, config.states, launched ? "launched" : "NOT-LAUNCHED", error, bitwise, seconds);
+    std::printf("%s %s config=(%d,%d,%d) %s rel_err=%.2e%s (%.2fs)\n", ok ? "ok" : "FAIL",
+                harness::describe(c).c_str(), config.items, config.warps, config.states,
+                launched ? "launched" : "NOT-LAUNCHED", error, bitwise, seconds);
     std::fflush(stdout);
   }
   return failures;

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <random>
 #include <string>
 #include <utility>
@@ -24,20 +25,33 @@ struct Case {
   std::string dtype;
   int state, length, groups;
   bool softplus;
+  bool skip_and_bias = true;  // D and delta_bias given (else null, and zero in the reference)
 };
 
-// Parses "dtype,N,L,groups,softplus" (dtype fp32, bf16 or fp16; N in 1..16); false if malformed.
+// Parses "dtype,N,L,groups,softplus[,skip_and_bias]" (dtype fp32, bf16 or fp16; N in 1..16; 0 or 1 flags, the
+// last one 1 if left out); false if malformed.
 inline bool parse_case(const char* text, Case& out) {
   char dtype[8];
-  int softplus = -1;
-  char tail;
-  if (std::sscanf(text, "%7[a-z0-9],%d,%d,%d,%d%c", dtype, &out.state, &out.length, &out.groups, &softplus, &tail) != 5)
+  int softplus = -1, skip_and_bias = 1, end = 0, end_with_flag = 0;
+  if (std::sscanf(text, "%7[a-z0-9],%d,%d,%d,%d%n,%d%n", dtype, &out.state, &out.length, &out.groups, &softplus, &end,
+                  &skip_and_bias, &end_with_flag) < 5)
     return false;
+  const size_t consumed = end_with_flag ? end_with_flag : end;
   out.dtype = dtype;
   out.softplus = softplus == 1;
+  out.skip_and_bias = skip_and_bias == 1;
   const bool known_dtype = out.dtype == "fp32" || out.dtype == "bf16" || out.dtype == "fp16";
-  return known_dtype && out.state >= 1 && out.state <= 16 && out.length >= 1 && (out.groups == 1 || out.groups == 2) &&
-         (softplus == 0 || softplus == 1);
+  return consumed == std::strlen(text) && known_dtype && out.state >= 1 && out.state <= 16 && out.length >= 1 &&
+         (out.groups == 1 || out.groups == 2) && (softplus == 0 || softplus == 1) &&
+         (skip_and_bias == 0 || skip_and_bias == 1);
+}
+
+// "dtype N=.. L=.. groups=.. softplus=.. skip_and_bias=..", as the drivers' lines name a case.
+inline std::string describe(const Case& c) {
+  char text[128];
+  std::snprintf(text, sizeof text, "%s N=%d L=%d groups=%d softplus=%d skip_and_bias=%d", c.dtype.c_str(), c.state,
+                c.length, c.groups, c.softplus, c.skip_and_bias);
+  return text;
 }
 
 // Parses every argument of a driver's command line into `cases`; false (after printing why) if there is none
@@ -46,11 +60,12 @@ inline bool parse_cases(int argc, char** argv, std::vector<Case>& cases) {
   cases.resize(argc - 1);
   for (int i = 1; i < argc; ++i)
     if (!parse_case(argv[i], cases[i - 1])) {
-      std::fprintf(stderr, "bad case '%s': expected dtype,N,L,groups,softplus with dtype fp32|bf16|fp16, N in 1..16, "
-                   "L >= 1, groups 1|2, softplus 0|1\n", argv[i]);
+      std::fprintf(stderr, "bad case '%s': expected dtype,N,L,groups,softplus[,skip_and_bias] with dtype "
+                   "fp32|bf16|fp16, N in 1..16, L >= 1, groups 1|2, softplus and skip_and_bias 0|1\n", argv[i]);
       return false;
     }
-  if (cases.empty()) std::fprintf(stderr, "usage: %s dtype,N,L,groups,softplus ...   e.g. fp32,16,37,2,1\n", argv[0]);
+  if (cases.empty())
+    std::fprintf(stderr, "usage: %s dtype,N,L,groups,softplus[,skip_and_bias] ...   e.g. fp32,16,37,2,1\n", argv[0]);
   return !cases.empty();
 }
 
@@ -128,7 +143,8 @@ inline GuardedBuffer<float> standard_normal(size_t size, unsigned seed) {
   return random_buffer<float>(size, [&] { return normal(gen); });
 }
 
-// Inputs shaped like the model's: u, delta, B and C in T; A = -exp(.) < 0, D, bias fp32.
+// Inputs shaped like the model's: u, delta, B and C in T; A = -exp(.) < 0, D, bias fp32 (zero when the case
+// leaves them out).
 template <typename T>
 struct Inputs {
   GuardedBuffer<T> u, delta, Bm, Cm;
@@ -153,6 +169,7 @@ struct Inputs {
     bias = random_buffer<float>(kChannels, [&] {
       return c.softplus ? 0.3f * normal(gen) : std::fabs(0.3f * normal(gen));
     });
+    if (!c.skip_and_bias) D = GuardedBuffer<float>(kChannels, 0.f), bias = GuardedBuffer<float>(kChannels, 0.f);
   }
 };
 
