@@ -91,6 +91,18 @@ def test_compiled_branch_units_compute_the_same_logits():
     torch.testing.assert_close(actual, expected, rtol=0, atol=0)
 
 
+def test_whole_model_traces_as_one_graph():
+    # torch.compile of the whole forward (the `compile` mode without parallel branches) must see one graph: a
+    # break, e.g. at the branch helper's context lookup, splits the fusion and costs GPU time.
+    model = MambaSeg(load_model_config({**TINY_MODEL, "scan_backend": "torch"})).eval()  # numba is not traceable
+    height, width = TINY_MODEL["image_size"]
+    image, events = torch.rand(1, 3, height, width), torch.randn(1, TINY_MODEL["event_bins"], height, width)
+    with torch.inference_mode():
+        explained = torch._dynamo.explain(model)(image=image, events=events)
+    print("graphs", explained.graph_count, "breaks", [b.reason for b in explained.break_reasons][:3])
+    assert explained.graph_count == 1 and explained.graph_break_count == 0
+
+
 def test_run_branches_without_parallel_streams_runs_in_order():
     calls = []
     assert run_branches(lambda: calls.append("a") or 1, lambda: calls.append("b") or 2) == (1, 2)

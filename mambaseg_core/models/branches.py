@@ -60,7 +60,8 @@ def parallel_branches(device: torch.device | str, streams: int = 6) -> Iterator[
 
 def run_branches(*branches: Callable[[], Any]) -> tuple[Any, ...]:
     """(branches[0](), branches[1](), ...), on parallel streams inside `parallel_branches` (module docstring)."""
-    pool = _POOL.get()
+    # Under torch.compile the branches are traced in order (Dynamo cannot trace ContextVar.get: a graph break).
+    pool = None if torch.compiler.is_compiling() else _POOL.get()
     if pool is None or len(branches) < 2:
         return tuple(branch() for branch in branches)
     current = torch.cuda.current_stream(pool.device)  # the model's device, whichever device is current
