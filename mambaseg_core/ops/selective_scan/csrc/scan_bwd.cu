@@ -83,21 +83,7 @@ __global__ void __launch_bounds__(kMaxThreads) scan_bwd_kernel(ScanParams p) {
   float u[kItems];
   load_items<kItems>(static_cast<const T*>(p.u) + row_offset, t0, L, u);
   float fwd_p[kMaxN], fwd_h[kMaxN];
-#pragma unroll
-  for (int n = 0; n < kMaxN; ++n) {
-    float decay = 1.f, h = 0.f;
-    if (n < N) {
-      float b[kItems];
-      load_items<kItems>(Bg + static_cast<int64_t>(n) * L, t0, L, b);
-#pragma unroll
-      for (int i = 0; i < kItems; ++i) {
-        const float a = exp2f(dt[i] * A2[n]);
-        h = fmaf(a, h, dt[i] * u[i] * b[i]);
-        decay *= a;
-      }
-    }
-    fwd_p[n] = decay, fwd_h[n] = h;
-  }
+  compose_forward_steps<kMaxN, kItems>(Bg, t0, L, N, dt, u, A2, fwd_p, fwd_h);
   block_exclusive_scan<kMaxN, false>(fwd_p, fwd_h, smem, block_total);
   const float* fwd_carry = p.tile_carries + tile_index * N;
   const float* rev_carry = p.reverse_carries + tile_index * N;

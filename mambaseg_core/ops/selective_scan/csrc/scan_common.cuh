@@ -68,6 +68,31 @@ __device__ __forceinline__ float delta_to_dt(float delta, bool softplus) {
   return delta <= 20.f ? log1pf(__expf(delta)) : delta;
 }
 
+// This thread's kItems forward steps from step t0, composed into one affine map per state n < N (identity for
+// n >= N): h -> decay[n] * h + h_out[n], with h_t = exp2(dt_t A2_n) h_{t-1} + dt_t u_t B_t. The training forward
+// and the backward (which recomputes the forward states) both start from it.
+template <int kMaxN, int kItems, typename T>
+__device__ __forceinline__ void compose_forward_steps(const T* Bg, int t0, int length, int state,
+                                                      const float (&dt)[kItems], const float (&u)[kItems],
+                                                      const float (&A2)[kMaxN], float (&decay)[kMaxN],
+                                                      float (&h_out)[kMaxN]) {
+#pragma unroll
+  for (int n = 0; n < kMaxN; ++n) {
+    float d = 1.f, h = 0.f;
+    if (n < state) {
+      float b[kItems];
+      load_items<kItems>(Bg + static_cast<int64_t>(n) * length, t0, length, b);
+#pragma unroll
+      for (int i = 0; i < kItems; ++i) {
+        const float a = exp2f(dt[i] * A2[n]);
+        h = fmaf(a, h, dt[i] * u[i] * b[i]);
+        d *= a;
+      }
+    }
+    decay[n] = d, h_out[n] = h;
+  }
+}
+
 // An affine map x -> p * x + h per state; "first then second" composes to (p1 p2, p2 h1 + h2).
 // Exclusive block scan of every thread's map in processing order (thread order, or reversed if kReverse).
 // On return (p, h) hold the composition of all maps before this thread; thread 0 has written the whole

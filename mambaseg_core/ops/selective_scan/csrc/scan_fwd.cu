@@ -32,21 +32,7 @@ __global__ void __launch_bounds__(kMaxThreads, 2) scan_fwd_kernel(ScanParams p) 
 
   // This thread's steps as one affine map per state.
   float map_p[kMaxN], map_h[kMaxN];
-#pragma unroll
-  for (int n = 0; n < kMaxN; ++n) {
-    float decay = 1.f, h = 0.f;
-    if (n < N) {
-      float b[kItems];
-      load_items<kItems>(Bg + static_cast<int64_t>(n) * L, t0, L, b);
-#pragma unroll
-      for (int i = 0; i < kItems; ++i) {
-        const float a = exp2f(dt[i] * A2[n]);
-        h = fmaf(a, h, dt[i] * u[i] * b[i]);
-        decay *= a;
-      }
-    }
-    map_p[n] = decay, map_h[n] = h;
-  }
+  compose_forward_steps<kMaxN, kItems>(Bg, t0, L, N, dt, u, A2, map_p, map_h);
   block_exclusive_scan<kMaxN, false>(map_p, map_h, smem, block_total);
   const int64_t tile_index = static_cast<int64_t>(row) * p.n_tiles + tile;
   if constexpr (kMapOnly) {
