@@ -135,7 +135,26 @@ class TSSM(nn.Module):
         return per_pixel_linear(self.out_proj, self.out_norm(y).to(x.dtype))
 
 
-class CTIM(nn.Module):
+class _TwoPaths(nn.Module):
+    """A cross-modal module whose image and event paths run as two branches (models/branches.py) after a shared
+    gate: subclasses define `_image_path` and `_event_path`."""
+
+    def _image_path(self, image: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _event_path(self, events: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _run_paths(self, image: torch.Tensor, events: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return run_branches(partial(self._image_path, image), partial(self._event_path, events))
+
+    def compile_paths(self, **compile_kwargs: Any) -> None:
+        """torch.compile each modality's path on its own (what runs inside one branch)."""
+        self._image_path = torch.compile(self._image_path, **compile_kwargs)  # type: ignore[method-assign]
+        self._event_path = torch.compile(self._event_path, **compile_kwargs)  # type: ignore[method-assign]
+
+
+class CTIM(_TwoPaths):
     """Cross-temporal interaction: (n_I, n_E) (B, C, H, W) x 2 -> (c_I, c_E) (B, C, H, W) x 2."""
 
     def __init__(self, dim: int, tokens: int, **tssm_kwargs):
@@ -158,7 +177,7 @@ class CTIM(nn.Module):
         image, events = self.swap_odd_channels(image, events)
         # One gate shared by both modalities, each gated by the other's statistics.
         image, events = image * self.channel_gate(events), events * self.channel_gate(image)
-        return run_branches(partial(self._image_path, image), partial(self._event_path, events))
+        return self._run_paths(image, events)
 
     def _image_path(self, image: torch.Tensor) -> torch.Tensor:
         image = self.image_tssm(image) + self.image_skip(image)
@@ -168,13 +187,8 @@ class CTIM(nn.Module):
         events = self.event_tssm(events) + self.event_skip(events)
         return events * self.event_attention(events)
 
-    def compile_paths(self, **compile_kwargs: Any) -> None:
-        """torch.compile each modality's path on its own (what runs inside one branch, models/branches.py)."""
-        self._image_path = torch.compile(self._image_path, **compile_kwargs)  # type: ignore[method-assign]
-        self._event_path = torch.compile(self._event_path, **compile_kwargs)  # type: ignore[method-assign]
 
-
-class CSIM(nn.Module):
+class CSIM(_TwoPaths):
     """Cross-spatial interaction: (n_I, n_E) (B, C, H, W) x 2 -> (q_I, q_E) (B, C, H, W) x 2."""
 
     def __init__(self, dim: int, **ss2d_kwargs):
@@ -190,7 +204,7 @@ class CSIM(nn.Module):
     def forward(self, image: torch.Tensor, events: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         image_gate, event_gate = self.spatial_gate(image, events)
         image, events = image * image_gate, events * event_gate
-        return run_branches(partial(self._image_path, image), partial(self._event_path, events))
+        return self._run_paths(image, events)
 
     def _image_path(self, image: torch.Tensor) -> torch.Tensor:
         image = self.image_ss2d(image) + self.image_skip(image)
@@ -199,11 +213,6 @@ class CSIM(nn.Module):
     def _event_path(self, events: torch.Tensor) -> torch.Tensor:
         events = self.event_ss2d(events) + self.event_skip(events)
         return events * self.event_attention(events)
-
-    def compile_paths(self, **compile_kwargs: Any) -> None:
-        """torch.compile each modality's path on its own (what runs inside one branch, models/branches.py)."""
-        self._image_path = torch.compile(self._image_path, **compile_kwargs)  # type: ignore[method-assign]
-        self._event_path = torch.compile(self._event_path, **compile_kwargs)  # type: ignore[method-assign]
 
 
 class DDIM(nn.Module):
