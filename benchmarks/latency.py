@@ -10,7 +10,9 @@ Sections of the report:
    voxel grid on the GPU, crop, forward, ids to the host. `render` adds the palette + overlay (CPU) on top.
 3. Per-module GPU time of the eager forward (CUDA events around each module; nested modules overlap), and the
    kernel count and GPU busy time from the profiler, against the wall time: what dominates, and the host's share.
-4. Accuracy of each optimised mode against fp32 eager: logits relative L2 error and argmax agreement on DSEC-size
+4. The kernels of one CUDA-graph replay (profiler timeline): summed kernel time, GPU busy time over all streams,
+   the span and the idle gaps inside it, the kernels by summed time.
+5. Accuracy of each optimised mode against fp32 eager: logits relative L2 error and argmax agreement on DSEC-size
    random inputs (random weights), and on synthetic frames with the trained demo model.
 Usage: python benchmarks/latency.py [--datasets DSEC DDD17] [--batches 1 8] [--frames 100] [--no-write]
 """
@@ -58,7 +60,7 @@ DATASETS = {
     ),
 }
 FRAME_US = 50_000  # 20 Hz camera
-SECTIONS = ("model", "e2e", "breakdown", "accuracy")
+SECTIONS = ("model", "e2e", "breakdown", "graph", "accuracy")
 
 
 def make_engine(model: MambaSeg, mode: str) -> InferenceEngine:
@@ -321,6 +323,91 @@ def bench_breakdown(dataset: str, modes: list[str], frames: int, top: int = 20) 
     return "\n\n".join(parts)
 
 
+def graph_timeline(engine: InferenceEngine, image: torch.Tensor, events: torch.Tensor) -> dict[str, object]:
+    """The kernels of one profiled call of a warmed-up engine (one CUDA-graph replay): their count, summed GPU
+    time, the time at least one of them runs (union over streams), the span from the first start to the last
+    end, the streams used, and the kernels by summed time."""
+    import json
+    import tempfile
+
+    from torch.profiler import ProfilerActivity, profile
+
+    engine.class_ids(image, events).cpu()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        engine.class_ids(image, events).cpu()
+        torch.cuda.synchronize()
+    with tempfile.NamedTemporaryFile(suffix=".json") as trace:
+        prof.export_chrome_trace(trace.name)
+        trace_events = json.loads(Path(trace.name).read_text())["traceEvents"]
+    spans = [e for e in trace_events if e.get("cat") == "kernel"]
+    if not spans:
+        raise RuntimeError("the profiler saw no kernels in the replay")
+    intervals = sorted((float(e["ts"]), float(e["ts"]) + float(e["dur"])) for e in spans)
+    union, (begin, end) = 0.0, intervals[0]
+    for start, stop in intervals[1:]:
+        if start > end:
+            union, begin = union + end - begin, start
+        end = max(end, stop)
+    union += end - begin
+    by_name: dict[str, list[float]] = defaultdict(list)
+    for e in spans:
+        by_name[e["name"]].append(float(e["dur"]))
+    return {
+        "count": len(spans),
+        "sum": sum(float(e["dur"]) for e in spans) / 1e3,
+        "union": union / 1e3,
+        "span": (max(stop for _, stop in intervals) - intervals[0][0]) / 1e3,
+        "streams": len({e["args"].get("stream") for e in spans}),
+        "kernels": sorted(((n, len(d), sum(d) / 1e3) for n, d in by_name.items()), key=lambda k: -k[2]),
+    }
+
+
+def bench_graph(dataset: str, modes: list[str], top: int = 15) -> str:
+    base = build_model(dataset)
+    image, events = random_inputs(base, 1)
+    rows, parts = [], []
+    for mode in modes:
+        engine = make_engine(base, mode)
+        timeline = graph_timeline(engine, image, events)
+        span, union = timeline["span"], timeline["union"]
+        rows.append(
+            [
+                mode,
+                timeline["count"],
+                timeline["streams"],
+                f"{timeline['sum']:.2f}",
+                f"{union:.2f}",
+                f"{span:.2f}",
+                f"{span - union:.2f}",
+                f"{timeline['sum'] / union:.2f}",
+            ]
+        )
+        print(rows[-1], flush=True)
+        kernel_rows = [
+            [name[:100].replace("|", "/"), count, f"{ms:.3f}", f"{100 * ms / timeline['sum']:.1f}"]
+            for name, count, ms in timeline["kernels"][:top]
+        ]
+        parts += [f"Top {top} kernels, {mode}:", table(["kernel", "calls", "GPU ms", "% of kernel time"], kernel_rows)]
+        del engine
+        torch.cuda.empty_cache()
+    headers = [
+        "mode",
+        "kernels",
+        "streams",
+        "kernel time ms (sum)",
+        "GPU busy ms (union)",
+        "span ms",
+        "idle in span ms",
+        "mean kernels in flight",
+    ]
+    intro = (
+        f"{dataset} size, batch 1, random weights: the kernels of one warmed-up call (one CUDA-graph replay) as the "
+        "profiler saw them. `idle in span`: time between the first kernel's start and the last one's end with no "
+        "kernel running (dependency and launch gaps between graph nodes)."
+    )
+    return "\n\n".join([intro, table(headers, rows), *parts])
+
+
 # ---- 4. accuracy -----------------------------------------------------------------------------------------------
 
 
@@ -404,11 +491,13 @@ def main() -> None:
         help="modes of the end-to-end section (a compiled mode costs 1-2 minutes of compilation per row)",
     )
     parser.add_argument(
-        "--sections",
+        "--graph-modes",
         nargs="+",
-        default=["model", "e2e", "breakdown", "accuracy"],
-        choices=["model", "e2e", "breakdown", "accuracy"],
+        default=["bf16 graph branches", "bf16 compiled graph branches"],
+        choices=[name for name, mode in ENGINE_MODES.items() if mode.cuda_graph],
+        help="modes of the graph-replay profile section",
     )
+    parser.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -435,6 +524,10 @@ def main() -> None:
         "breakdown": (
             "### Where the time goes (eager forward, CUDA events per module)",
             lambda: bench_breakdown(args.datasets[0], args.modes, args.frames),
+        ),
+        "graph": (
+            "### Where the time goes in the captured graph (one replay, profiler timeline)",
+            lambda: bench_graph(args.datasets[0], args.graph_modes),
         ),
         "accuracy": (
             "### Accuracy of the optimised modes against fp32 eager",

@@ -6,6 +6,9 @@ CPU tests cover the `torch` backend and the API; `@pytest.mark.cuda` tests cover
 from __future__ import annotations
 
 import importlib
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -370,7 +373,7 @@ def test_cuda_inference_configurations_match_reference(dtype, state, groups, len
     # Every compiled configuration (items per lane, warps per row, states per pass) on the same inputs.
     inputs = make_inputs(2, 4, state, length, groups, dtype=dtype, device="cuda", seed=3 * state + length)
     configs = cuda_scan.inference_configs(dtype, state)
-    assert cuda_scan.default_inference_config(length) in configs
+    assert cuda_scan.default_inference_config(length, dtype, state) in configs
     assert len(configs) > 4, f"{dtype}, N={state}: expected tuning variants beside the 4 defaults, got {configs}"
     with torch.no_grad():
         y_ref = selective_scan(**inputs, delta_softplus=True, backend="reference" if length < 5000 else "torch")
@@ -393,3 +396,73 @@ def test_cuda_inference_configuration_not_compiled_raises_naming_the_compiled_on
     assert tuned not in cuda_scan.inference_configs(torch.float16, 16)  # fp16 has the defaults only
     with torch.no_grad(), pytest.raises(ValueError, match=r"not compiled .* compiled \(items, warps, states\): \(4"):
         cuda_scan.selective_scan_infer_config(**inputs, delta_softplus=True, config=tuned)
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize(("state", "length"), [(16, 4400), (16, 17600), (1, 17600), (4, 4400), (16, 200)])
+def test_cuda_inference_runs_its_declared_default_configuration(dtype, state, length):
+    # The backend's inference launch is the configuration default_inference_config names: bit-identical y
+    # (a different steps-per-lane split would round differently).
+    inputs = make_inputs(1, 8, state, length, 2, dtype=dtype, device="cuda", seed=state + length)
+    default = cuda_scan.default_inference_config(length, dtype, state)
+    with torch.no_grad():
+        y = selective_scan(**inputs, delta_softplus=True, backend="cuda")
+        y_default = cuda_scan.selective_scan_infer_config(**inputs, delta_softplus=True, config=default)
+    assert torch.equal(y, y_default)
+    # Long rows at N = 1 and N = 16 take the swept (tuned) configurations in float32 and bfloat16 only.
+    tuned = length > 1024 and state in (1, 16) and dtype != torch.float16
+    assert (default not in _UNTUNED_DEFAULTS) == tuned, f"{dtype}, N={state}, L={length}: {default}"
+
+
+_UNTUNED_DEFAULTS = {cuda_scan.InferConfig(*c) for c in ((4, 1, 1), (8, 1, 1), (16, 1, 1), (16, 4, 1))}
+
+
+# Each call hits one input check of the C++ binding; the child prints "ok" if every one raised as expected.
+_BINDING_ERRORS = """
+import re
+import torch
+from mambaseg_core.ops.selective_scan.cuda_scan import load_extension
+
+ext = load_extension()
+def z(*size, dtype=torch.float32):
+    return torch.zeros(*size, device="cuda", dtype=dtype)
+
+def h(*size):
+    return z(*size, dtype=torch.float16)
+
+cases = [
+    (lambda: ext.default_infer_config(0, torch.float32, 16), ValueError, "L must be >= 1, got 0"),
+    (lambda: ext.forward_infer(z(1, 4), z(1, 4), z(1, 1), z(1, 1, 1, 4), z(1, 1, 1, 4), None, None, False),
+     RuntimeError, r"u must be \\(batch, channels, L\\), got \\[1, 4\\]"),
+    (lambda: ext.forward_infer(h(1, 4, 8), z(1, 4, 8), z(4, 2), h(1, 1, 2, 8), h(1, 1, 2, 8), None, None, False),
+     RuntimeError, "delta must be Half, got Float"),
+    (lambda: ext.forward_infer_config(h(1, 4, 8), h(1, 4, 8), z(4, 16), h(1, 2, 16, 8), h(1, 2, 16, 8), None, None,
+                                      True, 8, 4, 2),
+     ValueError, r"\\(items=8, warps=4, states=2\\) is not compiled for Half inputs with N=16"),
+]
+for call, error, pattern in cases:
+    try:
+        call()
+    except error as exc:
+        assert re.search(pattern, str(exc)), str(exc)
+    else:
+        raise AssertionError(f"no {error.__name__} matching {pattern!r}")
+print("ok", len(cases))
+"""
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_cuda_binding_input_errors_raise_instead_of_crashing():
+    # In a child process: an error that crashes (a TORCH_CHECK with arguments segfaulted on the H100 host) takes
+    # the process down with it.
+    run = subprocess.run(
+        [sys.executable, "-c", _BINDING_ERRORS],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert run.returncode == 0 and run.stdout.split() == ["ok", "4"], (run.returncode, run.stdout, run.stderr[-3000:])

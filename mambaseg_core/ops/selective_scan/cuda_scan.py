@@ -198,9 +198,10 @@ def inference_configs(dtype: torch.dtype, state: int) -> list[InferConfig]:
     return [InferConfig(*c) for c in load_extension().infer_configs(dtype, state)]
 
 
-def default_inference_config(length: int) -> InferConfig:
-    """The configuration the `cuda` backend's inference path picks for rows of `length` steps."""
-    return InferConfig(*load_extension().default_infer_config(length))
+def default_inference_config(length: int, dtype: torch.dtype, state: int) -> InferConfig:
+    """The configuration the `cuda` backend's inference path picks for rows of `length` steps, inputs of
+    `dtype` (float32, float16 or bfloat16) and N = `state`."""
+    return InferConfig(*load_extension().default_infer_config(length, dtype, state))
 
 
 def selective_scan_infer_config(
@@ -221,5 +222,11 @@ def selective_scan_infer_config(
     if not u.is_cuda:
         raise ValueError(f"the CUDA inference scan needs CUDA tensors, got u on {u.device}")
     u, delta, A, B, C, D, delta_bias = _kernel_inputs(u, delta, A, B, C, D, delta_bias)
+    compiled = inference_configs(u.dtype, A.shape[1])
+    if config not in compiled:
+        raise ValueError(
+            f"selective_scan cuda: inference configuration {config} is not compiled for {u.dtype} inputs with "
+            f"N={A.shape[1]}; compiled (items, warps, states): {', '.join(str(tuple(c)) for c in compiled)}"
+        )
     items, warps, states = config
     return load_extension().forward_infer_config(u, delta, A, B, C, D, delta_bias, delta_softplus, items, warps, states)

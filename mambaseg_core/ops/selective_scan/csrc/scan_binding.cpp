@@ -5,7 +5,7 @@
 
 #include <algorithm>
 #include <optional>
-#include <sstream>
+#include <stdexcept>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -19,6 +19,31 @@ using mambaseg::InferConfig;
 using mambaseg::ScanDtype;
 using mambaseg::ScanParams;
 
+// Input errors are thrown as std exceptions, which pybind11 raises as RuntimeError (ValueError for
+// std::invalid_argument). Their messages are built without iostreams: on the H100 host (torch 2.11, CUDA 13,
+// g++ 13) formatting a number through an ostream inside this extension crashed the process with a segfault
+// (TORCH_CHECK with number or shape arguments too), while messages of plain text raised.
+std::string text(const char* part) { return part; }
+std::string text(const std::string& part) { return part; }
+std::string text(int64_t part) { return std::to_string(part); }
+std::string text(at::ScalarType part) { return c10::toString(part); }
+std::string text(c10::Device part) { return part.is_cuda() ? "cuda:" + std::to_string(part.index()) : "cpu"; }
+std::string text(at::IntArrayRef part) {
+  std::string out = "[";
+  for (size_t i = 0; i < part.size(); ++i) out += (i ? ", " : "") + std::to_string(part[i]);
+  return out + "]";
+}
+
+template <typename Error = std::runtime_error, typename... Parts>
+[[noreturn]] void fail(const Parts&... parts) {
+  throw Error(("selective_scan cuda: " + ... + text(parts)));
+}
+
+template <typename Error = std::runtime_error, typename... Parts>
+void require(bool ok, const Parts&... parts) {
+  if (!ok) fail<Error>(parts...);
+}
+
 ScanDtype scan_dtype(at::ScalarType dtype) {
   switch (dtype) {
     case at::kFloat: return ScanDtype::kFloat32;
@@ -26,33 +51,32 @@ ScanDtype scan_dtype(at::ScalarType dtype) {
     case at::kBFloat16: return ScanDtype::kBFloat16;
     default: break;
   }
-  TORCH_CHECK(false, "selective_scan cuda: u must be float32, float16 or bfloat16, got ", dtype);
+  fail("u must be float32, float16 or bfloat16, got ", dtype);
 }
 
 void check_tensor(const at::Tensor& x, const char* name, const at::Tensor& u, at::ScalarType dtype,
                   std::vector<int64_t> shape) {
-  TORCH_CHECK(x.is_cuda() && x.device() == u.device(), "selective_scan cuda: ", name, " must be on ", u.device(),
-              ", got ", x.device());
-  TORCH_CHECK(x.scalar_type() == dtype, "selective_scan cuda: ", name, " must be ", dtype, ", got ", x.scalar_type());
-  TORCH_CHECK(x.sizes() == at::IntArrayRef(shape), "selective_scan cuda: ", name, " must have shape ",
-              at::IntArrayRef(shape), ", got ", x.sizes());
-  TORCH_CHECK(x.is_contiguous(), "selective_scan cuda: ", name, " must be contiguous");
+  require(x.is_cuda() && x.device() == u.device(), name, " must be on ", u.device(), ", got ", x.device());
+  require(x.scalar_type() == dtype, name, " must be ", dtype, ", got ", x.scalar_type());
+  require(x.sizes() == at::IntArrayRef(shape), name, " must have shape ", at::IntArrayRef(shape), ", got ",
+          x.sizes());
+  require(x.is_contiguous(), name, " must be contiguous");
 }
 
 // Validates the inputs and fills the input half of the parameters.
 ScanParams make_params(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
                        const at::Tensor& C, const std::optional<at::Tensor>& D,
                        const std::optional<at::Tensor>& delta_bias, bool softplus) {
-  TORCH_CHECK(u.is_cuda(), "selective_scan cuda: u must be a CUDA tensor");
-  TORCH_CHECK(u.dim() == 3, "selective_scan cuda: u must be (batch, channels, L), got ", u.sizes());
-  TORCH_CHECK(B.dim() == 4, "selective_scan cuda: B must be (batch, groups, N, L), got ", B.sizes());
-  TORCH_CHECK(A.dim() == 2, "selective_scan cuda: A must be (channels, N), got ", A.sizes());
+  require(u.is_cuda(), "u must be a CUDA tensor");
+  require(u.dim() == 3, "u must be (batch, channels, L), got ", u.sizes());
+  require(B.dim() == 4, "B must be (batch, groups, N, L), got ", B.sizes());
+  require(A.dim() == 2, "A must be (channels, N), got ", A.sizes());
   const int64_t batch = u.size(0), channels = u.size(1), length = u.size(2), groups = B.size(1), state = A.size(1);
-  TORCH_CHECK(state >= 1 && state <= 16, "selective_scan cuda: N must be in 1..16, got ", state);
-  TORCH_CHECK(groups >= 1 && channels % groups == 0, "selective_scan cuda: channels (", channels,
-              ") must be divisible by groups (", groups, ")");
-  TORCH_CHECK(length >= 1 && batch * channels * length < (int64_t(1) << 31),
-              "selective_scan cuda: need 1 <= L and batch*channels*L < 2^31, got ", u.sizes());
+  require(state >= 1 && state <= 16, "N must be in 1..16, got ", state);
+  require(groups >= 1 && channels % groups == 0, "channels (", channels, ") must be divisible by groups (", groups,
+          ")");
+  require(length >= 1 && batch * channels * length < (int64_t(1) << 31),
+          "need 1 <= L and batch*channels*L < 2^31, got ", u.sizes());
   const auto dtype = u.scalar_type();
   scan_dtype(dtype);
   check_tensor(u, "u", u, dtype, {batch, channels, length});
@@ -82,7 +106,7 @@ at::Tensor tile_buffer(const ScanParams& p, const at::Tensor& u, int64_t per_til
 
 void check_launch() {
   const cudaError_t err = cudaGetLastError();
-  TORCH_CHECK(err == cudaSuccess, "selective_scan cuda: kernel launch failed: ", cudaGetErrorString(err));
+  require(err == cudaSuccess, "kernel launch failed: ", cudaGetErrorString(err));
 }
 
 // Returns y (batch, channels, L) fp32 and the state entering every tile, (batch*channels, n_tiles, N), for the
@@ -111,12 +135,12 @@ at::Tensor run_forward_infer(const at::Tensor& u, const at::Tensor& delta, const
   if (config) {
     const auto compiled = mambaseg::compiled_infer_configs(dtype, p.state);
     if (std::find(compiled.begin(), compiled.end(), *config) == compiled.end()) {
-      std::ostringstream names;
-      for (const InferConfig& c : compiled) names << " (" << c.items << ", " << c.warps << ", " << c.states << ")";
-      TORCH_CHECK_VALUE(false, "selective_scan cuda: inference configuration (items=", config->items,
-                        ", warps=", config->warps, ", states=", config->states, ") is not compiled for ",
-                        u.scalar_type(), " inputs with N=", p.state, "; compiled (items, warps, states):",
-                        names.str());
+      std::string names;
+      for (const InferConfig& c : compiled)
+        names += " (" + text(c.items) + ", " + text(c.warps) + ", " + text(c.states) + ")";
+      fail<std::invalid_argument>("inference configuration (items=", config->items, ", warps=", config->warps,
+                                  ", states=", config->states, ") is not compiled for ", u.scalar_type(),
+                                  " inputs with N=", p.state, "; compiled (items, warps, states):", names);
     }
   }
   const c10::cuda::CUDAGuard guard(u.device());
@@ -124,8 +148,8 @@ at::Tensor run_forward_infer(const at::Tensor& u, const at::Tensor& delta, const
   p.y = y.data_ptr<float>();
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   if (config) {
-    TORCH_CHECK(mambaseg::launch_scan_fwd_infer_config(p, dtype, *config, stream),
-                "selective_scan cuda: a listed inference configuration did not launch (a bug)");
+    require(mambaseg::launch_scan_fwd_infer_config(p, dtype, *config, stream),
+            "a listed inference configuration did not launch (a bug)");
   } else {
     mambaseg::launch_scan_fwd_infer(p, dtype, stream);
   }
@@ -152,16 +176,18 @@ using ConfigTuple = std::tuple<int, int, int>;  // (items, warps, states)
 
 // Every inference configuration compiled for inputs of `dtype` with N = `state`.
 std::vector<ConfigTuple> infer_configs(at::ScalarType dtype, int64_t state) {
-  TORCH_CHECK_VALUE(state >= 1 && state <= 16, "selective_scan cuda: N must be in 1..16, got ", state);
+  require<std::invalid_argument>(state >= 1 && state <= 16, "N must be in 1..16, got ", state);
   std::vector<ConfigTuple> out;
   for (const InferConfig& c : mambaseg::compiled_infer_configs(scan_dtype(dtype), static_cast<int>(state)))
     out.emplace_back(c.items, c.warps, c.states);
   return out;
 }
 
-ConfigTuple default_infer_config(int64_t length) {
-  TORCH_CHECK_VALUE(length >= 1, "selective_scan cuda: L must be >= 1, got ", length);
-  const InferConfig c = mambaseg::default_infer_config(static_cast<int>(std::min<int64_t>(length, INT32_MAX)));
+ConfigTuple default_infer_config(int64_t length, at::ScalarType dtype, int64_t state) {
+  require<std::invalid_argument>(length >= 1, "L must be >= 1, got ", length);
+  require<std::invalid_argument>(state >= 1 && state <= 16, "N must be in 1..16, got ", state);
+  const InferConfig c = mambaseg::default_infer_config(static_cast<int>(std::min<int64_t>(length, INT32_MAX)),
+                                                       scan_dtype(dtype), static_cast<int>(state));
   return {c.items, c.warps, c.states};
 }
 
@@ -200,6 +226,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward_infer_config", &forward_infer_config,
         "selective scan forward for inference in one compiled configuration (items, warps, states): y");
   m.def("infer_configs", &infer_configs, "compiled inference configurations (items, warps, states) for (dtype, N)");
-  m.def("default_infer_config", &default_infer_config, "the inference configuration the default picks for L");
+  m.def("default_infer_config", &default_infer_config,
+        "the inference configuration the default picks for (L, dtype, N)");
   m.def("backward", &backward, "selective scan backward: (du, ddelta, dA, dB, dC, dD, ddelta_bias)");
 }

@@ -10,12 +10,14 @@
 // shuffles are independent and overlap, and the pass needs one barrier, not kStates. The price is registers:
 // kItems * kStates * 3 floats per lane live at once. y still sums the states in order 0..N-1, so kStates
 // changes no result.
-// The default launcher takes one state per pass; long rows take 4 warps (the 768 rows of a DSEC stage-0 CSIM
-// scan would leave most of the GPU idle and latency-bound with one warp each), short rows one warp, with no
-// barrier at all. Other configurations are compiled for tuning only (see TunedConfigsN16).
+// Short rows take one warp, with no barrier at all; long rows take several warps (the 768 rows of a DSEC
+// stage-0 CSIM scan would leave most of the GPU idle and latency-bound with one warp each), see
+// default_infer_config. The other compiled configurations are there for tuning (see TunedConfigsN16).
 // Compared with the training forward (scan_fwd.cu) this does a third of the exp2 calls (no map-only pass, no
 // recomputation), reads B and C once, and amortises each scan over more steps per lane.
+#include <algorithm>
 #include <stdexcept>
+#include <vector>
 
 #include "scan_common.cuh"
 #include "scan_infer.h"
@@ -150,15 +152,28 @@ struct Config {
 template <class... Configs>
 struct ConfigList {};
 
-// The default launcher's choices, compiled for every dtype and N. Short rows take fewer steps per lane so that
-// every lane has work; rows longer than two one-warp chunks take a block of 4 warps.
+// Compiled for every dtype and N. Short rows take one warp and fewer steps per lane, so that every lane has
+// work; rows longer than two one-warp chunks take a block of 4 warps where no tuned configuration is compiled.
 using DefaultConfigs = ConfigList<Config<4, 1, 1>, Config<8, 1, 1>, Config<16, 1, 1>, Config<16, 4, 1>>;
 
-InferConfig default_infer_config(int length) {
+// Long rows take the fastest tuned configuration of the H100 sweep (benchmarks/scan.py --infer-sweep, in
+// docs/benchmarks.md) where it is compiled for the dtype and N: at N = 1, 8 warps of 8 steps (1.2-1.5x over
+// 4 x 16); at N = 16, 4 warps of 4 steps with 2 states per pass in bf16 (1.1-2.1x) and 4 in fp32 (1.2-1.7x),
+// except fp32 rows over 8192 steps, which take 8 warps of 8 steps and 2 states (1.14x).
+InferConfig default_infer_config(int length, ScanDtype dtype, int state) {
   if (length <= 32 * 4) return {4, 1, 1};
   if (length <= 32 * 8) return {8, 1, 1};
   if (length <= 2 * 32 * 16) return {16, 1, 1};
-  return {16, 4, 1};
+  const InferConfig untuned{16, 4, 1};
+  InferConfig tuned = untuned;
+  if (state == 1)
+    tuned = {8, 8, 1};
+  else if (dtype == ScanDtype::kBFloat16)
+    tuned = {4, 4, 2};
+  else if (dtype == ScanDtype::kFloat32)
+    tuned = length > 8192 ? InferConfig{8, 8, 2} : InferConfig{4, 4, 4};
+  const std::vector<InferConfig> compiled = compiled_infer_configs(dtype, state);
+  return std::find(compiled.begin(), compiled.end(), tuned) != compiled.end() ? tuned : untuned;
 }
 
 // Tuning variants for the model's long rows (CSIM/CTIM at N = 16, the encoder at N = 1), fp32 and bf16 only,
@@ -232,7 +247,7 @@ bool launch_scan_fwd_infer_config(const ScanParams& p, ScanDtype dtype, InferCon
 }
 
 void launch_scan_fwd_infer(const ScanParams& p, ScanDtype dtype, cudaStream_t stream) {
-  if (!launch_scan_fwd_infer_config(p, dtype, default_infer_config(p.length), stream))
+  if (!launch_scan_fwd_infer_config(p, dtype, default_infer_config(p.length, dtype, p.state), stream))
     throw std::logic_error("selective_scan cuda: the default inference configuration is not compiled (a bug)");
 }
 
