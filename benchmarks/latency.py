@@ -41,7 +41,7 @@ from mambaseg_core.config import load_config
 from mambaseg_core.events import EventBatch
 from mambaseg_core.events.evt3 import Evt3Decoder, encode_evt3
 from mambaseg_core.models import MambaSeg, load_model, load_model_config
-from mambaseg_core.pipeline import ENGINE_MODES, InferenceEngine, Segmenter, SegmenterConfig
+from mambaseg_core.pipeline import ENGINE_MODES, STAGES, InferenceEngine, Segmenter, SegmenterConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 # dataset -> (model config, sensor (H, W), Segmenter settings, events per second)
@@ -187,7 +187,7 @@ def bench_end_to_end(datasets: list[str], modes: list[str], frames: int) -> str:
                     continue
                 timings = result.timings_ms
                 stats["decode"].append(decode_ms)
-                for key in ("window", "voxel", "preprocess", "forward", "postprocess"):
+                for key in STAGES:
                     stats[key].append(timings[key])
                 stats["image_to_ids"].append(timings["total"] - timings["postprocess"])
                 stats["to_ids"].append(decode_ms + timings["total"] - timings["postprocess"])

@@ -215,11 +215,19 @@ def main() -> int:
     ]
     headers = ["engine mode", "sent", "received", "missed", "p50 ms", "p90 ms", "p99 ms", "max ms",
                "node in->out p50 ms", "node forward p50 ms", "dropped busy", "node rc"]  # fmt: skip
+    stages = list(dict.fromkeys(stage for note in notes for stage in note["stages"]))
+    stage_rows = [[row[0], *(note["stages"].get(stage, "?") for stage in stages)] for row, note in zip(rows, notes)]
     body = table(["setting", "value"], setup) + "\n\n" + table(headers, rows)
     body += (
         "\n\nLatency: image publish -> raw mask receive in the publishing process (`benchmarks/node_latency.py`). "
         "`node in->out`: image callback -> all masks published, inside the node (its /diagnostics); the rest is "
         "DDS transport and executor wake-ups both ways. `node forward`: the Segmenter's forward stage."
+    )
+    body += (
+        "\n\nInside the node, p50 ms of each stage of its worker, in the order they run (its /diagnostics): "
+        "`queue` image callback -> worker, `wait_events` for the events up to the image stamp, the Segmenter's "
+        "stages, then converting and publishing each output (the colored mask and overlay include rendering)."
+        "\n\n" + table(["engine mode", *stages], stage_rows)
     )
     print(body)
     if not args.no_write:
@@ -229,7 +237,7 @@ def main() -> int:
 
 def measure_node(
     args: argparse.Namespace, mode: str, config_path: str, height: int, width: int, workdir: Path
-) -> tuple[list, dict[str, str]]:
+) -> tuple[list, dict]:
     """Start mambaseg_node with the engine `mode`, drive it and return its table row and notes."""
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
@@ -368,6 +376,7 @@ def measure_node(
     ]
     rclpy_version = importlib.metadata.version("rclpy")
     notes = {
+        "stages": {k.split(".", 1)[1]: v for k, v in node_stats.items() if k.startswith("stage_p50_ms.")},
         "device": f"{node_stats.get('device', args.device)}, scan backend {node_stats.get('scan_backend', '?')}",
         "transport": "FastDDS, reliable, " + Path(env["FASTDDS_DEFAULT_PROFILES_FILE"]).name,
         "ros": f"rclpy {rclpy_version}, ROS_DISTRO {os.environ.get('ROS_DISTRO', 'unset (PyPI wheels)')}",

@@ -9,7 +9,8 @@ Thin glue over `mambaseg_core.pipeline.Segmenter` (which does all tensor work):
 - A worker thread takes the frame, waits up to `max_event_latency_ms` for events up to the frame stamp,
   segments it and publishes `~/raw_mask` (mono8, 255 = unlabeled), `~/colored_mask` and `~/overlay` (rgb8),
   each with the input image's header.
-- `/diagnostics` every `diagnostics_period_s`: rates, latency percentiles, every drop/reject counter, device,
+- `/diagnostics` every `diagnostics_period_s`: rates, latency percentiles, the p50 time of every stage (queue,
+  event wait, the Segmenter's stages, each publish), every drop/reject counter, device,
   scan backend, model.
 Malformed input never stops the node: each kind is counted (see `_Counters`) and reported.
 """
@@ -38,7 +39,7 @@ from std_msgs.msg import Header
 
 from mambaseg_core.config import ConfigError
 from mambaseg_core.events import EventBatch, Evt3Decoder, UnsupportedEncodingError, encode_evt3
-from mambaseg_core.pipeline import Segmenter, build_model
+from mambaseg_core.pipeline import STAGES, Segmenter, build_model
 from mambaseg_core.pipeline.event_clock import EventStream
 from mambaseg_core.pipeline.ros_messages import MASK_ENCODINGS, mask_image
 from mambaseg_ros.conversions import (
@@ -152,7 +153,8 @@ class MambaSegNode(Node):
         self.segmenter = self._build_segmenter(settings)
         self.counters = _Counters()
         self._latency_ms: collections.deque[float] = collections.deque(maxlen=500)
-        self._inference_ms: collections.deque[float] = collections.deque(maxlen=500)
+        # Per-frame milliseconds of each stage of the worker, in the order they run (see _work).
+        self._stage_ms: dict[str, collections.deque[float]] = {}
         self._last_report = (time.monotonic(), self.counters.snapshot())
         self._jump_tolerance_us = int(settings.time_jump_tolerance_ms * 1000)
         self._events = EventStream(
@@ -345,10 +347,12 @@ class MambaSegNode(Node):
 
     def _work(self) -> None:
         while (frame := self._slot.take()) is not None:
+            taken = time.monotonic()
             if not self._wait_for_events(frame):
                 if self._slot.closed:
                     return
                 self.counters.add("late_events")
+            stages = {"queue": (taken - frame.received) * 1e3, "wait_events": (time.monotonic() - taken) * 1e3}
             try:
                 result = self.segmenter.segment(frame.image, frame.stamp_us)
             except ValueError as exc:
@@ -364,9 +368,12 @@ class MambaSegNode(Node):
                 continue
             if result.events_used == 0:
                 self.counters.add("image_only")
+            stages.update({name: result.timings_ms[name] for name in STAGES})
             try:  # the class ids go out first; the colored mask and overlay are rendered after them
                 for name, publisher in self._mask_publishers.items():
+                    start = time.monotonic()
                     publisher.publish(numpy_to_image(mask_image(result, name), MASK_ENCODINGS[name], frame.header))
+                    stages[f"publish_{name}"] = (time.monotonic() - start) * 1e3
             except Exception as exc:
                 if self._slot.closed or not rclpy.ok(context=self.context):
                     return  # shutting down
@@ -374,8 +381,9 @@ class MambaSegNode(Node):
                 self.get_logger().error(f"publishing failed: {exc!r}", throttle_duration_sec=5.0)
                 continue
             self.counters.add("masks")
-            self._inference_ms.append(result.timings_ms["forward"])
             self._latency_ms.append((time.monotonic() - frame.received) * 1e3)
+            for name, ms in stages.items():
+                self._stage_ms.setdefault(name, collections.deque(maxlen=500)).append(ms)
 
     # ---- diagnostics ---------------------------------------------------------------------------------
 
@@ -395,7 +403,7 @@ class MambaSegNode(Node):
         else:
             status.level, status.message = DiagnosticStatus.OK, "ok"
         latency = _percentiles(self._latency_ms)
-        inference = _percentiles(self._inference_ms)
+        inference = _percentiles(self._stage_ms.get("forward", collections.deque()))
         values = {
             "image_rate_hz": (counts["images"] - previous["images"]) / period,
             "event_packet_rate_hz": (counts["event_packets"] - previous["event_packets"]) / period,
@@ -407,6 +415,8 @@ class MambaSegNode(Node):
             "latency_p99_ms": latency[2],
             "inference_p50_ms": inference[0],
             "inference_p99_ms": inference[2],
+            "stages_are": "image received -> masks published, in order: " + ", ".join(self._stage_ms),
+            **{f"stage_p50_ms.{name}": _percentiles(samples)[0] for name, samples in list(self._stage_ms.items())},
             **{f"total_{key}": counts[key] for key in (*ACTIVITY_COUNTERS, *PROBLEM_COUNTERS)},
             "events_buffered": len(self.segmenter.buffer),
             "events_dropped_age_or_capacity": self.segmenter.buffer.stats.dropped_overflow,

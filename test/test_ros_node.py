@@ -14,6 +14,7 @@ pytest.importorskip("event_camera_msgs", reason="needs the built event_camera_ms
 pytestmark = pytest.mark.ros
 
 import rclpy  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from seg_harness import (  # noqa: E402
     SpunNode,
     frame_player,
@@ -41,14 +42,22 @@ def context() -> Iterator[Any]:
 
 def test_one_mask_per_image_matching_the_segmenter(context, tmp_path):
     model_config = write_tiny_model_config(tmp_path)
-    spun = SpunNode(MambaSegNode(context=context, parameter_overrides=node_overrides(model_config)))
+    overrides = node_overrides(model_config, diagnostics_period_s=0.2)
+    spun = SpunNode(MambaSegNode(context=context, parameter_overrides=overrides))
     client = rclpy.create_node("test_client", context=context)
+    diagnostics: list[DiagnosticArray] = []
+    client.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, 10)
     try:
         driver = frame_player(client, "/image", "/events", OUTPUTS)
         assert driver.wait_for_connections(), "the node's topics never connected"
         frames = [synthetic_frame(i, IMAGE_H, IMAGE_W) for i in range(3)]
         assert driver.run_lockstep(frames), f"received {[len(v) for v in driver.received.values()]} of 3 each"
         driver.wait_for(lambda: False, 0.5)  # anything extra would arrive now
+
+        def reported() -> dict[str, str]:
+            return {kv.key: kv.value for kv in diagnostics[-1].status[0].values} if diagnostics else {}
+
+        assert driver.wait_for(lambda: reported().get("total_masks") == "3", 5.0), reported()
         settings = spun.node.settings
     finally:
         spun.stop()
@@ -71,6 +80,16 @@ def test_one_mask_per_image_matching_the_segmenter(context, tmp_path):
         print(f"frame {frame.stamp_us}: {int((ids != expected.class_ids).sum())} ids differ")
         np.testing.assert_array_equal(ids, expected.class_ids)
         np.testing.assert_array_equal(image_to_numpy(colored), expected.colored)
+
+    # Every stage of the worker is timed, in order, and the stages add up to no more than the node's latency.
+    values = reported()
+    stages = ["queue", "wait_events", "window", "voxel", "preprocess", "forward", "postprocess"]
+    stages += ["publish_raw_mask", "publish_colored_mask", "publish_overlay"]
+    assert values["stages_are"].endswith(", ".join(stages)), values["stages_are"]
+    stage_ms = {name: float(values[f"stage_p50_ms.{name}"]) for name in stages}
+    assert all(ms >= 0 for ms in stage_ms.values()) and stage_ms["forward"] > 0, stage_ms
+    assert float(values["inference_p50_ms"]) == stage_ms["forward"]
+    assert sum(stage_ms.values()) <= 1.5 * float(values["latency_p90_ms"]), (stage_ms, values["latency_p90_ms"])
 
 
 @pytest.mark.parametrize("events_first", [True, False])

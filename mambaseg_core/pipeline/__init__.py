@@ -4,6 +4,7 @@ from mambaseg_core.pipeline.colorize import UNLABELED_COLOR, colorize, overlay, 
 from mambaseg_core.pipeline.engine import ENGINE_MODES, PRECISIONS, InferenceEngine, Precision, cast_matmul_weights
 from mambaseg_core.pipeline.event_clock import EventClock, EventClockMode
 from mambaseg_core.pipeline.segmenter import (
+    STAGES,
     ClassInfo,
     NetworkInputs,
     SegmentationResult,
@@ -17,6 +18,7 @@ from mambaseg_core.pipeline.segmenter import (
 __all__ = [
     "ENGINE_MODES",
     "PRECISIONS",
+    "STAGES",
     "UNLABELED_COLOR",
     "ClassInfo",
     "EventClock",

@@ -136,6 +136,11 @@ def resolve_classes(config: SegmenterConfig, num_classes: int) -> ClassInfo:
     return ClassInfo(key, names, palette)
 
 
+# The stages of `Segmenter.segment`, in the order they run: the keys of `SegmentationResult.timings_ms` besides
+# "total".
+STAGES = ("window", "voxel", "preprocess", "forward", "postprocess")
+
+
 @dataclass
 class SegmentationResult:
     """Masks of one frame. (H', W') is the input or the network size per `output_resolution`.
@@ -146,7 +151,7 @@ class SegmentationResult:
 
     class_ids: np.ndarray  # (H', W') uint8, 255 = unlabeled
     events_used: int  # events in the voxel grid (0: image-only, `missing_events: zeros`)
-    # Per stage: window, voxel, preprocess, forward, postprocess, total. On CUDA devices voxel and preprocess are
+    # Per stage (STAGES), and "total". On CUDA devices voxel and preprocess are
     # the host's time to queue their GPU work; forward runs until the class ids are on the host (so it includes
     # what the GPU still had queued); postprocess is the resizing back to the output size (not the renderings).
     timings_ms: dict[str, float]
