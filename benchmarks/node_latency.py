@@ -336,10 +336,16 @@ def measure_node(
         )
         if not connected:
             raise RuntimeError(f"the node did not come up; see {log_path}")
+        def rejected_frames() -> int:  # the node counts the images it cannot use; no mask will come for them
+            values = {kv.key: kv.value for kv in diagnostics[-1].status[0].values} if diagnostics else {}
+            return sum(int(values.get(f"total_{key}", 0)) for key in ("images_rejected", "images_wrong_size"))
+
         for i in range(args.warmup):
             stamp = publish(i)
-            if not spin_until(lambda s=stamp: s in received, args.startup_timeout):
+            if not spin_until(lambda s=stamp: s in received or rejected_frames() > 0, args.startup_timeout):
                 raise RuntimeError(f"no mask for warm-up frame {i}; see {log_path}")
+            if stamp not in received:
+                raise RuntimeError(f"the node rejected the benchmark images (wrong size or encoding?); see {log_path}")
         timed = []
         start = time.perf_counter()
         for j in range(args.frames):
