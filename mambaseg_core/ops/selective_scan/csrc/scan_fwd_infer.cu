@@ -176,12 +176,14 @@ InferConfig default_infer_config(int length, ScanDtype dtype, int state) {
   return std::find(compiled.begin(), compiled.end(), tuned) != compiled.end() ? tuned : untuned;
 }
 
-// Tuning variants for the model's long rows (CSIM/CTIM at N = 16, the encoder at N = 1), fp32 and bf16 only,
-// to time against the defaults (benchmarks/scan.py --infer-sweep). Pruned by registers (items * states <= 32;
-// none spills, see ptxas -v) and kept few, since each one lengthens the build. None repeats a default.
+// Tuning variants for the model's rows (CSIM/CTIM at N = 16: long rows, and one-warp variants with several
+// states per pass for the short CTIM and late-stage rows; the encoder at N = 1), fp32 and bf16 only, to time
+// against the defaults (benchmarks/scan.py --infer-sweep). Pruned by registers (items * states <= 32; none
+// spills, see ptxas -v) and kept few, since each one lengthens the build. None repeats a default.
 using TunedConfigsN16 = ConfigList<Config<16, 4, 2>, Config<8, 4, 1>, Config<8, 4, 2>, Config<8, 4, 4>,
                                    Config<8, 8, 1>, Config<8, 8, 2>, Config<4, 4, 2>, Config<4, 4, 4>,
-                                   Config<4, 8, 2>>;
+                                   Config<4, 8, 2>, Config<4, 1, 2>, Config<4, 1, 4>, Config<8, 1, 2>,
+                                   Config<16, 1, 2>>;
 using TunedConfigsN1 = ConfigList<Config<8, 4, 1>, Config<8, 8, 1>, Config<16, 8, 1>>;
 
 template <typename T, int kMaxN>
