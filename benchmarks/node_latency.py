@@ -336,6 +336,7 @@ def measure_node(
         )
         if not connected:
             raise RuntimeError(f"the node did not come up; see {log_path}")
+
         def rejected_frames() -> int:  # the node counts the images it cannot use; no mask will come for them
             values = {kv.key: kv.value for kv in diagnostics[-1].status[0].values} if diagnostics else {}
             return sum(int(values.get(f"total_{key}", 0)) for key in ("images_rejected", "images_wrong_size"))

@@ -325,7 +325,7 @@ def bench_infer_configs() -> tuple[str, str]:
     for shape in sweep_shapes():
         for dtype, dtype_name in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
             inputs = make_inputs(shape, "cuda", requires_grad=False, dtype=dtype)
-            default = default_inference_config(shape.length, dtype, shape.state)
+            default = default_inference_config(shape.channels, shape.length, dtype, shape.state)
 
             def scan(config: InferConfig, i: dict[str, torch.Tensor] = inputs) -> torch.Tensor:
                 return selective_scan_infer_config(**i, delta_softplus=True, config=config)

@@ -373,7 +373,7 @@ def test_cuda_inference_configurations_match_reference(dtype, state, groups, len
     # Every compiled configuration (items per lane, warps per row, states per pass) on the same inputs.
     inputs = make_inputs(2, 4, state, length, groups, dtype=dtype, device="cuda", seed=3 * state + length)
     configs = cuda_scan.inference_configs(dtype, state)
-    assert cuda_scan.default_inference_config(length, dtype, state) in configs
+    assert cuda_scan.default_inference_config(2 * 4, length, dtype, state) in configs
     assert len(configs) > 4, f"{dtype}, N={state}: expected tuning variants beside the 4 defaults, got {configs}"
     with torch.no_grad():
         y_ref = selective_scan(**inputs, delta_softplus=True, backend="reference" if length < 5000 else "torch")
@@ -401,19 +401,31 @@ def test_cuda_inference_configuration_not_compiled_raises_naming_the_compiled_on
 @pytest.mark.cuda
 @needs_cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize(("state", "length"), [(16, 4400), (16, 17600), (1, 17600), (4, 4400), (16, 200)])
-def test_cuda_inference_runs_its_declared_default_configuration(dtype, state, length):
+@pytest.mark.parametrize(
+    ("channels", "state", "length", "tuned"),
+    [
+        (8, 16, 4400, True),  # long rows: several warps per row
+        (8, 16, 17600, True),
+        (8, 1, 17600, True),
+        (8, 4, 4400, False),  # N = 4: no tuning variants compiled
+        (8, 16, 200, False),  # few short rows
+        (2048, 16, 300, True),  # many rows: one warp per row, several states per pass
+        (4096, 16, 1100, True),
+        (2048, 1, 300, False),  # N = 1 short rows keep the defaults
+    ],
+)
+def test_cuda_inference_runs_its_declared_default_configuration(dtype, channels, state, length, tuned):
     # The backend's inference launch is the configuration default_inference_config names: bit-identical y
     # (a different steps-per-lane split would round differently).
-    inputs = make_inputs(1, 8, state, length, 2, dtype=dtype, device="cuda", seed=state + length)
-    default = cuda_scan.default_inference_config(length, dtype, state)
+    inputs = make_inputs(1, channels, state, length, 2, dtype=dtype, device="cuda", seed=state + length)
+    default = cuda_scan.default_inference_config(channels, length, dtype, state)
     with torch.no_grad():
         y = selective_scan(**inputs, delta_softplus=True, backend="cuda")
         y_default = cuda_scan.selective_scan_infer_config(**inputs, delta_softplus=True, config=default)
     assert torch.equal(y, y_default)
-    # Long rows at N = 1 and N = 16 take the swept (tuned) configurations in float32 and bfloat16 only.
-    tuned = length > 1024 and state in (1, 16) and dtype != torch.float16
-    assert (default not in _UNTUNED_DEFAULTS) == tuned, f"{dtype}, N={state}, L={length}: {default}"
+    # The swept (tuned) configurations are compiled for float32 and bfloat16 only.
+    expected_tuned = tuned and dtype != torch.float16
+    assert (default not in _UNTUNED_DEFAULTS) == expected_tuned, f"{dtype}, {channels} rows, N={state}, L={length}"
 
 
 _UNTUNED_DEFAULTS = {cuda_scan.InferConfig(*c) for c in ((4, 1, 1), (8, 1, 1), (16, 1, 1), (16, 4, 1))}
@@ -433,7 +445,7 @@ def h(*size):
     return z(*size, dtype=torch.float16)
 
 cases = [
-    (lambda: ext.default_infer_config(0, torch.float32, 16), ValueError, "L must be >= 1, got 0"),
+    (lambda: ext.default_infer_config(1, 0, torch.float32, 16), ValueError, "rows and L must be >= 1, got 1 and 0"),
     (lambda: ext.forward_infer(z(1, 4), z(1, 4), z(1, 1), z(1, 1, 1, 4), z(1, 1, 1, 4), None, None, False),
      RuntimeError, r"u must be \\(batch, channels, L\\), got \\[1, 4\\]"),
     (lambda: ext.forward_infer(h(1, 4, 8), z(1, 4, 8), z(4, 2), h(1, 1, 2, 8), h(1, 1, 2, 8), None, None, False),

@@ -198,10 +198,10 @@ def inference_configs(dtype: torch.dtype, state: int) -> list[InferConfig]:
     return [InferConfig(*c) for c in load_extension().infer_configs(dtype, state)]
 
 
-def default_inference_config(length: int, dtype: torch.dtype, state: int) -> InferConfig:
-    """The configuration the `cuda` backend's inference path picks for rows of `length` steps, inputs of
-    `dtype` (float32, float16 or bfloat16) and N = `state`."""
-    return InferConfig(*load_extension().default_infer_config(length, dtype, state))
+def default_inference_config(rows: int, length: int, dtype: torch.dtype, state: int) -> InferConfig:
+    """The configuration the `cuda` backend's inference path picks for `rows` (batch * channels) rows of `length`
+    steps, inputs of `dtype` (float32, float16 or bfloat16) and N = `state`."""
+    return InferConfig(*load_extension().default_infer_config(rows, length, dtype, state))
 
 
 def selective_scan_infer_config(

@@ -183,11 +183,12 @@ std::vector<ConfigTuple> infer_configs(at::ScalarType dtype, int64_t state) {
   return out;
 }
 
-ConfigTuple default_infer_config(int64_t length, at::ScalarType dtype, int64_t state) {
-  require<std::invalid_argument>(length >= 1, "L must be >= 1, got ", length);
+ConfigTuple default_infer_config(int64_t rows, int64_t length, at::ScalarType dtype, int64_t state) {
+  require<std::invalid_argument>(rows >= 1 && length >= 1, "rows and L must be >= 1, got ", rows, " and ", length);
   require<std::invalid_argument>(state >= 1 && state <= 16, "N must be in 1..16, got ", state);
-  const InferConfig c = mambaseg::default_infer_config(static_cast<int>(std::min<int64_t>(length, INT32_MAX)),
-                                                       scan_dtype(dtype), static_cast<int>(state));
+  const auto clamp = [](int64_t v) { return static_cast<int>(std::min<int64_t>(v, INT32_MAX)); };
+  const InferConfig c =
+      mambaseg::default_infer_config(clamp(rows), clamp(length), scan_dtype(dtype), static_cast<int>(state));
   return {c.items, c.warps, c.states};
 }
 
@@ -227,6 +228,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "selective scan forward for inference in one compiled configuration (items, warps, states): y");
   m.def("infer_configs", &infer_configs, "compiled inference configurations (items, warps, states) for (dtype, N)");
   m.def("default_infer_config", &default_infer_config,
-        "the inference configuration the default picks for (L, dtype, N)");
+        "the inference configuration the default picks for (rows, L, dtype, N)");
   m.def("backward", &backward, "selective scan backward: (du, ddelta, dA, dB, dC, dD, ddelta_bias)");
 }

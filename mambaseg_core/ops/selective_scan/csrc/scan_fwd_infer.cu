@@ -156,22 +156,30 @@ struct ConfigList {};
 // work; rows longer than two one-warp chunks take a block of 4 warps where no tuned configuration is compiled.
 using DefaultConfigs = ConfigList<Config<4, 1, 1>, Config<8, 1, 1>, Config<16, 1, 1>, Config<16, 4, 1>>;
 
-// Long rows take the fastest tuned configuration of the H100 sweep (benchmarks/scan.py --infer-sweep, in
-// docs/benchmarks.md) where it is compiled for the dtype and N: at N = 1, 8 warps of 8 steps (1.2-1.5x over
-// 4 x 16); at N = 16, 4 warps of 4 steps with 2 states per pass in bf16 (1.1-2.1x) and 4 in fp32 (1.2-1.7x),
-// except fp32 rows over 8192 steps, which take 8 warps of 8 steps and 2 states (1.14x).
-InferConfig default_infer_config(int length, ScanDtype dtype, int state) {
-  if (length <= 32 * 4) return {4, 1, 1};
-  if (length <= 32 * 8) return {8, 1, 1};
-  if (length <= 2 * 32 * 16) return {16, 1, 1};
-  const InferConfig untuned{16, 4, 1};
+// Where a tuned configuration is compiled for the dtype and N, the H100 sweep (benchmarks/scan.py --infer-sweep,
+// docs/benchmarks.md) picks it over the defaults. The deciding quantity is parallelism: with at least 1536 rows
+// of at most 2048 steps a warp per row fills the GPU, and 4 steps per lane with 2 (bf16) or 4 (fp32, from 3072
+// rows) states per pass beat the defaults by 1.2-2x. Fewer or longer rows take 4 warps of 4 steps with 2 (bf16)
+// or 4 (fp32) states, or 8 warps of 8 steps and 2 states for fp32 rows over 8192 steps (1.1-2x). At N = 1, rows
+// over 1024 steps take 8 warps of 8 steps (1.2-1.5x). Short rows with few rows keep the defaults.
+InferConfig default_infer_config(int rows, int length, ScanDtype dtype, int state) {
+  InferConfig untuned{16, 4, 1};
+  if (length <= 32 * 4)
+    untuned = {4, 1, 1};
+  else if (length <= 32 * 8)
+    untuned = {8, 1, 1};
+  else if (length <= 2 * 32 * 16)
+    untuned = {16, 1, 1};
+  const bool fp32 = dtype == ScanDtype::kFloat32;
   InferConfig tuned = untuned;
-  if (state == 1)
-    tuned = {8, 8, 1};
-  else if (dtype == ScanDtype::kBFloat16)
-    tuned = {4, 4, 2};
-  else if (dtype == ScanDtype::kFloat32)
-    tuned = length > 8192 ? InferConfig{8, 8, 2} : InferConfig{4, 4, 4};
+  if (state == 1) {
+    if (length > 2 * 32 * 16) tuned = {8, 8, 1};
+  } else if (rows >= 1536 && length <= 2048) {
+    tuned = fp32 && rows >= 3072 ? InferConfig{4, 1, 4} : InferConfig{4, 1, 2};
+  } else if (length > 512) {
+    tuned = !fp32 ? InferConfig{4, 4, 2} : length > 8192 ? InferConfig{8, 8, 2} : InferConfig{4, 4, 4};
+  }
+  if (dtype == ScanDtype::kFloat16) return untuned;  // no tuning variants are compiled for fp16
   const std::vector<InferConfig> compiled = compiled_infer_configs(dtype, state);
   return std::find(compiled.begin(), compiled.end(), tuned) != compiled.end() ? tuned : untuned;
 }
@@ -249,7 +257,8 @@ bool launch_scan_fwd_infer_config(const ScanParams& p, ScanDtype dtype, InferCon
 }
 
 void launch_scan_fwd_infer(const ScanParams& p, ScanDtype dtype, cudaStream_t stream) {
-  if (!launch_scan_fwd_infer_config(p, dtype, default_infer_config(p.length, dtype, p.state), stream))
+  const InferConfig config = default_infer_config(p.batch * p.channels, p.length, dtype, p.state);
+  if (!launch_scan_fwd_infer_config(p, dtype, config, stream))
     throw std::logic_error("selective_scan cuda: the default inference configuration is not compiled (a bug)");
 }
 

@@ -18,8 +18,9 @@ constexpr bool operator==(const InferConfig& a, const InferConfig& b) {
   return a.items == b.items && a.warps == b.warps && a.states == b.states;
 }
 
-// The configuration launch_scan_fwd_infer picks for rows of `length` steps, inputs of `dtype`, N = `state`.
-InferConfig default_infer_config(int length, ScanDtype dtype, int state);
+// The configuration launch_scan_fwd_infer picks for `rows` rows (batch * channels) of `length` steps, inputs of
+// `dtype`, N = `state`.
+InferConfig default_infer_config(int rows, int length, ScanDtype dtype, int state);
 
 // Every configuration compiled for inputs of `dtype` with N = `state` (the defaults, plus tuning variants for
 // fp32 and bf16 at N in 9..16 and N = 1).
