@@ -203,7 +203,7 @@ def bench_ring(batch: EventBatch) -> list[list[object]]:
             if i % 33 == 0:  # a 30 Hz frame: the 100k events before it, as the DSEC loader takes
                 buffer.last_n(100_000, int(packet.t[-1]) + 1)
 
-    return [rate_row("ring buffer: 1 ms packets + last_n(100k) at 30 Hz", "numpy", len(batch), timings(run), ">= 20")]
+    return [rate_row("ring buffer: 1 ms packets + last_n(100k) at 30 Hz", "numba", len(batch), timings(run), ">= 20")]
 
 
 def main() -> None:

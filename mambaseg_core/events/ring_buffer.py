@@ -18,12 +18,41 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from mambaseg_core.events.batch import EventBatch
 
 _FIELDS = ("x", "y", "t", "p")
 _DTYPES = {"x": np.uint16, "y": np.uint16, "t": np.int64, "p": np.uint8}
+
+
+@numba.njit(cache=True, nogil=True)
+def _append_run(store_x, store_y, store_t, store_p, head, count, x, y, t, p, start, tolerance):  # pragma: no cover
+    """Copy events start.. of a packet into the ring (oldest dropped when full) until the first one older than the
+    newest stored time by more than `tolerance`; smaller disorder is clamped to the newest time.
+    Returns (index of that event or len(t), head, count, clamped, dropped)."""
+    capacity = len(store_t)
+    clamped = dropped = 0
+    has_newest = count > 0
+    newest = store_t[(head + count - 1) % capacity] if has_newest else 0
+    for i in range(start, len(t)):
+        ti = t[i]
+        if has_newest:
+            if ti < newest - tolerance:
+                return i, head, count, clamped, dropped
+            if ti < newest:
+                ti = newest
+                clamped += 1
+        newest, has_newest = ti, True
+        slot = (head + count) % capacity
+        if count == capacity:
+            head = (head + 1) % capacity
+            dropped += 1
+        else:
+            count += 1
+        store_x[slot], store_y[slot], store_t[slot], store_p[slot] = x[i], y[i], ti, p[i]
+    return len(t), head, count, clamped, dropped
 
 
 @dataclass
@@ -76,18 +105,23 @@ class EventRingBuffer:
             return
         with self._lock:
             self.stats.appended += len(batch)
-            t = batch.t
-            while len(t):
-                newest = self._time_at(self._count - 1) if self._count else t[0]
-                running_max = np.maximum.accumulate(np.concatenate([[newest], t]))[:-1]
-                jumps = np.flatnonzero(t < running_max - self.backwards_tolerance_us)
-                end = int(jumps[0]) if jumps.size else len(t)
-                self._append_sorted(batch[:end], running_max[:end])
-                if end == len(t):
+            start = 0
+            while True:
+                store = self._store
+                end, self._head, self._count, clamped, dropped = _append_run(
+                    store["x"], store["y"], store["t"], store["p"], self._head, self._count,
+                    batch.x, batch.y, batch.t, batch.p, start, self.backwards_tolerance_us,
+                )  # fmt: skip
+                self.stats.clamped_out_of_order += clamped
+                self.stats.dropped_overflow += dropped
+                expired = self._search(self._time_at(self._count - 1) - self.max_duration_us)
+                if expired:
+                    self._drop_oldest(expired)
+                if end == len(batch):
                     break
                 self.stats.resets_time_backwards += 1
                 self._head = self._count = 0
-                batch, t = batch[end:], t[end:]
+                start = end
 
     def window(self, t0: int, t1: int) -> EventBatch:
         """Copy of the stored events with t0 <= t < t1 (empty when t1 <= t0)."""
@@ -107,35 +141,6 @@ class EventRingBuffer:
 
     def _time_at(self, logical: int) -> int:
         return int(self._store["t"][(self._head + logical) % self.max_events])
-
-    def _append_sorted(self, batch: EventBatch, running_max: np.ndarray) -> None:
-        """Append events whose disorder is within the tolerance, clamping them to the running maximum."""
-        if len(batch) == 0:
-            return
-        t = np.maximum(batch.t, running_max)
-        clamped = int(np.count_nonzero(t != batch.t))
-        if clamped:
-            self.stats.clamped_out_of_order += clamped
-            batch = EventBatch(batch.x, batch.y, t, batch.p)
-        k = len(batch)
-        if k >= self.max_events:  # only the newest max_events survive
-            self.stats.dropped_overflow += self._count + k - self.max_events
-            batch = batch[k - self.max_events :]
-            self._head = self._count = 0
-            k = self.max_events
-        overflow = self._count + k - self.max_events
-        if overflow > 0:
-            self._drop_oldest(overflow)
-        start = (self._head + self._count) % self.max_events
-        first = min(k, self.max_events - start)
-        for name in _FIELDS:
-            values, store = getattr(batch, name), self._store[name]
-            store[start : start + first] = values[:first]
-            store[: k - first] = values[first:]
-        self._count += k
-        expired = self._search(self._time_at(self._count - 1) - self.max_duration_us)
-        if expired:
-            self._drop_oldest(expired)
 
     def _drop_oldest(self, n: int) -> None:
         self.stats.dropped_overflow += n
