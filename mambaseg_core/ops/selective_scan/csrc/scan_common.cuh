@@ -14,6 +14,7 @@
 #include <cuda_fp16.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "scan_params.h"
 
@@ -28,16 +29,20 @@ __device__ __forceinline__ float to_float<__half>(__half x) { return __half2floa
 template <>
 __device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 x) { return __bfloat162float(x); }
 
-// Loads kItems consecutive elements starting at step t0 of a row (zero past `length`); 16-byte loads (4 fp32
-// or 8 fp16/bf16 elements) where the whole run is in bounds and aligned.
+// Loads kItems consecutive elements starting at step t0 of a row (zero past `length`). Where the whole run is in
+// bounds and aligned, it takes the widest vector loads that divide it (16 bytes, else 8 or 4: a bf16 lane of 4
+// steps is one 8-byte load, not 4 scalar ones).
 template <int kItems, typename T>
 __device__ __forceinline__ void load_items(const T* row, int t0, int length, float (&out)[kItems]) {
-  constexpr int kPerLoad = 16 / sizeof(T);
-  if constexpr (kItems % kPerLoad == 0) {
-    if (t0 + kItems <= length && (reinterpret_cast<uintptr_t>(row + t0) & 15) == 0) {
+  constexpr int kBytes = kItems * static_cast<int>(sizeof(T));
+  constexpr int kLoadBytes = kBytes % 16 == 0 ? 16 : kBytes % 8 == 0 ? 8 : kBytes % 4 == 0 ? 4 : 0;
+  if constexpr (kLoadBytes > 0) {
+    using Vector = std::conditional_t<kLoadBytes == 16, uint4, std::conditional_t<kLoadBytes == 8, uint2, uint32_t>>;
+    constexpr int kPerLoad = kLoadBytes / static_cast<int>(sizeof(T));
+    if (t0 + kItems <= length && (reinterpret_cast<uintptr_t>(row + t0) & (kLoadBytes - 1)) == 0) {
 #pragma unroll
       for (int i = 0; i < kItems; i += kPerLoad) {
-        const uint4 raw = *reinterpret_cast<const uint4*>(row + t0 + i);
+        const Vector raw = *reinterpret_cast<const Vector*>(row + t0 + i);
         const T* v = reinterpret_cast<const T*>(&raw);
 #pragma unroll
         for (int j = 0; j < kPerLoad; ++j) out[i + j] = to_float(v[j]);
