@@ -6,8 +6,9 @@
 #
 # 1. Writes the seeded synthetic dataset (tools/demo_model.py generate, one process per core) while the CUDA
 #    selective scan compiles in the background.
-# 2. Trains the fused, image_only and events_only variants of config/train/synthetic_demo_gpu.yaml concurrently on
-#    the one GPU (three mambaseg-train processes), each with runtime.max_minutes = what is left of the budget.
+# 2. Trains the fused, image_only and events_only variants of config/train/synthetic_demo_gpu.yaml concurrently
+#    (three mambaseg-train processes; on one GPU, or with several the fused one alone on GPU 0 and the ablations on
+#    the others), each with runtime.max_minutes = what is left of the budget.
 # 3. Evaluates every best-on-val checkpoint on the test split, overall and per lighting condition.
 # 4. Writes at most 7 files to $RESULTS: mambaseg_demo.pt (the fused model, model-only), ablation.md,
 #    ablation.json (all metrics, per-class IoU, val history, timings), recipe.log, train_<modality>.log.
@@ -119,11 +120,20 @@ EOF
         nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader -l 20 >"$RUNS/gpu_load.log" 2>&1 &
         monitor=$!
     fi
-    for modality in "${MODALITIES[@]}"; do
+    # With several GPUs the fused model gets GPU 0 to itself and the ablations share the others (one each from 3).
+    local gpus=0 gpu_env
+    [ "$SMOKE" = 1 ] || gpus=$(python -c "import torch; print(torch.cuda.device_count())")
+    for i in "${!MODALITIES[@]}"; do
+        modality=${MODALITIES[$i]}
+        gpu_env=()
+        if [ "$gpus" -gt 1 ]; then
+            gpu_env=("CUDA_VISIBLE_DEVICES=$((i == 0 ? 0 : 1 + (i - 1) % (gpus - 1)))")
+            echo "   $modality: ${gpu_env[0]}"
+        fi
         rm -rf "${RUNS:?}/$modality"
-        python -m mambaseg_core.cli.train --config "$CONFIG" "${sets[@]}" --set "model.overrides.modality=$modality" \
-            --set "runtime.run_name=$RUN_NAME/$modality" --set "runtime.max_minutes=$train_min" \
-            >"$RUNS/train_$modality.log" 2>&1 &
+        env "${gpu_env[@]}" python -m mambaseg_core.cli.train --config "$CONFIG" "${sets[@]}" \
+            --set "model.overrides.modality=$modality" --set "runtime.run_name=$RUN_NAME/$modality" \
+            --set "runtime.max_minutes=$train_min" >"$RUNS/train_$modality.log" 2>&1 &
         pids+=($!)
     done
     for i in "${!MODALITIES[@]}"; do
