@@ -53,6 +53,16 @@ def test_cross_merge_matches_index_formula_and_is_the_adjoint_of_cross_scan(H, W
 
 
 @pytest.mark.parametrize(("H", "W", "D"), SHAPES)
+def test_cross_scan_gradient_is_cross_merge(H, W, D):
+    # cross_scan writes into slices of one output: autograd must still return the adjoint, exactly.
+    torch.manual_seed(2)
+    x = torch.randn(2, D, H, W, dtype=torch.float64)
+    cotangent = torch.randn(2, 4, D, H * W, dtype=torch.float64)
+    torch.testing.assert_close(_vjp(cross_scan, x, cotangent), cross_merge(cotangent, H, W), rtol=0, atol=1e-12)
+    assert torch.autograd.gradcheck(cross_scan, (x[:1, :2].clone().requires_grad_(True),))
+
+
+@pytest.mark.parametrize(("H", "W", "D"), SHAPES)
 def test_channel_scan_matches_index_formula(H, W, D):
     torch.manual_seed(2)
     v = torch.randn(2, D, H, W)
