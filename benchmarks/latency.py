@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import statistics
 import sys
 import time
@@ -171,6 +172,8 @@ def bench_end_to_end(datasets: list[str], modes: list[str], frames: int) -> str:
             )
             seg = Segmenter(copy.deepcopy(base), config, "cuda")
             warmup_ms = seg.warmup()
+            gc.collect()  # as mambaseg_node does after start-up: no full GC pass over the model's objects mid-stream
+            gc.freeze()
             decoder = Evt3Decoder(width=sensor[1], height=sensor[0])
             stats: dict[str, list[float]] = defaultdict(list)
             for k, packets in enumerate(stream):
@@ -202,6 +205,7 @@ def bench_end_to_end(datasets: list[str], modes: list[str], frames: int) -> str:
             row += [f"{statistics.median(stats['render']):.2f}"]
             rows.append(row)
             print(row, flush=True)
+            gc.unfreeze()  # so that the next mode's collection can free this Segmenter's cycles
             del seg
             torch.cuda.empty_cache()
         del base
