@@ -9,7 +9,7 @@ the bandwidth each reaches against the compulsory bytes (inputs read once, outpu
 device-to-device copy. On CPU: the DDD17 forward set with the torch backend only (what inference on the robot's
 CPU costs). With --infer-sweep instead: every compiled configuration of the CUDA inference kernel (steps per
 lane, warps per row, states per pass) at the long-row shapes, fp32 and bf16 inputs (issues #3, #11).
-Usage: python benchmarks/scan.py [--no-write] [--infer-sweep]
+Usage: python benchmarks/scan.py [--no-write] [--infer-sweep | --profile-calls]
 """
 
 from __future__ import annotations
@@ -369,6 +369,22 @@ def bench_infer_configs() -> tuple[str, str]:
     return table(headers, rows), summary
 
 
+def profile_calls() -> None:
+    """One default inference call per representative N = 16 shape and dtype, untimed: the workload for a
+    hardware-counter profile (tools/gpu_checks.sh ncu), one kernel launch per (shape, dtype)."""
+    wanted = {("DSEC", "CSIM", 0), ("DSEC", "CSIM", 2), ("DSEC", "TSSM", 0)}
+    for shape in model_shapes("DSEC"):
+        if (shape.dataset, shape.module, shape.stage) not in wanted:
+            continue
+        for dtype in (torch.float32, torch.bfloat16):
+            inputs = make_inputs(shape, "cuda", requires_grad=False, dtype=dtype)
+            with torch.no_grad():
+                selective_scan(**inputs, delta_softplus=True, backend="cuda")
+            torch.cuda.synchronize()
+            config = default_inference_config(shape.channels, shape.length, dtype, shape.state)
+            print(f"launched {shape.label} {dtype}: {tuple(config)}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
@@ -376,7 +392,15 @@ def main() -> None:
     parser.add_argument(
         "--infer-sweep", action="store_true", help="time every compiled configuration of the CUDA inference kernel"
     )
+    parser.add_argument(
+        "--profile-calls", action="store_true", help="one untimed inference call per profiled shape (for ncu)"
+    )
     args = parser.parse_args()
+    if args.profile_calls:
+        if not torch.cuda.is_available():
+            raise SystemExit("--profile-calls launches the CUDA kernel and needs a GPU")
+        profile_calls()
+        return
     if args.infer_sweep:
         if not torch.cuda.is_available():
             print("no CUDA: the inference-configuration sweep times the CUDA kernel and needs a GPU; nothing to do")

@@ -7,6 +7,8 @@
 #               $MAMBASEG_SHARED_DIR/reference (default ../shared/reference), its tests skip without it
 #     sweep     benchmarks/scan.py --infer-sweep: every compiled inference-kernel configuration
 #     scan      benchmarks/scan.py: every scan backend at the model's shapes
+#     ncu       Nsight Compute on the inference scan kernel (occupancy, warp stall reasons, pipe use) at the
+#               DSEC CSIM0, CSIM2 and TSSM0 shapes, fp32 and bf16 (benchmarks/scan.py --profile-calls)
 #     latency   benchmarks/latency.py: model only, end to end, breakdown, accuracy
 #     node      benchmarks/node_latency.py through ROS 2 at DSEC size (needs rclpy and event_camera_msgs)
 #
@@ -28,6 +30,11 @@ step() {
     tests) "$PY" -m pytest -m cuda -q -rs -p no:cacheprovider test/ ;;
     sweep) "$PY" benchmarks/scan.py --infer-sweep ;;
     scan) "$PY" benchmarks/scan.py ;;
+    ncu)
+        ncu --clock-control none -k regex:scan_fwd_infer_kernel --section SpeedOfLight --section Occupancy \
+            --section LaunchStats --section WarpStateStats --section SchedulerStats --section ComputeWorkloadAnalysis \
+            "$PY" benchmarks/scan.py --profile-calls
+        ;;
     latency) "$PY" benchmarks/latency.py ;;
     node)
         local modes=()
@@ -36,7 +43,7 @@ step() {
             --frames 100 --modes "${modes[@]}"
         ;;
     *)
-        echo "unknown step '$1' (build tests sweep scan latency node)" >&2
+        echo "unknown step '$1' (build tests sweep scan ncu latency node)" >&2
         return 2
         ;;
     esac
