@@ -212,6 +212,19 @@ def test_numba_backend_low_precision_inputs(dtype):
     assert_close(f"y (numba, {dtype})", y, expected, (2e-5, 2e-5))
 
 
+@pytest.mark.parametrize("backend", ["reference", "torch", "numba"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_inputs_give_exactly_the_upcast_result(backend, dtype):
+    # Every backend upcasts u, delta, B, C exactly and computes in fp32, so the models never cast scan inputs to
+    # fp32 themselves (the official TSSM does; models/ssm.py). The cuda backend: test_cuda_backend_matches_reference.
+    inputs = make_inputs(2, 6, 16, 90, 3, dtype=dtype)
+    upcast = {k: v.float() if v is not None and v.dtype == dtype else v for k, v in inputs.items()}
+    with torch.no_grad():
+        y = selective_scan(**inputs, delta_softplus=True, backend=backend)
+        y_upcast = selective_scan(**upcast, delta_softplus=True, backend=backend)
+    assert y.dtype == torch.float32 and torch.equal(y, y_upcast)
+
+
 def test_numba_backend_is_forward_only_and_cpu_only():
     inputs = make_inputs(1, 2, 4, 9, 1)
     inputs["u"].requires_grad_(True)

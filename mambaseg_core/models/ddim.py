@@ -116,9 +116,7 @@ class TSSM(nn.Module):
         self.conv = nn.Conv2d(inner, inner, kernel_size=3, padding=1, groups=inner, bias=conv_bias)
         self.act = nn.SiLU()
         # dt rank is ceil(P/16) here: the official code applies "auto" to the token count, not to C.
-        self.scan = DirectionalSSM(
-            2, tokens, d_state, resolve_dt_rank("auto", tokens), scan_in_fp32=True, backend=scan_backend
-        )
+        self.scan = DirectionalSSM(2, tokens, d_state, resolve_dt_rank("auto", tokens), backend=scan_backend)
         self.out_norm = LayerNorm2d(inner)
         self.out_proj = nn.Linear(inner, dim, bias=False)
 

@@ -29,13 +29,13 @@ class DirectionalSSM(nn.Module):
         d_state: int,
         dt_rank: int,
         *,
-        scan_in_fp32: bool,
         backend: str = "auto",
     ):
         super().__init__()
         self.directions, self.features, self.d_state, self.dt_rank = directions, features, d_state, dt_rank
-        # The official TSSM ("vc") casts the scan inputs to fp32; SS2D v05 does not ("force_fp32=False").
-        self.scan_in_fp32 = scan_in_fp32
+        # The official TSSM ("vc") casts its scan inputs to fp32 and SS2D v05 does not ("force_fp32=False"). No cast
+        # is needed here for either: every selective-scan backend upcasts fp16/bf16 inputs exactly and computes in
+        # fp32 (a cast would only add four copies and double the scan's input reads in bf16).
         self.backend = backend
         self.x_proj_weight = nn.Parameter(torch.empty(directions, dt_rank + 2 * d_state, features))
         self.dt_proj_weight = nn.Parameter(torch.empty(directions, features, dt_rank))
@@ -71,8 +71,6 @@ class DirectionalSSM(nn.Module):
         dts = torch.einsum("bkrl,kfr->bkfl", dts, self.dt_proj_weight)
         u = xs.reshape(batch, directions * features, length)
         delta = dts.reshape(batch, directions * features, length)
-        if self.scan_in_fp32:
-            u, delta, Bs, Cs = u.float(), delta.float(), Bs.float(), Cs.float()
         ys = selective_scan(
             u,
             delta,
