@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
-from seg_harness import TINY_MODEL
+from seg_harness import TINY_MODEL, write_tiny_model_config
 
 from mambaseg_core.config import ConfigError, load_config
 from mambaseg_core.data.classes import IGNORE_INDEX
@@ -201,6 +203,22 @@ def test_warmup_runs_a_forward_pass_without_touching_state(model):
     seg = segmenter(model)
     assert seg.warmup() > 0
     assert seg.stats.frames == 0 and seg.latest_event_us is None
+
+
+def test_warmup_compiles_the_ring_buffer_append(tmp_path):
+    # In a fresh process (numba kernels compile once per process): after warmup the first real packet's append
+    # finds its kernel compiled, instead of stalling the first frames' events.
+    code = f"""
+from mambaseg_core.events import ring_buffer
+from mambaseg_core.pipeline import Segmenter, SegmenterConfig, build_model
+seg = Segmenter(build_model(None, {str(write_tiny_model_config(tmp_path))!r}, random_seed=0), SegmenterConfig(), "cpu")
+before = len(ring_buffer._append_run.signatures)
+seg.warmup()
+print(before, len(ring_buffer._append_run.signatures))
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == ["0", "1"], run.stdout
 
 
 def test_reset_forgets_events(model):

@@ -350,11 +350,13 @@ class Segmenter:
         return f"auto -> {available_backends(self.device)[0]}" if name == "auto" else name
 
     def warmup(self) -> float:
-        """One voxel grid and one forward pass on dummy inputs, so the first real frame pays no JIT compilation,
-        kernel selection, lazy CUDA init, extension loading or CUDA-graph capture; returns the milliseconds it took."""
+        """One ring-buffer append, one voxel grid and one forward pass on dummy inputs, so the first real frame pays
+        no JIT compilation, kernel selection, lazy CUDA init, extension loading or CUDA-graph capture; returns the
+        milliseconds it took. The Segmenter's own state is left untouched."""
         height, width = self.network_size
         start = time.perf_counter()
         events = EventBatch.from_arrays([0, 1], [0, 1], [0, 1], [0, 1])
+        EventRingBuffer(1, 2).append(events)  # a throwaway buffer: compiles the numba append
         self.engine.class_ids(
             torch.zeros(1, self.image_channels, height, width, device=self.device),
             self._voxel_tensor(events, (height, width))[None],
