@@ -17,6 +17,7 @@
 // recomputation), reads B and C once, and amortises each scan over more steps per lane.
 #include <algorithm>
 #include <stdexcept>
+#include <type_traits>
 #include <vector>
 
 #include "scan_common.cuh"
@@ -179,7 +180,6 @@ InferConfig default_infer_config(int rows, int length, ScanDtype dtype, int stat
   } else if (length > 512) {
     tuned = !fp32 ? InferConfig{4, 4, 2} : length > 8192 ? InferConfig{8, 8, 2} : InferConfig{4, 4, 4};
   }
-  if (dtype == ScanDtype::kFloat16) return untuned;  // no tuning variants are compiled for fp16
   const std::vector<InferConfig> compiled = compiled_infer_configs(dtype, state);
   return std::find(compiled.begin(), compiled.end(), tuned) != compiled.end() ? tuned : untuned;
 }
@@ -194,25 +194,12 @@ using TunedConfigsN16 = ConfigList<Config<16, 4, 2>, Config<8, 4, 1>, Config<8, 
                                    Config<16, 1, 2>>;
 using TunedConfigsN1 = ConfigList<Config<8, 4, 1>, Config<8, 8, 1>, Config<16, 8, 1>>;
 
+// The tuning variants compiled for inputs of T with N up to kMaxN: fp32 and bf16 at N = 1 and 9..16 only.
 template <typename T, int kMaxN>
 struct TunedConfigs {
-  using type = ConfigList<>;
-};
-template <>
-struct TunedConfigs<float, 16> {
-  using type = TunedConfigsN16;
-};
-template <>
-struct TunedConfigs<__nv_bfloat16, 16> {
-  using type = TunedConfigsN16;
-};
-template <>
-struct TunedConfigs<float, 1> {
-  using type = TunedConfigsN1;
-};
-template <>
-struct TunedConfigs<__nv_bfloat16, 1> {
-  using type = TunedConfigsN1;
+  static constexpr bool kTuned = std::is_same_v<T, float> || std::is_same_v<T, __nv_bfloat16>;
+  using type = std::conditional_t<kTuned && kMaxN == 16, TunedConfigsN16,
+                                  std::conditional_t<kTuned && kMaxN == 1, TunedConfigsN1, ConfigList<>>>;
 };
 
 // Launches the configuration of the list equal to `config`; false if there is none.
