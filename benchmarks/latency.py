@@ -546,8 +546,8 @@ def main() -> None:
             body = f"FAILED: {type(exc).__name__}: {exc}"
             print(body, file=sys.stderr, flush=True)
         parts += [heading, body]
+        print(f"{heading}\n\n{body}\n", flush=True)  # as each section ends: a run stopped later keeps it
     text = "\n\n".join(parts) + "\n"
-    print(text)
     if not args.no_write:
         write_section("Real-time inference latency", text)
 

@@ -16,7 +16,9 @@
 # Environment (defaults in brackets): RESULTS [$RUNS/results], BUDGET_MIN [8: the whole command], TRAIN_SEQUENCES
 # [96 of 8 s], JOBS [all cores: generation processes], HEIGHT x WIDTH [96 x 128: sensor and network size; the
 # event window scales with the pixel count], DATA [data/synthetic_demo_gpu, or ..._<W>x<H> at another size],
-# EXPORT_HALF [empty at 128x96, else 1: export float16 weights and score that file on test too]. Extra
+# EXPORT_HALF [empty at 128x96, else 1: export float16 weights and score that file on test too], TRAIN_GPUS [all:
+# how many of the GPUs, from GPU 0, the runs may use], STARTUP_S [30] and POST_S [50] (seconds the training budget
+# leaves for each trainer's start-up and for the evaluation after it). Extra
 # arguments after the
 # optional --smoke are passed to every mambaseg-train as --set KEY=VALUE. Re-running reuses a complete dataset.
 set -euo pipefail
@@ -59,8 +61,8 @@ else
     RUN_NAME=demo_gpu
     BUDGET_MIN=${BUDGET_MIN:-8}
     dataset=(--seconds 8 --train "${TRAIN_SEQUENCES:-96}" --val 2 --test 6)
-    STARTUP_S=30
-    POST_S=50
+    STARTUP_S=${STARTUP_S:-30}
+    POST_S=${POST_S:-50}
     export OMP_NUM_THREADS=2 # three trainers share 16 cores with their loader processes
     overrides=()
 fi
@@ -122,7 +124,7 @@ EOF
     fi
     # With several GPUs the fused model gets GPU 0 to itself and the ablations share the others (one each from 3).
     local gpus=0 gpu_env
-    [ "$SMOKE" = 1 ] || gpus=$(python -c "import torch; print(torch.cuda.device_count())")
+    [ "$SMOKE" = 1 ] || gpus=$(python -c "import torch; print(min(torch.cuda.device_count(), ${TRAIN_GPUS:-99}))")
     for i in "${!MODALITIES[@]}"; do
         modality=${MODALITIES[$i]}
         gpu_env=()
