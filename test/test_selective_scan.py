@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from scan_launch_rule import DEFAULT_CONFIG_CASES
 
 from mambaseg_core.ops.selective_scan import (
     BackendUnavailableError,
@@ -413,35 +414,20 @@ def test_cuda_inference_configuration_not_compiled_raises_naming_the_compiled_on
 
 @pytest.mark.cuda
 @needs_cuda
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize(
-    ("channels", "state", "length", "tuned"),
-    [
-        (8, 16, 4400, True),  # long rows: several warps per row
-        (8, 16, 17600, True),
-        (8, 1, 17600, True),
-        (8, 4, 4400, False),  # N = 4: no tuning variants compiled
-        (8, 16, 200, False),  # few short rows
-        (2048, 16, 300, True),  # many rows: one warp per row, several states per pass
-        (4096, 16, 1100, True),
-        (2048, 1, 300, False),  # N = 1 short rows keep the defaults
-    ],
-)
-def test_cuda_inference_runs_its_declared_default_configuration(dtype, channels, state, length, tuned):
-    # The backend's inference launch is the configuration default_inference_config names: bit-identical y
-    # (a different steps-per-lane split would round differently).
-    inputs = make_inputs(1, channels, state, length, 2, dtype=dtype, device="cuda", seed=state + length)
+@pytest.mark.parametrize("dtype_name", ["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize(("rows_state_length", "expected"), DEFAULT_CONFIG_CASES)
+def test_cuda_inference_runs_its_declared_default_configuration(dtype_name, rows_state_length, expected):
+    # The rule picks the configuration of scan_launch_rule.py, and the backend's inference launch is that
+    # configuration: bit-identical y (a different steps-per-lane split would round differently).
+    channels, state, length = rows_state_length
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype_name]
     default = cuda_scan.default_inference_config(channels, length, dtype, state)
+    assert default == cuda_scan.InferConfig(*expected[dtype_name]), f"{dtype}, {channels} rows, N={state}, L={length}"
+    inputs = make_inputs(1, channels, state, length, 2, dtype=dtype, device="cuda", seed=state + length)
     with torch.no_grad():
         y = selective_scan(**inputs, delta_softplus=True, backend="cuda")
         y_default = cuda_scan.selective_scan_infer_config(**inputs, delta_softplus=True, config=default)
     assert torch.equal(y, y_default)
-    # The swept (tuned) configurations are compiled for float32 and bfloat16 only.
-    expected_tuned = tuned and dtype != torch.float16
-    assert (default not in _UNTUNED_DEFAULTS) == expected_tuned, f"{dtype}, {channels} rows, N={state}, L={length}"
-
-
-_UNTUNED_DEFAULTS = {cuda_scan.InferConfig(*c) for c in ((4, 1, 1), (8, 1, 1), (16, 1, 1), (16, 4, 1))}
 
 
 # Each call hits one input check of the C++ binding; the child prints "ok" if every one raised as expected.

@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
+from scan_launch_rule import DEFAULT_CONFIG_CASES
 
 REPO = Path(__file__).resolve().parents[1]
 # Overridable to run the test on a modified copy of the kernel sources (e.g. a planted bug, to see it fail).
@@ -189,6 +190,20 @@ def test_inference_kernel_matches_reference_under_emulation(drivers: dict[str, P
         dtype, state = case.split(",")[:2]
         tuned = dtype != "fp16" and state in ("16", "13", "1")
         assert ran >= DEFAULT_CONFIG_COUNT + tuned, f"{case}: only {ran} configurations ran"
+
+
+def test_default_launch_rule_under_emulation(drivers: dict[str, Path]) -> None:
+    """default_infer_config, compiled for the host from the same source, picks the configuration scan_launch_rule.py
+    names for every shape and dtype (the GPU test checks the same table through the extension)."""
+    shapes = [",".join(map(str, shape)) for shape, _ in DEFAULT_CONFIG_CASES]
+    result = subprocess.run(
+        [str(drivers["driver"]), "--default-config", *shapes], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    printed = dict(line.split(" ", 1) for line in result.stdout.splitlines())
+    for shape, (_, expected) in zip(shapes, DEFAULT_CONFIG_CASES):
+        want = " ".join(f"{dtype}={','.join(map(str, expected[dtype]))}" for dtype in ("fp32", "bf16", "fp16"))
+        assert printed[shape] == want, f"rows,N,L = {shape}"
 
 
 def test_training_kernels_match_reference_under_emulation(drivers: dict[str, Path]) -> None:

@@ -4,6 +4,8 @@
 //
 // Usage: driver CASE...   with CASE = dtype,N,L,groups,softplus[,skip_and_bias]   e.g. fp32,16,37,2,1
 // (dtype: fp32, bf16, fp16; see harness.h)
+//        driver --default-config ROWS,N,L...   prints the default launch configuration of each shape per dtype:
+//        "ROWS,N,L fp32=I,W,S bf16=I,W,S fp16=I,W,S" (default_infer_config, compiled here for the host)
 //
 // Checks per configuration: max |y - reference| / max |reference| <= kTolerance (every y written and finite,
 // nothing written out of bounds),
@@ -86,7 +88,27 @@ int run_case(const Case& c, ScanDtype dtype) {
 
 }  // namespace
 
+int print_default_configs(int argc, char** argv) {
+  for (int i = 2; i < argc; ++i) {
+    int rows = 0, state = 0, length = 0;
+    if (std::sscanf(argv[i], "%d,%d,%d", &rows, &state, &length) != 3) {
+      std::fprintf(stderr, "bad shape '%s': expected ROWS,N,L\n", argv[i]);
+      return 2;
+    }
+    std::printf("%d,%d,%d", rows, state, length);
+    const std::pair<const char*, ScanDtype> dtypes[] = {
+        {"fp32", ScanDtype::kFloat32}, {"bf16", ScanDtype::kBFloat16}, {"fp16", ScanDtype::kFloat16}};
+    for (const auto& [name, dtype] : dtypes) {
+      const InferConfig c = mambaseg::default_infer_config(rows, length, dtype, state);
+      std::printf(" %s=%d,%d,%d", name, c.items, c.warps, c.states);
+    }
+    std::printf("\n");
+  }
+  return 0;
+}
+
 int main(int argc, char** argv) {
+  if (argc > 1 && std::strcmp(argv[1], "--default-config") == 0) return print_default_configs(argc, argv);
   std::vector<Case> cases;
   if (!harness::parse_cases(argc, argv, cases)) return 2;
   int failures = 0;

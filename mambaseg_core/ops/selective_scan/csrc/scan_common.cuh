@@ -29,29 +29,51 @@ __device__ __forceinline__ float to_float<__half>(__half x) { return __half2floa
 template <>
 __device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 x) { return __bfloat162float(x); }
 
-// Loads kItems consecutive elements starting at step t0 of a row (zero past `length`). Where the whole run is in
-// bounds and aligned, it takes the widest vector loads that divide it (16 bytes, else 8 or 4: a bf16 lane of 4
-// steps is one 8-byte load, not 4 scalar ones).
-template <int kItems, typename T>
-__device__ __forceinline__ void load_items(const T* row, int t0, int length, float (&out)[kItems]) {
+// Loads kItems consecutive elements from step t0 of each of kRows rows (zero past `length`). Where every run is
+// in bounds and aligned, it takes the widest vector loads that divide a run (16 bytes, else 8 or 4: a bf16 lane
+// of 4 steps is one 8-byte load, not 4 scalar ones). The rows share one bounds check and one branch, and every
+// raw load is issued before the first conversion: a conversion inside each row's branch (fp16/bf16 -> float is
+// an instruction, float -> float is none) would wait for that row's load before the next is issued, so a pass
+// of B and C rows paid one memory latency per row in bf16 but one in total in fp32.
+template <int kItems, int kRows, typename T>
+__device__ __forceinline__ void load_rows(const T* const (&rows)[kRows], int t0, int length,
+                                          float (&out)[kRows][kItems]) {
   constexpr int kBytes = kItems * static_cast<int>(sizeof(T));
   constexpr int kLoadBytes = kBytes % 16 == 0 ? 16 : kBytes % 8 == 0 ? 8 : kBytes % 4 == 0 ? 4 : 0;
   if constexpr (kLoadBytes > 0) {
     using Vector = std::conditional_t<kLoadBytes == 16, uint4, std::conditional_t<kLoadBytes == 8, uint2, uint32_t>>;
-    constexpr int kPerLoad = kLoadBytes / static_cast<int>(sizeof(T));
-    if (t0 + kItems <= length && (reinterpret_cast<uintptr_t>(row + t0) & (kLoadBytes - 1)) == 0) {
+    constexpr int kPerLoad = kLoadBytes / static_cast<int>(sizeof(T)), kLoads = kItems / kPerLoad;
+    uintptr_t addresses = 0;
 #pragma unroll
-      for (int i = 0; i < kItems; i += kPerLoad) {
-        const Vector raw = *reinterpret_cast<const Vector*>(row + t0 + i);
-        const T* v = reinterpret_cast<const T*>(&raw);
+    for (int r = 0; r < kRows; ++r) addresses |= reinterpret_cast<uintptr_t>(rows[r] + t0);
+    if (t0 + kItems <= length && (addresses & (kLoadBytes - 1)) == 0) {
+      Vector raw[kRows][kLoads];
 #pragma unroll
-        for (int j = 0; j < kPerLoad; ++j) out[i + j] = to_float(v[j]);
-      }
+      for (int r = 0; r < kRows; ++r)
+#pragma unroll
+        for (int i = 0; i < kLoads; ++i) raw[r][i] = reinterpret_cast<const Vector*>(rows[r] + t0)[i];
+#pragma unroll
+      for (int r = 0; r < kRows; ++r)
+#pragma unroll
+        for (int i = 0; i < kLoads; ++i) {
+          const T* v = reinterpret_cast<const T*>(&raw[r][i]);
+#pragma unroll
+          for (int j = 0; j < kPerLoad; ++j) out[r][i * kPerLoad + j] = to_float(v[j]);
+        }
       return;
     }
   }
 #pragma unroll
-  for (int i = 0; i < kItems; ++i) out[i] = t0 + i < length ? to_float(row[t0 + i]) : 0.f;
+  for (int r = 0; r < kRows; ++r)
+#pragma unroll
+    for (int i = 0; i < kItems; ++i) out[r][i] = t0 + i < length ? to_float(rows[r][t0 + i]) : 0.f;
+}
+
+// One row of load_rows.
+template <int kItems, typename T>
+__device__ __forceinline__ void load_items(const T* row, int t0, int length, float (&out)[kItems]) {
+  const T* const rows[1] = {row};
+  load_rows<kItems>(rows, t0, length, reinterpret_cast<float (&)[1][kItems]>(out));
 }
 
 template <int kItems>

@@ -53,30 +53,36 @@ __global__ void __launch_bounds__(kWarps * 32) scan_fwd_infer_kernel(ScanParams 
   int parity = 0;
   for (int chunk = 0; chunk < L; chunk += kChunk, parity ^= 1) {
     const int t0 = chunk + warp * kWarpSteps + lane * kItems;
-    float dt[kItems], du[kItems], y[kItems];
-    load_items<kItems>(u_row, t0, L, du);
-    load_items<kItems>(delta_row, t0, L, dt);
+    const T* const u_delta_rows[2] = {u_row, delta_row};
+    float u_delta[2][kItems], dt[kItems], du[kItems], y[kItems];
+    load_rows<kItems>(u_delta_rows, t0, L, u_delta);
 #pragma unroll
     for (int i = 0; i < kItems; ++i) {
       // Padded steps get dt = 0: decay 1 and input 0, the identity map.
-      dt[i] = t0 + i < L ? delta_to_dt(dt[i] + bias, p.softplus) : 0.f;
-      y[i] = skip * du[i];
-      du[i] *= dt[i];
+      dt[i] = t0 + i < L ? delta_to_dt(u_delta[1][i] + bias, p.softplus) : 0.f;
+      y[i] = skip * u_delta[0][i];
+      du[i] = u_delta[0][i] * dt[i];
     }
 #pragma unroll
     for (int first = 0; first < kMaxN; first += kStates) {
       if (first >= N) break;
-      // States first .. first + kStates - 1. Those past N load nothing: x = 0 and (A2 = 0) a = 1 make them
-      // the identity map, and c = 0 keeps them out of y.
-      float a[kStates][kItems], x[kStates][kItems], c[kStates][kItems];
+      // States first .. first + kStates - 1: rows [0, kStates) of bc are B (x once scaled by du), rows
+      // [kStates, 2 kStates) are C, all loaded together. States past N re-read state `first` (in bounds, no
+      // branch) and are zeroed: x = 0 and (A2 = 0) a = 1 make them the identity map, and c = 0 keeps them out
+      // of y.
+      const T* bc_rows[2 * kStates];
 #pragma unroll
       for (int k = 0; k < kStates; ++k) {
-        if (first + k < N) {
-          load_items<kItems>(Bg + static_cast<int64_t>(first + k) * L, t0, L, x[k]);
-          load_items<kItems>(Cg + static_cast<int64_t>(first + k) * L, t0, L, c[k]);
-        } else {
+        const int64_t offset = static_cast<int64_t>(first + k < N ? first + k : first) * L;
+        bc_rows[k] = Bg + offset, bc_rows[kStates + k] = Cg + offset;
+      }
+      float a[kStates][kItems], bc[2 * kStates][kItems];
+      load_rows<kItems>(bc_rows, t0, L, bc);
 #pragma unroll
-          for (int i = 0; i < kItems; ++i) x[k][i] = 0.f, c[k][i] = 0.f;
+      for (int k = 0; k < kStates; ++k) {
+        if (first + k >= N) {
+#pragma unroll
+          for (int i = 0; i < kItems; ++i) bc[k][i] = 0.f, bc[kStates + k][i] = 0.f;
         }
       }
       float decay[kStates], h[kStates];  // this lane's steps composed, from a zero state
@@ -87,8 +93,8 @@ __global__ void __launch_bounds__(kWarps * 32) scan_fwd_infer_kernel(ScanParams 
 #pragma unroll
         for (int k = 0; k < kStates; ++k) {
           a[k][i] = exp2f(dt[i] * A2[first + k]);
-          x[k][i] *= du[i];
-          h[k] = fmaf(a[k][i], h[k], x[k][i]);
+          bc[k][i] *= du[i];  // x
+          h[k] = fmaf(a[k][i], h[k], bc[k][i]);
           decay[k] *= a[k][i];
         }
       }
@@ -131,8 +137,8 @@ __global__ void __launch_bounds__(kWarps * 32) scan_fwd_infer_kernel(ScanParams 
         if constexpr (kWarps == 1) carry[first + k] = __shfl_sync(0xffffffffu, leaving, 31);
 #pragma unroll
         for (int i = 0; i < kItems; ++i) {
-          state = fmaf(a[k][i], state, x[k][i]);
-          y[i] = fmaf(c[k][i], state, y[i]);
+          state = fmaf(a[k][i], state, bc[k][i]);
+          y[i] = fmaf(bc[kStates + k][i], state, y[i]);
         }
       }
     }
@@ -158,11 +164,12 @@ struct ConfigList {};
 using DefaultConfigs = ConfigList<Config<4, 1, 1>, Config<8, 1, 1>, Config<16, 1, 1>, Config<16, 4, 1>>;
 
 // Where a tuned configuration is compiled for the dtype and N, the H100 sweep (benchmarks/scan.py --infer-sweep,
-// docs/benchmarks.md) picks it over the defaults. The deciding quantity is parallelism: with at least 1536 rows
-// of at most 2048 steps a warp per row fills the GPU, and 4 steps per lane with 2 (bf16) or 4 (fp32, from 3072
-// rows) states per pass beat the defaults by 1.2-2x. Fewer or longer rows take 4 warps of 4 steps with 2 (bf16)
-// or 4 (fp32) states, or 8 warps of 8 steps and 2 states for fp32 rows over 8192 steps (1.1-2x). At N = 1, rows
-// over 1024 steps take 8 warps of 8 steps (1.2-1.5x). Short rows with few rows keep the defaults.
+// docs/benchmarks.md) picks it over the defaults. The deciding quantity is parallelism: 1536 rows or more fill
+// the GPU with a warp per row, of 8 steps per lane and 2 states per pass, or for rows of at most 384 steps 4
+// steps per lane and 2 (fp32) or 1 (bf16) states. Fewer rows of over 512 steps take 4 warps of 8 steps and 2
+// states. At N = 1, rows over 1024 steps take 8 warps of 8 steps. Over the sweep's N = 16 shapes this is within
+// 4 % of the fastest configuration per shape (fp32 1371 vs 1323 µs, bf16 1304 vs 1263). Since load_rows issues
+// all of a pass's loads before converting any, more states per pass only add registers.
 InferConfig default_infer_config(int rows, int length, ScanDtype dtype, int state) {
   InferConfig untuned{16, 4, 1};
   if (length <= 32 * 4)
@@ -171,14 +178,16 @@ InferConfig default_infer_config(int rows, int length, ScanDtype dtype, int stat
     untuned = {8, 1, 1};
   else if (length <= 2 * 32 * 16)
     untuned = {16, 1, 1};
-  const bool fp32 = dtype == ScanDtype::kFloat32;
   InferConfig tuned = untuned;
   if (state == 1) {
     if (length > 2 * 32 * 16) tuned = {8, 8, 1};
-  } else if (rows >= 1536 && length <= 2048) {
-    tuned = fp32 && rows >= 3072 ? InferConfig{4, 1, 4} : InferConfig{4, 1, 2};
+  } else if (rows >= 1536) {
+    if (length > 384)
+      tuned = {8, 1, 2};
+    else
+      tuned = dtype == ScanDtype::kFloat32 ? InferConfig{4, 1, 2} : InferConfig{4, 1, 1};
   } else if (length > 512) {
-    tuned = !fp32 ? InferConfig{4, 4, 2} : length > 8192 ? InferConfig{8, 8, 2} : InferConfig{4, 4, 4};
+    tuned = {8, 4, 2};
   }
   const std::vector<InferConfig> compiled = compiled_infer_configs(dtype, state);
   return std::find(compiled.begin(), compiled.end(), tuned) != compiled.end() ? tuned : untuned;
