@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _report import table, write_section
 
 from mambaseg_core.config import load_config
+from mambaseg_core.data.dsec import scaled_num_events
 from mambaseg_core.events import EventBatch
 from mambaseg_core.events.evt3 import Evt3Decoder, encode_evt3
 from mambaseg_core.models import MambaSeg, load_model, load_model_config
@@ -427,7 +428,8 @@ def demo_inputs(model: MambaSeg, frames: int = 12) -> list[tuple[torch.Tensor, t
 
     height, width = model.config.image_size
     scene = SceneConfig(height=height, width=width, seed=31, duration_s=(frames + 1) / 20.0)
-    seg = Segmenter(model, load_config(SegmenterConfig, {"window_events": 4000}), "cuda")
+    window = scaled_num_events(height * width)  # as the model was trained
+    seg = Segmenter(model, load_config(SegmenterConfig, {"window_events": window}), "cuda")
     inputs = []
     for frame in list(generate_sequence(replace(SequenceConfig(), scene=scene)))[1:]:
         seg.add_events(frame.events)

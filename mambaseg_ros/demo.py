@@ -32,6 +32,7 @@ import yaml
 from diagnostic_msgs.msg import DiagnosticArray
 
 from mambaseg_core.data.classes import CLASS_SETS
+from mambaseg_core.data.dsec import scaled_num_events
 from mambaseg_core.events import EventBatch
 from mambaseg_core.pipeline.colorize import colorize, palette_lut, render_events
 from mambaseg_core.synthetic import SceneConfig, SequenceConfig, generate_sequence
@@ -85,8 +86,7 @@ def node_parameters(checkpoint: Path | None, model_config: Path, device: str, pi
     params: dict[str, Any] = {
         "device": device,
         "window_mode": "count",
-        # DSEC's 100k events per 640x480 frame, scaled to the demo's pixel count.
-        "window_events": max(1000, round(100_000 * pixels / (640 * 480))),
+        "window_events": scaled_num_events(pixels),  # the window the demo model was trained with
         "class_set": "dsec11",
         "image_reliability": "reliable",
         "events_reliability": "reliable",

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mambaseg_core.data.dsec import DsecSemantic, DsecSequence
+from mambaseg_core.data.dsec import OFFICIAL_NUM_EVENTS, DsecSemantic, DsecSequence, scaled_num_events
 from mambaseg_core.data.errors import DatasetError
 from mambaseg_core.events import voxel_grid
 from mambaseg_core.events.dsec import DsecEventReader
@@ -87,3 +87,10 @@ def test_val_reads_the_val_folder_when_it_exists_else_test(roots, tmp_path):
     diff = float((val[0]["image"] - test[0]["image"]).abs().max())
     print("val vs test image max diff", diff)
     assert diff > 0  # another scene
+
+
+def test_scaled_num_events_keeps_dsec_event_density():
+    assert scaled_num_events(640 * 480) == OFFICIAL_NUM_EVENTS
+    assert scaled_num_events(256 * 192) == 16_000  # the shipped demo model's window (tools/train_demo_gpu.sh)
+    assert scaled_num_events(128 * 96) == 4_000
+    assert scaled_num_events(32 * 24) == 1_000  # floor: a window is never a handful of events

@@ -73,6 +73,12 @@ OFFICIAL_LABEL_STRIDE = 2  # every second label (10 Hz)
 OFFICIAL_NUM_EVENTS = 100_000  # events per sample (`nr_events_window`)
 
 
+def scaled_num_events(pixels: int) -> int:
+    """OFFICIAL_NUM_EVENTS per 640x480 frame scaled to a sensor of `pixels` pixels (at least 1000): the event
+    window of the synthetic demo models (4000 at 128x96, 16000 at 256x192)."""
+    return max(1000, round(OFFICIAL_NUM_EVENTS * pixels / (SENSOR_HEIGHT * SENSOR_WIDTH)))
+
+
 def _sorted_pngs(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise DatasetError(folder, "folder not found")
