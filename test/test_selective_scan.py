@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from scan_launch_rule import DEFAULT_CONFIG_CASES
@@ -224,6 +225,18 @@ def test_low_precision_inputs_give_exactly_the_upcast_result(backend, dtype):
         y = selective_scan(**inputs, delta_softplus=True, backend=backend)
         y_upcast = selective_scan(**upcast, delta_softplus=True, backend=backend)
     assert y.dtype == torch.float32 and torch.equal(y, y_upcast)
+
+
+def test_numba_exp_is_accurate_over_the_float32_range_and_keeps_nan_and_overflow():
+    from mambaseg_core.ops.selective_scan.numba_scan import _exp  # the scan's exp (a polynomial, no libm call)
+
+    x = np.concatenate([np.linspace(-103.0, 88.7, 20_001), np.linspace(-1.0, 1.0, 2_001)])
+    got = np.array([_exp(v) for v in x])
+    assert np.max(np.abs(got - np.exp(x)) / np.exp(x)) < 1e-9
+    assert np.float32(_exp(-1e6)) == 0.0 and np.float32(_exp(-np.inf)) == 0.0  # underflows as exp does
+    with np.errstate(over="ignore"):  # the float32 cast overflows to inf, which is the point
+        assert np.isinf(np.float32(_exp(100.0))) and np.isinf(np.float32(_exp(np.inf)))
+    assert np.isnan(_exp(np.nan))
 
 
 def test_numba_backend_is_forward_only_and_cpu_only():
