@@ -367,9 +367,72 @@ def graph_timeline(engine: InferenceEngine, image: torch.Tensor, events: torch.T
     }
 
 
+# Kernel name fragments per category, first match wins. Inductor's fused kernels ("triton_...") are element-wise
+# or reduction code around what their names list, so they never count as matrix products or scans.
+KERNEL_CATEGORIES = (
+    ("selective scan", ("scan_fwd_infer", "scan_fwd_kernel"), False),
+    ("matmul / conv", ("gemm", "cutlass", "cublas", "xmma", "fprop", "cudnn", "conv2d_", "depthwise"), False),
+    ("layer norm", ("layer_norm",), True),
+    (
+        "layout: flip / copy / cat / permute",
+        ("flip", "copy", "catarray", "cat_", "clone", "permute", "transpose", "index_elementwise"),
+        True,
+    ),
+)
+
+
+def kernel_category(name: str) -> str:
+    """The stage a GPU kernel belongs to, from its name (see KERNEL_CATEGORIES); "element-wise and other" else."""
+    lowered = name.lower()
+    fused = lowered.startswith("triton_")
+    for category, fragments, in_fused in KERNEL_CATEGORIES:
+        if (in_fused or not fused) and any(fragment in lowered for fragment in fragments):
+            return category
+    return "element-wise and other"
+
+
+def stage_floors_ms(dataset: str) -> dict[str, float]:
+    """Lower bounds on this card, batch 1: the matrix products and convolutions (true MACs, mambaseg-info's count)
+    at the measured bf16 matmul rate, and the scans' compulsory traffic (bf16 inputs, fp32 y) at the measured
+    copy bandwidth."""
+    from scan import copy_bandwidth, model_shapes
+
+    from mambaseg_core.cli.info import count_model
+
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    flops_per_s = 2 * 8192**3 / min(time_calls(lambda: (a @ a, torch.cuda.synchronize()), 5)) * 1e3
+    macs = count_model(load_model_config(ROOT / "config" / "model" / DATASETS[dataset][0])).linear_macs
+    scan_bytes = sum(shape.forward_bytes(elem=2) * shape.per_forward for shape in model_shapes(dataset))
+    return {"matmul / conv": 2 * macs / flops_per_s * 1e3, "selective scan": scan_bytes / copy_bandwidth() * 1e3}
+
+
+def category_rows(kernels: list[tuple[str, int, float]], floors: dict[str, float]) -> list[list[object]]:
+    """Per category of kernel_category: kernels, summed GPU ms, share of the summed time, floor and the ratio."""
+    totals: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
+    for name, count, ms in kernels:
+        totals[kernel_category(name)][0] += count
+        totals[kernel_category(name)][1] += ms
+    total_ms = sum(ms for _, _, ms in kernels)
+    rows: list[list[object]] = []
+    for category, (count, ms) in sorted(totals.items(), key=lambda item: -item[1][1]):
+        floor = floors.get(category)
+        rows.append(
+            [
+                category,
+                int(count),
+                f"{ms:.2f}",
+                f"{100 * ms / total_ms:.1f}",
+                f"{floor:.3f}" if floor else "n/a",
+                f"{ms / floor:.1f}x" if floor else "n/a",
+            ]
+        )
+    return rows
+
+
 def bench_graph(dataset: str, modes: list[str], top: int = 15) -> str:
     base = build_model(dataset)
     image, events = random_inputs(base, 1)
+    floors = stage_floors_ms(dataset)
     rows, parts = [], []
     for mode in modes:
         engine = make_engine(base, mode)
@@ -392,7 +455,16 @@ def bench_graph(dataset: str, modes: list[str], top: int = 15) -> str:
             [name[:100].replace("|", "/"), count, f"{ms:.3f}", f"{100 * ms / timeline['sum']:.1f}"]
             for name, count, ms in timeline["kernels"][:top]
         ]
-        parts += [f"Top {top} kernels, {mode}:", table(["kernel", "calls", "GPU ms", "% of kernel time"], kernel_rows)]
+        parts += [
+            f"By stage, {mode} (summed kernel time; floors: matrix products at the measured bf16 matmul rate, scans "
+            "at their compulsory traffic over the measured copy bandwidth):",
+            table(
+                ["stage", "kernels", "GPU ms (sum)", "% of kernel time", "floor ms", "x floor"],
+                category_rows(timeline["kernels"], floors),
+            ),
+            f"Top {top} kernels, {mode}:",
+            table(["kernel", "calls", "GPU ms", "% of kernel time"], kernel_rows),
+        ]
         del engine
         torch.cuda.empty_cache()
     headers = [
