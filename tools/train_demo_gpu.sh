@@ -39,10 +39,11 @@ size_suffix=""
 size_overrides=()
 if [ "$HEIGHT x $WIDTH" != "96 x 128" ]; then
     # The config describes 128x96; another size replaces the model size, the sensor size and the event window
-    # (4000 events at 12288 px: DSEC's 100k at 640x480 scaled by pixel count).
+    # (DSEC's 100k events at 640x480 scaled by pixel count, as the demo node scales it).
     size_suffix="_${WIDTH}x${HEIGHT}"
+    num_events=$(python -c "from mambaseg_core.data.dsec import scaled_num_events; print(scaled_num_events($HEIGHT * $WIDTH))")
     size_overrides=("model.overrides.image_size=[$HEIGHT,$WIDTH]" "data.options.sensor_size=[$HEIGHT,$WIDTH]"
-        "data.options.num_events=$((4000 * HEIGHT * WIDTH / 12288))")
+        "data.options.num_events=$num_events")
     EXPORT_HALF=${EXPORT_HALF-1} # the TSSM weights grow with the pixel count: 30 MB in fp32 at 256x192
 fi
 if [ "$SMOKE" = 1 ]; then
