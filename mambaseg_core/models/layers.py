@@ -6,16 +6,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mambaseg_core.ops.layer_norm import layer_norm_2d
+
 
 class LayerNorm2d(nn.LayerNorm):
-    """LayerNorm over the channels of every pixel of a (B, C, H, W) tensor (eps 1e-5, affine)."""
+    """LayerNorm over the channels of every pixel of a (B, C, H, W) tensor (eps 1e-5, affine); a Triton kernel in
+    CUDA inference (ops/layer_norm.py)."""
 
     def __init__(self, num_channels: int, eps: float = 1e-5):
         super().__init__(num_channels, eps=eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps)
-        return x.permute(0, 3, 1, 2)
+        return layer_norm_2d(x, self.weight, self.bias, self.eps)
 
 
 class Linear2d(nn.Linear):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -19,7 +20,8 @@ class DirectionalSSM(nn.Module):
     dt_proj_bias (K, F), A_log (K*F, N), D (K*F).
 
     In SS2D the features are the D inner channels and the sequence is the H*W pixels; in the TSSM the
-    features are the P = H*W pixels and the sequence is the channels.
+    features are the P = H*W pixels and the sequence is the channels. `reverse[k]`: direction k is scanned from
+    its last step (its sequence is stored in forward order, see ops/cross_scan.py).
     """
 
     def __init__(
@@ -30,9 +32,13 @@ class DirectionalSSM(nn.Module):
         dt_rank: int,
         *,
         backend: str = "auto",
+        reverse: Sequence[bool] | None = None,
     ):
         super().__init__()
         self.directions, self.features, self.d_state, self.dt_rank = directions, features, d_state, dt_rank
+        self.reverse = tuple(reverse) if reverse is not None else None
+        if self.reverse is not None and len(self.reverse) != directions:
+            raise ValueError(f"reverse must have one flag per direction ({directions}), got {self.reverse}")
         # The official TSSM ("vc") casts its scan inputs to fp32 and SS2D v05 does not ("force_fp32=False"). No cast
         # is needed here for either: every selective-scan backend upcasts fp16/bf16 inputs exactly and computes in
         # fp32 (a cast would only add four copies and double the scan's input reads in bf16).
@@ -42,6 +48,7 @@ class DirectionalSSM(nn.Module):
         self.dt_proj_bias = nn.Parameter(torch.empty(directions, features))
         self.A_log = nn.Parameter(torch.empty(directions * features, d_state))
         self.D = nn.Parameter(torch.empty(directions * features))
+        self._A_cache: tuple[tuple, torch.Tensor] | None = None
         self.reset_parameters()
 
     @torch.no_grad()
@@ -57,6 +64,16 @@ class DirectionalSSM(nn.Module):
         states = torch.arange(1, self.d_state + 1, dtype=self.A_log.dtype, device=self.A_log.device)
         self.A_log.copy_(states.log().expand_as(self.A_log))
         self.D.fill_(1.0)
+
+    def state_matrix(self) -> torch.Tensor:
+        """A = -exp(A_log), float32. Without autograd it is kept until A_log changes (in place or replaced): two
+        kernels fewer per scan, and none in a captured CUDA graph."""
+        if torch.compiler.is_compiling() or (torch.is_grad_enabled() and self.A_log.requires_grad):
+            return -self.A_log.float().exp()
+        key = (self.A_log._version, self.A_log.data_ptr(), self.A_log.device, self.A_log.dtype)
+        if self._A_cache is None or self._A_cache[0] != key:
+            self._A_cache = (key, -self.A_log.detach().float().exp())
+        return self._A_cache[1]
 
     def forward(self, xs: torch.Tensor) -> torch.Tensor:
         """xs (B, K, F, L) -> ys (B, K, F, L) float32."""
@@ -74,18 +91,19 @@ class DirectionalSSM(nn.Module):
         ys = selective_scan(
             u,
             delta,
-            -self.A_log.float().exp(),
-            Bs.contiguous(),
-            Cs.contiguous(),
+            self.state_matrix(),
+            Bs,  # slices of x_dbl: the CUDA inference kernel reads them in place
+            Cs,
             self.D.float(),
             self.dt_proj_bias.reshape(-1).float(),
             delta_softplus=True,
             backend=self.backend,
+            reverse_groups=self.reverse,
         )
         return ys.view(batch, directions, features, length)
 
     def extra_repr(self) -> str:
         return (
             f"directions={self.directions}, features={self.features}, d_state={self.d_state}, "
-            f"dt_rank={self.dt_rank}, backend={self.backend!r}"
+            f"dt_rank={self.dt_rank}, backend={self.backend!r}, reverse={self.reverse}"
         )

@@ -25,24 +25,13 @@
 
 namespace mambaseg {
 
-template <typename T, int kMaxN, int kItems, int kWarps, int kStates>
-__global__ void __launch_bounds__(kWarps * 32) scan_fwd_infer_kernel(ScanParams p) {
-  static_assert(kMaxN % kStates == 0, "kStates must divide kMaxN, so that a pass never runs past the arrays");
-  // Warp totals per state, double-buffered by chunk parity: a warp may start the next chunk's writes while a
-  // slower one still reads this chunk's (kWarps > 1 only). Slot (parity, n) is next written two chunks later,
-  // past the next chunk's first barrier, which no warp passes before every warp has read it.
-  __shared__ float2 warp_totals[2][kMaxN][kWarps];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, row = blockIdx.x;
-  const int batch = row / p.channels, channel = row % p.channels;
-  const int group = channel / (p.channels / p.groups);
+// One (batch, channel) row, in step order (kReverse: from its last element to its first).
+template <int kMaxN, int kItems, int kWarps, int kStates, bool kReverse, typename T>
+__device__ __forceinline__ void scan_row(const ScanParams& p, int channel, const T* u_row, const T* delta_row,
+                                         const T* Bg, const T* Cg, float* y_row,
+                                         float2 (&warp_totals)[2][kMaxN][kWarps]) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int L = p.length, N = p.state;
-  const int64_t row_offset = static_cast<int64_t>(row) * L;
-  const T* u_row = static_cast<const T*>(p.u) + row_offset;
-  const T* delta_row = static_cast<const T*>(p.delta) + row_offset;
-  const int64_t group_offset = static_cast<int64_t>(batch * p.groups + group) * N * L;
-  const T* Bg = static_cast<const T*>(p.Bm) + group_offset;
-  const T* Cg = static_cast<const T*>(p.Cm) + group_offset;
-
   const float bias = p.delta_bias ? p.delta_bias[channel] : 0.f;
   const float skip = p.D ? p.D[channel] : 0.f;
   float A2[kMaxN], carry[kMaxN];  // A * log2(e), and the state entering the current chunk
@@ -55,13 +44,15 @@ __global__ void __launch_bounds__(kWarps * 32) scan_fwd_infer_kernel(ScanParams 
     const int t0 = chunk + warp * kWarpSteps + lane * kItems;
     const T* const u_delta_rows[2] = {u_row, delta_row};
     float u_delta[2][kItems], dt[kItems], du[kItems], y[kItems];
-    load_rows<kItems>(u_delta_rows, t0, L, u_delta);
+    load_rows<kItems, 2, kReverse>(u_delta_rows, t0, L, u_delta);
+    float dt_sum = 0.f;
 #pragma unroll
     for (int i = 0; i < kItems; ++i) {
       // Padded steps get dt = 0: decay 1 and input 0, the identity map.
       dt[i] = t0 + i < L ? delta_to_dt(u_delta[1][i] + bias, p.softplus) : 0.f;
       y[i] = skip * u_delta[0][i];
       du[i] = u_delta[0][i] * dt[i];
+      dt_sum += dt[i];
     }
 #pragma unroll
     for (int first = 0; first < kMaxN; first += kStates) {
@@ -77,17 +68,23 @@ __global__ void __launch_bounds__(kWarps * 32) scan_fwd_infer_kernel(ScanParams 
         bc_rows[k] = Bg + offset, bc_rows[kStates + k] = Cg + offset;
       }
       float a[kStates][kItems], bc[2 * kStates][kItems];
-      load_rows<kItems>(bc_rows, t0, L, bc);
+      load_rows<kItems, 2 * kStates, kReverse>(bc_rows, t0, L, bc);
+      // A uniform branch, taken only by the last pass when kStates does not divide N: zeroing under a per-state
+      // condition would cost a select per loaded element in every pass.
+      if (first + kStates > N) {
 #pragma unroll
-      for (int k = 0; k < kStates; ++k) {
-        if (first + k >= N) {
+        for (int k = 0; k < kStates; ++k) {
+          if (first + k >= N) {
 #pragma unroll
-          for (int i = 0; i < kItems; ++i) bc[k][i] = 0.f, bc[kStates + k][i] = 0.f;
+            for (int i = 0; i < kItems; ++i) bc[k][i] = 0.f, bc[kStates + k][i] = 0.f;
+          }
         }
       }
-      float decay[kStates], h[kStates];  // this lane's steps composed, from a zero state
+      // This lane's steps composed, from a zero state: h by the recurrence, the decay as one exp2 of the summed
+      // step sizes (the product of the steps' exp2 factors, without a multiply per step).
+      float decay[kStates], h[kStates];
 #pragma unroll
-      for (int k = 0; k < kStates; ++k) decay[k] = 1.f, h[k] = 0.f;
+      for (int k = 0; k < kStates; ++k) decay[k] = exp2f(dt_sum * A2[first + k]), h[k] = 0.f;
 #pragma unroll
       for (int i = 0; i < kItems; ++i) {
 #pragma unroll
@@ -95,7 +92,6 @@ __global__ void __launch_bounds__(kWarps * 32) scan_fwd_infer_kernel(ScanParams 
           a[k][i] = exp2f(dt[i] * A2[first + k]);
           bc[k][i] *= du[i];  // x
           h[k] = fmaf(a[k][i], h[k], bc[k][i]);
-          decay[k] *= a[k][i];
         }
       }
       // Inclusive warp scans of the lane maps: afterwards (decay, h) maps the warp's start to this lane's end.
@@ -142,8 +138,30 @@ __global__ void __launch_bounds__(kWarps * 32) scan_fwd_infer_kernel(ScanParams 
         }
       }
     }
-    store_items<kItems>(p.y + row_offset, t0, L, y);
+    store_items<kItems, kReverse>(y_row, t0, L, y);
   }
+}
+
+template <typename T, int kMaxN, int kItems, int kWarps, int kStates>
+__global__ void __launch_bounds__(kWarps * 32) scan_fwd_infer_kernel(ScanParams p) {
+  static_assert(kMaxN % kStates == 0, "kStates must divide kMaxN, so that a pass never runs past the arrays");
+  // Warp totals per state, double-buffered by chunk parity: a warp may start the next chunk's writes while a
+  // slower one still reads this chunk's (kWarps > 1 only). Slot (parity, n) is next written two chunks later,
+  // past the next chunk's first barrier, which no warp passes before every warp has read it.
+  __shared__ float2 warp_totals[2][kMaxN][kWarps];
+  const int row = blockIdx.x, batch = row / p.channels, channel = row % p.channels;
+  const int group = channel / (p.channels / p.groups);
+  const int64_t row_offset = static_cast<int64_t>(row) * p.length;
+  const T* u_row = static_cast<const T*>(p.u) + row_offset;
+  const T* delta_row = static_cast<const T*>(p.delta) + row_offset;
+  const T* Bg = static_cast<const T*>(p.Bm) + batch * p.b_batch_stride + group * p.b_group_stride;
+  const T* Cg = static_cast<const T*>(p.Cm) + batch * p.c_batch_stride + group * p.c_group_stride;
+  // One branch per block: both directions are compiled, so neither pays for the other's index arithmetic.
+  if ((p.reverse_groups >> group) & 1u)
+    scan_row<kMaxN, kItems, kWarps, kStates, true>(p, channel, u_row, delta_row, Bg, Cg, p.y + row_offset, warp_totals);
+  else
+    scan_row<kMaxN, kItems, kWarps, kStates, false>(p, channel, u_row, delta_row, Bg, Cg, p.y + row_offset,
+                                                     warp_totals);
 }
 
 // A configuration fixed at compile time, and a list of them.
