@@ -582,4 +582,4 @@ def test_cuda_binding_input_errors_raise_instead_of_crashing():
         timeout=600,
         cwd=Path(__file__).resolve().parents[1],
     )
-    assert run.returncode == 0 and run.stdout.split() == ["ok", "4"], (run.returncode, run.stdout, run.stderr[-3000:])
+    assert run.returncode == 0 and run.stdout.split() == ["ok", "6"], (run.returncode, run.stdout, run.stderr[-3000:])

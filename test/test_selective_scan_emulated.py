@@ -136,7 +136,9 @@ def test_every_launch_is_rewritten(tmp_path: Path) -> None:
     print("launches rewritten:", count)
     assert count >= 6
     expected = {
-        "scan_fwd_infer.cu": ["scan_fwd_infer_kernel<T, kMaxN, kItems, kWarps, kStates>(p); }"],
+        "scan_fwd_infer.cu": [
+            f"scan_fwd_infer_kernel<T, kMaxN, kItems, kWarps, kStates, {reverse}>(p); }}" for reverse in ("false", "true")
+        ],
         "scan_common.cuh": ["carry_kernel<kReverse>(maps, carries, rows,"],
         "scan_fwd.cu": [f"scan_fwd_kernel<T, kMaxN, kItems, {map_only}>(p); }}" for map_only in ("true", "false")],
         "scan_bwd.cu": [f"scan_bwd_kernel<T, kMaxN, kItems, {map_only}>(p); }}" for map_only in ("true", "false")],

@@ -25,18 +25,17 @@
 
 namespace mambaseg {
 
-// One (batch, channel) row, in step order (kReverse: from its last element to its first).
+// One (batch, channel) row of L steps and N states, in step order (kReverse: from its last element to its first).
+// The parameters come as values: taking a reference to the kernel's ScanParams made the compiler copy it to local
+// memory and reload its fields from there in the loop (the N = 16 scans ran 1.5x slower).
 template <int kMaxN, int kItems, int kWarps, int kStates, bool kReverse, typename T>
-__device__ __forceinline__ void scan_row(const ScanParams& p, int channel, const T* u_row, const T* delta_row,
-                                         const T* Bg, const T* Cg, float* y_row,
+__device__ __forceinline__ void scan_row(int L, int N, bool softplus, const float* A_row, float bias, float skip,
+                                         const T* u_row, const T* delta_row, const T* Bg, const T* Cg, float* y_row,
                                          float2 (&warp_totals)[2][kMaxN][kWarps]) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int L = p.length, N = p.state;
-  const float bias = p.delta_bias ? p.delta_bias[channel] : 0.f;
-  const float skip = p.D ? p.D[channel] : 0.f;
   float A2[kMaxN], carry[kMaxN];  // A * log2(e), and the state entering the current chunk
 #pragma unroll
-  for (int n = 0; n < kMaxN; ++n) A2[n] = n < N ? p.A[channel * N + n] * kLog2e : 0.f, carry[n] = 0.f;
+  for (int n = 0; n < kMaxN; ++n) A2[n] = n < N ? A_row[n] * kLog2e : 0.f, carry[n] = 0.f;
 
   constexpr int kWarpSteps = 32 * kItems, kChunk = kWarps * kWarpSteps;
   int parity = 0;
@@ -45,14 +44,12 @@ __device__ __forceinline__ void scan_row(const ScanParams& p, int channel, const
     const T* const u_delta_rows[2] = {u_row, delta_row};
     float u_delta[2][kItems], dt[kItems], du[kItems], y[kItems];
     load_rows<kItems, 2, kReverse>(u_delta_rows, t0, L, u_delta);
-    float dt_sum = 0.f;
 #pragma unroll
     for (int i = 0; i < kItems; ++i) {
       // Padded steps get dt = 0: decay 1 and input 0, the identity map.
-      dt[i] = t0 + i < L ? delta_to_dt(u_delta[1][i] + bias, p.softplus) : 0.f;
+      dt[i] = t0 + i < L ? delta_to_dt(u_delta[1][i] + bias, softplus) : 0.f;
       y[i] = skip * u_delta[0][i];
       du[i] = u_delta[0][i] * dt[i];
-      dt_sum += dt[i];
     }
 #pragma unroll
     for (int first = 0; first < kMaxN; first += kStates) {
@@ -69,22 +66,16 @@ __device__ __forceinline__ void scan_row(const ScanParams& p, int channel, const
       }
       float a[kStates][kItems], bc[2 * kStates][kItems];
       load_rows<kItems, 2 * kStates, kReverse>(bc_rows, t0, L, bc);
-      // A uniform branch, taken only by the last pass when kStates does not divide N: zeroing under a per-state
-      // condition would cost a select per loaded element in every pass.
-      if (first + kStates > N) {
 #pragma unroll
-        for (int k = 0; k < kStates; ++k) {
-          if (first + k >= N) {
+      for (int k = 0; k < kStates; ++k) {
+        if (first + k >= N) {
 #pragma unroll
-            for (int i = 0; i < kItems; ++i) bc[k][i] = 0.f, bc[kStates + k][i] = 0.f;
-          }
+          for (int i = 0; i < kItems; ++i) bc[k][i] = 0.f, bc[kStates + k][i] = 0.f;
         }
       }
-      // This lane's steps composed, from a zero state: h by the recurrence, the decay as one exp2 of the summed
-      // step sizes (the product of the steps' exp2 factors, without a multiply per step).
-      float decay[kStates], h[kStates];
+      float decay[kStates], h[kStates];  // this lane's steps composed, from a zero state
 #pragma unroll
-      for (int k = 0; k < kStates; ++k) decay[k] = exp2f(dt_sum * A2[first + k]), h[k] = 0.f;
+      for (int k = 0; k < kStates; ++k) decay[k] = 1.f, h[k] = 0.f;
 #pragma unroll
       for (int i = 0; i < kItems; ++i) {
 #pragma unroll
@@ -92,6 +83,7 @@ __device__ __forceinline__ void scan_row(const ScanParams& p, int channel, const
           a[k][i] = exp2f(dt[i] * A2[first + k]);
           bc[k][i] *= du[i];  // x
           h[k] = fmaf(a[k][i], h[k], bc[k][i]);
+          decay[k] *= a[k][i];
         }
       }
       // Inclusive warp scans of the lane maps: afterwards (decay, h) maps the warp's start to this lane's end.
@@ -142,7 +134,10 @@ __device__ __forceinline__ void scan_row(const ScanParams& p, int channel, const
   }
 }
 
-template <typename T, int kMaxN, int kItems, int kWarps, int kStates>
+// kReverse: this launch scans the rows of the groups set in p.reverse_groups, from their end; the other rows'
+// blocks exit at once (they are the other direction's launch). One direction per kernel keeps its code the size
+// of a one-direction kernel.
+template <typename T, int kMaxN, int kItems, int kWarps, int kStates, bool kReverse>
 __global__ void __launch_bounds__(kWarps * 32) scan_fwd_infer_kernel(ScanParams p) {
   static_assert(kMaxN % kStates == 0, "kStates must divide kMaxN, so that a pass never runs past the arrays");
   // Warp totals per state, double-buffered by chunk parity: a warp may start the next chunk's writes while a
@@ -151,17 +146,15 @@ __global__ void __launch_bounds__(kWarps * 32) scan_fwd_infer_kernel(ScanParams 
   __shared__ float2 warp_totals[2][kMaxN][kWarps];
   const int row = blockIdx.x, batch = row / p.channels, channel = row % p.channels;
   const int group = channel / (p.channels / p.groups);
+  if ((((p.reverse_groups >> group) & 1u) != 0) != kReverse) return;
   const int64_t row_offset = static_cast<int64_t>(row) * p.length;
   const T* u_row = static_cast<const T*>(p.u) + row_offset;
   const T* delta_row = static_cast<const T*>(p.delta) + row_offset;
   const T* Bg = static_cast<const T*>(p.Bm) + batch * p.b_batch_stride + group * p.b_group_stride;
   const T* Cg = static_cast<const T*>(p.Cm) + batch * p.c_batch_stride + group * p.c_group_stride;
-  // One branch per block: both directions are compiled, so neither pays for the other's index arithmetic.
-  if ((p.reverse_groups >> group) & 1u)
-    scan_row<kMaxN, kItems, kWarps, kStates, true>(p, channel, u_row, delta_row, Bg, Cg, p.y + row_offset, warp_totals);
-  else
-    scan_row<kMaxN, kItems, kWarps, kStates, false>(p, channel, u_row, delta_row, Bg, Cg, p.y + row_offset,
-                                                     warp_totals);
+  scan_row<kMaxN, kItems, kWarps, kStates, kReverse>(
+      p.length, p.state, p.softplus, p.A + channel * p.state, p.delta_bias ? p.delta_bias[channel] : 0.f,
+      p.D ? p.D[channel] : 0.f, u_row, delta_row, Bg, Cg, p.y + row_offset, warp_totals);
 }
 
 // A configuration fixed at compile time, and a list of them.
@@ -169,9 +162,15 @@ template <int kItems, int kWarps, int kStates>
 struct Config {
   static constexpr InferConfig value{kItems, kWarps, kStates};
 
+  // A launch per direction present (forward rows, rows of reversed groups).
   template <typename T, int kMaxN>
   static void launch(const ScanParams& p, cudaStream_t stream) {
-    scan_fwd_infer_kernel<T, kMaxN, kItems, kWarps, kStates><<<p.batch * p.channels, kWarps * 32, 0, stream>>>(p);
+    const uint64_t all_groups = (uint64_t(1) << p.groups) - 1;
+    const int rows = p.batch * p.channels, threads = kWarps * 32;
+    if (p.reverse_groups != all_groups)
+      scan_fwd_infer_kernel<T, kMaxN, kItems, kWarps, kStates, false><<<rows, threads, 0, stream>>>(p);
+    if (p.reverse_groups != 0)
+      scan_fwd_infer_kernel<T, kMaxN, kItems, kWarps, kStates, true><<<rows, threads, 0, stream>>>(p);
   }
 };
 template <class... Configs>
