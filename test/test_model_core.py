@@ -17,6 +17,7 @@ from mambaseg_core.models import (
     save_checkpoint,
 )
 from mambaseg_core.models.official import ENCODER_KEYS
+from mambaseg_core.models.ssm import DirectionalSSM
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = REPO_ROOT / "config" / "model"
@@ -251,3 +252,19 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     worst = max(float((grads[1][k] - g).abs().max() / (g.abs().max() + 1e-12)) for k, g in grads[0].items())
     print("max relative gradient difference with checkpointing", worst)
     assert worst < 1e-4
+
+
+def test_state_matrix_is_cached_without_autograd_and_follows_a_log():
+    ssm = DirectionalSSM(2, 3, 4, 1)
+    with torch.no_grad():
+        first = ssm.state_matrix()
+        assert torch.equal(first, -ssm.A_log.float().exp())
+        assert ssm.state_matrix() is first  # no new kernels per forward
+        ssm.A_log.add_(0.5)  # in place, as load_state_dict does
+        second = ssm.state_matrix()
+    assert second is not first and torch.equal(second, -ssm.A_log.float().exp())
+    # With autograd a fresh, differentiable A every call.
+    trained = ssm.state_matrix()
+    assert trained.requires_grad and trained is not second
+    trained.sum().backward()
+    assert ssm.A_log.grad is not None

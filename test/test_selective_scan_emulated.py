@@ -32,15 +32,13 @@ REQUIRED_HEADERS = ("cuda_runtime.h", "cuda_bf16.h", "cuda_fp16.h", "crt/host_de
 # `kernel<template args><<<launch config>>>(args);`, arguments possibly over several lines.
 LAUNCH = re.compile(r"(?P<kernel>\b[A-Za-z_]\w*(?:<[^;<>]*>)?)\s*<<<(?P<config>.*?)>>>\s*\((?P<args>[^;]*)\)\s*;", re.S)
 
-# dtype,N,L,groups,softplus[,skip_and_bias[,reverse_groups]] (D and delta_bias given unless 0; reverse_groups a bit
-# mask of the groups scanned from their last step, 0 unless given). A chunk is warps * 32 * items steps: 512
+# dtype,N,L,groups,softplus[,skip_and_bias] (D and delta_bias given unless 0). A chunk is warps * 32 * items steps: 512
 # to 4096 over the compiled configurations. 37: one chunk with an odd tail. 2084..2120: one 2048-step chunk (the default
 # for long rows, 4 warps of 16 items) and a tail, several of the smaller chunks. 4133: three 2048-step chunks, so each
 # chunk parity of the double-buffered warp totals is reused, and past one 4096-step chunk; at N = 1 (one pass per chunk)
 # that reuse is where a single-buffered version races. L a multiple of 4 (fp32) or 8 (bf16) aligns every row for the
 # 16-byte loads; odd L leaves all rows but the first on the scalar path. N = 4 without D and delta_bias: the kernel's
-# null-pointer path and its N <= 4 instance. Reversed groups: one of two (2084: aligned vector loads from the end and a
-# tail chunk at the row's start), both (37: odd L, all but the first row on the scalar path), and N = 1.
+# null-pointer path and its N <= 4 instance.
 CASES = (
     "fp32,16,37,2,1",
     "fp32,16,4133,1,0",
@@ -53,9 +51,6 @@ CASES = (
     "fp16,16,2085,2,1",
     "fp16,1,4133,1,0",
     "fp32,4,600,2,1,0",
-    "fp32,16,2084,2,1,1,2",
-    "bf16,13,37,2,1,1,3",
-    "bf16,1,4133,2,0,1,1",
 )
 DEFAULT_CONFIG_COUNT = 4  # DefaultConfigs: compiled for every dtype and N
 
@@ -83,11 +78,7 @@ def describe(case: str) -> str:
     """How the drivers' lines name `case` (dtype,N,L,groups,softplus[,skip_and_bias]): harness.h's describe()."""
     dtype, state, length, groups, softplus, *rest = case.split(",")
     skip_and_bias = rest[0] if rest else "1"
-    reverse_groups = rest[1] if len(rest) > 1 else "0"
-    return (
-        f"{dtype} N={state} L={length} groups={groups} softplus={softplus} skip_and_bias={skip_and_bias} "
-        f"reverse_groups={reverse_groups}"
-    )
+    return f"{dtype} N={state} L={length} groups={groups} softplus={softplus} skip_and_bias={skip_and_bias}"
 
 
 def rewrite_launches(source: str) -> tuple[str, int]:
@@ -136,9 +127,7 @@ def test_every_launch_is_rewritten(tmp_path: Path) -> None:
     print("launches rewritten:", count)
     assert count >= 6
     expected = {
-        "scan_fwd_infer.cu": [
-            f"scan_fwd_infer_kernel<T, kMaxN, kItems, kWarps, kStates, {reverse}>(p); }}" for reverse in ("false", "true")
-        ],
+        "scan_fwd_infer.cu": ["scan_fwd_infer_kernel<T, kMaxN, kItems, kWarps, kStates>(p); }"],
         "scan_common.cuh": ["carry_kernel<kReverse>(maps, carries, rows,"],
         "scan_fwd.cu": [f"scan_fwd_kernel<T, kMaxN, kItems, {map_only}>(p); }}" for map_only in ("true", "false")],
         "scan_bwd.cu": [f"scan_bwd_kernel<T, kMaxN, kItems, {map_only}>(p); }}" for map_only in ("true", "false")],

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -20,8 +19,7 @@ class DirectionalSSM(nn.Module):
     dt_proj_bias (K, F), A_log (K*F, N), D (K*F).
 
     In SS2D the features are the D inner channels and the sequence is the H*W pixels; in the TSSM the
-    features are the P = H*W pixels and the sequence is the channels. `reverse[k]`: direction k is scanned from
-    its last step (its sequence is stored in forward order, see ops/cross_scan.py).
+    features are the P = H*W pixels and the sequence is the channels.
     """
 
     def __init__(
@@ -32,13 +30,9 @@ class DirectionalSSM(nn.Module):
         dt_rank: int,
         *,
         backend: str = "auto",
-        reverse: Sequence[bool] | None = None,
     ):
         super().__init__()
         self.directions, self.features, self.d_state, self.dt_rank = directions, features, d_state, dt_rank
-        self.reverse = tuple(reverse) if reverse is not None else None
-        if self.reverse is not None and len(self.reverse) != directions:
-            raise ValueError(f"reverse must have one flag per direction ({directions}), got {self.reverse}")
         # The official TSSM ("vc") casts its scan inputs to fp32 and SS2D v05 does not ("force_fp32=False"). No cast
         # is needed here for either: every selective-scan backend upcasts fp16/bf16 inputs exactly and computes in
         # fp32 (a cast would only add four copies and double the scan's input reads in bf16).
@@ -92,18 +86,17 @@ class DirectionalSSM(nn.Module):
             u,
             delta,
             self.state_matrix(),
-            Bs,  # slices of x_dbl: the CUDA inference kernel reads them in place
-            Cs,
+            Bs.contiguous(),
+            Cs.contiguous(),
             self.D.float(),
             self.dt_proj_bias.reshape(-1).float(),
             delta_softplus=True,
             backend=self.backend,
-            reverse_groups=self.reverse,
         )
         return ys.view(batch, directions, features, length)
 
     def extra_repr(self) -> str:
         return (
             f"directions={self.directions}, features={self.features}, d_state={self.d_state}, "
-            f"dt_rank={self.dt_rank}, backend={self.backend!r}, reverse={self.reverse}"
+            f"dt_rank={self.dt_rank}, backend={self.backend!r}"
         )

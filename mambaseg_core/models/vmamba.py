@@ -71,9 +71,7 @@ class SS2D(nn.Module):
         self.in_proj = Linear2d(dim, inner, bias=False)
         self.conv = nn.Conv2d(inner, inner, kernel_size=3, padding=1, groups=inner, bias=conv_bias)
         self.act = nn.SiLU()
-        self.scan = DirectionalSSM(
-            4, inner, d_state, resolve_dt_rank(dt_rank, dim), backend=scan_backend, reverse=scan_order.SPATIAL_REVERSED
-        )
+        self.scan = DirectionalSSM(4, inner, d_state, resolve_dt_rank(dt_rank, dim), backend=scan_backend)
         self.out_norm = LayerNorm2d(inner)
         self.out_proj = Linear2d(inner, dim, bias=False)
 

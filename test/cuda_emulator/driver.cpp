@@ -2,7 +2,7 @@
 // it against a float64 reference. One line per (case, configuration), "ok" or "FAIL"; exit status 1 on any
 // failure, 2 on a bad argument.
 //
-// Usage: driver CASE...   with CASE = dtype,N,L,groups,softplus[,skip_and_bias[,reverse_groups]]   e.g. fp32,16,37,2,1
+// Usage: driver CASE...   with CASE = dtype,N,L,groups,softplus[,skip_and_bias]   e.g. fp32,16,37,2,1
 // (dtype: fp32, bf16, fp16; see harness.h)
 //        driver --default-config ROWS,N,L...   prints the default launch configuration of each shape per dtype:
 //        "ROWS,N,L fp32=I,W,S bf16=I,W,S fp16=I,W,S" (default_infer_config, compiled here for the host)
@@ -47,9 +47,6 @@ int run_case(const Case& c, ScanDtype dtype) {
   p.batch = kBatch, p.channels = kChannels, p.groups = c.groups, p.state = c.state, p.length = c.length;
   p.softplus = c.softplus;
   p.u = in.u.data(), p.delta = in.delta.data(), p.Bm = in.Bm.data(), p.Cm = in.Cm.data();
-  p.b_group_stride = p.c_group_stride = static_cast<int64_t>(c.state) * c.length;  // contiguous B and C
-  p.b_batch_stride = p.c_batch_stride = c.groups * p.b_group_stride;
-  p.reverse_groups = c.reverse_groups;
   p.A = in.A.data();
   if (c.skip_and_bias) p.D = in.D.data(), p.delta_bias = in.bias.data();
 

@@ -26,33 +26,31 @@ struct Case {
   int state, length, groups;
   bool softplus;
   bool skip_and_bias = true;  // D and delta_bias given (else null, and zero in the reference)
-  unsigned reverse_groups = 0;  // bit g: group g is scanned from its last step (inference kernel only)
 };
 
-// Parses "dtype,N,L,groups,softplus[,skip_and_bias[,reverse_groups]]" (dtype fp32, bf16 or fp16; N in 1..16; 0 or 1
-// flags, skip_and_bias 1 if left out; reverse_groups a bit mask of the groups, 0 if left out); false if malformed.
+// Parses "dtype,N,L,groups,softplus[,skip_and_bias]" (dtype fp32, bf16 or fp16; N in 1..16; 0 or 1 flags, the
+// last one 1 if left out); false if malformed.
 inline bool parse_case(const char* text, Case& out) {
   char dtype[8];
-  int softplus = -1, skip_and_bias = 1, end = 0, end_with_flag = 0, end_with_mask = 0;
-  out.reverse_groups = 0;
-  if (std::sscanf(text, "%7[a-z0-9],%d,%d,%d,%d%n,%d%n,%u%n", dtype, &out.state, &out.length, &out.groups, &softplus,
-                  &end, &skip_and_bias, &end_with_flag, &out.reverse_groups, &end_with_mask) < 5)
+  int softplus = -1, skip_and_bias = 1, end = 0, end_with_flag = 0;
+  if (std::sscanf(text, "%7[a-z0-9],%d,%d,%d,%d%n,%d%n", dtype, &out.state, &out.length, &out.groups, &softplus, &end,
+                  &skip_and_bias, &end_with_flag) < 5)
     return false;
-  const size_t consumed = end_with_mask ? end_with_mask : end_with_flag ? end_with_flag : end;
+  const size_t consumed = end_with_flag ? end_with_flag : end;
   out.dtype = dtype;
   out.softplus = softplus == 1;
   out.skip_and_bias = skip_and_bias == 1;
   const bool known_dtype = out.dtype == "fp32" || out.dtype == "bf16" || out.dtype == "fp16";
   return consumed == std::strlen(text) && known_dtype && out.state >= 1 && out.state <= 16 && out.length >= 1 &&
          (out.groups == 1 || out.groups == 2) && (softplus == 0 || softplus == 1) &&
-         (skip_and_bias == 0 || skip_and_bias == 1) && out.reverse_groups < (1u << out.groups);
+         (skip_and_bias == 0 || skip_and_bias == 1);
 }
 
 // "dtype N=.. L=.. groups=.. softplus=.. skip_and_bias=..", as the drivers' lines name a case.
 inline std::string describe(const Case& c) {
   char text[128];
-  std::snprintf(text, sizeof text, "%s N=%d L=%d groups=%d softplus=%d skip_and_bias=%d reverse_groups=%u",
-                c.dtype.c_str(), c.state, c.length, c.groups, c.softplus, c.skip_and_bias, c.reverse_groups);
+  std::snprintf(text, sizeof text, "%s N=%d L=%d groups=%d softplus=%d skip_and_bias=%d", c.dtype.c_str(), c.state,
+                c.length, c.groups, c.softplus, c.skip_and_bias);
   return text;
 }
 
@@ -62,9 +60,8 @@ inline bool parse_cases(int argc, char** argv, std::vector<Case>& cases) {
   cases.resize(argc - 1);
   for (int i = 1; i < argc; ++i)
     if (!parse_case(argv[i], cases[i - 1])) {
-      std::fprintf(stderr, "bad case '%s': expected dtype,N,L,groups,softplus[,skip_and_bias[,reverse_groups]] with "
-                   "dtype fp32|bf16|fp16, N in 1..16, L >= 1, groups 1|2, softplus and skip_and_bias 0|1, "
-                   "reverse_groups a bit mask of the groups\n", argv[i]);
+      std::fprintf(stderr, "bad case '%s': expected dtype,N,L,groups,softplus[,skip_and_bias] with dtype "
+                   "fp32|bf16|fp16, N in 1..16, L >= 1, groups 1|2, softplus and skip_and_bias 0|1\n", argv[i]);
       return false;
     }
   if (cases.empty())
@@ -73,9 +70,7 @@ inline bool parse_cases(int argc, char** argv, std::vector<Case>& cases) {
 }
 
 // A seed of its own per case, so that each case's inputs and schedule are reproducible on their own.
-inline unsigned case_seed(const Case& c) {
-  return 1000003u * c.state + 7919u * c.length + 31u * c.groups + c.softplus + 101u * c.reverse_groups;
-}
+inline unsigned case_seed(const Case& c) { return 1000003u * c.state + 7919u * c.length + 31u * c.groups + c.softplus; }
 
 inline float to_host_float(float x) { return x; }
 inline float to_host_float(__nv_bfloat16 x) { return __bfloat162float(x); }
@@ -191,7 +186,6 @@ struct Problem {
   int batch, channels, groups, state, length;
   bool softplus;
   Tensors x;
-  unsigned reverse_groups = 0;  // forward reference only
 };
 
 template <typename T>
@@ -211,8 +205,7 @@ Problem to_problem(const Case& c, const Inputs<T>& in) {
           c.length,
           c.softplus,
           {to_double(in.u), to_double(in.delta), to_double(in.A), to_double(in.Bm), to_double(in.Cm),
-           to_double(in.D), to_double(in.bias)},
-          c.reverse_groups};
+           to_double(in.D), to_double(in.bias)}};
 }
 
 inline double softplus(double x) { return x <= 20 ? std::log1p(std::exp(x)) : x; }
@@ -240,18 +233,15 @@ inline std::vector<double> row_dt(const Problem& p, size_t row, int channel) {
   return dt;
 }
 
-// y (B, C, L) of the sequential scan h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t, y_t = <C_t, h_t> + D u_t; the
-// rows of reversed groups run t = L-1 .. 0 (h_{t+1} in place of h_{t-1}).
+// y (B, C, L) of the sequential scan h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t, y_t = <C_t, h_t> + D u_t.
 inline std::vector<double> reference_forward(const Problem& p) {
   const int L = p.length;
   std::vector<double> y(p.x.u.size());
   for (size_t i = 0; i < y.size(); ++i) y[i] = p.x.D[i / L % p.channels] * p.x.u[i];
   for_each_row_state(p, [&](size_t row, int ch, int n, size_t bc) {
     const std::vector<double> dt = row_dt(p, row, ch);
-    const bool reverse = (p.reverse_groups >> (ch / (p.channels / p.groups))) & 1u;
     double h = 0;
-    for (int step = 0; step < L; ++step) {
-      const int t = reverse ? L - 1 - step : step;
+    for (int t = 0; t < L; ++t) {
       h = std::exp(dt[t] * p.x.A[ch * p.state + n]) * h + dt[t] * p.x.u[row * L + t] * p.x.B[bc + t];
       y[row * L + t] += p.x.C[bc + t] * h;
     }

@@ -164,11 +164,6 @@ int run_case(const Case& c, ScanDtype dtype) {
 int main(int argc, char** argv) {
   std::vector<Case> cases;
   if (!harness::parse_cases(argc, argv, cases)) return 2;
-  for (const Case& c : cases)
-    if (c.reverse_groups) {
-      std::fprintf(stderr, "reverse_groups is an inference-kernel case: the training kernels scan forward only\n");
-      return 2;
-    }
   int failures = check_reference_gradients();
   for (const Case& c : cases)
     failures += harness::run_in_dtype(c, [&](auto element, ScanDtype dtype) {

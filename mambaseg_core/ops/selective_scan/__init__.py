@@ -7,7 +7,7 @@ saying why (never a silent fallback).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 
@@ -16,15 +16,11 @@ from mambaseg_core.ops.selective_scan.cuda_scan import MAX_STATE as CUDA_MAX_STA
 from mambaseg_core.ops.selective_scan.errors import BackendUnavailableError
 from mambaseg_core.ops.selective_scan.numba_scan import selective_scan_numba
 from mambaseg_core.ops.selective_scan.reference import selective_scan_reference
-from mambaseg_core.ops.selective_scan.reverse import flip_groups, reverse_mask
 from mambaseg_core.ops.selective_scan.torch_scan import selective_scan_torch
 
 BACKENDS = ("reference", "torch", "numba", "cuda", "mamba_ssm")
 
 ScanFn = Callable[..., torch.Tensor]
-
-# Backends whose scan function takes `reverse_mask` itself (the others get flipped inputs).
-_NATIVE_REVERSE = ("cuda", "numba")
 
 # name -> scan function, or why it is unavailable: each backend is built/imported once per process.
 _LOADED: dict[str, ScanFn | str] = {}
@@ -127,27 +123,15 @@ def selective_scan(
     delta_bias: torch.Tensor | None = None,
     delta_softplus: bool = False,
     backend: str = "auto",
-    reverse_groups: Sequence[bool] | None = None,
 ) -> torch.Tensor:
-    """Mamba-1 selective scan; see `selective_scan_reference` for the semantics and shapes.
-
-    `reverse_groups` (one bool per group of B and C): the channels of a reversed group are scanned from the last
-    step to the first, as if u, delta, B, C were flipped along L and y flipped back (ops/selective_scan/reverse.py).
-    """
+    """Mamba-1 selective scan; see `selective_scan_reference` for the semantics and shapes."""
     _check_inputs(u, delta, A, B, C, D, delta_bias)
-    groups = B.shape[1]
-    mask = reverse_mask(reverse_groups, groups)
     if backend == "auto":
         backend = _auto_backend(u, A, needs_grad(u, delta, A, B, C, D, delta_bias))
     elif backend not in BACKENDS:
         raise ValueError(f"unknown selective-scan backend {backend!r}; choose one of auto, {', '.join(BACKENDS)}")
     fn = _load_backend(backend)
-    if backend in _NATIVE_REVERSE:
-        return fn(u, delta, A, B, C, D, delta_bias, delta_softplus, reverse_mask=mask)
-    if mask == 0:
-        return fn(u, delta, A, B, C, D, delta_bias, delta_softplus)
-    u, delta, B, C = (flip_groups(x, mask, groups) for x in (u, delta, B, C))
-    return flip_groups(fn(u, delta, A, B, C, D, delta_bias, delta_softplus), mask, groups)
+    return fn(u, delta, A, B, C, D, delta_bias, delta_softplus)
 
 
 __all__ = [

@@ -16,7 +16,6 @@ import torch
 
 from mambaseg_core.ops.selective_scan.autograd import needs_grad
 from mambaseg_core.ops.selective_scan.errors import BackendUnavailableError
-from mambaseg_core.ops.selective_scan.reverse import flip_groups
 
 CSRC = Path(__file__).resolve().with_name("csrc")
 SOURCES = ("scan_binding.cpp", "scan_fwd.cu", "scan_fwd_infer.cu", "scan_bwd.cu")
@@ -61,14 +60,6 @@ def load_extension() -> ModuleType:
 def _as(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """x in `dtype`, contiguous; no dispatch at all when it already is (this path is per call)."""
     return x if x.dtype == dtype and x.is_contiguous() else x.to(dtype).contiguous()
-
-
-def _as_rows(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """B or C (batch, groups, N, L) in `dtype` with rows of L contiguous steps, as the inference kernel takes them:
-    a slice of a larger projection output stays a view (no copy)."""
-    if x.dtype == dtype and x.stride(-1) == 1 and x.stride(-2) == x.shape[-1]:
-        return x
-    return x.to(dtype).contiguous()
 
 
 class _CudaScanFunction(torch.autograd.Function):
@@ -125,12 +116,11 @@ def _register_inference_op(extension: ModuleType) -> Any:
         D: torch.Tensor | None,
         delta_bias: torch.Tensor | None,
         delta_softplus: bool,
-        reverse_mask: int,
     ) -> torch.Tensor:
-        return extension.forward_infer(u, delta, A, B, C, D, delta_bias, delta_softplus, reverse_mask)
+        return extension.forward_infer(u, delta, A, B, C, D, delta_bias, delta_softplus)
 
     @selective_scan_infer.register_fake
-    def _(u, delta, A, B, C, D, delta_bias, delta_softplus, reverse_mask):
+    def _(u, delta, A, B, C, D, delta_bias, delta_softplus):
         return u.new_empty(u.shape, dtype=torch.float32)
 
     return selective_scan_infer
@@ -144,19 +134,16 @@ def _kernel_inputs(
     C: torch.Tensor,
     D: torch.Tensor | None,
     delta_bias: torch.Tensor | None,
-    strided_bc: bool = False,
 ) -> tuple[
     torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None
 ]:
-    """The inputs in the kernels' dtypes, contiguous (B and C only row-contiguous with `strided_bc`, for the
-    inference kernel): one input dtype for u, delta, B, C (theirs if they agree and the kernel has it, else
-    float32); A, D, delta_bias float32."""
+    """The inputs in the kernels' dtypes, contiguous: one input dtype for u, delta, B, C (theirs if they agree
+    and the kernel has it, else float32); A, D, delta_bias float32."""
     dtypes = {x.dtype for x in (u, delta, B, C)}
     dtype = dtypes.pop() if len(dtypes) == 1 else torch.float32
     if dtype not in _INPUT_DTYPES:
         dtype = torch.float32
-    u, delta = _as(u, dtype), _as(delta, dtype)
-    B, C = (_as_rows(x, dtype) if strided_bc else _as(x, dtype) for x in (B, C))
+    u, delta, B, C = (_as(x, dtype) for x in (u, delta, B, C))
     D = _as(D, torch.float32) if D is not None else None
     delta_bias = _as(delta_bias, torch.float32) if delta_bias is not None else None
     return u, delta, _as(A, torch.float32), B, C, D, delta_bias
@@ -176,11 +163,8 @@ def make_cuda_scan(extension: ModuleType):
         D: torch.Tensor | None = None,
         delta_bias: torch.Tensor | None = None,
         delta_softplus: bool = False,
-        reverse_mask: int = 0,
     ) -> torch.Tensor:
-        """Same semantics and shapes as `selective_scan_reference`; CUDA tensors, N <= MAX_STATE; float32 out.
-        The groups set in `reverse_mask` are scanned from the end: natively by the inference kernel, by flipping
-        their inputs and output around the training kernels."""
+        """Same semantics and shapes as `selective_scan_reference`; CUDA tensors, N <= MAX_STATE; float32 out."""
         if not u.is_cuda:
             raise ValueError(f"selective-scan backend 'cuda' needs CUDA tensors, got u on {u.device}")
         if A.shape[1] > MAX_STATE:
@@ -189,14 +173,10 @@ def make_cuda_scan(extension: ModuleType):
             )
         if u.numel() == 0:
             return u.new_zeros(u.shape, dtype=torch.float32)
-        if not needs_grad(u, delta, A, B, C, D, delta_bias):
-            inputs = _kernel_inputs(u, delta, A, B, C, D, delta_bias, strided_bc=True)
-            return scan_infer(*inputs, delta_softplus, reverse_mask)
-        groups = B.shape[1]
-        u, delta, B, C = (flip_groups(x, reverse_mask, groups) for x in (u, delta, B, C))
         u, delta, A, B, C, D, delta_bias = _kernel_inputs(u, delta, A, B, C, D, delta_bias)
-        y = _CudaScanFunction.apply(extension, u, delta, A, B, C, D, delta_bias, delta_softplus)
-        return flip_groups(y, reverse_mask, groups)
+        if not needs_grad(u, delta, A, B, C, D, delta_bias):
+            return scan_infer(u, delta, A, B, C, D, delta_bias, delta_softplus)
+        return _CudaScanFunction.apply(extension, u, delta, A, B, C, D, delta_bias, delta_softplus)
 
     return selective_scan_cuda
 
@@ -235,14 +215,13 @@ def selective_scan_infer_config(
     delta_softplus: bool = False,
     *,
     config: InferConfig,
-    reverse_mask: int = 0,
 ) -> torch.Tensor:
     """The inference kernel in one explicit configuration, for benchmarks and tests (not a backend: no
     autograd, no shape checks beyond the kernel binding's). Same semantics as `selective_scan_reference`;
     float32 out. ValueError naming the compiled ones if `config` is not compiled for these inputs."""
     if not u.is_cuda:
         raise ValueError(f"the CUDA inference scan needs CUDA tensors, got u on {u.device}")
-    u, delta, A, B, C, D, delta_bias = _kernel_inputs(u, delta, A, B, C, D, delta_bias, strided_bc=True)
+    u, delta, A, B, C, D, delta_bias = _kernel_inputs(u, delta, A, B, C, D, delta_bias)
     compiled = inference_configs(u.dtype, A.shape[1])
     if config not in compiled:
         raise ValueError(
@@ -250,6 +229,4 @@ def selective_scan_infer_config(
             f"N={A.shape[1]}; compiled (items, warps, states): {', '.join(str(tuple(c)) for c in compiled)}"
         )
     items, warps, states = config
-    return load_extension().forward_infer_config(
-        u, delta, A, B, C, D, delta_bias, delta_softplus, reverse_mask, items, warps, states
-    )
+    return load_extension().forward_infer_config(u, delta, A, B, C, D, delta_bias, delta_softplus, items, warps, states)

@@ -53,10 +53,10 @@ def _exp(x):  # pragma: no cover - compiled
 
 
 @numba.njit(parallel=True, cache=True, nogil=True, fastmath=_FASTMATH)
-def _scan_rows(u, dt, A, Bt, Ct, D, reverse_mask, y):  # pragma: no cover - compiled
+def _scan_rows(u, dt, A, Bt, Ct, D, y):  # pragma: no cover - compiled
     """u, dt, y (batch, channels, L); A (channels, N); Bt, Ct (batch, groups, L, N); D (channels,). dt is the
     step size (delta + bias, after softplus). All float32; the state stays float32 (as in the CUDA kernels), exp
-    is evaluated in float64 and rounded. Groups set in reverse_mask run from the last step to the first."""
+    is evaluated in float64 and rounded."""
     batch, channels, length = u.shape
     groups, state = Bt.shape[1], A.shape[1]
     per_group = channels // groups
@@ -66,9 +66,7 @@ def _scan_rows(u, dt, A, Bt, Ct, D, reverse_mask, y):  # pragma: no cover - comp
         g = c // per_group
         h = np.zeros(state, np.float32)
         a_row = A[c].astype(np.float64)
-        reverse = (reverse_mask >> g) & 1
-        for step_index in range(length):
-            t = length - 1 - step_index if reverse else step_index
+        for t in range(length):
             step = dt[b, c, t]
             x = u[b, c, t]
             step_input = step * x
@@ -92,10 +90,8 @@ def selective_scan_numba(
     D: torch.Tensor | None = None,
     delta_bias: torch.Tensor | None = None,
     delta_softplus: bool = False,
-    reverse_mask: int = 0,
 ) -> torch.Tensor:
-    """Same semantics and shapes as `selective_scan_reference`; CPU tensors, no gradients; float32 out. The groups
-    set in `reverse_mask` are scanned from their last step."""
+    """Same semantics and shapes as `selective_scan_reference`; CPU tensors, no gradients; float32 out."""
     if u.device.type != "cpu":
         raise BackendUnavailableError(f"selective-scan backend 'numba' runs on the CPU, got u on {u.device}")
     if needs_grad(u, delta, A, B, C, D, delta_bias):
@@ -117,7 +113,6 @@ def selective_scan_numba(
         np.ascontiguousarray(_as_array(B).transpose(0, 1, 3, 2)),
         np.ascontiguousarray(_as_array(C).transpose(0, 1, 3, 2)),
         _as_array(D) if D is not None else np.zeros(u.shape[1], np.float32),
-        reverse_mask,
         y,
     )
     return torch.from_numpy(y)

@@ -54,27 +54,19 @@ ScanDtype scan_dtype(at::ScalarType dtype) {
   fail("u must be float32, float16 or bfloat16, got ", dtype);
 }
 
-// `rows_only`: the last dimension must be contiguous and the one before it must step over exactly one row (B and C of
-// the inference kernel, which takes any batch and group strides); else the whole tensor must be contiguous.
 void check_tensor(const at::Tensor& x, const char* name, const at::Tensor& u, at::ScalarType dtype,
-                  std::vector<int64_t> shape, bool rows_only = false) {
+                  std::vector<int64_t> shape) {
   require(x.is_cuda() && x.device() == u.device(), name, " must be on ", u.device(), ", got ", x.device());
   require(x.scalar_type() == dtype, name, " must be ", dtype, ", got ", x.scalar_type());
   require(x.sizes() == at::IntArrayRef(shape), name, " must have shape ", at::IntArrayRef(shape), ", got ",
           x.sizes());
-  if (rows_only) {
-    require(x.stride(-1) == 1 && x.stride(-2) == x.size(-1), name,
-            " must have contiguous rows of L steps (strides [.., .., L, 1]), got strides ", x.strides());
-  } else {
-    require(x.is_contiguous(), name, " must be contiguous");
-  }
+  require(x.is_contiguous(), name, " must be contiguous");
 }
 
 // Validates the inputs and fills the input half of the parameters.
 ScanParams make_params(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
                        const at::Tensor& C, const std::optional<at::Tensor>& D,
-                       const std::optional<at::Tensor>& delta_bias, bool softplus, bool strided_bc = false,
-                       int64_t reverse_groups = 0) {
+                       const std::optional<at::Tensor>& delta_bias, bool softplus) {
   require(u.is_cuda(), "u must be a CUDA tensor");
   require(u.dim() == 3, "u must be (batch, channels, L), got ", u.sizes());
   require(B.dim() == 4, "B must be (batch, groups, N, L), got ", B.sizes());
@@ -90,10 +82,8 @@ ScanParams make_params(const at::Tensor& u, const at::Tensor& delta, const at::T
   check_tensor(u, "u", u, dtype, {batch, channels, length});
   check_tensor(delta, "delta", u, dtype, {batch, channels, length});
   check_tensor(A, "A", u, at::kFloat, {channels, state});
-  check_tensor(B, "B", u, dtype, {batch, groups, state, length}, strided_bc);
-  check_tensor(C, "C", u, dtype, {batch, groups, state, length}, strided_bc);
-  require(reverse_groups >= 0 && (groups >= 32 || reverse_groups < (int64_t(1) << groups)),
-          "reverse_groups must be a bit mask of the ", groups, " groups (at most 32), got ", reverse_groups);
+  check_tensor(B, "B", u, dtype, {batch, groups, state, length});
+  check_tensor(C, "C", u, dtype, {batch, groups, state, length});
   if (D) check_tensor(*D, "D", u, at::kFloat, {channels});
   if (delta_bias) check_tensor(*delta_bias, "delta_bias", u, at::kFloat, {channels});
 
@@ -103,9 +93,6 @@ ScanParams make_params(const at::Tensor& u, const at::Tensor& delta, const at::T
   mambaseg::choose_tiling(p);
   p.u = u.data_ptr(), p.delta = delta.data_ptr(), p.A = A.data_ptr<float>();
   p.Bm = B.data_ptr(), p.Cm = C.data_ptr();
-  p.b_batch_stride = B.stride(0), p.b_group_stride = B.stride(1);
-  p.c_batch_stride = C.stride(0), p.c_group_stride = C.stride(1);
-  p.reverse_groups = static_cast<uint32_t>(reverse_groups);
   p.D = D ? D->data_ptr<float>() : nullptr;
   p.delta_bias = delta_bias ? delta_bias->data_ptr<float>() : nullptr;
   return p;
@@ -139,13 +126,11 @@ std::vector<at::Tensor> forward(const at::Tensor& u, const at::Tensor& delta, co
 }
 
 // Returns y (batch, channels, L) fp32; nothing is kept for a backward. Runs `config`, or the default one if none.
-// B and C may be strided views (rows of L contiguous steps); groups whose bit is set in `reverse_groups` are scanned
-// from the end.
 at::Tensor run_forward_infer(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
                              const at::Tensor& C, const std::optional<at::Tensor>& D,
-                             const std::optional<at::Tensor>& delta_bias, bool softplus, int64_t reverse_groups,
+                             const std::optional<at::Tensor>& delta_bias, bool softplus,
                              const std::optional<InferConfig>& config) {
-  ScanParams p = make_params(u, delta, A, B, C, D, delta_bias, softplus, true, reverse_groups);
+  ScanParams p = make_params(u, delta, A, B, C, D, delta_bias, softplus);
   const ScanDtype dtype = scan_dtype(u.scalar_type());
   if (config) {
     const auto compiled = mambaseg::compiled_infer_configs(dtype, p.state);
@@ -174,17 +159,17 @@ at::Tensor run_forward_infer(const at::Tensor& u, const at::Tensor& delta, const
 
 at::Tensor forward_infer(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
                          const at::Tensor& C, const std::optional<at::Tensor>& D,
-                         const std::optional<at::Tensor>& delta_bias, bool softplus, int64_t reverse_groups) {
-  return run_forward_infer(u, delta, A, B, C, D, delta_bias, softplus, reverse_groups, std::nullopt);
+                         const std::optional<at::Tensor>& delta_bias, bool softplus) {
+  return run_forward_infer(u, delta, A, B, C, D, delta_bias, softplus, std::nullopt);
 }
 
 // The inference scan in one explicit configuration (for tuning); ValueError if it is not compiled.
 at::Tensor forward_infer_config(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
                                 const at::Tensor& B, const at::Tensor& C, const std::optional<at::Tensor>& D,
-                                const std::optional<at::Tensor>& delta_bias, bool softplus, int64_t reverse_groups,
-                                int64_t items, int64_t warps, int64_t states) {
+                                const std::optional<at::Tensor>& delta_bias, bool softplus, int64_t items,
+                                int64_t warps, int64_t states) {
   const InferConfig config{static_cast<int>(items), static_cast<int>(warps), static_cast<int>(states)};
-  return run_forward_infer(u, delta, A, B, C, D, delta_bias, softplus, reverse_groups, config);
+  return run_forward_infer(u, delta, A, B, C, D, delta_bias, softplus, config);
 }
 
 using ConfigTuple = std::tuple<int, int, int>;  // (items, warps, states)

@@ -35,9 +35,7 @@ __device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 x) { retu
 // raw load is issued before the first conversion: a conversion inside each row's branch (fp16/bf16 -> float is
 // an instruction, float -> float is none) would wait for that row's load before the next is issued, so a pass
 // of B and C rows paid one memory latency per row in bf16 but one in total in fp32.
-// kReverse: step t is element length - 1 - t of the row (a scan from the end); the same vector loads, with the
-// elements taken in reverse order.
-template <int kItems, int kRows, bool kReverse = false, typename T>
+template <int kItems, int kRows, typename T>
 __device__ __forceinline__ void load_rows(const T* const (&rows)[kRows], int t0, int length,
                                           float (&out)[kRows][kItems]) {
   constexpr int kBytes = kItems * static_cast<int>(sizeof(T));
@@ -45,26 +43,22 @@ __device__ __forceinline__ void load_rows(const T* const (&rows)[kRows], int t0,
   if constexpr (kLoadBytes > 0) {
     using Vector = std::conditional_t<kLoadBytes == 16, uint4, std::conditional_t<kLoadBytes == 8, uint2, uint32_t>>;
     constexpr int kPerLoad = kLoadBytes / static_cast<int>(sizeof(T)), kLoads = kItems / kPerLoad;
-    const int first = kReverse ? length - t0 - kItems : t0;  // the lowest element of the run
     uintptr_t addresses = 0;
 #pragma unroll
-    for (int r = 0; r < kRows; ++r) addresses |= reinterpret_cast<uintptr_t>(rows[r] + first);
+    for (int r = 0; r < kRows; ++r) addresses |= reinterpret_cast<uintptr_t>(rows[r] + t0);
     if (t0 + kItems <= length && (addresses & (kLoadBytes - 1)) == 0) {
       Vector raw[kRows][kLoads];
 #pragma unroll
       for (int r = 0; r < kRows; ++r)
 #pragma unroll
-        for (int i = 0; i < kLoads; ++i) raw[r][i] = reinterpret_cast<const Vector*>(rows[r] + first)[i];
+        for (int i = 0; i < kLoads; ++i) raw[r][i] = reinterpret_cast<const Vector*>(rows[r] + t0)[i];
 #pragma unroll
       for (int r = 0; r < kRows; ++r)
 #pragma unroll
         for (int i = 0; i < kLoads; ++i) {
           const T* v = reinterpret_cast<const T*>(&raw[r][i]);
 #pragma unroll
-          for (int j = 0; j < kPerLoad; ++j) {
-            const int item = i * kPerLoad + j;
-            out[r][kReverse ? kItems - 1 - item : item] = to_float(v[j]);
-          }
+          for (int j = 0; j < kPerLoad; ++j) out[r][i * kPerLoad + j] = to_float(v[j]);
         }
       return;
     }
@@ -72,8 +66,7 @@ __device__ __forceinline__ void load_rows(const T* const (&rows)[kRows], int t0,
 #pragma unroll
   for (int r = 0; r < kRows; ++r)
 #pragma unroll
-    for (int i = 0; i < kItems; ++i)
-      out[r][i] = t0 + i < length ? to_float(rows[r][kReverse ? length - 1 - t0 - i : t0 + i]) : 0.f;
+    for (int i = 0; i < kItems; ++i) out[r][i] = t0 + i < length ? to_float(rows[r][t0 + i]) : 0.f;
 }
 
 // One row of load_rows.
@@ -83,22 +76,17 @@ __device__ __forceinline__ void load_items(const T* row, int t0, int length, flo
   load_rows<kItems>(rows, t0, length, reinterpret_cast<float (&)[1][kItems]>(out));
 }
 
-// Stores kItems steps from step t0 (those before `length`); kReverse as in load_rows.
-template <int kItems, bool kReverse = false>
+template <int kItems>
 __device__ __forceinline__ void store_items(float* row, int t0, int length, const float (&v)[kItems]) {
-  const int first = kReverse ? length - t0 - kItems : t0;
-  if (t0 + kItems <= length && (reinterpret_cast<uintptr_t>(row + first) & 15) == 0) {
+  if (t0 + kItems <= length && (reinterpret_cast<uintptr_t>(row + t0) & 15) == 0) {
 #pragma unroll
-    for (int i = 0; i < kItems; i += 4) {
-      *reinterpret_cast<float4*>(row + first + i) =
-          kReverse ? make_float4(v[kItems - 1 - i], v[kItems - 2 - i], v[kItems - 3 - i], v[kItems - 4 - i])
-                   : make_float4(v[i], v[i + 1], v[i + 2], v[i + 3]);
-    }
+    for (int i = 0; i < kItems; i += 4)
+      *reinterpret_cast<float4*>(row + t0 + i) = make_float4(v[i], v[i + 1], v[i + 2], v[i + 3]);
     return;
   }
 #pragma unroll
   for (int i = 0; i < kItems; ++i)
-    if (t0 + i < length) row[kReverse ? length - 1 - t0 - i : t0 + i] = v[i];
+    if (t0 + i < length) row[t0 + i] = v[i];
 }
 
 // dt = softplus(delta + bias) (or delta + bias), zero on padded steps so they act as the identity.

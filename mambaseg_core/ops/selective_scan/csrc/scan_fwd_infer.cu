@@ -25,17 +25,29 @@
 
 namespace mambaseg {
 
-// One (batch, channel) row of L steps and N states, in step order (kReverse: from its last element to its first).
-// The parameters come as values: taking a reference to the kernel's ScanParams made the compiler copy it to local
-// memory and reload its fields from there in the loop (the N = 16 scans ran 1.5x slower).
-template <int kMaxN, int kItems, int kWarps, int kStates, bool kReverse, typename T>
-__device__ __forceinline__ void scan_row(int L, int N, bool softplus, const float* A_row, float bias, float skip,
-                                         const T* u_row, const T* delta_row, const T* Bg, const T* Cg, float* y_row,
-                                         float2 (&warp_totals)[2][kMaxN][kWarps]) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+template <typename T, int kMaxN, int kItems, int kWarps, int kStates>
+__global__ void __launch_bounds__(kWarps * 32) scan_fwd_infer_kernel(ScanParams p) {
+  static_assert(kMaxN % kStates == 0, "kStates must divide kMaxN, so that a pass never runs past the arrays");
+  // Warp totals per state, double-buffered by chunk parity: a warp may start the next chunk's writes while a
+  // slower one still reads this chunk's (kWarps > 1 only). Slot (parity, n) is next written two chunks later,
+  // past the next chunk's first barrier, which no warp passes before every warp has read it.
+  __shared__ float2 warp_totals[2][kMaxN][kWarps];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, row = blockIdx.x;
+  const int batch = row / p.channels, channel = row % p.channels;
+  const int group = channel / (p.channels / p.groups);
+  const int L = p.length, N = p.state;
+  const int64_t row_offset = static_cast<int64_t>(row) * L;
+  const T* u_row = static_cast<const T*>(p.u) + row_offset;
+  const T* delta_row = static_cast<const T*>(p.delta) + row_offset;
+  const int64_t group_offset = static_cast<int64_t>(batch * p.groups + group) * N * L;
+  const T* Bg = static_cast<const T*>(p.Bm) + group_offset;
+  const T* Cg = static_cast<const T*>(p.Cm) + group_offset;
+
+  const float bias = p.delta_bias ? p.delta_bias[channel] : 0.f;
+  const float skip = p.D ? p.D[channel] : 0.f;
   float A2[kMaxN], carry[kMaxN];  // A * log2(e), and the state entering the current chunk
 #pragma unroll
-  for (int n = 0; n < kMaxN; ++n) A2[n] = n < N ? A_row[n] * kLog2e : 0.f, carry[n] = 0.f;
+  for (int n = 0; n < kMaxN; ++n) A2[n] = n < N ? p.A[channel * N + n] * kLog2e : 0.f, carry[n] = 0.f;
 
   constexpr int kWarpSteps = 32 * kItems, kChunk = kWarps * kWarpSteps;
   int parity = 0;
@@ -43,11 +55,11 @@ __device__ __forceinline__ void scan_row(int L, int N, bool softplus, const floa
     const int t0 = chunk + warp * kWarpSteps + lane * kItems;
     const T* const u_delta_rows[2] = {u_row, delta_row};
     float u_delta[2][kItems], dt[kItems], du[kItems], y[kItems];
-    load_rows<kItems, 2, kReverse>(u_delta_rows, t0, L, u_delta);
+    load_rows<kItems>(u_delta_rows, t0, L, u_delta);
 #pragma unroll
     for (int i = 0; i < kItems; ++i) {
       // Padded steps get dt = 0: decay 1 and input 0, the identity map.
-      dt[i] = t0 + i < L ? delta_to_dt(u_delta[1][i] + bias, softplus) : 0.f;
+      dt[i] = t0 + i < L ? delta_to_dt(u_delta[1][i] + bias, p.softplus) : 0.f;
       y[i] = skip * u_delta[0][i];
       du[i] = u_delta[0][i] * dt[i];
     }
@@ -65,7 +77,7 @@ __device__ __forceinline__ void scan_row(int L, int N, bool softplus, const floa
         bc_rows[k] = Bg + offset, bc_rows[kStates + k] = Cg + offset;
       }
       float a[kStates][kItems], bc[2 * kStates][kItems];
-      load_rows<kItems, 2 * kStates, kReverse>(bc_rows, t0, L, bc);
+      load_rows<kItems>(bc_rows, t0, L, bc);
 #pragma unroll
       for (int k = 0; k < kStates; ++k) {
         if (first + k >= N) {
@@ -130,31 +142,8 @@ __device__ __forceinline__ void scan_row(int L, int N, bool softplus, const floa
         }
       }
     }
-    store_items<kItems, kReverse>(y_row, t0, L, y);
+    store_items<kItems>(p.y + row_offset, t0, L, y);
   }
-}
-
-// kReverse: this launch scans the rows of the groups set in p.reverse_groups, from their end; the other rows'
-// blocks exit at once (they are the other direction's launch). One direction per kernel keeps its code the size
-// of a one-direction kernel.
-template <typename T, int kMaxN, int kItems, int kWarps, int kStates, bool kReverse>
-__global__ void __launch_bounds__(kWarps * 32) scan_fwd_infer_kernel(ScanParams p) {
-  static_assert(kMaxN % kStates == 0, "kStates must divide kMaxN, so that a pass never runs past the arrays");
-  // Warp totals per state, double-buffered by chunk parity: a warp may start the next chunk's writes while a
-  // slower one still reads this chunk's (kWarps > 1 only). Slot (parity, n) is next written two chunks later,
-  // past the next chunk's first barrier, which no warp passes before every warp has read it.
-  __shared__ float2 warp_totals[2][kMaxN][kWarps];
-  const int row = blockIdx.x, batch = row / p.channels, channel = row % p.channels;
-  const int group = channel / (p.channels / p.groups);
-  if ((((p.reverse_groups >> group) & 1u) != 0) != kReverse) return;
-  const int64_t row_offset = static_cast<int64_t>(row) * p.length;
-  const T* u_row = static_cast<const T*>(p.u) + row_offset;
-  const T* delta_row = static_cast<const T*>(p.delta) + row_offset;
-  const T* Bg = static_cast<const T*>(p.Bm) + batch * p.b_batch_stride + group * p.b_group_stride;
-  const T* Cg = static_cast<const T*>(p.Cm) + batch * p.c_batch_stride + group * p.c_group_stride;
-  scan_row<kMaxN, kItems, kWarps, kStates, kReverse>(
-      p.length, p.state, p.softplus, p.A + channel * p.state, p.delta_bias ? p.delta_bias[channel] : 0.f,
-      p.D ? p.D[channel] : 0.f, u_row, delta_row, Bg, Cg, p.y + row_offset, warp_totals);
 }
 
 // A configuration fixed at compile time, and a list of them.
@@ -162,15 +151,9 @@ template <int kItems, int kWarps, int kStates>
 struct Config {
   static constexpr InferConfig value{kItems, kWarps, kStates};
 
-  // A launch per direction present (forward rows, rows of reversed groups).
   template <typename T, int kMaxN>
   static void launch(const ScanParams& p, cudaStream_t stream) {
-    const uint64_t all_groups = (uint64_t(1) << p.groups) - 1;
-    const int rows = p.batch * p.channels, threads = kWarps * 32;
-    if (p.reverse_groups != all_groups)
-      scan_fwd_infer_kernel<T, kMaxN, kItems, kWarps, kStates, false><<<rows, threads, 0, stream>>>(p);
-    if (p.reverse_groups != 0)
-      scan_fwd_infer_kernel<T, kMaxN, kItems, kWarps, kStates, true><<<rows, threads, 0, stream>>>(p);
+    scan_fwd_infer_kernel<T, kMaxN, kItems, kWarps, kStates><<<p.batch * p.channels, kWarps * 32, 0, stream>>>(p);
   }
 };
 template <class... Configs>

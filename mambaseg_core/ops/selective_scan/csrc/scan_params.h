@@ -18,13 +18,7 @@ struct ScanParams {
   int batch, channels, groups, state, length;  // state = N
   int items, threads, tile_len, n_tiles;        // n_tiles tiles of tile_len = threads * items steps per row
   bool softplus;
-  // Inputs: u, delta (B, C, L) contiguous and B, C (B, K, N, L) in the input dtype; A (C, N), D, bias (C,) fp32.
-  // B and C are contiguous for the training kernels; the inference kernel takes any batch and group strides
-  // (in elements; a state's row must still be L contiguous steps), e.g. slices of one projection output.
-  int64_t b_batch_stride, b_group_stride, c_batch_stride, c_group_stride;
-  // Inference only: group k is scanned from its last step to its first where bit k is set (y_t then depends
-  // on steps t..L-1), as if its u, delta, B, C were flipped along L and y flipped back.
-  uint32_t reverse_groups;
+  // Inputs, contiguous: u, delta (B, C, L) and B, C (B, K, N, L) in the input dtype; A (C, N), D, bias (C,) fp32.
   const void* u;
   const void* delta;
   const float* A;
