@@ -1,4 +1,4 @@
-"""Tensor operators: the selective scan and the scan-order permutations around it."""
+"""Tensor operators: the selective scan, the scan-order permutations around it, and the channel LayerNorm."""
 
 from mambaseg_core.ops.selective_scan import available_backends, selective_scan
 
