@@ -54,7 +54,7 @@ def _triton_kernel():
         y = centred * rstd[None, :] * w[:, None] + b[:, None]
         tl.store(y_ptr + offsets, y.to(y_ptr.dtype.element_ty), mask=mask)
 
-    return layer_norm_2d_kernel, triton.next_power_of_2
+    return layer_norm_2d_kernel
 
 
 def uses_kernel(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None) -> bool:
@@ -78,15 +78,16 @@ def layer_norm_2d(
     """LayerNorm over dim 1 of (B, C, H, W): the Triton kernel where `uses_kernel`, else the reference."""
     if not uses_kernel(x, weight, bias):
         return layer_norm_2d_reference(x, weight, bias, eps)
-    kernel, next_power_of_2 = _triton_kernel()
     batch, channels, height, width = x.shape
     x = x.contiguous()
     out_dtype = torch.float32 if torch.is_autocast_enabled(x.device.type) else x.dtype
     y = torch.empty(x.shape, dtype=out_dtype, device=x.device)
-    block_c = next_power_of_2(channels)
+    block_c = 1 << (channels - 1).bit_length()  # the next power of two: Triton blocks are powers of two
     block_p = max(1, min(64, _ELEMENTS_PER_PROGRAM // block_c))
     grid = ((height * width + block_p - 1) // block_p, batch)
-    kernel[grid](x, weight, bias, y, channels, height * width, eps, BLOCK_C=block_c, BLOCK_P=block_p, num_warps=8)
+    _triton_kernel()[grid](
+        x, weight, bias, y, channels, height * width, eps, BLOCK_C=block_c, BLOCK_P=block_p, num_warps=8
+    )
     return y
 
 
