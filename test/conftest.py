@@ -6,6 +6,12 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+
+# Without a GPU, Triton (where installed) runs our kernels in its interpreter, on CPU tensors, for the tests that ask
+# for it (ops/triton_support.RUN_ON_CPU). Set before any module defines a kernel.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The read-only ../shared beside the checkout; MAMBASEG_SHARED_DIR points elsewhere (e.g. a copy on a GPU machine).

@@ -45,7 +45,7 @@ def test_cuda_kernel_matches_the_reference(dtype, channels, height, width):
         assert uses_kernel(x, weight, bias)
         y = layer_norm_2d(x, weight, bias)
         expected = by_formula(x, weight, bias, 1e-5)
-    assert y.dtype == dtype and y.is_contiguous() and y.shape == x.shape
+    assert y.dtype == dtype and y.is_contiguous(memory_format=torch.channels_last) and y.shape == x.shape
     tolerance = 1e-5 if dtype == torch.float32 else 1e-2  # the output's rounding
     torch.testing.assert_close(y.double(), expected, rtol=tolerance, atol=tolerance)
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):

@@ -15,10 +15,11 @@ import torch
 import torch.nn as nn
 
 from mambaseg_core.models.branches import run_branches
-from mambaseg_core.models.layers import LayerNorm2d, per_pixel_linear
+from mambaseg_core.models.layers import LayerNorm2d, per_pixel_linear, projection_dtype
 from mambaseg_core.models.ssm import DirectionalSSM
 from mambaseg_core.models.vmamba import SS2D, resolve_dt_rank
 from mambaseg_core.ops import cross_scan as scan_order
+from mambaseg_core.ops import fused_cross_scan
 
 
 class CrossChannelGate(nn.Module):
@@ -93,6 +94,7 @@ class TSSM(nn.Module):
     (B, C, H, W) -> Linear(C->D) -> SiLU(dwconv3x3) -> channel_scan (B, 2, P, D) -> 2 selective scans with
     P-dimensional tokens (so every weight is sized by P: the model is resolution-locked) -> channel merge
     (B, D, H, W) -> LN2d -> Linear(D->C). in_proj/out_proj are true nn.Linear layers as in the official code.
+    The steps around the scans are fused ops (ops/fused_cross_scan.py): one kernel each side in CUDA inference.
     """
 
     def __init__(
@@ -114,7 +116,6 @@ class TSSM(nn.Module):
         self.channel_merge = channel_merge
         self.in_proj = nn.Linear(dim, inner, bias=False)
         self.conv = nn.Conv2d(inner, inner, kernel_size=3, padding=1, groups=inner, bias=conv_bias)
-        self.act = nn.SiLU()
         # dt rank is ceil(P/16) here: the official code applies "auto" to the token count, not to C.
         self.scan = DirectionalSSM(2, tokens, d_state, resolve_dt_rank("auto", tokens), backend=scan_backend)
         self.out_norm = LayerNorm2d(inner)
@@ -127,10 +128,11 @@ class TSSM(nn.Module):
                 f"TSSM input has {height}x{width}={height * width} tokens, but its weights are sized for "
                 f"{self.tokens}: the model only accepts its configured image_size"
             )
-        v = self.act(self.conv(per_pixel_linear(self.in_proj, x)))
-        ys = self.scan(scan_order.channel_scan(v))
-        y = scan_order.channel_merge(ys, height, width, self.channel_merge)
-        return per_pixel_linear(self.out_proj, self.out_norm(y).to(x.dtype))
+        ys = self.scan(fused_cross_scan.conv_silu_channel_scan(per_pixel_linear(self.in_proj, x), self.conv))
+        y = fused_cross_scan.channel_merge_norm(
+            ys, height, width, self.channel_merge, self.out_norm, projection_dtype(x)
+        )
+        return per_pixel_linear(self.out_proj, y)
 
 
 class _TwoPaths(nn.Module):

@@ -20,6 +20,14 @@ class LayerNorm2d(nn.LayerNorm):
         return layer_norm_2d(x, self.weight, self.bias, self.eps)
 
 
+def projection_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype a linear layer or convolution computes in for input x: the autocast dtype where autocast is on,
+    else x's. A norm that feeds one can return this dtype directly: the cast autocast would make, made earlier."""
+    device = x.device.type
+    autocast = torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
+    return torch.get_autocast_dtype(device) if autocast else x.dtype
+
+
 class Linear2d(nn.Linear):
     """A per-pixel linear layer on (B, C_in, H, W) -> (B, C_out, H, W), applied as a 1x1 conv.
 

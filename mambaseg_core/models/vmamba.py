@@ -12,9 +12,9 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-from mambaseg_core.models.layers import DropPath, LayerNorm2d, Linear2d
+from mambaseg_core.models.layers import DropPath, LayerNorm2d, Linear2d, projection_dtype
 from mambaseg_core.models.ssm import DirectionalSSM
-from mambaseg_core.ops import cross_scan as scan_order
+from mambaseg_core.ops import fused_cross_scan
 
 
 def resolve_dt_rank(dt_rank: int | str, features: int) -> int:
@@ -54,6 +54,7 @@ class SS2D(nn.Module):
 
     (B, C, H, W) -> in_proj -> (B, D, H, W) -> SiLU(dwconv3x3) -> cross_scan (B, 4, D, L)
     -> 4 selective scans -> cross_merge (B, D, H, W) -> LN2d -> out_proj -> (B, C, H, W).
+    The steps around the scans are fused ops (ops/fused_cross_scan.py): one kernel each side in CUDA inference.
     """
 
     def __init__(
@@ -70,17 +71,14 @@ class SS2D(nn.Module):
         inner = int(ssm_ratio * dim)
         self.in_proj = Linear2d(dim, inner, bias=False)
         self.conv = nn.Conv2d(inner, inner, kernel_size=3, padding=1, groups=inner, bias=conv_bias)
-        self.act = nn.SiLU()
         self.scan = DirectionalSSM(4, inner, d_state, resolve_dt_rank(dt_rank, dim), backend=scan_backend)
         self.out_norm = LayerNorm2d(inner)
         self.out_proj = Linear2d(inner, dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]
-        u = self.act(self.conv(self.in_proj(x)))
-        ys = self.scan(scan_order.cross_scan(u))
-        y = self.out_norm(scan_order.cross_merge(ys, height, width)).to(x.dtype)
-        return self.out_proj(y)
+        ys = self.scan(fused_cross_scan.conv_silu_cross_scan(self.in_proj(x), self.conv))
+        return self.out_proj(fused_cross_scan.cross_merge_norm(ys, height, width, self.out_norm, projection_dtype(x)))
 
 
 class Mlp(nn.Module):

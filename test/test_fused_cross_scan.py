@@ -1,0 +1,150 @@
+"""The fused scan-order kernels (ops/fused_cross_scan.py) and the LayerNorm2d kernel against their PyTorch chains.
+
+Each case runs on the GPU (marked cuda) and, without one, in Triton's interpreter on CPU tensors where Triton is
+installed: the same kernel code, so a wrong index or mask fails here without a GPU.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from mambaseg_core.models.layers import LayerNorm2d
+from mambaseg_core.ops import cross_scan as scan_order
+from mambaseg_core.ops import fused_cross_scan as fused
+from mambaseg_core.ops import triton_support
+from mambaseg_core.ops.layer_norm import layer_norm_2d, layer_norm_2d_reference, uses_kernel
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("cuda", marks=pytest.mark.cuda),
+        "interpreter",
+    ]
+)
+def device(request, monkeypatch) -> str:
+    """Where the kernels run: the GPU, or Triton's interpreter on the CPU."""
+    if request.param == "cuda":
+        if not torch.cuda.is_available():
+            pytest.skip("needs a CUDA GPU: the Triton kernels compiled for it")
+        return "cuda"
+    if triton_support.triton is None:
+        pytest.skip("needs the triton package for its interpreter (CPU builds of torch come without it)")
+    if not triton_support.INTERPRETED:
+        pytest.skip("a GPU is present: the kernels are tested compiled (cuda cases), not in the interpreter")
+    monkeypatch.setattr(triton_support, "RUN_ON_CPU", True)
+    return "cpu"
+
+
+def tolerance(dtype: torch.dtype) -> dict:
+    # The kernels round once from float32; the reference chain rounds after every op in half precision.
+    return dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+
+
+def depthwise(channels: int, bias: bool, device: str, dtype: torch.dtype) -> nn.Conv2d:
+    conv = nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=bias)
+    return conv.to(device=device, dtype=dtype)
+
+
+def norm_of(channels: int, device: str) -> LayerNorm2d:
+    norm = LayerNorm2d(channels).to(device)
+    nn.init.uniform_(norm.weight, 0.5, 1.5)
+    nn.init.normal_(norm.bias)
+    return norm
+
+
+def as_layout(x: torch.Tensor, layout: str) -> torch.Tensor:
+    """x in NCHW, channels-last, or a view with no single pixel stride (the kernels' strided loads)."""
+    if layout == "channels_last":
+        return x.contiguous(memory_format=torch.channels_last)
+    if layout == "cropped":
+        padded = F.pad(x, (0, 3))
+        return padded[..., : x.shape[-1]]
+    return x
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "cropped"])
+@pytest.mark.parametrize(("channels", "height", "width", "bias"), [(6, 19, 37, True), (5, 3, 2, False)])
+@torch.no_grad()
+def test_conv_silu_cross_scan(device, dtype, layout, channels, height, width, bias):
+    conv = depthwise(channels, bias, device, dtype)
+    x = as_layout(torch.randn(2, channels, height, width, device=device).to(dtype), layout)
+    expected = scan_order.cross_scan(F.silu(conv(x).float()))
+    assert triton_support.kernels_apply(x, conv.weight)
+    xs = fused.conv_silu_cross_scan(x, conv)
+    assert xs.shape == (2, 4, channels, height * width) and xs.dtype == dtype
+    torch.testing.assert_close(xs.float(), expected, **tolerance(dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize(("channels", "height", "width", "bias"), [(40, 7, 13, True), (3, 2, 5, False)])
+@torch.no_grad()
+def test_conv_silu_channel_scan(device, dtype, layout, channels, height, width, bias):
+    conv = depthwise(channels, bias, device, dtype)
+    x = as_layout(torch.randn(2, channels, height, width, device=device).to(dtype), layout)
+    expected = scan_order.channel_scan(F.silu(conv(x).float()))
+    us = fused.conv_silu_channel_scan(x, conv)
+    assert us.shape == (2, 2, height * width, channels) and us.dtype == dtype
+    torch.testing.assert_close(us.float(), expected, **tolerance(dtype))
+
+
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("channels", "height", "width"), [(24, 11, 17), (300, 3, 4), (7, 1, 9)])
+@torch.no_grad()
+def test_cross_merge_norm(device, out_dtype, channels, height, width):
+    norm = norm_of(channels, device)
+    ys = torch.randn(2, 4, channels, height * width, device=device)
+    expected = layer_norm_2d_reference(scan_order.cross_merge(ys, height, width), norm.weight, norm.bias, norm.eps)
+    y = fused.cross_merge_norm(ys, height, width, norm, out_dtype)
+    assert y.shape == (2, channels, height, width) and y.dtype == out_dtype
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y.float(), expected, **tolerance(out_dtype))
+
+
+@pytest.mark.parametrize("mode", ["official", "intended"])
+@pytest.mark.parametrize(("channels", "height", "width"), [(16, 5, 7), (130, 2, 3)])
+@torch.no_grad()
+def test_channel_merge_norm(device, mode, channels, height, width):
+    norm = norm_of(channels, device)
+    ys = torch.randn(2, 2, height * width, channels, device=device)
+    merged = scan_order.channel_merge(ys, height, width, mode)
+    expected = layer_norm_2d_reference(merged, norm.weight, norm.bias, norm.eps)
+    y = fused.channel_merge_norm(ys, height, width, mode, norm, torch.float32)
+    assert y.shape == (2, channels, height, width) and y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, expected, **tolerance(torch.float32))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "cropped"])
+@pytest.mark.parametrize(("channels", "height", "width"), [(48, 9, 11), (768, 2, 3)])
+@torch.no_grad()
+def test_layer_norm_kernel_reads_any_layout_and_writes_channels_last(device, dtype, layout, channels, height, width):
+    norm = norm_of(channels, device)
+    x = as_layout((torch.randn(2, channels, height, width, device=device) * 3 + 1).to(dtype), layout)
+    assert uses_kernel(x, norm.weight, norm.bias)
+    y = layer_norm_2d(x, norm.weight, norm.bias, norm.eps)
+    assert y.dtype == dtype and y.is_contiguous(memory_format=torch.channels_last)
+    expected = layer_norm_2d_reference(x.double(), norm.weight.double(), norm.bias.double(), norm.eps)
+    torch.testing.assert_close(y.double(), expected, **tolerance(dtype))
+
+
+def test_without_the_kernels_the_reference_chain_runs_and_autograd_flows():
+    conv = depthwise(4, True, "cpu", torch.float32)
+    x = torch.randn(1, 4, 5, 6, requires_grad=True)
+    assert not triton_support.kernels_apply(x, conv.weight)
+    xs = fused.conv_silu_cross_scan(x, conv)
+    torch.testing.assert_close(xs, scan_order.cross_scan(F.silu(conv(x))))
+    norm = norm_of(4, "cpu")
+    fused.cross_merge_norm(xs, 5, 6, norm, torch.float32).sum().backward()
+    assert x.grad is not None and conv.weight.grad is not None and norm.weight.grad is not None
+
+
+def test_a_convolution_that_is_not_depthwise_3x3_is_refused():
+    x = torch.randn(1, 4, 5, 6)
+    for conv in (nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 5, padding=2, groups=4), nn.Conv2d(4, 4, 3, groups=4)):
+        with pytest.raises(ValueError, match="depthwise 3x3"):
+            fused.conv_silu_cross_scan(x, conv)
