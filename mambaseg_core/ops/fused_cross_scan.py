@@ -43,28 +43,30 @@ if triton is not None:
     @triton.jit
     def _conv_silu_cross_scan_kernel(
         x_ptr, w_ptr, b_ptr, out_ptr, D, H, W, x_sb, x_sc, x_sh, x_sw,
-        HAS_BIAS: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
+        HAS_BIAS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
     ):  # fmt: skip
-        # One program: a BLOCK_H x BLOCK_W tile of one (batch, channel) plane, written to the 4 directions.
-        plane_index = tl.program_id(1)
-        batch, channel = plane_index // D, plane_index % D
+        # One program: BLOCK_C channels x a BLOCK_H x BLOCK_W pixel tile of one image, written to the 4 directions.
+        # Channels are a block dimension so that channels-last input (the model's) is read along its contiguous
+        # axis; Triton stages each store's layout change through shared memory.
+        batch = tl.program_id(2).to(tl.int64)
         tiles_w = tl.cdiv(W, BLOCK_W)
-        h = (tl.program_id(0) // tiles_w) * BLOCK_H + tl.arange(0, BLOCK_H)[:, None]
-        w = (tl.program_id(0) % tiles_w) * BLOCK_W + tl.arange(0, BLOCK_W)[None, :]
-        inside = (h < H) & (w < W)
-        acc = tl.zeros([BLOCK_H, BLOCK_W], dtype=tl.float32)
+        channel = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)[:, None, None]
+        h = (tl.program_id(0) // tiles_w) * BLOCK_H + tl.arange(0, BLOCK_H)[None, :, None]
+        w = (tl.program_id(0) % tiles_w) * BLOCK_W + tl.arange(0, BLOCK_W)[None, None, :]
+        valid = (channel < D) & (h < H) & (w < W)
+        acc = tl.zeros([BLOCK_C, BLOCK_H, BLOCK_W], dtype=tl.float32)
         if HAS_BIAS:
-            acc += tl.load(b_ptr + channel).to(tl.float32)
-        plane = batch.to(tl.int64) * x_sb + channel * x_sc
-        u = _conv3x3_silu(acc, x_ptr, plane, h, w, H, W, x_sh, x_sw, w_ptr, channel, inside)
+            acc += tl.load(b_ptr + channel, mask=channel < D, other=0.0).to(tl.float32)
+        plane = batch * x_sb + channel * x_sc
+        u = _conv3x3_silu(acc, x_ptr, plane, h, w, H, W, x_sh, x_sw, w_ptr, tl.minimum(channel, D - 1), valid)
         u = u.to(out_ptr.dtype.element_ty)
         L = H * W
         row_major, col_major = h * W + w, w * H + h
-        out = out_ptr + (batch.to(tl.int64) * 4 * D + channel) * L  # direction k's row at + k * D * L
-        tl.store(out + row_major, u, mask=inside)
-        tl.store(out + D * L + col_major, u, mask=inside)
-        tl.store(out + 2 * D * L + (L - 1 - row_major), u, mask=inside)
-        tl.store(out + 3 * D * L + (L - 1 - col_major), u, mask=inside)
+        out = out_ptr + (batch * 4 * D + channel) * L  # direction k's row at + k * D * L
+        tl.store(out + row_major, u, mask=valid)
+        tl.store(out + D * L + col_major, u, mask=valid)
+        tl.store(out + 2 * D * L + (L - 1 - row_major), u, mask=valid)
+        tl.store(out + 3 * D * L + (L - 1 - col_major), u, mask=valid)
 
     @triton.jit
     def _conv_silu_channel_scan_kernel(
@@ -153,23 +155,25 @@ def _depthwise_weight(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     geometry = (conv.in_channels, conv.out_channels, conv.groups, conv.kernel_size, conv.stride, conv.padding)
     depthwise = (channels, channels, channels, (3, 3), (1, 1), (1, 1))
     if geometry != depthwise or conv.dilation != (1, 1) or conv.padding_mode != "zeros":
-        raise ValueError(f"expected a depthwise 3x3 convolution (stride 1, padding 1) of {channels} channels, got {conv}")
+        raise ValueError(f"expected a depthwise 3x3 convolution (stride 1, padding 1) of {channels} channels: {conv}")
     return conv.weight.contiguous()
 
 
-def conv_silu_cross_scan(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
-    """(B, D, H, W) -> (B, 4, D, H*W): cross_scan(SiLU(conv(x))) for conv a depthwise 3x3 convolution."""
+def conv_silu_cross_scan(x: torch.Tensor, conv: nn.Conv2d, block: tuple[int, int, int] | None = None) -> torch.Tensor:
+    """(B, D, H, W) -> (B, 4, D, H*W): cross_scan(SiLU(conv(x))) for conv a depthwise 3x3 convolution. `block`
+    (channels, rows, columns per program) overrides the kernel's tile, for tuning."""
     weight = _depthwise_weight(x, conv)
     if not kernels_apply(x, weight, conv.bias):
         return scan_order.cross_scan(F.silu(conv(x)))
     batch, channels, height, width = x.shape
     out = torch.empty(batch, 4, channels, height * width, dtype=x.dtype, device=x.device)
-    block_h, block_w = 16, 32
-    grid = (triton.cdiv(height, block_h) * triton.cdiv(width, block_w), batch * channels)
+    # Channels-last input: enough channels per program for full sectors; NCHW: whole rows of a few planes.
+    block_c, block_h, block_w = block or ((32, 8, 16) if x.stride(1) == 1 else (2, 16, 32))
+    tiles = triton.cdiv(height, block_h) * triton.cdiv(width, block_w)
     bias = conv.bias if conv.bias is not None else weight
-    _conv_silu_cross_scan_kernel[grid](
+    _conv_silu_cross_scan_kernel[(tiles, triton.cdiv(channels, block_c), batch)](
         x, weight, bias, out, channels, height, width, *x.stride(),
-        HAS_BIAS=conv.bias is not None, BLOCK_H=block_h, BLOCK_W=block_w, num_warps=4,
+        HAS_BIAS=conv.bias is not None, BLOCK_C=block_c, BLOCK_H=block_h, BLOCK_W=block_w, num_warps=4,
     )  # fmt: skip
     return out
 
@@ -201,9 +205,15 @@ def _merged_output(ys: torch.Tensor, channels: int, height: int, width: int, dty
 
 
 def cross_merge_norm(
-    ys: torch.Tensor, height: int, width: int, norm: nn.LayerNorm, out_dtype: torch.dtype
+    ys: torch.Tensor,
+    height: int,
+    width: int,
+    norm: nn.LayerNorm,
+    out_dtype: torch.dtype,
+    block: tuple[int, int] | None = None,
 ) -> torch.Tensor:
-    """(B, 4, D, L) -> (B, D, H, W) channels-last in out_dtype: norm(cross_merge(ys)) for norm a LayerNorm2d."""
+    """(B, 4, D, L) -> (B, D, H, W) channels-last in out_dtype: norm(cross_merge(ys)) for norm a LayerNorm2d.
+    `block` (rows, columns of the pixel tile per program) overrides the kernel's tile, for tuning."""
     batch, _, channels, _ = ys.shape
     if not _merge_kernel_applies(ys, channels, norm):
         return norm(scan_order.cross_merge(ys, height, width)).to(out_dtype)
@@ -211,11 +221,11 @@ def cross_merge_norm(
         raise ValueError(f"ys must be (B, 4, D, L={height * width}), got {tuple(ys.shape)}")
     out = _merged_output(ys, channels, height, width, out_dtype)
     block_c, pixels = pixel_block(channels)
-    block_w = min(pixels, 8)
-    grid = (triton.cdiv(height, pixels // block_w) * triton.cdiv(width, block_w), batch)
+    block_h, block_w = block or (pixels // min(pixels, 8), min(pixels, 8))
+    grid = (triton.cdiv(height, block_h) * triton.cdiv(width, block_w), batch)
     _cross_merge_norm_kernel[grid](
         ys.contiguous(), norm.weight, norm.bias, out, channels, height, width, norm.eps,
-        BLOCK_C=block_c, BLOCK_H=pixels // block_w, BLOCK_W=block_w, num_warps=8,
+        BLOCK_C=block_c, BLOCK_H=block_h, BLOCK_W=block_w, num_warps=8,
     )  # fmt: skip
     return out
 

@@ -55,4 +55,12 @@ def power_of_two_at_least(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
 
-__all__ = ["INTERPRETED", "RUN_ON_CPU", "kernels_apply", "output_dtype", "pixel_strides", "power_of_two_at_least", "triton"]
+__all__ = [
+    "INTERPRETED",
+    "RUN_ON_CPU",
+    "kernels_apply",
+    "output_dtype",
+    "pixel_strides",
+    "power_of_two_at_least",
+    "triton",
+]
