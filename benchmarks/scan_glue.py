@@ -30,8 +30,8 @@ from mambaseg_core.ops import cross_scan as scan_order
 from mambaseg_core.ops import fused_cross_scan as fused
 
 GRIDS = {"DDD17": ((50, 87), (25, 44), (13, 22), (7, 11)), "DSEC": ((110, 160), (55, 80), (28, 40), (14, 20))}
-SCAN_BLOCKS = ((32, 8, 16), (16, 8, 16), (64, 4, 16), (32, 4, 32), (16, 16, 16), (8, 8, 32), (64, 8, 8))
-MERGE_BLOCKS = ((8, 8), (4, 8), (2, 16), (4, 16), (16, 4), (1, 32), (2, 8), (1, 8))
+SCAN_BLOCKS = ((32, 64), (16, 64), (64, 32), (32, 128), (16, 128), (64, 64), (8, 128))  # (channels, positions)
+MERGE_BLOCKS = ((32, 32), (16, 32), (8, 32), (16, 16), (32, 16), (64, 16), (8, 64))  # (rows, columns)
 
 
 def glue_cases(dataset: str):
@@ -52,6 +52,18 @@ def glue_cases(dataset: str):
 
 def us(fn) -> float:
     return time_call(fn, "cuda") * 1e6
+
+
+def fastest(calls: dict) -> str:
+    """'tile µs' of the fastest call; tiles the kernel cannot launch (resources) are left out."""
+    timed = {}
+    for tile, call in calls.items():
+        try:
+            timed[tile] = us(call)
+        except Exception as exc:  # noqa: BLE001 - a tile over the card's limits
+            print(f"tile {tile}: {type(exc).__name__}", flush=True)
+    tile, best = min(timed.items(), key=lambda kv: kv[1])
+    return f"{tile} {best:.1f}"
 
 
 def bench_case(spatial: bool, inner: int, height: int, width: int, copy_bw: float, sweep: bool) -> list[object]:

@@ -67,7 +67,7 @@ def as_layout(x: torch.Tensor, layout: str) -> torch.Tensor:
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last", "cropped"])
-@pytest.mark.parametrize(("channels", "height", "width", "bias"), [(6, 19, 37, True), (5, 3, 2, False)])
+@pytest.mark.parametrize(("channels", "height", "width", "bias"), [(6, 19, 37, True), (40, 3, 2, False)])
 @torch.no_grad()
 def test_conv_silu_cross_scan(device, dtype, layout, channels, height, width, bias):
     conv = depthwise(channels, bias, device, dtype)
@@ -93,7 +93,7 @@ def test_conv_silu_channel_scan(device, dtype, layout, channels, height, width, 
 
 
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize(("channels", "height", "width"), [(24, 11, 17), (300, 3, 4), (7, 1, 9)])
+@pytest.mark.parametrize(("channels", "height", "width"), [(24, 11, 17), (300, 3, 4), (7, 1, 9), (3, 37, 35)])
 @torch.no_grad()
 def test_cross_merge_norm(device, out_dtype, channels, height, width):
     norm = norm_of(channels, device)
@@ -106,7 +106,7 @@ def test_cross_merge_norm(device, out_dtype, channels, height, width):
 
 
 @pytest.mark.parametrize("mode", ["official", "intended"])
-@pytest.mark.parametrize(("channels", "height", "width"), [(16, 5, 7), (130, 2, 3)])
+@pytest.mark.parametrize(("channels", "height", "width"), [(16, 5, 7), (130, 2, 3), (3, 2, 40)])
 @torch.no_grad()
 def test_channel_merge_norm(device, mode, channels, height, width):
     norm = norm_of(channels, device)

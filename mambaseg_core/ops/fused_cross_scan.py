@@ -2,10 +2,16 @@
 
 Before the scans: depthwise 3x3 convolution (padding 1) + SiLU + the scan orders, one kernel that reads the
 input projection once and writes every direction's sequence (`conv_silu_cross_scan` for SS2D's four spatial
-orders, `conv_silu_channel_scan` for the TSSM's two channel orders). After them: the merge of the directions +
-LayerNorm2d, one kernel that gathers every direction's output and writes the normalised map, channels-last
-(`cross_merge_norm`, `channel_merge_norm`). In PyTorch each side is a chain of convolution, activation, copy,
-flip, add, transpose and norm kernels with a tensor-sized write between every two.
+orders, `conv_silu_channel_scan` for the TSSM's two channel orders). After them: the merge of the directions into
+one float32 NCHW map (one kernel), then the LayerNorm2d kernel, which writes channels-last in the dtype of the
+projection that follows (`cross_merge_norm`, `channel_merge_norm`). In PyTorch each side is a chain of
+convolution, activation, copy, flip, add, transpose and norm kernels with a tensor-sized write between every two.
+
+Every kernel works on 2-D tiles whose loads and stores each run along a contiguous axis: a read backwards (the
+reversed directions) is a forward read of the mirrored block, flipped in registers, and a change of axis between
+load and store is one transpose through shared memory, which Triton stages. (Tiles of all channels x a pixel
+square, merging and normalising in one kernel, measured 4-7x slower on the H100: Triton's 3-D layout
+conversions.)
 
 Each function's reference is that chain, built from ops/cross_scan.py (looked up at call time, so a patched
 scan order reaches it) and ops/layer_norm.py; it runs wherever the kernels do not (ops/triton_support.py). The
@@ -19,13 +25,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mambaseg_core.ops import cross_scan as scan_order
-from mambaseg_core.ops.layer_norm import MAX_CHANNELS, pixel_block
-from mambaseg_core.ops.triton_support import kernels_apply, triton
+from mambaseg_core.ops.layer_norm import MAX_CHANNELS, layer_norm_2d
+from mambaseg_core.ops.triton_support import kernels_apply, power_of_two_at_least, triton
 
 if triton is not None:
     import triton.language as tl
-
-    from mambaseg_core.ops.layer_norm import normalize
 
     @triton.jit
     def _conv3x3_silu(acc, x_ptr, plane, h, w, H, W, x_sh, x_sw, w_ptr, channel, valid):
@@ -43,110 +47,114 @@ if triton is not None:
     @triton.jit
     def _conv_silu_cross_scan_kernel(
         x_ptr, w_ptr, b_ptr, out_ptr, D, H, W, x_sb, x_sc, x_sh, x_sw,
-        HAS_BIAS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
+        HAS_BIAS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_Q: tl.constexpr,
     ):  # fmt: skip
-        # One program: BLOCK_C channels x a BLOCK_H x BLOCK_W pixel tile of one image, written to the 4 directions.
-        # Channels are a block dimension so that channels-last input (the model's) is read along its contiguous
-        # axis; Triton stages each store's layout change through shared memory.
+        # One program: BLOCK_C channels x BLOCK_Q consecutive positions q of one scan order of one image: row-major
+        # (directions 0 and 2) or column-major (1 and 3), by the parity of program_id(1).
         batch = tl.program_id(2).to(tl.int64)
-        tiles_w = tl.cdiv(W, BLOCK_W)
-        channel = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)[:, None, None]
-        h = (tl.program_id(0) // tiles_w) * BLOCK_H + tl.arange(0, BLOCK_H)[None, :, None]
-        w = (tl.program_id(0) % tiles_w) * BLOCK_W + tl.arange(0, BLOCK_W)[None, None, :]
-        valid = (channel < D) & (h < H) & (w < W)
-        acc = tl.zeros([BLOCK_C, BLOCK_H, BLOCK_W], dtype=tl.float32)
+        column_major = tl.program_id(1) % 2
+        channel = (tl.program_id(1) // 2) * BLOCK_C + tl.arange(0, BLOCK_C)[:, None]
+        L = H * W
+        q0 = tl.program_id(0) * BLOCK_Q
+        q = q0 + tl.arange(0, BLOCK_Q)[None, :]
+        h = tl.where(column_major == 0, q // W, q % H)
+        w = tl.where(column_major == 0, q % W, q // H)
+        valid = (channel < D) & (q < L)
+        acc = tl.zeros([BLOCK_C, BLOCK_Q], dtype=tl.float32)
         if HAS_BIAS:
             acc += tl.load(b_ptr + channel, mask=channel < D, other=0.0).to(tl.float32)
         plane = batch * x_sb + channel * x_sc
         u = _conv3x3_silu(acc, x_ptr, plane, h, w, H, W, x_sh, x_sw, w_ptr, tl.minimum(channel, D - 1), valid)
         u = u.to(out_ptr.dtype.element_ty)
-        L = H * W
-        row_major, col_major = h * W + w, w * H + h
-        out = out_ptr + (batch * 4 * D + channel) * L  # direction k's row at + k * D * L
-        tl.store(out + row_major, u, mask=valid)
-        tl.store(out + D * L + col_major, u, mask=valid)
-        tl.store(out + 2 * D * L + (L - 1 - row_major), u, mask=valid)
-        tl.store(out + 3 * D * L + (L - 1 - col_major), u, mask=valid)
+        out = out_ptr + ((batch * 4 + column_major) * D + channel) * L  # direction k's row at + k * D * L
+        tl.store(out + q, u, mask=valid)
+        # The reversed direction: q lands on L - 1 - q, so the tile fills [L - q0 - BLOCK_Q, L - q0) backwards.
+        mirrored = (L - q0 - BLOCK_Q) + tl.arange(0, BLOCK_Q)[None, :]
+        tl.store(out + 2 * D * L + mirrored, tl.flip(u, 1), mask=(channel < D) & (mirrored >= 0))
 
     @triton.jit
     def _conv_silu_channel_scan_kernel(
         x_ptr, w_ptr, b_ptr, out_ptr, D, H, W, x_sb, x_sc, x_sh, x_sw,
         HAS_BIAS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
     ):  # fmt: skip
-        # One program: BLOCK_C channels x BLOCK_P pixels of one image, written as (B, 2, P, D) rows.
+        # One program: BLOCK_C channels x BLOCK_P pixels of one image, written as rows of (B, 2, P, D).
         batch = tl.program_id(2).to(tl.int64)
-        channel = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)[:, None]
+        c0 = tl.program_id(1) * BLOCK_C
+        channel = c0 + tl.arange(0, BLOCK_C)[:, None]
         pixel = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)[None, :]
         P = H * W
         valid = (channel < D) & (pixel < P)
         acc = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
         if HAS_BIAS:
             acc += tl.load(b_ptr + channel, mask=channel < D, other=0.0).to(tl.float32)
-        h, w = pixel // W, pixel % W
         plane = batch * x_sb + channel * x_sc
+        h, w = pixel // W, pixel % W
         v = _conv3x3_silu(acc, x_ptr, plane, h, w, H, W, x_sh, x_sw, w_ptr, tl.minimum(channel, D - 1), valid)
         v = v.to(out_ptr.dtype.element_ty)
         out = out_ptr + (batch * 2 * P + pixel) * D
         tl.store(out + channel, v, mask=valid)
-        tl.store(out + P * D + (D - 1 - channel), v, mask=valid)
+        # Direction 1 holds channel c at D - 1 - c: the tile fills [D - c0 - BLOCK_C, D - c0) backwards.
+        mirrored = (D - c0 - BLOCK_C) + tl.arange(0, BLOCK_C)[:, None]
+        tl.store(out + P * D + mirrored, tl.flip(v, 0), mask=(mirrored >= 0) & (pixel < P))
 
     @triton.jit
-    def _cross_merge_norm_kernel(
-        ys_ptr, w_ptr, b_ptr, out_ptr, D, H, W, eps,
-        BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
-    ):  # fmt: skip
-        # One program: all D channels of a BLOCK_H x BLOCK_W pixel tile; y = (Y0 + rev Y2) + T(Y1 + rev Y3), as
-        # cross_merge sums, then the norm; stored channels-last.
-        batch = tl.program_id(1).to(tl.int64)
+    def _cross_merge_kernel(ys_ptr, out_ptr, D, H, W, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+        # One program: a BLOCK_H x BLOCK_W pixel tile of one (batch, channel) plane.
+        # m = (Y0 + rev Y2) + T(Y1 + rev Y3), summed in cross_merge's order.
+        plane = tl.program_id(1).to(tl.int64)  # batch * D + channel
         tiles_w = tl.cdiv(W, BLOCK_W)
-        channel = tl.arange(0, BLOCK_C)[:, None, None]
-        h = (tl.program_id(0) // tiles_w) * BLOCK_H + tl.arange(0, BLOCK_H)[None, :, None]
-        w = (tl.program_id(0) % tiles_w) * BLOCK_W + tl.arange(0, BLOCK_W)[None, None, :]
-        mask = (channel < D) & (h < H) & (w < W)
+        h0 = (tl.program_id(0) // tiles_w) * BLOCK_H
+        w0 = (tl.program_id(0) % tiles_w) * BLOCK_W
+        rows, columns = tl.arange(0, BLOCK_H)[:, None], tl.arange(0, BLOCK_W)[None, :]
+        h, w = h0 + rows, w0 + columns
+        inside = (h < H) & (w < W)
         L = H * W
-        row_major, col_major = h * W + w, w * H + h
-        ys = ys_ptr + (batch * 4 * D + channel) * L
-        y = tl.load(ys + row_major, mask=mask, other=0.0) + tl.load(
-            ys + 2 * D * L + (L - 1 - row_major), mask=mask, other=0.0
-        )
-        y += tl.load(ys + D * L + col_major, mask=mask, other=0.0) + tl.load(
-            ys + 3 * D * L + (L - 1 - col_major), mask=mask, other=0.0
-        )
-        weight = tl.load(w_ptr + channel, mask=channel < D, other=0.0).to(tl.float32)
-        bias = tl.load(b_ptr + channel, mask=channel < D, other=0.0).to(tl.float32)
-        y = normalize(y.to(tl.float32), mask, weight, bias, D, eps)
-        tl.store(out_ptr + (batch * L + row_major) * D + channel, y.to(out_ptr.dtype.element_ty), mask=mask)
+        ys = ys_ptr + ((plane // D) * 4 * D + plane % D) * L  # direction k's row at + k * D * L
+        # Backward reads as forward reads of the mirrored block: row-major along w, column-major along h.
+        h_back, w_back = h0 + BLOCK_H - 1 - rows, w0 + BLOCK_W - 1 - columns
+        y0 = tl.load(ys + h * W + w, mask=inside, other=0.0)
+        y2 = tl.load(ys + 2 * D * L + (L - W * h - w0 - BLOCK_W) + columns, mask=(h < H) & (w_back < W), other=0.0)
+        y1 = tl.load(ys + D * L + w * H + h, mask=inside, other=0.0)
+        y3 = tl.load(ys + 3 * D * L + (L - H * w - h0 - BLOCK_H) + rows, mask=(h_back < H) & (w < W), other=0.0)
+        merged = (y0 + tl.flip(y2, 1)) + (y1 + tl.flip(y3, 0))
+        tl.store(out_ptr + plane * L + h * W + w, merged, mask=inside)
 
     @triton.jit
-    def _channel_merge_norm_kernel(
-        ys_ptr, w_ptr, b_ptr, out_ptr, D, H, W, eps,
-        OFFICIAL: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
-    ):  # fmt: skip
-        # One program: all D channels of BLOCK_P pixels; the merge of ops/cross_scan.channel_merge read as a
-        # gather from the two (P, D) buffers of the image, then the norm; stored channels-last.
+    def _channel_merge_official_kernel(ys_ptr, out_ptr, D, H, W, BLOCK_R: tl.constexpr, BLOCK_J: tl.constexpr):
+        # One program: a BLOCK_R x BLOCK_J tile of M = S0 + S1 with its W columns reversed, S_k the (P, D) buffer
+        # of direction k read as a (D * H, W) matrix; output element n takes M[n mod DH, n div DH], so M[r, j]
+        # lands at j * DH + r (ops/cross_scan.channel_merge).
         batch = tl.program_id(1).to(tl.int64)
-        channel = tl.arange(0, BLOCK_C)[:, None]
-        pixel = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)[None, :]
-        P = H * W
-        mask = (channel < D) & (pixel < P)
-        first = ys_ptr + batch * 2 * P * D
-        second = first + P * D
-        if OFFICIAL:
-            # Output element n = c * P + p is M[n mod DH, n div DH], M = S0 + S1 with W reversed, S_k the buffers
-            # read as (D * H, W) matrices.
-            n = channel * P + pixel
-            r, j = n % (D * H), n // (D * H)
-            y = tl.load(first + r * W + j, mask=mask, other=0.0) + tl.load(
-                second + r * W + (W - 1 - j), mask=mask, other=0.0
-            )
-        else:
-            y = tl.load(first + pixel * D + channel, mask=mask, other=0.0) + tl.load(
-                second + pixel * D + (D - 1 - channel), mask=mask, other=0.0
-            )
-        weight = tl.load(w_ptr + channel, mask=channel < D, other=0.0).to(tl.float32)
-        bias = tl.load(b_ptr + channel, mask=channel < D, other=0.0).to(tl.float32)
-        y = normalize(y.to(tl.float32), mask, weight, bias, D, eps)
-        tl.store(out_ptr + (batch * P + pixel) * D + channel, y.to(out_ptr.dtype.element_ty), mask=mask)
+        DH = D * H
+        r = tl.program_id(0) // tl.cdiv(W, BLOCK_J) * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+        j0 = tl.program_id(0) % tl.cdiv(W, BLOCK_J) * BLOCK_J
+        columns = tl.arange(0, BLOCK_J)[None, :]
+        j = j0 + columns
+        s0 = ys_ptr + batch * 2 * DH * W
+        s1 = s0 + DH * W
+        m = tl.load(s0 + r * W + j, mask=(r < DH) & (j < W), other=0.0)
+        j_back = j0 + BLOCK_J - 1 - columns
+        m += tl.flip(tl.load(s1 + r * W + (W - j0 - BLOCK_J) + columns, mask=(r < DH) & (j_back < W), other=0.0), 1)
+        tl.store(out_ptr + batch * DH * W + j * DH + r, m, mask=(r < DH) & (j < W))
+
+    @triton.jit
+    def _channel_merge_intended_kernel(ys_ptr, out_ptr, D, P, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+        # One program: BLOCK_P pixels x BLOCK_C channels; m[c, p] = Y0[p, c] + Y1[p, D - 1 - c].
+        batch = tl.program_id(2).to(tl.int64)
+        p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)[:, None]
+        c0 = tl.program_id(1) * BLOCK_C
+        columns = tl.arange(0, BLOCK_C)[None, :]
+        c = c0 + columns
+        y0 = ys_ptr + batch * 2 * P * D
+        m = tl.load(y0 + p * D + c, mask=(p < P) & (c < D), other=0.0)
+        mirrored = (D - c0 - BLOCK_C) + columns
+        m += tl.flip(tl.load(y0 + P * D + p * D + mirrored, mask=(p < P) & (mirrored >= 0), other=0.0), 1)
+        tl.store(out_ptr + batch * D * P + c * P + p, m, mask=(p < P) & (c < D))
+
+
+def _tile(extent: int, largest: int) -> int:
+    """A tile side: `largest`, or the power of two covering a shorter extent (less masked work)."""
+    return min(largest, power_of_two_at_least(extent))
 
 
 def _depthwise_weight(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
@@ -159,21 +167,20 @@ def _depthwise_weight(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     return conv.weight.contiguous()
 
 
-def conv_silu_cross_scan(x: torch.Tensor, conv: nn.Conv2d, block: tuple[int, int, int] | None = None) -> torch.Tensor:
+def conv_silu_cross_scan(x: torch.Tensor, conv: nn.Conv2d, block: tuple[int, int] | None = None) -> torch.Tensor:
     """(B, D, H, W) -> (B, 4, D, H*W): cross_scan(SiLU(conv(x))) for conv a depthwise 3x3 convolution. `block`
-    (channels, rows, columns per program) overrides the kernel's tile, for tuning."""
+    (channels, scan positions per program) overrides the kernel's tile, for tuning."""
     weight = _depthwise_weight(x, conv)
     if not kernels_apply(x, weight, conv.bias):
         return scan_order.cross_scan(F.silu(conv(x)))
     batch, channels, height, width = x.shape
     out = torch.empty(batch, 4, channels, height * width, dtype=x.dtype, device=x.device)
-    # Channels-last input: enough channels per program for full sectors; NCHW: whole rows of a few planes.
-    block_c, block_h, block_w = block or ((32, 8, 16) if x.stride(1) == 1 else (2, 16, 32))
-    tiles = triton.cdiv(height, block_h) * triton.cdiv(width, block_w)
+    block_c, block_q = block or (_tile(channels, 32), _tile(height * width, 64))
+    grid = (triton.cdiv(height * width, block_q), 2 * triton.cdiv(channels, block_c), batch)
     bias = conv.bias if conv.bias is not None else weight
-    _conv_silu_cross_scan_kernel[(tiles, triton.cdiv(channels, block_c), batch)](
+    _conv_silu_cross_scan_kernel[grid](
         x, weight, bias, out, channels, height, width, *x.stride(),
-        HAS_BIAS=conv.bias is not None, BLOCK_C=block_c, BLOCK_H=block_h, BLOCK_W=block_w, num_warps=4,
+        HAS_BIAS=conv.bias is not None, BLOCK_C=block_c, BLOCK_Q=block_q, num_warps=4,
     )  # fmt: skip
     return out
 
@@ -185,7 +192,7 @@ def conv_silu_channel_scan(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
         return scan_order.channel_scan(F.silu(conv(x)))
     batch, channels, height, width = x.shape
     out = torch.empty(batch, 2, height * width, channels, dtype=x.dtype, device=x.device)
-    block_c, block_p = 32, 64
+    block_c, block_p = _tile(channels, 32), _tile(height * width, 64)
     grid = (triton.cdiv(height * width, block_p), triton.cdiv(channels, block_c), batch)
     bias = conv.bias if conv.bias is not None else weight
     _conv_silu_channel_scan_kernel[grid](
@@ -199,11 +206,6 @@ def _merge_kernel_applies(ys: torch.Tensor, channels: int, norm: nn.LayerNorm) -
     return channels <= MAX_CHANNELS and norm.weight is not None and kernels_apply(ys, norm.weight, norm.bias)
 
 
-def _merged_output(ys: torch.Tensor, channels: int, height: int, width: int, dtype: torch.dtype) -> torch.Tensor:
-    shape = (ys.shape[0], channels, height, width)
-    return torch.empty(shape, dtype=dtype, device=ys.device, memory_format=torch.channels_last)
-
-
 def cross_merge_norm(
     ys: torch.Tensor,
     height: int,
@@ -213,21 +215,19 @@ def cross_merge_norm(
     block: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """(B, 4, D, L) -> (B, D, H, W) channels-last in out_dtype: norm(cross_merge(ys)) for norm a LayerNorm2d.
-    `block` (rows, columns of the pixel tile per program) overrides the kernel's tile, for tuning."""
+    `block` (rows, columns of the merge kernel's pixel tile) overrides its tile, for tuning."""
     batch, _, channels, _ = ys.shape
     if not _merge_kernel_applies(ys, channels, norm):
         return norm(scan_order.cross_merge(ys, height, width)).to(out_dtype)
     if ys.shape != (batch, 4, channels, height * width):
         raise ValueError(f"ys must be (B, 4, D, L={height * width}), got {tuple(ys.shape)}")
-    out = _merged_output(ys, channels, height, width, out_dtype)
-    block_c, pixels = pixel_block(channels)
-    block_h, block_w = block or (pixels // min(pixels, 8), min(pixels, 8))
-    grid = (triton.cdiv(height, block_h) * triton.cdiv(width, block_w), batch)
-    _cross_merge_norm_kernel[grid](
-        ys.contiguous(), norm.weight, norm.bias, out, channels, height, width, norm.eps,
-        BLOCK_C=block_c, BLOCK_H=block_h, BLOCK_W=block_w, num_warps=8,
-    )  # fmt: skip
-    return out
+    merged = torch.empty(batch, channels, height, width, dtype=ys.dtype, device=ys.device)
+    block_h, block_w = block or (_tile(height, 32), _tile(width, 32))
+    grid = (triton.cdiv(height, block_h) * triton.cdiv(width, block_w), batch * channels)
+    _cross_merge_kernel[grid](
+        ys.contiguous(), merged, channels, height, width, BLOCK_H=block_h, BLOCK_W=block_w, num_warps=4
+    )
+    return layer_norm_2d(merged, norm.weight, norm.bias, norm.eps, out_dtype)
 
 
 def channel_merge_norm(
@@ -243,18 +243,26 @@ def channel_merge_norm(
     batch, _, _, channels = ys.shape
     if not _merge_kernel_applies(ys, channels, norm):
         return norm(scan_order.channel_merge(ys, height, width, mode)).to(out_dtype)
-    if ys.shape != (batch, 2, height * width, channels):
-        raise ValueError(f"ys must be (B, 2, P={height * width}, D), got {tuple(ys.shape)}")
-    if mode not in scan_order.CHANNEL_MERGES:
+    pixels = height * width
+    if ys.shape != (batch, 2, pixels, channels):
+        raise ValueError(f"ys must be (B, 2, P={pixels}, D), got {tuple(ys.shape)}")
+    ys = ys.contiguous()
+    merged = torch.empty(batch, channels, height, width, dtype=ys.dtype, device=ys.device)
+    if mode == "official":
+        block_r, block_j = _tile(channels * height, 32), _tile(width, 32)
+        grid = (triton.cdiv(channels * height, block_r) * triton.cdiv(width, block_j), batch)
+        _channel_merge_official_kernel[grid](
+            ys, merged, channels, height, width, BLOCK_R=block_r, BLOCK_J=block_j, num_warps=4
+        )
+    elif mode == "intended":
+        block_p, block_c = _tile(pixels, 32), _tile(channels, 32)
+        grid = (triton.cdiv(pixels, block_p), triton.cdiv(channels, block_c), batch)
+        _channel_merge_intended_kernel[grid](
+            ys, merged, channels, pixels, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4
+        )
+    else:
         raise ValueError(f"unknown channel merge {mode!r}; choose one of {list(scan_order.CHANNEL_MERGES)}")
-    out = _merged_output(ys, channels, height, width, out_dtype)
-    block_c, block_p = pixel_block(channels)
-    grid = (triton.cdiv(height * width, block_p), batch)
-    _channel_merge_norm_kernel[grid](
-        ys.contiguous(), norm.weight, norm.bias, out, channels, height, width, norm.eps,
-        OFFICIAL=mode == "official", BLOCK_C=block_c, BLOCK_P=block_p, num_warps=8,
-    )  # fmt: skip
-    return out
+    return layer_norm_2d(merged, norm.weight, norm.bias, norm.eps, out_dtype)
 
 
 __all__ = ["channel_merge_norm", "conv_silu_channel_scan", "conv_silu_cross_scan", "cross_merge_norm"]

@@ -31,27 +31,22 @@ if triton is not None:
     import triton.language as tl
 
     @triton.jit
-    def normalize(v, mask, weight, bias, C, eps):
-        """LayerNorm of v over axis 0 (the channels; masked entries of v are 0), two passes in registers;
-        weight and bias broadcast along axis 0."""
-        mean = tl.expand_dims(tl.sum(v, axis=0) / C, 0)
-        centred = tl.where(mask, v - mean, 0.0)
-        rstd = tl.expand_dims(1.0 / tl.sqrt(tl.sum(centred * centred, axis=0) / C + eps), 0)
-        return centred * rstd * weight + bias
-
-    @triton.jit
     def _layer_norm_2d_kernel(
         x_ptr, w_ptr, b_ptr, y_ptr, C, HW, x_sb, x_sc, x_sp, eps, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr
     ):
-        # One program: all channels of BLOCK_P consecutive pixels of one image, loaded once, one store.
+        # One program: all channels of BLOCK_P consecutive pixels of one image, loaded once, two-pass mean and
+        # variance in registers, one store.
         batch = tl.program_id(1).to(tl.int64)
         channels = tl.arange(0, BLOCK_C)[:, None]
         pixels = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)[None, :]
         mask = (channels < C) & (pixels < HW)
-        x = tl.load(x_ptr + batch * x_sb + channels * x_sc + pixels * x_sp, mask=mask, other=0.0)
+        x = tl.load(x_ptr + batch * x_sb + channels * x_sc + pixels * x_sp, mask=mask, other=0.0).to(tl.float32)
+        mean = tl.sum(x, axis=0)[None, :] / C
+        centred = tl.where(mask, x - mean, 0.0)
+        rstd = 1.0 / tl.sqrt(tl.sum(centred * centred, axis=0)[None, :] / C + eps)
         weight = tl.load(w_ptr + channels, mask=channels < C, other=0.0).to(tl.float32)
         bias = tl.load(b_ptr + channels, mask=channels < C, other=0.0).to(tl.float32)
-        y = normalize(x.to(tl.float32), mask, weight, bias, C, eps)
+        y = centred * rstd * weight + bias
         tl.store(y_ptr + batch * HW * C + pixels * C + channels, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
@@ -67,27 +62,27 @@ def uses_kernel(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor
     )
 
 
-def pixel_block(channels: int) -> tuple[int, int]:
-    """(BLOCK_C, BLOCK_P) of a program normalising `channels` channels: all of them, and as many pixels (at most
-    64) as fit ELEMENTS_PER_PROGRAM."""
-    block_c = power_of_two_at_least(channels)
-    return block_c, max(1, min(64, ELEMENTS_PER_PROGRAM // block_c))
-
-
 def layer_norm_2d(
-    x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float = 1e-5
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float = 1e-5,
+    out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """LayerNorm over dim 1 of (B, C, H, W): the Triton kernel where `uses_kernel`, else the reference; both
-    return a channels-last tensor."""
+    return a channels-last tensor, in out_dtype if given (the kernel rounds its float32 result once)."""
     if not uses_kernel(x, weight, bias):
-        return layer_norm_2d_reference(x, weight, bias, eps)
+        y = layer_norm_2d_reference(x, weight, bias, eps)
+        return y if out_dtype is None else y.to(out_dtype)
     strides = pixel_strides(x)
     if strides is None:
         x = x.contiguous()
         strides = pixel_strides(x)
     batch, channels, height, width = x.shape
-    y = torch.empty(x.shape, dtype=output_dtype(x), device=x.device, memory_format=torch.channels_last)
-    block_c, block_p = pixel_block(channels)
+    out_dtype = out_dtype or output_dtype(x)
+    y = torch.empty(x.shape, dtype=out_dtype, device=x.device, memory_format=torch.channels_last)
+    block_c = power_of_two_at_least(channels)  # all channels, and as many pixels (at most 64) as fit the budget
+    block_p = max(1, min(64, ELEMENTS_PER_PROGRAM // block_c))
     grid = (triton.cdiv(height * width, block_p), batch)
     _layer_norm_2d_kernel[grid](
         x, weight, bias, y, channels, height * width, *strides, eps, BLOCK_C=block_c, BLOCK_P=block_p, num_warps=8
@@ -95,4 +90,4 @@ def layer_norm_2d(
     return y
 
 
-__all__ = ["layer_norm_2d", "layer_norm_2d_reference", "pixel_block", "uses_kernel"]
+__all__ = ["layer_norm_2d", "layer_norm_2d_reference", "uses_kernel"]
