@@ -4,7 +4,8 @@ At the model's shapes (benchmarks/scan.py: encoder SS2D, CSIM SS2D, TSSM per sta
 bf16 channels-last input as the model hands it over, float32 scan outputs), per call:
   before the scans: depthwise conv3x3 + SiLU + scan orders; fused kernel vs conv, silu and cross/channel scan;
   after them: merge of the directions + LayerNorm2d (bf16 out); fused kernel vs merge then the LayerNorm2d kernel.
-The floor is the compulsory traffic (input read once, output written once) at the measured copy bandwidth.
+GPU time per call from CUDA-graph replays. The floor is the compulsory traffic (input read once, output written
+once) at the measured copy bandwidth.
 With --sweep: the spatial kernels' tile shapes at every shape, the fastest printed per shape.
 Usage: python benchmarks/scan_glue.py [--no-write] [--sweep]
 """
@@ -50,8 +51,19 @@ def glue_cases(dataset: str):
         )
 
 
-def us(fn) -> float:
-    return time_call(fn, "cuda") * 1e6
+def us(fn, repeats: int = 20) -> float:
+    """GPU µs per call of fn: `repeats` calls captured in one CUDA graph, the replay timed (the host's launch
+    cost, which exceeds most of these kernels, is left out as it is in the model's graph)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()  # compile and warm up outside the capture
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(repeats):
+            fn()
+    return time_call(graph.replay, "cuda") / repeats * 1e6
 
 
 def fastest(calls: dict) -> str:

@@ -16,6 +16,7 @@ from mambaseg_core.models import (
     load_vmamba_pretrained,
     save_checkpoint,
 )
+from mambaseg_core.models.layers import Linear2d
 from mambaseg_core.models.official import ENCODER_KEYS
 from mambaseg_core.models.ssm import DirectionalSSM
 
@@ -268,3 +269,18 @@ def test_state_matrix_is_cached_without_autograd_and_follows_a_log():
     assert trained.requires_grad and trained is not second
     trained.sum().backward()
     assert ssm.A_log.grad is not None
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear2d_takes_channels_last_input_as_one_matrix_product(bias: bool):
+    """The channels-last path (F.linear over the pixel rows) and the 1x1 convolution give the same map; the
+    channels-last one stays channels-last."""
+    torch.manual_seed(0)
+    layer = Linear2d(6, 5, bias=bias)
+    x = torch.randn(2, 6, 4, 7)
+    nchw = layer(x)
+    channels_last = layer(x.contiguous(memory_format=torch.channels_last))
+    expected = torch.einsum("oc,bchw->bohw", layer.weight, x) + (layer.bias.view(1, -1, 1, 1) if bias else 0)
+    torch.testing.assert_close(nchw, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(channels_last, expected, rtol=1e-5, atol=1e-5)
+    assert channels_last.is_contiguous(memory_format=torch.channels_last)

@@ -16,8 +16,10 @@ class LayerNorm2d(nn.LayerNorm):
     def __init__(self, num_channels: int, eps: float = 1e-5):
         super().__init__(num_channels, eps=eps)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return layer_norm_2d(x, self.weight, self.bias, self.eps)
+    def forward(self, x: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """out_dtype: the result's dtype, where a projection follows (see projection_dtype); by default float32
+        under autocast, else x's."""
+        return layer_norm_2d(x, self.weight, self.bias, self.eps, out_dtype)
 
 
 def projection_dtype(x: torch.Tensor) -> torch.dtype:
@@ -33,9 +35,15 @@ class Linear2d(nn.Linear):
 
     It keeps nn.Linear's 2-D (C_out, C_in) weight, as the official VMamba checkpoints store it.
     It is deliberately a subclass, not nn.Linear itself: the paper's thop count skips it (spec §9.1).
+    A channels-last input (what LayerNorm2d returns) is one matrix product over its (B*H*W, C_in) view, with the
+    bias added inside the GEMM and a channels-last result; the 1x1 convolution adds the bias in a separate pass.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            batch, channels, height, width = x.shape
+            y = F.linear(x.permute(0, 2, 3, 1).reshape(-1, channels), self.weight, self.bias)
+            return y.view(batch, height, width, -1).permute(0, 3, 1, 2)
         return F.conv2d(x, self.weight[:, :, None, None], self.bias)
 
 

@@ -119,8 +119,9 @@ class VSSBlock(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.ssm(self.ssm_norm(x)))
-        return x + self.drop_path(self.mlp(self.mlp_norm(x)))
+        # Each norm feeds only a projection: it returns the projection's dtype (no separate autocast cast).
+        x = x + self.drop_path(self.ssm(self.ssm_norm(x, projection_dtype(x))))
+        return x + self.drop_path(self.mlp(self.mlp_norm(x, projection_dtype(x))))
 
 
 class VMambaEncoder(nn.Module):
