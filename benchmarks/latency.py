@@ -371,8 +371,12 @@ def graph_timeline(engine: InferenceEngine, image: torch.Tensor, events: torch.T
 # or reduction code around what their names list, so they never count as matrix products or scans.
 KERNEL_CATEGORIES = (
     ("selective scan", ("scan_fwd_infer", "scan_fwd_kernel"), False),
-    ("fused scan orders / merge + norm", ("cross_scan_kernel", "channel_scan_kernel", "merge_norm_kernel"), False),
-    ("matmul / conv", ("gemm", "cutlass", "cublas", "xmma", "fprop", "cudnn", "conv2d_", "depthwise"), False),
+    (
+        "fused scan orders / merges",
+        ("cross_scan_kernel", "channel_scan_kernel", "merge_kernel", "merge_official", "merge_intended"),
+        False,
+    ),
+    ("matmul / conv", ("gemm", "cutlass", "cublas", "xmma", "fprop", "cudnn", "conv2d_", "depthwise", "nvjet"), False),
     ("layer norm", ("layer_norm",), True),
     (
         "layout: flip / copy / cat / permute",
