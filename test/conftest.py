@@ -29,3 +29,25 @@ def reference_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"reference data not found at {path} (the ../shared folder beside the checkout)")
     return path
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("cuda", marks=pytest.mark.cuda),
+        "interpreter",
+    ]
+)
+def triton_device(request, monkeypatch) -> str:
+    """Where the kernels run: the GPU, or Triton's interpreter on the CPU."""
+    if request.param == "cuda":
+        if not torch.cuda.is_available():
+            pytest.skip("needs a CUDA GPU: the Triton kernels compiled for it")
+        return "cuda"
+    from mambaseg_core.ops import triton_support
+
+    if triton_support.triton is None:
+        pytest.skip("needs the triton package for its interpreter (CPU builds of torch come without it)")
+    if not triton_support.INTERPRETED:
+        pytest.skip("a GPU is present: the kernels are tested compiled (cuda cases), not in the interpreter")
+    monkeypatch.setattr(triton_support, "RUN_ON_CPU", True)
+    return "cpu"

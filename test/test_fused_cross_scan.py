@@ -18,26 +18,6 @@ from mambaseg_core.ops import triton_support
 from mambaseg_core.ops.layer_norm import layer_norm_2d, layer_norm_2d_reference, uses_kernel
 
 
-@pytest.fixture(
-    params=[
-        pytest.param("cuda", marks=pytest.mark.cuda),
-        "interpreter",
-    ]
-)
-def device(request, monkeypatch) -> str:
-    """Where the kernels run: the GPU, or Triton's interpreter on the CPU."""
-    if request.param == "cuda":
-        if not torch.cuda.is_available():
-            pytest.skip("needs a CUDA GPU: the Triton kernels compiled for it")
-        return "cuda"
-    if triton_support.triton is None:
-        pytest.skip("needs the triton package for its interpreter (CPU builds of torch come without it)")
-    if not triton_support.INTERPRETED:
-        pytest.skip("a GPU is present: the kernels are tested compiled (cuda cases), not in the interpreter")
-    monkeypatch.setattr(triton_support, "RUN_ON_CPU", True)
-    return "cpu"
-
-
 def tolerance(dtype: torch.dtype) -> dict:
     # The kernels round once from float32; the reference chain rounds after every op in half precision.
     return dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
@@ -69,7 +49,8 @@ def as_layout(x: torch.Tensor, layout: str) -> torch.Tensor:
 @pytest.mark.parametrize("layout", ["nchw", "channels_last", "cropped"])
 @pytest.mark.parametrize(("channels", "height", "width", "bias"), [(6, 19, 37, True), (40, 3, 2, False)])
 @torch.no_grad()
-def test_conv_silu_cross_scan(device, dtype, layout, channels, height, width, bias):
+def test_conv_silu_cross_scan(triton_device, dtype, layout, channels, height, width, bias):
+    device = triton_device
     conv = depthwise(channels, bias, device, dtype)
     x = as_layout(torch.randn(2, channels, height, width, device=device).to(dtype), layout)
     expected = scan_order.cross_scan(F.silu(conv(x).float()))
@@ -83,7 +64,8 @@ def test_conv_silu_cross_scan(device, dtype, layout, channels, height, width, bi
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize(("channels", "height", "width", "bias"), [(40, 7, 13, True), (3, 2, 5, False)])
 @torch.no_grad()
-def test_conv_silu_channel_scan(device, dtype, layout, channels, height, width, bias):
+def test_conv_silu_channel_scan(triton_device, dtype, layout, channels, height, width, bias):
+    device = triton_device
     conv = depthwise(channels, bias, device, dtype)
     x = as_layout(torch.randn(2, channels, height, width, device=device).to(dtype), layout)
     expected = scan_order.channel_scan(F.silu(conv(x).float()))
@@ -95,7 +77,8 @@ def test_conv_silu_channel_scan(device, dtype, layout, channels, height, width, 
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize(("channels", "height", "width"), [(24, 11, 17), (300, 3, 4), (7, 1, 9), (3, 37, 35)])
 @torch.no_grad()
-def test_cross_merge_norm(device, out_dtype, channels, height, width):
+def test_cross_merge_norm(triton_device, out_dtype, channels, height, width):
+    device = triton_device
     norm = norm_of(channels, device)
     ys = torch.randn(2, 4, channels, height * width, device=device)
     expected = layer_norm_2d_reference(scan_order.cross_merge(ys, height, width), norm.weight, norm.bias, norm.eps)
@@ -108,7 +91,8 @@ def test_cross_merge_norm(device, out_dtype, channels, height, width):
 @pytest.mark.parametrize("mode", ["official", "intended"])
 @pytest.mark.parametrize(("channels", "height", "width"), [(16, 5, 7), (130, 2, 3), (3, 2, 40)])
 @torch.no_grad()
-def test_channel_merge_norm(device, mode, channels, height, width):
+def test_channel_merge_norm(triton_device, mode, channels, height, width):
+    device = triton_device
     norm = norm_of(channels, device)
     ys = torch.randn(2, 2, height * width, channels, device=device)
     merged = scan_order.channel_merge(ys, height, width, mode)
@@ -122,7 +106,10 @@ def test_channel_merge_norm(device, mode, channels, height, width):
 @pytest.mark.parametrize("layout", ["nchw", "channels_last", "cropped"])
 @pytest.mark.parametrize(("channels", "height", "width"), [(48, 9, 11), (768, 2, 3)])
 @torch.no_grad()
-def test_layer_norm_kernel_reads_any_layout_and_writes_channels_last(device, dtype, layout, channels, height, width):
+def test_layer_norm_kernel_reads_any_layout_and_writes_channels_last(
+    triton_device, dtype, layout, channels, height, width
+):
+    device = triton_device
     norm = norm_of(channels, device)
     x = as_layout((torch.randn(2, channels, height, width, device=device) * 3 + 1).to(dtype), layout)
     assert uses_kernel(x, norm.weight, norm.bias)

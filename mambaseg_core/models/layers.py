@@ -2,11 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import Generic, TypeVar
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from mambaseg_core.ops.layer_norm import layer_norm_2d
+
+T = TypeVar("T")
+
+
+class DerivedWeights(Generic[T]):
+    """A value computed from parameters (a folded or transformed weight), kept for reuse until one of its
+    sources changes, in place or replaced (their version counters and storage)."""
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self._value: T | None = None
+
+    def get(self, sources: Sequence[torch.Tensor], compute: Callable[[], T]) -> T:
+        key = tuple((t._version, t.data_ptr(), t.device, t.dtype) for t in sources)
+        if self._value is None or self._key != key:
+            self._value, self._key = compute(), key
+        return self._value
 
 
 class LayerNorm2d(nn.LayerNorm):

@@ -8,7 +8,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mambaseg_core.models.layers import per_pixel_linear
+from mambaseg_core.models.layers import DerivedWeights, per_pixel_linear, projection_dtype
+from mambaseg_core.ops.triton_support import kernels_apply
+from mambaseg_core.ops.upsample_sum import MAX_SOURCES, upsample_sum_relu
 
 
 class SegFormerHead(nn.Module):
@@ -17,6 +19,12 @@ class SegFormerHead(nn.Module):
     Each F_i is projected per pixel to `dim` channels (true nn.Linear, as upstream), upsampled bilinearly
     to F_0's size, concatenated deepest first ([c4, c3, c2, c1]), then fused:
     Conv1x1(4*dim -> dim) -> BatchNorm2d -> ReLU -> Dropout2d -> Conv1x1(dim -> classes).
+
+    In CUDA inference (eval mode, no autograd) the same map is computed in a cheaper order: projection, fusion
+    slice and BatchNorm are linear, and bilinear upsampling commutes with any per-pixel linear map (its weights
+    sum to 1), so each F_i goes through one folded matrix W_i (C_i -> dim) at its own resolution, and one kernel
+    upsamples, sums and applies the ReLU at full resolution (ops/upsample_sum.py). The full-resolution
+    4*dim-channel concatenation and its convolution disappear.
     """
 
     def __init__(self, in_dims: Sequence[int], num_classes: int, dim: int = 768, dropout: float = 0.1):
@@ -26,8 +34,11 @@ class SegFormerHead(nn.Module):
         self.fuse_norm = nn.BatchNorm2d(dim)
         self.dropout = nn.Dropout2d(dropout)
         self.classifier = nn.Conv2d(dim, num_classes, 1)
+        self._folded: DerivedWeights[list[tuple[torch.Tensor, torch.Tensor | None]]] = DerivedWeights()
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        if not self.training and len(features) <= MAX_SOURCES + 1 and kernels_apply(*features, self.fuse_conv.weight):
+            return self._forward_folded(features)
         size = features[0].shape[-2:]
         maps = []
         for proj, feature in zip(self.proj, features, strict=True):
@@ -37,3 +48,33 @@ class SegFormerHead(nn.Module):
             maps.append(x)
         x = torch.relu(self.fuse_norm(self.fuse_conv(torch.cat(maps[::-1], dim=1))))
         return self.classifier(self.dropout(x))
+
+    def folded_projections(self) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """Per level i, (W_i, b_i) with BN(fuse_conv(cat(...))) = sum_i upsample(W_i F_i + b_i) in eval mode; the
+        biases are all on level 0. Folded in float32, returned in the projections' dtype; kept until a source
+        parameter or BatchNorm statistic changes."""
+        sources = [*self.proj.parameters(), *self.fuse_conv.parameters(), *self.fuse_norm.parameters()]
+        sources += [self.fuse_norm.running_mean, self.fuse_norm.running_var]
+        return self._folded.get(sources, self._fold)
+
+    @torch.no_grad()
+    def _fold(self) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        norm, levels = self.fuse_norm, len(self.proj)
+        scale = norm.weight.float() / torch.sqrt(norm.running_var.float() + norm.eps)
+        fuse = self.fuse_conv.weight.float()[:, :, 0, 0] * scale[:, None]
+        bias = (self.fuse_conv.bias.float() - norm.running_mean.float()) * scale + norm.bias.float()
+        folded = []
+        for i, proj in enumerate(self.proj):
+            slot = fuse[:, (levels - 1 - i) * proj.out_features : (levels - i) * proj.out_features]  # deepest first
+            weight = slot @ proj.weight.float()
+            bias = bias + slot @ proj.bias.float()
+            folded.append(weight)
+        dtype = self.proj[0].weight.dtype
+        return [(w.to(dtype), bias.to(dtype) if i == 0 else None) for i, w in enumerate(folded)]
+
+    def _forward_folded(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        maps = []
+        for (weight, bias), feature in zip(self.folded_projections(), features, strict=True):
+            maps.append(F.linear(feature.permute(0, 2, 3, 1), weight, bias).permute(0, 3, 1, 2))
+        fused = upsample_sum_relu(maps[0], maps[1:], projection_dtype(features[0]))
+        return self.classifier(fused)

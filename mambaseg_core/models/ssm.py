@@ -7,6 +7,7 @@ import math
 import torch
 import torch.nn as nn
 
+from mambaseg_core.models.layers import DerivedWeights
 from mambaseg_core.ops.selective_scan import selective_scan
 
 
@@ -42,7 +43,7 @@ class DirectionalSSM(nn.Module):
         self.dt_proj_bias = nn.Parameter(torch.empty(directions, features))
         self.A_log = nn.Parameter(torch.empty(directions * features, d_state))
         self.D = nn.Parameter(torch.empty(directions * features))
-        self._A_cache: tuple[tuple, torch.Tensor] | None = None
+        self._A: DerivedWeights[torch.Tensor] = DerivedWeights()
         self.reset_parameters()
 
     @torch.no_grad()
@@ -64,10 +65,7 @@ class DirectionalSSM(nn.Module):
         kernels fewer per scan, and none in a captured CUDA graph."""
         if torch.compiler.is_compiling() or (torch.is_grad_enabled() and self.A_log.requires_grad):
             return -self.A_log.float().exp()
-        key = (self.A_log._version, self.A_log.data_ptr(), self.A_log.device, self.A_log.dtype)
-        if self._A_cache is None or self._A_cache[0] != key:
-            self._A_cache = (key, -self.A_log.detach().float().exp())
-        return self._A_cache[1]
+        return self._A.get([self.A_log], lambda: -self.A_log.detach().float().exp())
 
     def forward(self, xs: torch.Tensor) -> torch.Tensor:
         """xs (B, K, F, L) -> ys (B, K, F, L) float32."""

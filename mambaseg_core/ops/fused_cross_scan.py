@@ -250,8 +250,8 @@ def channel_merge_norm(
     merged = torch.empty(batch, channels, height, width, dtype=ys.dtype, device=ys.device)
     if mode == "official":
         block_r, block_j = _tile(channels * height, 32), _tile(width, 32)
-        grid = (triton.cdiv(channels * height, block_r) * triton.cdiv(width, block_j), batch)
-        _channel_merge_official_kernel[grid](
+        tiles = triton.cdiv(channels * height, block_r) * triton.cdiv(width, block_j)
+        _channel_merge_official_kernel[(tiles, batch)](
             ys, merged, channels, height, width, BLOCK_R=block_r, BLOCK_J=block_j, num_warps=4
         )
     elif mode == "intended":

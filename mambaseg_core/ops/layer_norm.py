@@ -75,9 +75,9 @@ def layer_norm_2d(
         y = layer_norm_2d_reference(x, weight, bias, eps)
         return y if out_dtype is None else y.to(out_dtype)
     strides = pixel_strides(x)
-    if strides is None:
+    if strides is None:  # no single pixel stride: read an NCHW copy
         x = x.contiguous()
-        strides = pixel_strides(x)
+        strides = (x.stride(0), x.stride(1), 1)
     batch, channels, height, width = x.shape
     out_dtype = out_dtype or output_dtype(x)
     y = torch.empty(x.shape, dtype=out_dtype, device=x.device, memory_format=torch.channels_last)
