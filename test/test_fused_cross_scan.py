@@ -60,6 +60,18 @@ def test_conv_silu_cross_scan(triton_device, dtype, layout, channels, height, wi
     torch.testing.assert_close(xs.float(), expected, **tolerance(dtype))
 
 
+@torch.no_grad()
+def test_conv_silu_cross_scan_of_long_sequences_shares_the_convolution(triton_device):
+    """Above FLIPPED_STORES_ABOVE steps a tile is stored forwards and, flipped, into the reversed direction."""
+    device = triton_device
+    height, width = 90, 92
+    assert height * width > fused.FLIPPED_STORES_ABOVE
+    conv = depthwise(3, True, device, torch.bfloat16)
+    x = as_layout(torch.randn(2, 3, height, width, device=device).to(torch.bfloat16), "channels_last")
+    expected = scan_order.cross_scan(F.silu(conv(x).float()))
+    torch.testing.assert_close(fused.conv_silu_cross_scan(x, conv).float(), expected, **tolerance(torch.bfloat16))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize(("channels", "height", "width", "bias"), [(40, 7, 13, True), (3, 2, 5, False)])

@@ -7,15 +7,11 @@ one float32 NCHW map (one kernel), then the LayerNorm2d kernel, which writes cha
 projection that follows (`cross_merge_norm`, `channel_merge_norm`). In PyTorch each side is a chain of
 convolution, activation, copy, flip, add, transpose and norm kernels with a tensor-sized write between every two.
 
-Every kernel works on 2-D tiles whose loads and stores each run along a contiguous axis: a read backwards (the
-reversed directions) is a forward read of the mirrored block, flipped in registers, and a change of axis between
-load and store is one transpose through shared memory, which Triton stages. (Tiles of all channels x a pixel
-square, merging and normalising in one kernel, measured 4-7x slower on the H100: Triton's 3-D layout
-conversions.)
-
-Each function's reference is that chain, built from ops/cross_scan.py (looked up at call time, so a patched
-scan order reaches it) and ops/layer_norm.py; it runs wherever the kernels do not (ops/triton_support.py). The
-kernels compute in float32 and round once, where the chain rounds after every op in bf16 or fp16.
+Every kernel works on 2-D tiles whose loads and stores run along a contiguous axis, forwards or backwards (the
+reversed directions); a change of axis between load and store is one transpose through shared memory, which
+Triton stages. Tuned on the H100 at the model's shapes: tiles of all channels x a pixel square, merging and
+normalising in one kernel, were 4-7x slower (Triton's 3-D layout conversions), and the cross-scan kernel shares
+one convolution between a direction and its reverse (a flip in registers) only on long sequences.
 """
 
 from __future__ import annotations
@@ -47,30 +43,36 @@ if triton is not None:
     @triton.jit
     def _conv_silu_cross_scan_kernel(
         x_ptr, w_ptr, b_ptr, out_ptr, D, H, W, x_sb, x_sc, x_sh, x_sw,
-        HAS_BIAS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_Q: tl.constexpr,
+        HAS_BIAS: tl.constexpr, ORDERS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
     ):  # fmt: skip
-        # One program: BLOCK_C channels x BLOCK_Q consecutive positions q of one scan order of one image: row-major
-        # (directions 0 and 2) or column-major (1 and 3), by the parity of program_id(1).
+        # One program: BLOCK_C channels x BLOCK_S consecutive sequence positions s of one direction k of one image,
+        # k = program_id(1) % ORDERS. ORDERS = 4: every direction computes its own tile (pixel q = s, or L - 1 - s
+        # for the reversed ones). ORDERS = 2: directions 0 and 1 only, each tile also stored, flipped in registers,
+        # as the mirrored block of its reversed direction: half the convolution work, but the flip costs more
+        # than it saves on short sequences (H100: 2x slower at L = 1120, 1.6x faster at L = 17,600).
         batch = tl.program_id(2).to(tl.int64)
-        column_major = tl.program_id(1) % 2
-        channel = (tl.program_id(1) // 2) * BLOCK_C + tl.arange(0, BLOCK_C)[:, None]
+        k = tl.program_id(1) % ORDERS
+        column_major, reverse = k % 2, k // 2
+        channel = (tl.program_id(1) // ORDERS) * BLOCK_C + tl.arange(0, BLOCK_C)[:, None]
         L = H * W
-        q0 = tl.program_id(0) * BLOCK_Q
-        q = q0 + tl.arange(0, BLOCK_Q)[None, :]
+        s0 = tl.program_id(0) * BLOCK_S
+        s = s0 + tl.arange(0, BLOCK_S)[None, :]
+        q = tl.where(reverse == 1, L - 1 - s, s)
         h = tl.where(column_major == 0, q // W, q % H)
         w = tl.where(column_major == 0, q % W, q // H)
-        valid = (channel < D) & (q < L)
-        acc = tl.zeros([BLOCK_C, BLOCK_Q], dtype=tl.float32)
+        valid = (channel < D) & (s < L)
+        acc = tl.zeros([BLOCK_C, BLOCK_S], dtype=tl.float32)
         if HAS_BIAS:
             acc += tl.load(b_ptr + channel, mask=channel < D, other=0.0).to(tl.float32)
         plane = batch * x_sb + channel * x_sc
         u = _conv3x3_silu(acc, x_ptr, plane, h, w, H, W, x_sh, x_sw, w_ptr, tl.minimum(channel, D - 1), valid)
         u = u.to(out_ptr.dtype.element_ty)
-        out = out_ptr + ((batch * 4 + column_major) * D + channel) * L  # direction k's row at + k * D * L
-        tl.store(out + q, u, mask=valid)
-        # The reversed direction: q lands on L - 1 - q, so the tile fills [L - q0 - BLOCK_Q, L - q0) backwards.
-        mirrored = (L - q0 - BLOCK_Q) + tl.arange(0, BLOCK_Q)[None, :]
-        tl.store(out + 2 * D * L + mirrored, tl.flip(u, 1), mask=(channel < D) & (mirrored >= 0))
+        out = out_ptr + ((batch * 4 + k) * D + channel) * L  # direction k's row at + k * D * L
+        tl.store(out + s, u, mask=valid)
+        if ORDERS == 2:
+            # The reversed direction: s lands on L - 1 - s, so the tile fills [L - s0 - BLOCK_S, L - s0) backwards.
+            mirrored = (L - s0 - BLOCK_S) + tl.arange(0, BLOCK_S)[None, :]
+            tl.store(out + 2 * D * L + mirrored, tl.flip(u, 1), mask=(channel < D) & (mirrored >= 0))
 
     @triton.jit
     def _conv_silu_channel_scan_kernel(
@@ -100,24 +102,23 @@ if triton is not None:
     @triton.jit
     def _cross_merge_kernel(ys_ptr, out_ptr, D, H, W, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
         # One program: a BLOCK_H x BLOCK_W pixel tile of one (batch, channel) plane.
-        # m = (Y0 + rev Y2) + T(Y1 + rev Y3), summed in cross_merge's order.
+        # m = (Y0 + rev Y2) + T(Y1 + rev Y3), summed in cross_merge's order. The reversed rows are read at
+        # decreasing addresses, still whole sectors per warp (flipping forward reads measured no faster).
         plane = tl.program_id(1).to(tl.int64)  # batch * D + channel
         tiles_w = tl.cdiv(W, BLOCK_W)
-        h0 = (tl.program_id(0) // tiles_w) * BLOCK_H
-        w0 = (tl.program_id(0) % tiles_w) * BLOCK_W
-        rows, columns = tl.arange(0, BLOCK_H)[:, None], tl.arange(0, BLOCK_W)[None, :]
-        h, w = h0 + rows, w0 + columns
+        h = (tl.program_id(0) // tiles_w) * BLOCK_H + tl.arange(0, BLOCK_H)[:, None]
+        w = (tl.program_id(0) % tiles_w) * BLOCK_W + tl.arange(0, BLOCK_W)[None, :]
         inside = (h < H) & (w < W)
         L = H * W
         ys = ys_ptr + ((plane // D) * 4 * D + plane % D) * L  # direction k's row at + k * D * L
-        # Backward reads as forward reads of the mirrored block: row-major along w, column-major along h.
-        h_back, w_back = h0 + BLOCK_H - 1 - rows, w0 + BLOCK_W - 1 - columns
-        y0 = tl.load(ys + h * W + w, mask=inside, other=0.0)
-        y2 = tl.load(ys + 2 * D * L + (L - W * h - w0 - BLOCK_W) + columns, mask=(h < H) & (w_back < W), other=0.0)
-        y1 = tl.load(ys + D * L + w * H + h, mask=inside, other=0.0)
-        y3 = tl.load(ys + 3 * D * L + (L - H * w - h0 - BLOCK_H) + rows, mask=(h_back < H) & (w < W), other=0.0)
-        merged = (y0 + tl.flip(y2, 1)) + (y1 + tl.flip(y3, 0))
-        tl.store(out_ptr + plane * L + h * W + w, merged, mask=inside)
+        row_major, col_major = h * W + w, w * H + h
+        merged = tl.load(ys + row_major, mask=inside, other=0.0) + tl.load(
+            ys + 2 * D * L + (L - 1 - row_major), mask=inside, other=0.0
+        )
+        merged += tl.load(ys + D * L + col_major, mask=inside, other=0.0) + tl.load(
+            ys + 3 * D * L + (L - 1 - col_major), mask=inside, other=0.0
+        )
+        tl.store(out_ptr + plane * L + row_major, merged, mask=inside)
 
     @triton.jit
     def _channel_merge_official_kernel(ys_ptr, out_ptr, D, H, W, BLOCK_R: tl.constexpr, BLOCK_J: tl.constexpr):
@@ -152,6 +153,10 @@ if triton is not None:
         tl.store(out_ptr + batch * D * P + c * P + p, m, mask=(p < P) & (c < D))
 
 
+# Sequences longer than this take the two-order cross-scan kernel (flipped stores), shorter ones four orders.
+FLIPPED_STORES_ABOVE = 8192
+
+
 def _tile(extent: int, largest: int) -> int:
     """A tile side: `largest`, or the power of two covering a shorter extent (less masked work)."""
     return min(largest, power_of_two_at_least(extent))
@@ -169,18 +174,20 @@ def _depthwise_weight(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
 
 def conv_silu_cross_scan(x: torch.Tensor, conv: nn.Conv2d, block: tuple[int, int] | None = None) -> torch.Tensor:
     """(B, D, H, W) -> (B, 4, D, H*W): cross_scan(SiLU(conv(x))) for conv a depthwise 3x3 convolution. `block`
-    (channels, scan positions per program) overrides the kernel's tile, for tuning."""
+    (channels, sequence positions per program) overrides the kernel's tile, for tuning."""
     weight = _depthwise_weight(x, conv)
     if not kernels_apply(x, weight, conv.bias):
         return scan_order.cross_scan(F.silu(conv(x)))
     batch, channels, height, width = x.shape
     out = torch.empty(batch, 4, channels, height * width, dtype=x.dtype, device=x.device)
-    block_c, block_q = block or (_tile(channels, 32), _tile(height * width, 64))
-    grid = (triton.cdiv(height * width, block_q), 2 * triton.cdiv(channels, block_c), batch)
+    length = height * width
+    orders = 2 if length > FLIPPED_STORES_ABOVE else 4
+    block_c, block_s = block or ((_tile(channels, 32), _tile(length, 64)) if orders == 2 else (_tile(channels, 64), 32))
+    grid = (triton.cdiv(length, block_s), orders * triton.cdiv(channels, block_c), batch)
     bias = conv.bias if conv.bias is not None else weight
     _conv_silu_cross_scan_kernel[grid](
         x, weight, bias, out, channels, height, width, *x.stride(),
-        HAS_BIAS=conv.bias is not None, BLOCK_C=block_c, BLOCK_Q=block_q, num_warps=4,
+        HAS_BIAS=conv.bias is not None, ORDERS=orders, BLOCK_C=block_c, BLOCK_S=block_s, num_warps=4,
     )  # fmt: skip
     return out
 
@@ -222,7 +229,7 @@ def cross_merge_norm(
     if ys.shape != (batch, 4, channels, height * width):
         raise ValueError(f"ys must be (B, 4, D, L={height * width}), got {tuple(ys.shape)}")
     merged = torch.empty(batch, channels, height, width, dtype=ys.dtype, device=ys.device)
-    block_h, block_w = block or (_tile(height, 32), _tile(width, 32))
+    block_h, block_w = block or (_tile(height, 16), _tile(width, 32))
     grid = (triton.cdiv(height, block_h) * triton.cdiv(width, block_w), batch * channels)
     _cross_merge_kernel[grid](
         ys.contiguous(), merged, channels, height, width, BLOCK_H=block_h, BLOCK_W=block_w, num_warps=4
