@@ -29,38 +29,51 @@ __device__ __forceinline__ float to_float<__half>(__half x) { return __half2floa
 template <>
 __device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 x) { return __bfloat162float(x); }
 
+// kItems consecutive elements from step t0 of each of kRows rows, as kLoadBytes-wide vector loads (in bounds and
+// aligned: the caller checked). Every raw load is issued before the first conversion: a conversion between loads
+// (fp16/bf16 -> float is an instruction, float -> float is none) would make each row's load wait for the previous
+// row's, one memory latency per row in bf16 where fp32 pays one in total.
+template <int kLoadBytes, int kItems, int kRows, typename T>
+__device__ __forceinline__ void load_rows_vectorized(const T* const (&rows)[kRows], int t0,
+                                                     float (&out)[kRows][kItems]) {
+  using Vector = std::conditional_t<kLoadBytes == 16, uint4, std::conditional_t<kLoadBytes == 8, uint2, uint32_t>>;
+  constexpr int kPerLoad = kLoadBytes / static_cast<int>(sizeof(T)), kLoads = kItems / kPerLoad;
+  Vector raw[kRows][kLoads];
+#pragma unroll
+  for (int r = 0; r < kRows; ++r)
+#pragma unroll
+    for (int i = 0; i < kLoads; ++i) raw[r][i] = reinterpret_cast<const Vector*>(rows[r] + t0)[i];
+#pragma unroll
+  for (int r = 0; r < kRows; ++r)
+#pragma unroll
+    for (int i = 0; i < kLoads; ++i) {
+      const T* v = reinterpret_cast<const T*>(&raw[r][i]);
+#pragma unroll
+      for (int j = 0; j < kPerLoad; ++j) out[r][i * kPerLoad + j] = to_float(v[j]);
+    }
+}
+
 // Loads kItems consecutive elements from step t0 of each of kRows rows (zero past `length`). Where every run is
-// in bounds and aligned, it takes the widest vector loads that divide a run (16 bytes, else 8 or 4: a bf16 lane
-// of 4 steps is one 8-byte load, not 4 scalar ones). The rows share one bounds check and one branch, and every
-// raw load is issued before the first conversion: a conversion inside each row's branch (fp16/bf16 -> float is
-// an instruction, float -> float is none) would wait for that row's load before the next is issued, so a pass
-// of B and C rows paid one memory latency per row in bf16 but one in total in fp32.
+// in bounds, it takes the widest vector loads that divide a run and that every row's alignment allows (16 bytes,
+// else 8 or 4): rows of an odd multiple of 4 or 2 bf16 steps (DDD17's L = 4350, 1100, 286) start 8- or 4-byte
+// aligned, and would otherwise fall to one bounds-checked 2-byte load per step. The rows share one bounds check
+// and one branch (uniform across a warp: lane runs are 16-byte multiples apart).
 template <int kItems, int kRows, typename T>
 __device__ __forceinline__ void load_rows(const T* const (&rows)[kRows], int t0, int length,
                                           float (&out)[kRows][kItems]) {
   constexpr int kBytes = kItems * static_cast<int>(sizeof(T));
-  constexpr int kLoadBytes = kBytes % 16 == 0 ? 16 : kBytes % 8 == 0 ? 8 : kBytes % 4 == 0 ? 4 : 0;
-  if constexpr (kLoadBytes > 0) {
-    using Vector = std::conditional_t<kLoadBytes == 16, uint4, std::conditional_t<kLoadBytes == 8, uint2, uint32_t>>;
-    constexpr int kPerLoad = kLoadBytes / static_cast<int>(sizeof(T)), kLoads = kItems / kPerLoad;
+  if (t0 + kItems <= length) {
     uintptr_t addresses = 0;
 #pragma unroll
     for (int r = 0; r < kRows; ++r) addresses |= reinterpret_cast<uintptr_t>(rows[r] + t0);
-    if (t0 + kItems <= length && (addresses & (kLoadBytes - 1)) == 0) {
-      Vector raw[kRows][kLoads];
-#pragma unroll
-      for (int r = 0; r < kRows; ++r)
-#pragma unroll
-        for (int i = 0; i < kLoads; ++i) raw[r][i] = reinterpret_cast<const Vector*>(rows[r] + t0)[i];
-#pragma unroll
-      for (int r = 0; r < kRows; ++r)
-#pragma unroll
-        for (int i = 0; i < kLoads; ++i) {
-          const T* v = reinterpret_cast<const T*>(&raw[r][i]);
-#pragma unroll
-          for (int j = 0; j < kPerLoad; ++j) out[r][i * kPerLoad + j] = to_float(v[j]);
-        }
-      return;
+    if constexpr (kBytes % 16 == 0) {
+      if ((addresses & 15) == 0) return load_rows_vectorized<16>(rows, t0, out);
+    }
+    if constexpr (kBytes % 8 == 0) {
+      if ((addresses & 7) == 0) return load_rows_vectorized<8>(rows, t0, out);
+    }
+    if constexpr (kBytes % 4 == 0 && sizeof(T) < 4) {
+      if ((addresses & 3) == 0) return load_rows_vectorized<4>(rows, t0, out);
     }
   }
 #pragma unroll
