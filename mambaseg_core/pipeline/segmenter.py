@@ -314,8 +314,12 @@ class Segmenter:
         if len(events) == 0:
             return torch.zeros(self.event_bins, height, width, device=self.device)
         if self.device.type == "cuda":
-            # torch has no arithmetic on uint16: widen the coordinates before the upload.
-            x, y = (self._upload(name, c.astype(np.int32)) for name, c in (("x", events.x), ("y", events.y)))
+            # torch has no arithmetic on uint16: the coordinates travel as int16 (the same bits; any x or y of 32768
+            # or more, negative there, is outside every sensor either way) and are widened on the device, which
+            # spares the host a widening copy of every event.
+            x, y = (
+                self._upload(name, c.view(np.int16)).to(torch.int32) for name, c in (("x", events.x), ("y", events.y))
+            )
             t, p = self._upload("t", events.t), self._upload("p", events.p)
             return voxel_grid_torch(x, y, t, p, bins=self.event_bins, height=height, width=width, device=self.device)
         grid = voxel_grid(events.x, events.y, events.t, events.p, bins=self.event_bins, height=height, width=width)
