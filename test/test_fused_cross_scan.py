@@ -45,19 +45,25 @@ def as_layout(x: torch.Tensor, layout: str) -> torch.Tensor:
     return x
 
 
+def check_conv_silu_scan(fused_op, scan, device, dtype, layout, channels, height, width, bias) -> None:
+    """fused_op(x, conv) against scan(SiLU(conv(x))) computed in float32."""
+    conv = depthwise(channels, bias, device, dtype)
+    x = as_layout(torch.randn(2, channels, height, width, device=device).to(dtype), layout)
+    expected = scan(F.silu(conv(x).float()))
+    assert triton_support.kernels_apply(x, conv.weight)
+    out = fused_op(x, conv)
+    assert out.shape == expected.shape and out.dtype == dtype
+    torch.testing.assert_close(out.float(), expected, **tolerance(dtype))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last", "cropped"])
 @pytest.mark.parametrize(("channels", "height", "width", "bias"), [(6, 19, 37, True), (40, 3, 2, False)])
 @torch.no_grad()
 def test_conv_silu_cross_scan(triton_device, dtype, layout, channels, height, width, bias):
-    device = triton_device
-    conv = depthwise(channels, bias, device, dtype)
-    x = as_layout(torch.randn(2, channels, height, width, device=device).to(dtype), layout)
-    expected = scan_order.cross_scan(F.silu(conv(x).float()))
-    assert triton_support.kernels_apply(x, conv.weight)
-    xs = fused.conv_silu_cross_scan(x, conv)
-    assert xs.shape == (2, 4, channels, height * width) and xs.dtype == dtype
-    torch.testing.assert_close(xs.float(), expected, **tolerance(dtype))
+    check_conv_silu_scan(
+        fused.conv_silu_cross_scan, scan_order.cross_scan, triton_device, dtype, layout, channels, height, width, bias
+    )
 
 
 @torch.no_grad()
@@ -77,13 +83,17 @@ def test_conv_silu_cross_scan_of_long_sequences_shares_the_convolution(triton_de
 @pytest.mark.parametrize(("channels", "height", "width", "bias"), [(40, 7, 13, True), (3, 2, 5, False)])
 @torch.no_grad()
 def test_conv_silu_channel_scan(triton_device, dtype, layout, channels, height, width, bias):
-    device = triton_device
-    conv = depthwise(channels, bias, device, dtype)
-    x = as_layout(torch.randn(2, channels, height, width, device=device).to(dtype), layout)
-    expected = scan_order.channel_scan(F.silu(conv(x).float()))
-    us = fused.conv_silu_channel_scan(x, conv)
-    assert us.shape == (2, 2, height * width, channels) and us.dtype == dtype
-    torch.testing.assert_close(us.float(), expected, **tolerance(dtype))
+    check_conv_silu_scan(
+        fused.conv_silu_channel_scan,
+        scan_order.channel_scan,
+        triton_device,
+        dtype,
+        layout,
+        channels,
+        height,
+        width,
+        bias,
+    )
 
 
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
