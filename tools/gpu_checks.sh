@@ -9,6 +9,7 @@
 #     scan      benchmarks/scan.py: every scan backend at the model's shapes
 #     ncu       Nsight Compute on the inference scan kernel (occupancy, warp stall reasons, pipe use) at the
 #               DSEC CSIM0, CSIM2 and TSSM0 shapes, fp32 and bf16 (benchmarks/scan.py --profile-calls)
+#     glue      benchmarks/scan_glue.py: the fused Triton kernels around the scans against their PyTorch chains
 #     latency   benchmarks/latency.py: model only, end to end, breakdown, accuracy
 #     node      benchmarks/node_latency.py through ROS 2 at DSEC size (needs rclpy and event_camera_msgs)
 #
@@ -35,6 +36,7 @@ step() {
             --section LaunchStats --section WarpStateStats --section SchedulerStats --section ComputeWorkloadAnalysis \
             "$PY" benchmarks/scan.py --profile-calls
         ;;
+    glue) "$PY" benchmarks/scan_glue.py ;;
     latency) "$PY" benchmarks/latency.py ;;
     node)
         local modes=()
@@ -43,7 +45,7 @@ step() {
             --frames 100 --modes "${modes[@]}"
         ;;
     *)
-        echo "unknown step '$1' (build tests sweep scan ncu latency node)" >&2
+        echo "unknown step '$1' (build tests sweep scan ncu glue latency node)" >&2
         return 2
         ;;
     esac
