@@ -21,7 +21,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mambaseg_core.ops import cross_scan as scan_order
-from mambaseg_core.ops.layer_norm import MAX_CHANNELS, layer_norm_2d
 from mambaseg_core.ops.triton_support import kernels_apply, power_of_two_at_least, triton
 
 if triton is not None:
@@ -209,10 +208,6 @@ def conv_silu_channel_scan(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     return out
 
 
-def _merge_kernel_applies(ys: torch.Tensor, channels: int, norm: nn.LayerNorm) -> bool:
-    return channels <= MAX_CHANNELS and norm.weight is not None and kernels_apply(ys, norm.weight, norm.bias)
-
-
 def cross_merge_norm(
     ys: torch.Tensor,
     height: int,
@@ -224,7 +219,7 @@ def cross_merge_norm(
     """(B, 4, D, L) -> (B, D, H, W) channels-last in out_dtype: norm(cross_merge(ys)) for norm a LayerNorm2d.
     `block` (rows, columns of the merge kernel's pixel tile) overrides its tile, for tuning."""
     batch, _, channels, _ = ys.shape
-    if not _merge_kernel_applies(ys, channels, norm):
+    if not kernels_apply(ys, norm.weight, norm.bias):
         return norm(scan_order.cross_merge(ys, height, width)).to(out_dtype)
     if ys.shape != (batch, 4, channels, height * width):
         raise ValueError(f"ys must be (B, 4, D, L={height * width}), got {tuple(ys.shape)}")
@@ -234,7 +229,7 @@ def cross_merge_norm(
     _cross_merge_kernel[grid](
         ys.contiguous(), merged, channels, height, width, BLOCK_H=block_h, BLOCK_W=block_w, num_warps=4
     )
-    return layer_norm_2d(merged, norm.weight, norm.bias, norm.eps, out_dtype)
+    return norm(merged, out_dtype)
 
 
 def channel_merge_norm(
@@ -248,7 +243,7 @@ def channel_merge_norm(
     """(B, 2, P, D) -> (B, D, H, W) channels-last in out_dtype: norm(channel_merge(ys, mode)) for norm a
     LayerNorm2d."""
     batch, _, _, channels = ys.shape
-    if not _merge_kernel_applies(ys, channels, norm):
+    if not kernels_apply(ys, norm.weight, norm.bias):
         return norm(scan_order.channel_merge(ys, height, width, mode)).to(out_dtype)
     pixels = height * width
     if ys.shape != (batch, 2, pixels, channels):
@@ -269,7 +264,7 @@ def channel_merge_norm(
         )
     else:
         raise ValueError(f"unknown channel merge {mode!r}; choose one of {list(scan_order.CHANNEL_MERGES)}")
-    return layer_norm_2d(merged, norm.weight, norm.bias, norm.eps, out_dtype)
+    return norm(merged, out_dtype)
 
 
 __all__ = ["channel_merge_norm", "conv_silu_channel_scan", "conv_silu_cross_scan", "cross_merge_norm"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from mambaseg_core.ops.triton_support import kernels_apply, output_dtype, pixel_strides, power_of_two_at_least, triton
+from mambaseg_core.ops.triton_support import kernels_apply, pixel_strides, power_of_two_at_least, triton
 
 # Elements of x one program holds in registers: all C channels of up to BLOCK_P pixels.
 ELEMENTS_PER_PROGRAM = 8192
@@ -50,6 +50,11 @@ if triton is not None:
         tl.store(y_ptr + batch * HW * C + pixels * C + channels, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
+def _default_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype a normalisation returns for input x: float32 under autocast (as F.layer_norm's), else x's."""
+    return torch.float32 if torch.is_autocast_enabled(x.device.type) else x.dtype
+
+
 def uses_kernel(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None) -> bool:
     """Whether layer_norm_2d takes the Triton kernel for these arguments (ops/triton_support.kernels_apply, and an
     affine norm of a 4-D tensor of at most MAX_CHANNELS channels)."""
@@ -79,7 +84,7 @@ def layer_norm_2d(
         x = x.contiguous()
         strides = (x.stride(0), x.stride(1), 1)
     batch, channels, height, width = x.shape
-    out_dtype = out_dtype or output_dtype(x)
+    out_dtype = out_dtype or _default_dtype(x)
     y = torch.empty(x.shape, dtype=out_dtype, device=x.device, memory_format=torch.channels_last)
     block_c = power_of_two_at_least(channels)  # all channels, and as many pixels (at most 64) as fit the budget
     block_p = max(1, min(64, ELEMENTS_PER_PROGRAM // block_c))

@@ -45,11 +45,6 @@ def pixel_strides(x: torch.Tensor) -> tuple[int, int, int] | None:
     return None
 
 
-def output_dtype(x: torch.Tensor) -> torch.dtype:
-    """The dtype a normalisation returns for input x: float32 under autocast (as F.layer_norm's), else x's."""
-    return torch.float32 if torch.is_autocast_enabled(x.device.type) else x.dtype
-
-
 def power_of_two_at_least(n: int) -> int:
     """Triton block sizes are powers of two."""
     return 1 << max(0, n - 1).bit_length()
@@ -59,7 +54,6 @@ __all__ = [
     "INTERPRETED",
     "RUN_ON_CPU",
     "kernels_apply",
-    "output_dtype",
     "pixel_strides",
     "power_of_two_at_least",
     "triton",

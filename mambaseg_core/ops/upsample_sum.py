@@ -84,11 +84,11 @@ def upsample_sum_relu(
             raise ValueError(f"every map must be (B={batch}, E={channels}, h, w), got {tuple(source.shape)}")
     maps = [z.contiguous(memory_format=torch.channels_last) for z in (base, *sources)]
     out = torch.empty(base.shape, dtype=out_dtype, device=base.device, memory_format=torch.channels_last)
+    pointers = maps[1:] + [maps[0]] * (MAX_SOURCES - len(sources))  # unused slots: any valid map
     geometry: list[float] = []
-    for z in maps[1:] + [maps[0]] * (MAX_SOURCES - len(sources)):  # unused slots: any valid map
+    for z in pointers:
         h, w = z.shape[-2:]
         geometry += [h, w, h / height, w / width]
-    pointers = maps[1:] + [maps[0]] * (MAX_SOURCES - len(sources))
     block_p, block_c = 32, 64
     grid = (triton.cdiv(height * width, block_p), triton.cdiv(channels, block_c), batch)
     _upsample_sum_relu_kernel[grid](
