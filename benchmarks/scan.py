@@ -8,7 +8,8 @@ On a GPU: DDD17 (200x346) and DSEC (440x640) sizes, forward and forward+backward
 the bandwidth each reaches against the compulsory bytes (inputs read once, output written once) and a measured
 device-to-device copy. On CPU: the DDD17 forward set with the torch backend only (what inference on the robot's
 CPU costs). With --infer-sweep instead: every compiled configuration of the CUDA inference kernel (steps per
-lane, warps per row, states per pass) at the long-row shapes, fp32 and bf16 inputs (issues #3, #11).
+lane, warps per row, states per pass) at the long-row shapes, fp32, bf16 and fp16 inputs (fp16 has the rule's
+picks only) (issues #3, #11).
 Usage: python benchmarks/scan.py [--no-write] [--infer-sweep | --profile-calls]
 """
 
@@ -319,11 +320,11 @@ def graph_time_us(fn: Callable[[], object], repeats: int = 15, calls: int = 10) 
 
 
 def bench_infer_configs() -> tuple[str, str]:
-    """Every compiled inference configuration at every sweep shape, fp32 and bf16: the table, and a summary of
-    the default's and the fastest configuration's time per shape."""
+    """Every compiled inference configuration at every sweep shape, fp32, bf16 and fp16: the table, and a summary
+    of the default's and the fastest configuration's time per shape."""
     rows, best = [], []
     for shape in sweep_shapes():
-        for dtype, dtype_name in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
+        for dtype, dtype_name in ((torch.float32, "fp32"), (torch.bfloat16, "bf16"), (torch.float16, "fp16")):
             inputs = make_inputs(shape, "cuda", requires_grad=False, dtype=dtype)
             default = default_inference_config(shape.channels, shape.length, dtype, shape.state)
 

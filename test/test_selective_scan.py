@@ -386,6 +386,30 @@ def test_cuda_inference_kernel_without_optional_inputs_and_in_a_cuda_graph():
     assert_close("y (graph replay)", captured, expected, (1e-4, 1e-4))
 
 
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize("batch", [1, 3])
+def test_cuda_inference_kernel_reads_b_and_c_slices_in_place(dtype, batch):
+    # The SSM hands B and C over as slices of one projection (batch, groups, R + 2N, L): the inference kernel reads
+    # them where they are (one allocation, y's), and copies what it cannot read (here a B whose steps are strided).
+    inputs = make_inputs(batch, 8, 16, 300, 2, dtype=dtype, device="cuda", seed=11 + batch)
+    B, C = inputs["B"], inputs["C"]
+    rank = 3
+    projection = torch.cat([torch.randn_like(B[:, :, :rank]), B, C], dim=2)
+    B_slice, C_slice = projection[:, :, rank : rank + 16], projection[:, :, rank + 16 :]
+    assert not B_slice.is_contiguous() and not C_slice.is_contiguous()
+    B_strided_steps = B.transpose(-1, -2).contiguous().transpose(-1, -2)
+    with torch.no_grad():
+        expected = selective_scan(**inputs, delta_softplus=True, backend="cuda")
+        allocations = torch.cuda.memory_stats()["allocation.all.allocated"]
+        in_place = selective_scan(**{**inputs, "B": B_slice, "C": C_slice}, delta_softplus=True, backend="cuda")
+        assert torch.cuda.memory_stats()["allocation.all.allocated"] - allocations == 1  # y only: no copy
+        copied = selective_scan(**{**inputs, "B": B_strided_steps, "C": C_slice}, delta_softplus=True, backend="cuda")
+    assert torch.equal(in_place, expected)
+    assert torch.equal(copied, expected)
+
+
 # --------------------------------------------------------------------------------------- inference configurations (GPU)
 
 cuda_scan = importlib.import_module("mambaseg_core.ops.selective_scan.cuda_scan")
@@ -418,9 +442,9 @@ def test_cuda_inference_configurations_match_reference(dtype, state, groups, len
 @needs_cuda
 def test_cuda_inference_configuration_not_compiled_raises_naming_the_compiled_ones():
     inputs = make_inputs(1, 4, 16, 100, 2, dtype=torch.float16, device="cuda")
-    tuned = cuda_scan.InferConfig(items=8, warps=4, states=2)
+    tuned = cuda_scan.InferConfig(items=8, warps=4, states=4)
     assert tuned in cuda_scan.inference_configs(torch.float32, 16)
-    assert tuned not in cuda_scan.inference_configs(torch.float16, 16)  # fp16 has the defaults only
+    assert tuned not in cuda_scan.inference_configs(torch.float16, 16)  # fp16: the rule's picks, no sweep variants
     with torch.no_grad(), pytest.raises(ValueError, match=r"not compiled .* compiled \(items, warps, states\): \(4"):
         cuda_scan.selective_scan_infer_config(**inputs, delta_softplus=True, config=tuned)
 
@@ -463,8 +487,8 @@ cases = [
     (lambda: ext.forward_infer(h(1, 4, 8), z(1, 4, 8), z(4, 2), h(1, 1, 2, 8), h(1, 1, 2, 8), None, None, False),
      RuntimeError, "delta must be Half, got Float"),
     (lambda: ext.forward_infer_config(h(1, 4, 8), h(1, 4, 8), z(4, 16), h(1, 2, 16, 8), h(1, 2, 16, 8), None, None,
-                                      True, 8, 4, 2),
-     ValueError, r"\\(items=8, warps=4, states=2\\) is not compiled for Half inputs with N=16"),
+                                      True, 8, 4, 4),
+     ValueError, r"\\(items=8, warps=4, states=4\\) is not compiled for Half inputs with N=16"),
 ]
 for call, error, pattern in cases:
     try:

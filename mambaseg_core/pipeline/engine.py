@@ -50,6 +50,8 @@ ENGINE_MODES: dict[str, EngineMode] = {
     "bf16 graph branches": EngineMode("bf16", True, False, True),
     "bf16 compiled graph": EngineMode("bf16", True, True),
     "bf16 compiled graph branches": EngineMode("bf16", True, True, True),
+    "fp16 eager": EngineMode("fp16", False, False),
+    "fp16 graph branches": EngineMode("fp16", True, False, True),
 }
 
 # Parameters of matrix products that the SSM applies with einsum rather than through nn.Linear/nn.Conv2d.

@@ -7,6 +7,7 @@
 //        driver --default-config ROWS,N,L...   prints the default launch configuration of each shape per dtype:
 //        "ROWS,N,L fp32=I,W,S bf16=I,W,S fp16=I,W,S" (default_infer_config, compiled here for the host)
 //
+// B and C are read from evenly spaced slabs with NaN gaps between them (ScanParams::bc_group_stride).
 // Checks per configuration: max |y - reference| / max |reference| <= kTolerance (every y written and finite,
 // nothing written out of bounds),
 // and bit-identical y across configurations that differ only in states per pass (the kernel sums the states
@@ -16,6 +17,7 @@
 #include "harness.h"
 #include "scan_fwd_infer.cu"
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <map>
@@ -46,8 +48,16 @@ int run_case(const Case& c, ScanDtype dtype) {
   ScanParams p{};
   p.batch = kBatch, p.channels = kChannels, p.groups = c.groups, p.state = c.state, p.length = c.length;
   p.softplus = c.softplus;
-  p.u = in.u.data(), p.delta = in.delta.data(), p.Bm = in.Bm.data(), p.Cm = in.Cm.data();
-  p.A = in.A.data();
+  p.u = in.u.data(), p.delta = in.delta.data(), p.A = in.A.data();
+  // B and C as the SSM hands them over: slices of one projection, (B slab, gap, C slab, gap) per (batch, group),
+  // read in place through bc_group_stride. The gaps are NaN: a read outside the slabs poisons y.
+  const size_t slab = static_cast<size_t>(c.state) * c.length, stride = 2 * slab + 8, slabs = in.Bm.size() / slab;
+  harness::GuardedBuffer<T> packed(slabs * stride);
+  for (size_t g = 0; g < slabs; ++g) {
+    std::copy_n(in.Bm.data() + g * slab, slab, packed.data() + g * stride);
+    std::copy_n(in.Cm.data() + g * slab, slab, packed.data() + g * stride + slab + 4);
+  }
+  p.Bm = packed.data(), p.Cm = packed.data() + slab + 4, p.bc_group_stride = static_cast<int64_t>(stride);
   if (c.skip_and_bias) p.D = in.D.data(), p.delta_bias = in.bias.data();
 
   std::vector<InferConfig> configs = mambaseg::compiled_infer_configs(dtype, c.state);

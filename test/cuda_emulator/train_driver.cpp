@@ -103,6 +103,7 @@ int run_case(const Case& c, ScanDtype dtype) {
   p.softplus = c.softplus;
   mambaseg::choose_tiling(p);
   p.u = in.u.data(), p.delta = in.delta.data(), p.A = in.A.data(), p.Bm = in.Bm.data(), p.Cm = in.Cm.data();
+  p.bc_group_stride = static_cast<int64_t>(c.state) * c.length;  // contiguous, as the training path requires
   if (c.skip_and_bias) p.D = in.D.data(), p.delta_bias = in.bias.data();
   const ScanParams inputs = p;
   // tile_buffer(): (rows, n_tiles, per tile), no tile at all (size 0) when a row fits one tile. The kernels

@@ -134,16 +134,20 @@ def _kernel_inputs(
     C: torch.Tensor,
     D: torch.Tensor | None,
     delta_bias: torch.Tensor | None,
+    strided_bc: bool,
 ) -> tuple[
     torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None
 ]:
     """The inputs in the kernels' dtypes, contiguous: one input dtype for u, delta, B, C (theirs if they agree
-    and the kernel has it, else float32); A, D, delta_bias float32."""
+    and the kernel has it, else float32); A, D, delta_bias float32. With `strided_bc` B and C keep their strides
+    when their dtype is right: the inference kernel reads slices of one projection in place (and copies what it
+    cannot read)."""
     dtypes = {x.dtype for x in (u, delta, B, C)}
     dtype = dtypes.pop() if len(dtypes) == 1 else torch.float32
     if dtype not in _INPUT_DTYPES:
         dtype = torch.float32
-    u, delta, B, C = (_as(x, dtype) for x in (u, delta, B, C))
+    u, delta = _as(u, dtype), _as(delta, dtype)
+    B, C = (x if strided_bc and x.dtype == dtype else _as(x, dtype) for x in (B, C))
     D = _as(D, torch.float32) if D is not None else None
     delta_bias = _as(delta_bias, torch.float32) if delta_bias is not None else None
     return u, delta, _as(A, torch.float32), B, C, D, delta_bias
@@ -173,8 +177,9 @@ def make_cuda_scan(extension: ModuleType):
             )
         if u.numel() == 0:
             return u.new_zeros(u.shape, dtype=torch.float32)
-        u, delta, A, B, C, D, delta_bias = _kernel_inputs(u, delta, A, B, C, D, delta_bias)
-        if not needs_grad(u, delta, A, B, C, D, delta_bias):
+        inference = not needs_grad(u, delta, A, B, C, D, delta_bias)
+        u, delta, A, B, C, D, delta_bias = _kernel_inputs(u, delta, A, B, C, D, delta_bias, strided_bc=inference)
+        if inference:
             return scan_infer(u, delta, A, B, C, D, delta_bias, delta_softplus)
         return _CudaScanFunction.apply(extension, u, delta, A, B, C, D, delta_bias, delta_softplus)
 
@@ -193,8 +198,9 @@ class InferConfig(NamedTuple):
 
 
 def inference_configs(dtype: torch.dtype, state: int) -> list[InferConfig]:
-    """Every configuration the inference kernel is compiled in for inputs of `dtype` with N = `state` (the
-    default launcher's, plus tuning variants for float32 and bfloat16 at N = 1 and 9..16). Needs a CUDA GPU."""
+    """Every configuration the inference kernel is compiled in for inputs of `dtype` with N = `state`: the
+    default launcher's untuned ones; at N = 1 and 9..16 also its rule's picks and, for float32 and bfloat16,
+    tuning variants. Needs a CUDA GPU."""
     return [InferConfig(*c) for c in load_extension().infer_configs(dtype, state)]
 
 
@@ -221,7 +227,7 @@ def selective_scan_infer_config(
     float32 out. ValueError naming the compiled ones if `config` is not compiled for these inputs."""
     if not u.is_cuda:
         raise ValueError(f"the CUDA inference scan needs CUDA tensors, got u on {u.device}")
-    u, delta, A, B, C, D, delta_bias = _kernel_inputs(u, delta, A, B, C, D, delta_bias)
+    u, delta, A, B, C, D, delta_bias = _kernel_inputs(u, delta, A, B, C, D, delta_bias, strided_bc=True)
     compiled = inference_configs(u.dtype, A.shape[1])
     if config not in compiled:
         raise ValueError(

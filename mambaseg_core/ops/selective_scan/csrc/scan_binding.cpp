@@ -55,18 +55,30 @@ ScanDtype scan_dtype(at::ScalarType dtype) {
 }
 
 void check_tensor(const at::Tensor& x, const char* name, const at::Tensor& u, at::ScalarType dtype,
-                  std::vector<int64_t> shape) {
+                  std::vector<int64_t> shape, bool contiguous = true) {
   require(x.is_cuda() && x.device() == u.device(), name, " must be on ", u.device(), ", got ", x.device());
   require(x.scalar_type() == dtype, name, " must be ", dtype, ", got ", x.scalar_type());
   require(x.sizes() == at::IntArrayRef(shape), name, " must have shape ", at::IntArrayRef(shape), ", got ",
           x.sizes());
-  require(x.is_contiguous(), name, " must be contiguous");
+  require(!contiguous || x.is_contiguous(), name, " must be contiguous");
 }
 
-// Validates the inputs and fills the input half of the parameters.
+// The stride between the (batch, group) slabs of x (batch, groups, N, L) if each slab is N * L contiguous elements
+// and the slabs are evenly spaced (ScanParams::bc_group_stride); -1 otherwise.
+int64_t slab_stride(const at::Tensor& x) {
+  const int64_t batch = x.size(0), groups = x.size(1), state = x.size(2), length = x.size(3);
+  if ((length > 1 && x.stride(3) != 1) || (state > 1 && x.stride(2) != length)) return -1;
+  if (batch * groups == 1) return state * length;
+  const int64_t stride = groups > 1 ? x.stride(1) : x.stride(0);
+  if (batch > 1 && groups > 1 && x.stride(0) != groups * stride) return -1;
+  return stride >= state * length ? stride : -1;  // slabs must not overlap
+}
+
+// Validates the inputs and fills the input half of the parameters. B and C must be contiguous unless
+// `strided_bc`, where they may be evenly spaced slabs (slab_stride), the same for both.
 ScanParams make_params(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
                        const at::Tensor& C, const std::optional<at::Tensor>& D,
-                       const std::optional<at::Tensor>& delta_bias, bool softplus) {
+                       const std::optional<at::Tensor>& delta_bias, bool softplus, bool strided_bc = false) {
   require(u.is_cuda(), "u must be a CUDA tensor");
   require(u.dim() == 3, "u must be (batch, channels, L), got ", u.sizes());
   require(B.dim() == 4, "B must be (batch, groups, N, L), got ", B.sizes());
@@ -82,8 +94,12 @@ ScanParams make_params(const at::Tensor& u, const at::Tensor& delta, const at::T
   check_tensor(u, "u", u, dtype, {batch, channels, length});
   check_tensor(delta, "delta", u, dtype, {batch, channels, length});
   check_tensor(A, "A", u, at::kFloat, {channels, state});
-  check_tensor(B, "B", u, dtype, {batch, groups, state, length});
-  check_tensor(C, "C", u, dtype, {batch, groups, state, length});
+  check_tensor(B, "B", u, dtype, {batch, groups, state, length}, !strided_bc);
+  check_tensor(C, "C", u, dtype, {batch, groups, state, length}, !strided_bc);
+  const int64_t bc_group_stride = slab_stride(B);
+  require(bc_group_stride >= 0 && slab_stride(C) == bc_group_stride,
+          "B and C must be evenly spaced contiguous (N, L) slabs with the same strides, got strides ", B.strides(),
+          " and ", C.strides());
   if (D) check_tensor(*D, "D", u, at::kFloat, {channels});
   if (delta_bias) check_tensor(*delta_bias, "delta_bias", u, at::kFloat, {channels});
 
@@ -92,7 +108,7 @@ ScanParams make_params(const at::Tensor& u, const at::Tensor& delta, const at::T
   p.softplus = softplus;
   mambaseg::choose_tiling(p);
   p.u = u.data_ptr(), p.delta = delta.data_ptr(), p.A = A.data_ptr<float>();
-  p.Bm = B.data_ptr(), p.Cm = C.data_ptr();
+  p.Bm = B.data_ptr(), p.Cm = C.data_ptr(), p.bc_group_stride = bc_group_stride;
   p.D = D ? D->data_ptr<float>() : nullptr;
   p.delta_bias = delta_bias ? delta_bias->data_ptr<float>() : nullptr;
   return p;
@@ -130,7 +146,10 @@ at::Tensor run_forward_infer(const at::Tensor& u, const at::Tensor& delta, const
                              const at::Tensor& C, const std::optional<at::Tensor>& D,
                              const std::optional<at::Tensor>& delta_bias, bool softplus,
                              const std::optional<InferConfig>& config) {
-  ScanParams p = make_params(u, delta, A, B, C, D, delta_bias, softplus);
+  // B and C as they are where the kernel reads them in place (slices of one projection), else contiguous copies.
+  const bool in_place = B.dim() == 4 && C.dim() == 4 && slab_stride(B) >= 0 && slab_stride(B) == slab_stride(C);
+  const at::Tensor Bk = in_place ? B : B.contiguous(), Ck = in_place ? C : C.contiguous();
+  ScanParams p = make_params(u, delta, A, Bk, Ck, D, delta_bias, softplus, /*strided_bc=*/true);
   const ScanDtype dtype = scan_dtype(u.scalar_type());
   if (config) {
     const auto compiled = mambaseg::compiled_infer_configs(dtype, p.state);

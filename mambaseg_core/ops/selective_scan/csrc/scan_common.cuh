@@ -89,13 +89,24 @@ __device__ __forceinline__ void load_items(const T* row, int t0, int length, flo
   load_rows<kItems>(rows, t0, length, reinterpret_cast<float (&)[1][kItems]>(out));
 }
 
+// Stores kItems consecutive floats from step t0 (none past `length`): 16-byte stores where kItems is a multiple of
+// 4 and the run is aligned, 8-byte ones where it is even (6 or 12 steps a lane), else one float at a time.
 template <int kItems>
 __device__ __forceinline__ void store_items(float* row, int t0, int length, const float (&v)[kItems]) {
-  if (t0 + kItems <= length && (reinterpret_cast<uintptr_t>(row + t0) & 15) == 0) {
+  const uintptr_t address = reinterpret_cast<uintptr_t>(row + t0);
+  if constexpr (kItems % 4 == 0) {
+    if (t0 + kItems <= length && (address & 15) == 0) {
 #pragma unroll
-    for (int i = 0; i < kItems; i += 4)
-      *reinterpret_cast<float4*>(row + t0 + i) = make_float4(v[i], v[i + 1], v[i + 2], v[i + 3]);
-    return;
+      for (int i = 0; i < kItems; i += 4)
+        *reinterpret_cast<float4*>(row + t0 + i) = make_float4(v[i], v[i + 1], v[i + 2], v[i + 3]);
+      return;
+    }
+  } else if constexpr (kItems % 2 == 0) {
+    if (t0 + kItems <= length && (address & 7) == 0) {
+#pragma unroll
+      for (int i = 0; i < kItems; i += 2) *reinterpret_cast<float2*>(row + t0 + i) = make_float2(v[i], v[i + 1]);
+      return;
+    }
   }
 #pragma unroll
   for (int i = 0; i < kItems; ++i)

@@ -12,7 +12,7 @@
 // changes no result.
 // Short rows take one warp, with no barrier at all; long rows take several warps (the 768 rows of a DSEC
 // stage-0 CSIM scan would leave most of the GPU idle and latency-bound with one warp each), see
-// default_infer_config. The other compiled configurations are there for tuning (see TunedConfigsN16).
+// default_infer_config. The other compiled configurations are there for tuning (see SweepConfigsN16).
 // Compared with the training forward (scan_fwd.cu) this does a third of the exp2 calls (no map-only pass, no
 // recomputation), reads B and C once, and amortises each scan over more steps per lane.
 #include <algorithm>
@@ -39,7 +39,7 @@ __global__ void __launch_bounds__(kWarps * 32) scan_fwd_infer_kernel(ScanParams 
   const int64_t row_offset = static_cast<int64_t>(row) * L;
   const T* u_row = static_cast<const T*>(p.u) + row_offset;
   const T* delta_row = static_cast<const T*>(p.delta) + row_offset;
-  const int64_t group_offset = static_cast<int64_t>(batch * p.groups + group) * N * L;
+  const int64_t group_offset = static_cast<int64_t>(batch * p.groups + group) * p.bc_group_stride;
   const T* Bg = static_cast<const T*>(p.Bm) + group_offset;
   const T* Cg = static_cast<const T*>(p.Cm) + group_offset;
 
@@ -54,7 +54,7 @@ __global__ void __launch_bounds__(kWarps * 32) scan_fwd_infer_kernel(ScanParams 
   for (int chunk = 0; chunk < L; chunk += kChunk, parity ^= 1) {
     const int t0 = chunk + warp * kWarpSteps + lane * kItems;
     const T* const u_delta_rows[2] = {u_row, delta_row};
-    float u_delta[2][kItems], dt[kItems], du[kItems], y[kItems];
+    float u_delta[2][kItems], dt[kItems], du[kItems], y[kItems], dt_sum = 0.f;
     load_rows<kItems>(u_delta_rows, t0, L, u_delta);
 #pragma unroll
     for (int i = 0; i < kItems; ++i) {
@@ -62,14 +62,15 @@ __global__ void __launch_bounds__(kWarps * 32) scan_fwd_infer_kernel(ScanParams 
       dt[i] = t0 + i < L ? delta_to_dt(u_delta[1][i] + bias, p.softplus) : 0.f;
       y[i] = skip * u_delta[0][i];
       du[i] = u_delta[0][i] * dt[i];
+      dt_sum += dt[i];
     }
 #pragma unroll
     for (int first = 0; first < kMaxN; first += kStates) {
       if (first >= N) break;
       // States first .. first + kStates - 1: rows [0, kStates) of bc are B (x once scaled by du), rows
-      // [kStates, 2 kStates) are C, all loaded together. States past N re-read state `first` (in bounds, no
-      // branch) and are zeroed: x = 0 and (A2 = 0) a = 1 make them the identity map, and c = 0 keeps them out
-      // of y.
+      // [kStates, 2 kStates) are C, all loaded together. States past N (a last pass that N does not fill)
+      // re-read state `first`, in bounds: they are scanned like the others, and only kept out of y, by a
+      // branch uniform over the block rather than by zeroing their B and C step by step.
       const T* bc_rows[2 * kStates];
 #pragma unroll
       for (int k = 0; k < kStates; ++k) {
@@ -78,16 +79,11 @@ __global__ void __launch_bounds__(kWarps * 32) scan_fwd_infer_kernel(ScanParams 
       }
       float a[kStates][kItems], bc[2 * kStates][kItems];
       load_rows<kItems>(bc_rows, t0, L, bc);
+      // This lane's steps composed, from a zero state: the decay is one exp2 of the summed dt (the product of
+      // the steps' decays, kItems - 1 multiplications fewer per state).
+      float decay[kStates], h[kStates];
 #pragma unroll
-      for (int k = 0; k < kStates; ++k) {
-        if (first + k >= N) {
-#pragma unroll
-          for (int i = 0; i < kItems; ++i) bc[k][i] = 0.f, bc[kStates + k][i] = 0.f;
-        }
-      }
-      float decay[kStates], h[kStates];  // this lane's steps composed, from a zero state
-#pragma unroll
-      for (int k = 0; k < kStates; ++k) decay[k] = 1.f, h[k] = 0.f;
+      for (int k = 0; k < kStates; ++k) decay[k] = exp2f(dt_sum * A2[first + k]), h[k] = 0.f;
 #pragma unroll
       for (int i = 0; i < kItems; ++i) {
 #pragma unroll
@@ -95,7 +91,6 @@ __global__ void __launch_bounds__(kWarps * 32) scan_fwd_infer_kernel(ScanParams 
           a[k][i] = exp2f(dt[i] * A2[first + k]);
           bc[k][i] *= du[i];  // x
           h[k] = fmaf(a[k][i], h[k], bc[k][i]);
-          decay[k] *= a[k][i];
         }
       }
       // Inclusive warp scans of the lane maps: afterwards (decay, h) maps the warp's start to this lane's end.
@@ -135,10 +130,12 @@ __global__ void __launch_bounds__(kWarps * 32) scan_fwd_infer_kernel(ScanParams 
         float state = __shfl_up_sync(0xffffffffu, leaving, 1);
         if (lane == 0) state = entering[k];
         if constexpr (kWarps == 1) carry[first + k] = __shfl_sync(0xffffffffu, leaving, 31);
+        if (first + k < N) {
 #pragma unroll
-        for (int i = 0; i < kItems; ++i) {
-          state = fmaf(a[k][i], state, bc[k][i]);
-          y[i] = fmaf(bc[kStates + k][i], state, y[i]);
+          for (int i = 0; i < kItems; ++i) {
+            state = fmaf(a[k][i], state, bc[k][i]);
+            y[i] = fmaf(bc[kStates + k][i], state, y[i]);
+          }
         }
       }
     }
@@ -164,12 +161,13 @@ struct ConfigList {};
 using DefaultConfigs = ConfigList<Config<4, 1, 1>, Config<8, 1, 1>, Config<16, 1, 1>, Config<16, 4, 1>>;
 
 // Where a tuned configuration is compiled for the dtype and N, the H100 sweep (benchmarks/scan.py --infer-sweep,
-// docs/benchmarks.md) picks it over the defaults. The deciding quantity is parallelism: 1536 rows or more fill
-// the GPU with a warp per row, of 8 steps per lane and 2 states per pass, or for rows of at most 384 steps 4
-// steps per lane and 2 (fp32) or 1 (bf16) states. Fewer rows of over 512 steps take 4 warps of 8 steps and 2
-// states. At N = 1, rows over 1024 steps take 8 warps of 8 steps. Over the sweep's N = 16 shapes this is within
-// 4 % of the fastest configuration per shape (fp32 1371 vs 1323 µs, bf16 1304 vs 1263). Since load_rows issues
-// all of a pass's loads before converting any, more states per pass only add registers.
+// docs/benchmarks.md) picks it over the defaults; the same for every dtype. The deciding quantities are
+// parallelism and the share of a chunk's warp scan: 1536 rows or more fill the GPU with a warp per row, of 2
+// states per pass and as many steps per lane as fit the row in few chunks (4 steps up to 128-step rows, 6 for a
+// 192-step row in one chunk, 4 again up to 320 steps, then 12). Fewer rows of over 512 steps take 4 warps of 4
+// steps and 2 states, or with under 384 rows 8 warps of 8 steps. At N = 1, rows over 1024 steps take 8 warps of
+// 8 steps. On the sweep's N = 16 shapes (fp32 and bf16) this is within 15 % of the fastest configuration per shape,
+// except at the two 768-step CTIM shapes, within 30 % (docs/benchmarks.md).
 InferConfig default_infer_config(int rows, int length, ScanDtype dtype, int state) {
   InferConfig untuned{16, 4, 1};
   if (length <= 32 * 4)
@@ -182,33 +180,41 @@ InferConfig default_infer_config(int rows, int length, ScanDtype dtype, int stat
   if (state == 1) {
     if (length > 2 * 32 * 16) tuned = {8, 8, 1};
   } else if (rows >= 1536) {
-    if (length > 384)
-      tuned = {8, 1, 2};
+    if (length <= 32 * 4)
+      tuned = {4, 1, 2};
+    else if (length <= 32 * 6)
+      tuned = {6, 1, 2};
+    else if (length <= 320)
+      tuned = {4, 1, 2};
     else
-      tuned = dtype == ScanDtype::kFloat32 ? InferConfig{4, 1, 2} : InferConfig{4, 1, 1};
+      tuned = {12, 1, 2};
   } else if (length > 512) {
-    tuned = {8, 4, 2};
+    tuned = rows < 384 ? InferConfig{8, 8, 1} : InferConfig{4, 4, 2};
   }
   const std::vector<InferConfig> compiled = compiled_infer_configs(dtype, state);
   return std::find(compiled.begin(), compiled.end(), tuned) != compiled.end() ? tuned : untuned;
 }
 
-// Tuning variants for the model's rows (CSIM/CTIM at N = 16: long rows, and one-warp variants with several
-// states per pass for the short CTIM and late-stage rows; the encoder at N = 1), fp32 and bf16 only, to time
-// against the defaults (benchmarks/scan.py --infer-sweep). Pruned by registers (items * states <= 32; none
-// spills, see ptxas -v) and kept few, since each one lengthens the build. None repeats a default.
-using TunedConfigsN16 = ConfigList<Config<16, 4, 2>, Config<8, 4, 1>, Config<8, 4, 2>, Config<8, 4, 4>,
-                                   Config<8, 8, 1>, Config<8, 8, 2>, Config<4, 4, 2>, Config<4, 4, 4>,
-                                   Config<4, 8, 2>, Config<4, 1, 2>, Config<4, 1, 4>, Config<8, 1, 2>,
-                                   Config<16, 1, 2>>;
-using TunedConfigsN1 = ConfigList<Config<8, 4, 1>, Config<8, 8, 1>, Config<16, 8, 1>>;
+// Beyond the defaults, the configurations default_infer_config picks, compiled for every dtype at N = 9..16 and
+// N = 1; and tuning variants for the model's rows (CSIM/CTIM at N = 16: long rows, and one-warp variants with
+// several states per pass or a lane's steps fitted to a short row; the encoder at N = 1), fp32 and bf16 only, to
+// time against them (benchmarks/scan.py --infer-sweep). The variants are pruned by registers (items * states
+// <= 32; ptxas -v) and kept few, since each one lengthens the build. No list repeats another's configuration.
+using RuleConfigsN16 = ConfigList<Config<4, 1, 2>, Config<6, 1, 2>, Config<12, 1, 2>, Config<4, 4, 2>, Config<8, 8, 1>>;
+using RuleConfigsN1 = ConfigList<Config<8, 8, 1>>;
+using SweepConfigsN16 = ConfigList<Config<16, 4, 2>, Config<8, 4, 1>, Config<8, 4, 2>, Config<8, 4, 4>,
+                                   Config<8, 8, 2>, Config<4, 4, 4>, Config<4, 8, 2>, Config<4, 1, 4>,
+                                   Config<8, 1, 2>, Config<16, 1, 2>, Config<6, 1, 1>, Config<12, 1, 1>>;
+using SweepConfigsN1 = ConfigList<Config<8, 4, 1>, Config<16, 8, 1>>;
 
-// The tuning variants compiled for inputs of T with N up to kMaxN: fp32 and bf16 at N = 1 and 9..16 only.
+// The configurations compiled beyond the defaults for inputs of T with N up to kMaxN.
 template <typename T, int kMaxN>
-struct TunedConfigs {
-  static constexpr bool kTuned = std::is_same_v<T, float> || std::is_same_v<T, __nv_bfloat16>;
-  using type = std::conditional_t<kTuned && kMaxN == 16, TunedConfigsN16,
-                                  std::conditional_t<kTuned && kMaxN == 1, TunedConfigsN1, ConfigList<>>>;
+struct ExtraConfigs {
+  static constexpr bool kSweep = std::is_same_v<T, float> || std::is_same_v<T, __nv_bfloat16>;
+  using Rule = std::conditional_t<kMaxN == 16, RuleConfigsN16,
+                                  std::conditional_t<kMaxN == 1, RuleConfigsN1, ConfigList<>>>;
+  using Sweep = std::conditional_t<kSweep && kMaxN == 16, SweepConfigsN16,
+                                   std::conditional_t<kSweep && kMaxN == 1, SweepConfigsN1, ConfigList<>>>;
 };
 
 // Launches the configuration of the list equal to `config`; false if there is none.
@@ -226,7 +232,8 @@ template <typename T, int kMaxN>
 struct LaunchConfig {
   static void run(const ScanParams& p, cudaStream_t stream, const InferConfig& config, bool& launched) {
     launched = launch_listed<T, kMaxN>(DefaultConfigs{}, p, config, stream) ||
-               launch_listed<T, kMaxN>(typename TunedConfigs<T, kMaxN>::type{}, p, config, stream);
+               launch_listed<T, kMaxN>(typename ExtraConfigs<T, kMaxN>::Rule{}, p, config, stream) ||
+               launch_listed<T, kMaxN>(typename ExtraConfigs<T, kMaxN>::Sweep{}, p, config, stream);
   }
 };
 
@@ -234,7 +241,8 @@ template <typename T, int kMaxN>
 struct ListConfigs {
   static void run(const ScanParams&, cudaStream_t, std::vector<InferConfig>& out) {
     append_listed(DefaultConfigs{}, out);
-    append_listed(typename TunedConfigs<T, kMaxN>::type{}, out);
+    append_listed(typename ExtraConfigs<T, kMaxN>::Rule{}, out);
+    append_listed(typename ExtraConfigs<T, kMaxN>::Sweep{}, out);
   }
 };
 

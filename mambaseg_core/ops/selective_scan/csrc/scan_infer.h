@@ -22,8 +22,8 @@ constexpr bool operator==(const InferConfig& a, const InferConfig& b) {
 // `dtype`, N = `state`.
 InferConfig default_infer_config(int rows, int length, ScanDtype dtype, int state);
 
-// Every configuration compiled for inputs of `dtype` with N = `state` (the defaults, plus tuning variants for
-// fp32 and bf16 at N in 9..16 and N = 1).
+// Every configuration compiled for inputs of `dtype` with N = `state` (the defaults, plus at N in 9..16 and N = 1
+// the rule's picks and, for fp32 and bf16, tuning variants).
 std::vector<InferConfig> compiled_infer_configs(ScanDtype dtype, int state);
 
 // Launches one explicit configuration; returns false (launching nothing) if it is not compiled for p's N and

@@ -18,12 +18,16 @@ struct ScanParams {
   int batch, channels, groups, state, length;  // state = N
   int items, threads, tile_len, n_tiles;        // n_tiles tiles of tile_len = threads * items steps per row
   bool softplus;
-  // Inputs, contiguous: u, delta (B, C, L) and B, C (B, K, N, L) in the input dtype; A (C, N), D, bias (C,) fp32.
+  // Inputs: u, delta (B, C, L) and B, C (B, K, N, L) in the input dtype; A (C, N), D, bias (C,) fp32. All
+  // contiguous, except that B and C may have any stride between their (batch, group) slabs of N * L contiguous
+  // elements, the same for both: bc_group_stride (N * L when contiguous). The slices of the projection that
+  // makes B and C side by side are that layout (the inference kernel reads them without a copy).
   const void* u;
   const void* delta;
   const float* A;
   const void* Bm;
   const void* Cm;
+  int64_t bc_group_stride;
   const float* D;           // may be null
   const float* delta_bias;  // may be null
   // Forward: y (B, C, L); per tile (row = batch * C + channel) its map from a zero state, (B*C, n_tiles, 2, N),
