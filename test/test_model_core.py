@@ -16,7 +16,7 @@ from mambaseg_core.models import (
     load_vmamba_pretrained,
     save_checkpoint,
 )
-from mambaseg_core.models.layers import Linear2d
+from mambaseg_core.models.layers import Linear2d, ProjectionLayout
 from mambaseg_core.models.official import ENCODER_KEYS
 from mambaseg_core.models.ssm import DirectionalSSM
 
@@ -284,3 +284,60 @@ def test_linear2d_takes_channels_last_input_as_one_matrix_product(bias: bool):
     torch.testing.assert_close(nchw, expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(channels_last, expected, rtol=1e-5, atol=1e-5)
     assert channels_last.is_contiguous(memory_format=torch.channels_last)
+
+
+class _CpuTunedLayout(ProjectionLayout):
+    """The timing logic of ProjectionLayout on the CPU, with stub timings: column-major costs `column_cost`."""
+
+    def __init__(self, equation: str, column_cost: float):
+        self.timed: list[str] = []
+
+        def timer(fn) -> float:
+            self.timed.append("column" if len(self.timed) % 2 else "as is")
+            fn()
+            return column_cost if self.timed[-1] == "column" else 1.0
+
+        super().__init__(equation, timer)
+
+    @staticmethod
+    def applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+        return not torch.is_grad_enabled()
+
+
+@pytest.mark.parametrize("column_cost", [0.5, 2.0])
+def test_projection_layout_times_each_shape_once_and_follows_weight_changes(column_cost: float):
+    """The faster storage order is chosen once per input shape and used from then on; the column-major copy is
+    kept only while chosen, and follows an in-place change of the weight."""
+    torch.manual_seed(0)
+    weight = torch.randn(2, 7, 5)
+    layout = _CpuTunedLayout("bkrl,kfr->bkfl", column_cost)
+    with torch.no_grad():
+        for length in (3, 3, 4):
+            x = torch.randn(1, 2, 5, length)
+            torch.testing.assert_close(layout(x, weight), torch.einsum("bkrl,kfr->bkfl", x, weight))
+        assert layout.timed == ["as is", "column"] * 2  # two shapes, each timed once
+        column_chosen = column_cost < 1.0
+        assert (layout._column_major._value is not None) == column_chosen
+        weight.mul_(-2.0)
+        torch.testing.assert_close(layout(x, weight), torch.einsum("bkrl,kfr->bkfl", x, weight))
+        if column_chosen:
+            assert not layout.column_major(weight).is_contiguous() and torch.equal(layout.column_major(weight), weight)
+    # With autograd the weight is used as it is, untimed.
+    assert layout(x, weight.requires_grad_()).requires_grad and len(layout.timed) == 4
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: the layout is timed on the GPU")
+def test_projection_layout_on_the_gpu_matches_einsum_and_replays_in_a_cuda_graph():
+    torch.manual_seed(0)
+    ssm = DirectionalSSM(2, 300, 16, 19).cuda().eval()
+    xs = torch.randn(1, 2, 300, 192, device="cuda")
+    with torch.inference_mode():
+        expected = torch.einsum("bkfl,kcf->bkcl", xs, ssm.x_proj_weight)
+        torch.testing.assert_close(ssm._x_proj(xs, ssm.x_proj_weight), expected)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            captured = ssm._x_proj(xs, ssm.x_proj_weight)
+        captured.zero_()
+        graph.replay()
+    torch.testing.assert_close(captured, expected)

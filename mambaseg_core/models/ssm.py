@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn as nn
 
-from mambaseg_core.models.layers import DerivedWeights
+from mambaseg_core.models.layers import DerivedWeights, ProjectionLayout
 from mambaseg_core.ops.selective_scan import selective_scan
 
 
@@ -44,6 +44,8 @@ class DirectionalSSM(nn.Module):
         self.A_log = nn.Parameter(torch.empty(directions * features, d_state))
         self.D = nn.Parameter(torch.empty(directions * features))
         self._A: DerivedWeights[torch.Tensor] = DerivedWeights()
+        self._x_proj = ProjectionLayout("bkfl,kcf->bkcl")
+        self._dt_proj = ProjectionLayout("bkrl,kfr->bkfl")
         self.reset_parameters()
 
     @torch.no_grad()
@@ -75,9 +77,9 @@ class DirectionalSSM(nn.Module):
                 f"scan input must be (B, K={self.directions}, F={self.features}, L), got {tuple(xs.shape)}; "
                 "for a TSSM F is the token count H*W, fixed by the model's image_size"
             )
-        x_dbl = torch.einsum("bkfl,kcf->bkcl", xs, self.x_proj_weight)
+        x_dbl = self._x_proj(xs, self.x_proj_weight)
         dts, Bs, Cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
-        dts = torch.einsum("bkrl,kfr->bkfl", dts, self.dt_proj_weight)
+        dts = self._dt_proj(dts, self.dt_proj_weight)
         u = xs.reshape(batch, directions * features, length)
         delta = dts.reshape(batch, directions * features, length)
         ys = selective_scan(
