@@ -11,6 +11,7 @@ from mambaseg_core.config import ConfigError
 from mambaseg_core.models import (
     MambaSeg,
     ModelConfig,
+    layers,
     load_model,
     load_model_config,
     load_vmamba_pretrained,
@@ -290,12 +291,13 @@ class _CpuTunedLayout(ProjectionLayout):
     """The timing logic of ProjectionLayout on the CPU, with stub timings: column-major costs `column_cost`."""
 
     def __init__(self, equation: str, column_cost: float):
-        self.timed: list[str] = []
+        self.timed: list[bool] = []  # column-major, per timed call
 
         def timer(fn) -> float:
-            self.timed.append("column" if len(self.timed) % 2 else "as is")
+            column = len(self.timed) % 2 == 1  # _choose alternates: as is, column-major, as is, ...
+            self.timed.append(column)
             fn()
-            return column_cost if self.timed[-1] == "column" else 1.0
+            return column_cost if column else 1.0
 
         super().__init__(equation, timer)
 
@@ -305,9 +307,10 @@ class _CpuTunedLayout(ProjectionLayout):
 
 
 @pytest.mark.parametrize("column_cost", [0.5, 2.0])
-def test_projection_layout_times_each_shape_once_and_follows_weight_changes(column_cost: float):
-    """The faster storage order is chosen once per input shape and used from then on; the column-major copy is
-    kept only while chosen, and follows an in-place change of the weight."""
+def test_projection_layout_times_each_shape_once_and_follows_weight_changes(column_cost: float, monkeypatch):
+    """The faster storage order is chosen once per input shape, for every layout of the process, and used from
+    then on; the column-major copy is kept only where chosen, and follows an in-place change of the weight."""
+    monkeypatch.setattr(layers, "_LAYOUT_CHOICES", {})
     torch.manual_seed(0)
     weight = torch.randn(2, 7, 5)
     layout = _CpuTunedLayout("bkrl,kfr->bkfl", column_cost)
@@ -315,15 +318,19 @@ def test_projection_layout_times_each_shape_once_and_follows_weight_changes(colu
         for length in (3, 3, 4):
             x = torch.randn(1, 2, 5, length)
             torch.testing.assert_close(layout(x, weight), torch.einsum("bkrl,kfr->bkfl", x, weight))
-        assert layout.timed == ["as is", "column"] * 2  # two shapes, each timed once
+        assert len(layout.timed) == 8  # two shapes, each order timed twice per shape
         column_chosen = column_cost < 1.0
         assert (layout._column_major._value is not None) == column_chosen
         weight.mul_(-2.0)
         torch.testing.assert_close(layout(x, weight), torch.einsum("bkrl,kfr->bkfl", x, weight))
         if column_chosen:
             assert not layout.column_major(weight).is_contiguous() and torch.equal(layout.column_major(weight), weight)
+        # Another layout of the same projection reuses the choice: no timing.
+        other = _CpuTunedLayout("bkrl,kfr->bkfl", column_cost)
+        torch.testing.assert_close(other(x, weight), torch.einsum("bkrl,kfr->bkfl", x, weight))
+        assert other.timed == []
     # With autograd the weight is used as it is, untimed.
-    assert layout(x, weight.requires_grad_()).requires_grad and len(layout.timed) == 4
+    assert layout(x, weight.requires_grad_()).requires_grad and len(layout.timed) == 8
 
 
 @pytest.mark.cuda

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Generic, TypeVar
 
 import torch
@@ -41,20 +42,25 @@ def _cuda_time_ms(fn: Callable[[], object], repeats: int = 3) -> float:
     return start.elapsed_time(end)
 
 
+# (equation, shapes, dtypes, device) -> column-major is faster; shared by every ProjectionLayout of the process, so
+# that equal projections (the image and event paths, every engine) make the same choice.
+_LAYOUT_CHOICES: dict[tuple, bool] = {}
+
+
 class ProjectionLayout:
     """`torch.einsum(equation, x, weight)` for a batched projection weight (K, M, N), with the weight stored in the
     faster of two orders: as it is, or column-major in its last two dimensions (the same values, transposed
     strides). cuBLAS chooses its kernels by layout and shape, and for some of the model's projections one order is
     3-5x faster than the other (H100: DSEC TSSM0 dt_proj 114 vs 39 µs, DDD17 TSSM0 x_proj 50 vs 9 µs, and the
     reverse at other shapes), with no rule that holds across shapes, cards and libraries. So in CUDA inference each
-    input shape is timed once, outside any CUDA-graph capture, and the faster order kept (like cudnn.benchmark);
-    autograd, torch.compile and the CPU take the weight as it is."""
+    shape is timed once per process, outside any CUDA-graph capture and on an otherwise idle GPU (it synchronises
+    the device first: the other branch's kernels would skew the timing), and the faster order kept (like
+    cudnn.benchmark); autograd, torch.compile and the CPU take the weight as it is."""
 
     def __init__(self, equation: str, timer: Callable[[Callable[[], object]], float] = _cuda_time_ms):
         self.equation = equation
         self.timer = timer
         self._column_major: DerivedWeights[torch.Tensor] = DerivedWeights()
-        self._choices: dict[tuple, bool] = {}  # input shape, dtypes -> column-major
 
     @staticmethod
     def applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -64,20 +70,30 @@ class ProjectionLayout:
     def column_major(self, weight: torch.Tensor) -> torch.Tensor:
         return self._column_major.get([weight], lambda: weight.detach().mT.contiguous().mT)
 
+    def _choose(self, x: torch.Tensor, weight: torch.Tensor) -> bool:
+        """Whether column-major is faster: the best of two alternating rounds of each order."""
+        if x.is_cuda:
+            torch.cuda.synchronize(x.device)
+        times = {False: float("inf"), True: float("inf")}
+        stored = {False: weight, True: self.column_major(weight)}
+        for _ in range(2):
+            for column in (False, True):
+                times[column] = min(times[column], self.timer(partial(torch.einsum, self.equation, x, stored[column])))
+        return times[True] < times[False]
+
     def __call__(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         if not self.applies(x, weight):
             return torch.einsum(self.equation, x, weight)
-        key = (tuple(x.shape), x.dtype, weight.dtype, projection_dtype(x))
-        column = self._choices.get(key)
+        key = (self.equation, tuple(x.shape), tuple(weight.shape), x.dtype, weight.dtype, projection_dtype(x), x.device)
+        column = _LAYOUT_CHOICES.get(key)
         if column is None:
             if x.is_cuda and torch.cuda.is_current_stream_capturing():  # no timing (it synchronises) in a capture
                 return torch.einsum(self.equation, x, weight)
-            as_is = self.timer(lambda: torch.einsum(self.equation, x, weight))
-            transposed = self.timer(lambda: torch.einsum(self.equation, x, self.column_major(weight)))
-            column = self._choices[key] = transposed < as_is
-            if not any(self._choices.values()):
-                self._column_major = DerivedWeights()  # no shape uses the copy: free it
-        return torch.einsum(self.equation, x, self.column_major(weight) if column else weight)
+            column = _LAYOUT_CHOICES[key] = self._choose(x, weight)
+        if not column:
+            self._column_major = DerivedWeights()  # the copy made for the timing is not needed
+            return torch.einsum(self.equation, x, weight)
+        return torch.einsum(self.equation, x, self.column_major(weight))
 
 
 class LayerNorm2d(nn.LayerNorm):
