@@ -90,10 +90,9 @@ class ProjectionLayout:
             if x.is_cuda and torch.cuda.is_current_stream_capturing():  # no timing (it synchronises) in a capture
                 return torch.einsum(self.equation, x, weight)
             column = _LAYOUT_CHOICES[key] = self._choose(x, weight)
-        if not column:
-            self._column_major = DerivedWeights()  # the copy made for the timing is not needed
-            return torch.einsum(self.equation, x, weight)
-        return torch.einsum(self.equation, x, self.column_major(weight))
+            if not column:
+                self._column_major = DerivedWeights()  # the copy made for the timing is not needed
+        return torch.einsum(self.equation, x, self.column_major(weight) if column else weight)
 
 
 class LayerNorm2d(nn.LayerNorm):
