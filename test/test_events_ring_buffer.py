@@ -54,9 +54,23 @@ def test_queries_match_brute_force(seed: int, max_events: int, max_duration: int
     assert buffer.stats.dropped_overflow == len(everything) - len(kept)
     assert buffer.latest_time == (int(kept.t[-1]) if len(kept) else None)
     for t0, t1, n in queries:
-        assert_same(buffer.window(t0, t1), kept[(kept.t >= t0) & (kept.t < t1)])
+        expected = kept[(kept.t >= t0) & (kept.t < t1)]
+        assert_same(buffer.window(t0, t1), expected)
         before = kept[kept.t < t1]
         assert_same(buffer.last_n(n, t1), before[max(0, len(before) - n) :])
+        # The same copies into caller-provided arrays (poisoned, longer than needed): views of their first entries.
+        spare = EventBatch.from_arrays(*(np.full(len(expected) + 3, 7) for _ in "xytp"))
+        copied = buffer.window(t0, t1, into=lambda count, spare=spare: spare)
+        assert_same(copied, expected)
+        assert len(copied) == 0 or np.shares_memory(copied.t, spare.t)
+
+
+def test_into_must_hold_every_event() -> None:
+    buffer = EventRingBuffer(10_000, 100)
+    buffer.append(EventBatch.from_arrays([1, 2, 3], [1, 2, 3], [10, 20, 30], [0, 1, 0]))
+    too_short = EventBatch.from_arrays(*(np.zeros(2) for _ in "xytp"))
+    with pytest.raises(ValueError, match="2 entries for 3 events"):
+        buffer.last_n(5, 100, into=lambda count: too_short)
 
 
 def test_packet_larger_than_capacity_keeps_newest() -> None:

@@ -337,3 +337,31 @@ def test_events_reached_tracks_the_newest_buffered_event(model):
     seg.add_events(make_events(10, 0, 1000))
     newest = int(seg.latest_event_us)
     assert seg.events_reached(newest) and not seg.events_reached(newest + 1)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: CUDA-graph capture of the packed frames")
+def test_cuda_graph_segmenter_equals_eager_and_captures_once_per_event_capacity(model):
+    settings = {"window_mode": "duration", "window_duration_us": 10_000, "parallel_branches": False}
+    segs = {}
+    for graphed in (False, True):
+        gpu_model = copy.deepcopy(model)
+        gpu_model.set_scan_backend("torch")  # no extension build inside a unit test
+        segs[graphed] = Segmenter(gpu_model, load_config(SegmenterConfig, {**settings, "cuda_graph": graphed}), "cuda")
+        segs[graphed].warmup()
+    assert segs[True].engine.captures == 1
+    # Quiet frames (a few hundred events), then a burst over the smallest capacity (16384), then quiet again.
+    counts = [300, 500, 20_000, 400, 600]
+    captures = []
+    for frame, count in enumerate(counts):
+        events = make_events(count, frame * 10_000, (frame + 1) * 10_000, seed=frame)
+        image = make_image(seed=frame)
+        results = {}
+        for graphed, seg in segs.items():
+            seg.add_events(events)
+            results[graphed] = seg.segment(image, (frame + 1) * 10_000)
+        assert results[True].events_used == results[False].events_used == count
+        np.testing.assert_array_equal(results[True].class_ids, results[False].class_ids)
+        captures.append(segs[True].engine.captures)
+    print("captures after each frame:", captures)
+    assert captures == [1, 1, 2, 2, 2]  # the burst grows the packed layout once; it never shrinks back

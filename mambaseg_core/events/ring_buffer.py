@@ -10,12 +10,14 @@ Policy:
 - Small disorder within the tolerance (USB packet reordering, EVT3 TIME_HIGH jitter) is clamped: such an
   event is stored with t = the newest stored time (so at most `backwards_tolerance_us` late), counted in
   `stats.clamped_out_of_order`.
-- Thread safety: one lock guards appends and queries (one writer and any readers); queries return copies.
+- Thread safety: one lock guards appends and queries (one writer and any readers); queries return copies,
+  into fresh arrays or, with `into`, into arrays the caller provides (e.g. pinned memory staged for a GPU upload).
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numba
@@ -25,6 +27,8 @@ from mambaseg_core.events.batch import EventBatch
 
 _FIELDS = ("x", "y", "t", "p")
 _DTYPES = {"x": np.uint16, "y": np.uint16, "t": np.int64, "p": np.uint8}
+# A query's destination: event count -> a batch of at least that many entries (EventRingBuffer.window).
+Destination = Callable[[int], EventBatch]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -123,19 +127,23 @@ class EventRingBuffer:
                 self._head = self._count = 0
                 start = end
 
-    def window(self, t0: int, t1: int) -> EventBatch:
-        """Copy of the stored events with t0 <= t < t1 (empty when t1 <= t0)."""
+    def window(self, t0: int, t1: int, *, into: Destination | None = None) -> EventBatch:
+        """Copy of the stored events with t0 <= t < t1 (empty when t1 <= t0).
+
+        into: called with the number of events (lock held), returns a batch of at least that many entries to copy
+        them into; the result is then a view of its first entries. Without it the copy is into fresh arrays.
+        """
         with self._lock:
             i0, i1 = self._search(t0), self._search(t1)
-            return self._copy(i0, max(i0, i1))
+            return self._copy(i0, max(i0, i1), into)
 
-    def last_n(self, n: int, t_end: int) -> EventBatch:
-        """Copy of the last (up to) n stored events with t < t_end."""
+    def last_n(self, n: int, t_end: int, *, into: Destination | None = None) -> EventBatch:
+        """Copy of the last (up to) n stored events with t < t_end (`into` as in `window`)."""
         if n < 0:
             raise ValueError(f"last_n needs n >= 0, got {n}")
         with self._lock:
             i1 = self._search(t_end)
-            return self._copy(max(0, i1 - n), i1)
+            return self._copy(max(0, i1 - n), i1, into)
 
     # -- internals (lock held) -------------------------------------------------------------------------
 
@@ -161,15 +169,22 @@ class EventRingBuffer:
             index += int(np.searchsorted(t[wrapped_part], value, side="left"))
         return index
 
-    def _copy(self, i0: int, i1: int) -> EventBatch:
-        """Copy of logical [i0, i1) (at most two storage slices)."""
-        if i1 <= i0:
-            return EventBatch.empty()
-        start, length = (self._head + i0) % self.max_events, i1 - i0
+    def _copy(self, i0: int, i1: int, into: Destination | None) -> EventBatch:
+        """Copy of logical [i0, i1) (at most two storage slices), into fresh arrays or into `into(length)`."""
+        length = max(0, i1 - i0)
+        if into is None:
+            if length == 0:
+                return EventBatch.empty()
+            destination = {name: np.empty(length, _DTYPES[name]) for name in _FIELDS}
+        else:
+            target = into(length)
+            destination = {name: getattr(target, name)[:length] for name in _FIELDS}
+            if len(destination["t"]) < length:
+                raise ValueError(f"EventRingBuffer: `into` returned {len(target)} entries for {length} events")
+        start = (self._head + i0) % self.max_events
         first = min(length, self.max_events - start)
-        return EventBatch(
-            *(
-                np.concatenate([self._store[name][start : start + first], self._store[name][: length - first]])
-                for name in _FIELDS
-            )
-        )
+        for name in _FIELDS:
+            store, out = self._store[name], destination[name]
+            out[:first] = store[start : start + first]
+            out[first:] = store[: length - first]
+        return EventBatch(*(destination[name] for name in _FIELDS))

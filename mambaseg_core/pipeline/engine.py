@@ -13,7 +13,8 @@ compiled, optionally as one CUDA graph replayed per frame.
 - `cuda_graph`: the first frame of a given input shape is run twice eagerly on a side stream (kernel selection,
   allocator warm-up), then the forward and the argmax are captured; every later frame copies its inputs into the
   captured buffers and replays the graph (one launch instead of ~2,000, no host work in between). A new input
-  shape recaptures.
+  shape recaptures. `class_ids_from` captures the making of the network inputs too (e.g. the voxel grid from a
+  packed upload, pipeline/network_inputs.py): the graph is then kept per input-making function and input shapes.
 The engine owns the model: a half-precision engine casts the model's weights in place.
 """
 
@@ -53,6 +54,15 @@ ENGINE_MODES: dict[str, EngineMode] = {
     "fp16 eager": EngineMode("fp16", False, False),
     "fp16 graph branches": EngineMode("fp16", True, False, True),
 }
+
+# (named input tensors) -> (image (B, C, H, W), events (B, bins, H, W)) network inputs (InferenceEngine.class_ids_from).
+MakeInputs = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+
+
+def network_inputs_as_given(image: torch.Tensor, events: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The MakeInputs of inputs that already are the network's."""
+    return image, events
+
 
 # Parameters of matrix products that the SSM applies with einsum rather than through nn.Linear/nn.Conv2d.
 _SSM_PROJECTIONS = ("x_proj_weight", "dt_proj_weight")
@@ -107,7 +117,9 @@ class InferenceEngine:
                 self._forward = torch.compile(model, dynamic=False)
         self._graph: torch.cuda.CUDAGraph | None = None
         self._graph_key: tuple = ()
-        self._static: dict[str, torch.Tensor] = {}
+        self._static: dict[str, torch.Tensor] = {}  # the captured graph's inputs
+        self._static_ids = torch.empty(0)  # and its output
+        self.captures = 0  # CUDA graphs captured (a new input shape or input-making function recaptures)
 
     def _branches(self) -> contextlib.AbstractContextManager:
         return parallel_branches(self.device) if self.parallel_branches else contextlib.nullcontext()
@@ -123,36 +135,45 @@ class InferenceEngine:
         with torch.inference_mode(), self._autocast(), self._branches():
             return self._forward(image=image, events=events).float()
 
-    def _class_ids_eager(self, image: torch.Tensor, events: torch.Tensor) -> torch.Tensor:
+    def _class_ids_eager(self, make_inputs: MakeInputs, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        with torch.inference_mode():
+            image, events = make_inputs(**inputs)  # outside autocast: the input conversions stay float32
         return self.logits(image, events).argmax(1).to(torch.uint8)
 
     def class_ids(self, image: torch.Tensor, events: torch.Tensor) -> torch.Tensor:
         """(B, H, W) uint8 class ids on the model's device. With `cuda_graph` the returned tensor is the graph's
         output buffer: it is overwritten by the next call, so copy it (e.g. to the host) before calling again."""
+        return self.class_ids_from(network_inputs_as_given, image=image, events=events)
+
+    def class_ids_from(self, make_inputs: MakeInputs, **inputs: torch.Tensor) -> torch.Tensor:
+        """As `class_ids`, of the network inputs (image, events) = make_inputs(**inputs), which must be a value
+        (equal settings compare equal: the graph is recaptured when it or the inputs' shapes change) and, for
+        `cuda_graph`, capturable: no host synchronisation, shapes fixed by the inputs' shapes."""
         if not self.cuda_graph:
-            return self._class_ids_eager(image, events)
-        key = (tuple(image.shape), image.dtype, tuple(events.shape), events.dtype)
+            return self._class_ids_eager(make_inputs, inputs)
+        key = (make_inputs, tuple((name, tuple(value.shape), value.dtype) for name, value in sorted(inputs.items())))
         if self._graph is None or key != self._graph_key:
-            self._capture(image, events, key)
-        self._static["image"].copy_(image, non_blocking=True)
-        self._static["events"].copy_(events, non_blocking=True)
+            self._capture(make_inputs, inputs, key)
+        for name, value in inputs.items():
+            self._static[name].copy_(value, non_blocking=True)
         assert self._graph is not None
         self._graph.replay()
-        return self._static["ids"]
+        return self._static_ids
 
-    def _capture(self, image: torch.Tensor, events: torch.Tensor, key: tuple) -> None:
+    def _capture(self, make_inputs: MakeInputs, inputs: dict[str, torch.Tensor], key: tuple) -> None:
         self._graph = None
-        self._static = {"image": image.detach().clone(), "events": events.detach().clone()}
+        self._static = {name: value.detach().clone() for name, value in inputs.items()}
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
             for _ in range(2):
-                self._class_ids_eager(self._static["image"], self._static["events"])
+                self._class_ids_eager(make_inputs, self._static)
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            self._static["ids"] = self._class_ids_eager(self._static["image"], self._static["events"])
+            self._static_ids = self._class_ids_eager(make_inputs, self._static)
         self._graph, self._graph_key = graph, key
+        self.captures += 1
 
     def __repr__(self) -> str:
         return (

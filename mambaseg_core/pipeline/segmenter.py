@@ -5,8 +5,8 @@ Per frame (image (H_in, W_in[, 3]) at `stamp_us`, network input (H, W) = model.c
    (mode `count`, DSEC: 100k) or those in [stamp - window_duration_us, stamp) (mode `duration`, DDD17: 50 ms).
 2. Voxel grid (event_bins, H_in, W_in) of the window at the sensor size, which must equal the image size:
    events are expected pixel-aligned with the image (as DSEC's ev_inf frames and DDD17's DAVIS frames are).
-   torch on CUDA devices, numpy otherwise. With no events, `missing_events` decides: `skip` the frame or
-   `zeros` (an image-only prediction with an all-zero voxel grid).
+   On CUDA devices the fused GPU kernel (pipeline/network_inputs.py), numba otherwise. With no events,
+   `missing_events` decides: `skip` the frame or `zeros` (an image-only prediction with an all-zero voxel grid).
 3. Image -> float (image_channels, H_in, W_in) in [0, 1] (uint8 / 255, uint16 / 65535; no mean/std, as trained);
    RGB -> gray uses the ITU-R 601 luma weights, gray -> RGB repeats the channel.
 4. Fit to the network size, the same transform for image and voxel grid (`image_fit`):
@@ -19,34 +19,37 @@ Per frame (image (H_in, W_in[, 3]) at `stamp_us`, network input (H, W) = model.c
    (`resize`) or padded with 255 = unlabeled below the kept rows (`crop_bottom`); then palette + overlay.
 
 `add_events` and `reset` may be called from another thread while `segment` runs (the ring buffer locks).
-On CUDA devices host arrays go up through reused pinned buffers with asynchronous copies, and the host waits for
-the GPU once per frame, when the class ids come back.
+On CUDA devices steps 2-5 run on the GPU: the frame's image and event window are packed into one pinned buffer and
+uploaded in one asynchronous copy (pipeline/network_inputs.py); with `cuda_graph` the conversion to network inputs
+is part of the captured graph. The host waits for the GPU once per frame, when the class ids come back.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Literal
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from mambaseg_core.config import ConfigError
 from mambaseg_core.data.classes import CLASS_SETS, IGNORE_INDEX
-from mambaseg_core.events import EventBatch, EventRingBuffer, voxel_grid, voxel_grid_torch
+from mambaseg_core.events import EventBatch, EventRingBuffer, voxel_grid
+from mambaseg_core.events.ring_buffer import Destination
 from mambaseg_core.ops.selective_scan import available_backends
 from mambaseg_core.pipeline.colorize import colorize, overlay, palette_lut, to_rgb8
-from mambaseg_core.pipeline.engine import PRECISIONS, InferenceEngine, Precision
+from mambaseg_core.pipeline.engine import PRECISIONS, InferenceEngine, MakeInputs, Precision, network_inputs_as_given
+from mambaseg_core.pipeline.network_inputs import FramePacker, PackedFrame, fit, image_tensor
 
 log = logging.getLogger(__name__)
 
-# ITU-R 601-2 luma, the weights of PIL's convert("L") (torchvision Grayscale).
-_LUMA = (0.299, 0.587, 0.114)
 # The default class set for a model with this many classes.
 _CLASS_SET_BY_COUNT = {cs.num_classes: key for key, cs in CLASS_SETS.items()}
 
@@ -151,9 +154,10 @@ class SegmentationResult:
 
     class_ids: np.ndarray  # (H', W') uint8, 255 = unlabeled
     events_used: int  # events in the voxel grid (0: image-only, `missing_events: zeros`)
-    # Per stage (STAGES), and "total". On CUDA devices voxel and preprocess are
-    # the host's time to queue their GPU work; forward runs until the class ids are on the host (so it includes
-    # what the GPU still had queued); postprocess is the resizing back to the output size (not the renderings).
+    # Per stage (STAGES), and "total". On CUDA devices the voxel grid and the image conversion run on the GPU
+    # within forward: there window includes copying the events into the pinned upload buffer, preprocess is
+    # copying the image into it and voxel is queueing the upload. forward runs until the class ids are on the
+    # host; postprocess is the resizing back to the output size (not the renderings).
     timings_ms: dict[str, float]
     overlay_base: np.ndarray  # (H', W', 3) uint8 RGB: the image under the overlay
     palette_lut: np.ndarray  # (256, 3) uint8: class id -> colour (colorize.palette_lut)
@@ -218,7 +222,7 @@ class Segmenter:
             compile=config.compile,
             parallel_branches=config.parallel_branches and self.device.type == "cuda",
         )
-        self._pinned: dict[str, tuple[torch.Tensor, torch.cuda.Event]] = {}  # name -> (buffer, its last copy)
+        self._packer = FramePacker(self.device) if self.device.type == "cuda" else None
 
     # ---- event stream -------------------------------------------------------------------------------
 
@@ -246,11 +250,12 @@ class Segmenter:
         self._buffer.clear()
         self.stats.resets += 1
 
-    def window(self, stamp_us: int) -> EventBatch:
-        """The events the frame at `stamp_us` uses (strictly before it), per `window_mode`."""
+    def window(self, stamp_us: int, into: Destination | None = None) -> EventBatch:
+        """The events the frame at `stamp_us` uses (strictly before it), per `window_mode` (`into`: the ring
+        buffer's destination for the copy, EventRingBuffer.window)."""
         if self.config.window_mode == "count":
-            return self._buffer.last_n(self.config.window_events, stamp_us)
-        return self._buffer.window(stamp_us - self.config.window_duration_us, stamp_us)
+            return self._buffer.last_n(self.config.window_events, stamp_us, into=into)
+        return self._buffer.window(stamp_us - self.config.window_duration_us, stamp_us, into=into)
 
     # ---- frames -------------------------------------------------------------------------------------
 
@@ -275,69 +280,50 @@ class Segmenter:
         self._check_fit(size, "image size")
         return size
 
-    def _upload(self, name: str, array: np.ndarray) -> torch.Tensor:
-        """`array` on the device. On CUDA it is staged in a pinned buffer kept per `name` and copied asynchronously;
-        before the buffer is refilled the host waits for the previous copy out of it (normally long finished)."""
-        if self.device.type != "cuda":
-            return torch.from_numpy(np.ascontiguousarray(array))
-        dtype = torch.from_numpy(array[:0]).dtype
-        staged, copied = self._pinned.get(name, (None, None))
-        if copied is not None:
-            copied.synchronize()
-        if staged is None or staged.numel() < array.size or staged.dtype != dtype:
-            staged = torch.empty(max(array.size, 1), dtype=dtype, pin_memory=True)
-        view = staged[: array.size]
-        view.numpy()[...] = array.reshape(-1)
-        on_device = view.to(self.device, non_blocking=True).view(array.shape)
-        copied = torch.cuda.Event()
-        copied.record()
-        self._pinned[name] = (staged, copied)
-        return on_device
+    def _capacity(self) -> int | None:
+        """Event slots of a packed frame: the window's size in `count` mode; None (grows with the window) otherwise."""
+        return self.config.window_events if self.config.window_mode == "count" else None
 
-    def _image_tensor(self, image: np.ndarray) -> torch.Tensor:
-        """(H, W[, 3]) uint8/uint16 -> (image_channels, H, W) float32 in [0, 1] on the device."""
-        if image.dtype == np.uint16:  # torch has no general uint16 arithmetic
-            tensor = self._upload("image", image.astype(np.float32)) / 65535.0
-        else:
-            tensor = self._upload("image", image).float() / 255.0
-        tensor = tensor[None] if tensor.dim() == 2 else tensor.permute(2, 0, 1)
-        if self.image_channels == 1 and tensor.shape[0] == 3:
-            weights = torch.tensor(_LUMA, device=self.device).view(3, 1, 1)
-            tensor = (tensor * weights).sum(0, keepdim=True)
-        elif self.image_channels == 3 and tensor.shape[0] == 1:
-            tensor = tensor.expand(3, -1, -1)
-        return tensor
-
-    def _voxel_tensor(self, events: EventBatch, size: tuple[int, int]) -> torch.Tensor:
-        """(event_bins, H, W) float32 voxel grid of `events` on the device (zeros for no events)."""
-        height, width = size
-        if len(events) == 0:
-            return torch.zeros(self.event_bins, height, width, device=self.device)
-        if self.device.type == "cuda":
-            # torch has no arithmetic on uint16: the coordinates travel as int16 (the same bits; any x or y of 32768
-            # or more, negative there, is outside every sensor either way) and are widened on the device, which
-            # spares the host a widening copy of every event.
-            x, y = (
-                self._upload(name, c.view(np.int16)).to(torch.int32) for name, c in (("x", events.x), ("y", events.y))
-            )
-            t, p = self._upload("t", events.t), self._upload("p", events.p)
-            return voxel_grid_torch(x, y, t, p, bins=self.event_bins, height=height, width=width, device=self.device)
-        grid = voxel_grid(events.x, events.y, events.t, events.p, bins=self.event_bins, height=height, width=width)
-        return torch.from_numpy(grid)
-
-    def _fit(self, tensor: torch.Tensor) -> torch.Tensor:
-        """(C, H_in, W_in) -> (C, H, W) by `image_fit`."""
-        height, width = self.network_size
-        if tuple(tensor.shape[-2:]) == (height, width):
-            return tensor
-        if self.config.image_fit == "crop_bottom":
-            return tensor[:, :height, :width]
-        return F.interpolate(tensor[None], size=(height, width), mode="bilinear", align_corners=False, antialias=True)[
-            0
-        ]
+    def _stage(
+        self, image: np.ndarray, window: Callable[[Destination | None], EventBatch], timings: dict[str, float]
+    ) -> tuple[MakeInputs, dict[str, torch.Tensor], int]:
+        """The frame as (make_inputs, inputs, events used): the network inputs are make_inputs(**inputs), which the
+        engine runs (on CUDA inside its graph). CPU: the network inputs themselves, the voxel grid by numba. CUDA:
+        the frame packed and uploaded in one copy, converted on the device by a PackedFrame."""
+        size = self.check_image(image)
+        start = time.perf_counter()
+        if self._packer is None:
+            events = window(None)
+            timings["window"] = _ms_since(start)
+            start = time.perf_counter()
+            grid = voxel_grid(
+                events.x, events.y, events.t, events.p, bins=self.event_bins, height=size[0], width=size[1]
+            )  # all zeros for no events
+            timings["voxel"] = _ms_since(start)
+            start = time.perf_counter()
+            pixels = torch.from_numpy(image if image.dtype == np.uint8 else image.astype(np.float32))
+            bits = 8 if image.dtype == np.uint8 else 16
+            inputs = {
+                "image": fit(image_tensor(pixels, bits, self.image_channels), self.network_size, self.config.image_fit),
+                "events": fit(torch.from_numpy(grid), self.network_size, self.config.image_fit),
+            }
+            timings["preprocess"] = _ms_since(start)
+            return network_inputs_as_given, {name: v[None].contiguous() for name, v in inputs.items()}, len(events)
+        events = window(self._packer.events_into(image, self._capacity()))
+        timings["window"] = _ms_since(start)
+        start = time.perf_counter()
+        layout = self._packer.pack_image(image)
+        timings["preprocess"] = _ms_since(start)
+        start = time.perf_counter()
+        packed = self._packer.upload()
+        timings["voxel"] = _ms_since(start)
+        make_inputs = PackedFrame(
+            layout, self.image_channels, self.event_bins, self.network_size, self.config.image_fit
+        )
+        return make_inputs, {"packed": packed}, len(events)
 
     def _unfit_ids(self, ids: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """(H, W) uint8 ids at the network size -> (H_in, W_in) at the input size, the inverse of `_fit`."""
+        """(H, W) uint8 ids at the network size -> (H_in, W_in) at the input size, the inverse of `fit`."""
         if tuple(ids.shape) == size:
             return ids
         if self.config.image_fit == "crop_bottom":
@@ -353,37 +339,44 @@ class Segmenter:
         name = str(self.model.config.scan_backend)
         return f"auto -> {available_backends(self.device)[0]}" if name == "auto" else name
 
-    def warmup(self) -> float:
-        """One ring-buffer append, one voxel grid and one forward pass on dummy inputs, so the first real frame pays
+    def warmup(self, image_shape: tuple[int, ...] | None = None, image_dtype: type = np.uint8) -> float:
+        """One ring-buffer append, one voxel grid and one forward pass on a dummy frame, so the first real frame pays
         no JIT compilation, kernel selection, lazy CUDA init, extension loading or CUDA-graph capture; returns the
-        milliseconds it took. The Segmenter's own state is left untouched."""
-        height, width = self.network_size
+        milliseconds it took. The dummy frame is (H, W, 3) `image_dtype` at sensor_size (else the network size)
+        unless `image_shape` says otherwise: a real frame of another shape or dtype recaptures the CUDA graph.
+        The Segmenter's own state is left untouched."""
+        if image_shape is None:
+            image_shape = (*(self.config.sensor_size or self.network_size), 3)
         start = time.perf_counter()
-        events = EventBatch.from_arrays([0, 1], [0, 1], [0, 1], [0, 1])
-        EventRingBuffer(1, 2).append(events)  # a throwaway buffer: compiles the numba append
-        self.engine.class_ids(
-            torch.zeros(1, self.image_channels, height, width, device=self.device),
-            self._voxel_tensor(events, (height, width))[None],
-        ).cpu()
+        throwaway = EventRingBuffer(1_000_000, max(2, self.config.window_events))
+        throwaway.append(EventBatch.from_arrays([0, 1], [0, 1], [0, 1], [0, 1]))  # compiles the numba append
+        make_inputs, inputs, _ = self._stage(
+            np.zeros(image_shape, image_dtype), lambda into: throwaway.last_n(2, 2, into=into), {}
+        )
+        self.engine.class_ids_from(make_inputs, **inputs).cpu()
         return _ms_since(start)
 
     def prepare(self, image: np.ndarray, stamp_us: int) -> NetworkInputs:
         """Steps 1-4 of the module docstring: the network inputs for this frame (no skip policy applied)."""
-        return self._prepare(image, stamp_us, {})
+        make_inputs, inputs, events_used = self._stage(image, partial(self.window, stamp_us), {})
+        with torch.inference_mode():
+            image_tensor, events = make_inputs(**inputs)
+        return NetworkInputs(image_tensor, events, events_used)
 
-    def _prepare(self, image: np.ndarray, stamp_us: int, timings: dict[str, float]) -> NetworkInputs:
-        size = self.check_image(image)
-        start = time.perf_counter()
-        events = self.window(stamp_us)
-        timings["window"] = _ms_since(start)
-        start = time.perf_counter()
-        voxels = self._voxel_tensor(events, size)
-        timings["voxel"] = _ms_since(start)
-        start = time.perf_counter()
-        image_tensor = self._fit(self._image_tensor(image))
-        voxels = self._fit(voxels)
-        timings["preprocess"] = _ms_since(start)
-        return NetworkInputs(image_tensor[None].contiguous(), voxels[None].contiguous(), len(events))
+    def _network_view(self, image: np.ndarray) -> np.ndarray:
+        """The frame as the network sees it, for the overlay at the network resolution: fitted on the host (OpenCV's
+        area/linear resampling stands in for torch's antialiased bilinear) and gray for a gray model."""
+        height, width = self.network_size
+        if image.shape[:2] != (height, width):
+            if self.config.image_fit == "crop_bottom":
+                image = image[:height, :width]
+            else:
+                shrinking = image.shape[0] * image.shape[1] > height * width
+                method = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+                image = cv2.resize(image, (width, height), interpolation=method)
+        if self.image_channels == 1 and image.ndim == 3:
+            image = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
+        return image
 
     def segment(self, image: np.ndarray, stamp_us: int) -> SegmentationResult | None:
         """Segment one frame (image (H, W) gray or (H, W, 3) RGB, uint8/uint16) taken at `stamp_us` (image clock).
@@ -393,8 +386,8 @@ class Segmenter:
         """
         total_start = time.perf_counter()
         timings: dict[str, float] = {}
-        inputs = self._prepare(image, stamp_us, timings)
-        if inputs.events_used == 0:
+        make_inputs, inputs, events_used = self._stage(image, partial(self.window, stamp_us), timings)
+        if events_used == 0:
             if self.config.missing_events == "skip":
                 self.stats.skipped_no_events += 1
                 return None
@@ -402,20 +395,18 @@ class Segmenter:
                 log.warning("no events before frame at %d us: running image-only (zero voxel grid)", stamp_us)
             self.stats.image_only += 1
         start = time.perf_counter()
-        ids = self.engine.class_ids(inputs.image, inputs.events)[0].cpu()  # the one wait for the GPU
+        ids = self.engine.class_ids_from(make_inputs, **inputs)[0].cpu()  # the one wait for the GPU
         timings["forward"] = _ms_since(start)
         start = time.perf_counter()
         if self.config.output_resolution == "input":
             ids = self._unfit_ids(ids, (int(image.shape[0]), int(image.shape[1])))
             base = to_rgb8(image)
         else:
-            # The overlay shows what the network saw: the fitted (and possibly gray) image.
-            pixels = (inputs.image[0] * 255.0).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0)
-            base = to_rgb8(pixels.cpu().numpy().squeeze(2) if self.image_channels == 1 else pixels.cpu().numpy())
+            base = to_rgb8(self._network_view(image))
         timings["postprocess"] = _ms_since(start)
         timings["total"] = _ms_since(total_start)
         self.stats.frames += 1
-        return SegmentationResult(ids.numpy(), inputs.events_used, timings, base, self._lut, self.config.overlay_alpha)
+        return SegmentationResult(ids.numpy(), events_used, timings, base, self._lut, self.config.overlay_alpha)
 
 
 def _ms_since(start: float) -> float:

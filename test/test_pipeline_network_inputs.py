@@ -1,0 +1,125 @@
+"""Packed frames (pipeline/network_inputs.py): one byte buffer per frame, turned into the same network inputs as the
+Segmenter's CPU path; the event capacity policy; the engine running the conversion with the forward."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from seg_harness import TINY_MODEL
+
+from mambaseg_core.config import load_config
+from mambaseg_core.events import EventBatch
+from mambaseg_core.models import MambaSeg, load_model_config
+from mambaseg_core.pipeline import InferenceEngine, Segmenter, SegmenterConfig
+from mambaseg_core.pipeline.network_inputs import MIN_CAPACITY, FramePacker, PackedFrame, PackedLayout
+
+NET_H, NET_W = TINY_MODEL["image_size"]
+BINS = TINY_MODEL["event_bins"]
+
+
+def make_model(image_channels: int = 3) -> MambaSeg:
+    torch.manual_seed(0)
+    return MambaSeg(load_model_config({**TINY_MODEL, "image_channels": image_channels})).eval()
+
+
+def make_events(n: int, height: int, width: int, seed: int = 0) -> EventBatch:
+    rng = np.random.default_rng(seed)
+    x, y, t = rng.integers(0, width, n), rng.integers(0, height, n), np.sort(rng.integers(0, 50_000, n))
+    return EventBatch.from_arrays(x, y, t, rng.integers(0, 2, n))
+
+
+def packed_inputs(seg: Segmenter, packer: FramePacker, image: np.ndarray, stamp_us: int):
+    """The packed path, step by step as the Segmenter takes it on a CUDA device, here on the CPU."""
+    fixed = seg.config.window_events if seg.config.window_mode == "count" else None
+    events = seg.window(stamp_us, into=packer.events_into(image, fixed))
+    layout = packer.pack_image(image)
+    make_inputs = PackedFrame(layout, seg.image_channels, seg.event_bins, seg.network_size, seg.config.image_fit)
+    return make_inputs, packer.upload(), len(events)
+
+
+CASES = {
+    # name: (model image channels, image (H, W[, 3]) and dtype, Segmenter settings)
+    "rgb count crop": (3, (NET_H + 8, NET_W, 3), np.uint8, {"image_fit": "crop_bottom", "window_events": 900}),
+    "rgb to gray duration resize": (
+        1, (2 * NET_H, 2 * NET_W, 3), np.uint8, {"window_mode": "duration", "window_duration_us": 20_000},
+    ),
+    "gray16 to rgb duration": (3, (NET_H, NET_W), np.uint16, {"window_mode": "duration", "window_duration_us": 9_000}),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_packed_frame_gives_the_network_inputs_of_the_cpu_path(case):
+    channels, shape, dtype, settings = CASES[case]
+    seg = Segmenter(make_model(channels), load_config(SegmenterConfig, settings), "cpu")
+    seg.add_events(make_events(3000, shape[0], shape[1]))
+    image = np.random.default_rng(1).integers(0, np.iinfo(dtype).max, shape, dtype=dtype, endpoint=True)
+    expected = seg.prepare(image, 40_000)
+    make_inputs, packed, used = packed_inputs(seg, FramePacker("cpu"), image, 40_000)
+    image_tensor, voxels = make_inputs(packed)
+    assert used == expected.events_used > 0
+    assert image_tensor.shape == expected.image.shape and voxels.shape == expected.events.shape
+    torch.testing.assert_close(image_tensor, expected.image, rtol=0, atol=0)
+    voxel_diff = float((voxels - expected.events).abs().max())
+    print(f"{case}: max |packed voxel grid - numba| = {voxel_diff:.2e}, |grid| max {float(voxels.abs().max()):.2f}")
+    assert voxel_diff < 1e-5  # float32 sums in another order
+    assert float(voxels.abs().sum()) > 0
+
+
+def test_no_events_give_an_all_zero_grid():
+    seg = Segmenter(make_model(), load_config(SegmenterConfig, {"missing_events": "zeros"}), "cpu")
+    image = np.zeros((NET_H, NET_W, 3), np.uint8)
+    make_inputs, packed, used = packed_inputs(seg, FramePacker("cpu"), image, 10)
+    _, voxels = make_inputs(packed)
+    assert used == 0 and voxels.shape == (1, BINS, NET_H, NET_W) and not voxels.any()
+
+
+def test_event_capacity_is_fixed_or_grows_in_powers_of_two():
+    image = np.zeros((NET_H, NET_W, 3), np.uint8)
+    packer = FramePacker("cpu")
+    grown = [len(packer.events_into(image, None)(count).t) for count in (0, 10, 20_000, 100, 70_000)]
+    assert grown == [MIN_CAPACITY, MIN_CAPACITY, 32_768, 32_768, 131_072]  # never shrinks: one layout per stream
+    assert len(packer.events_into(image, 500)(123).t) == 500
+    with pytest.raises(ValueError, match="501 events exceed the fixed capacity of 500"):
+        packer.events_into(image, 500)(501)
+
+
+def test_layout_sections_are_aligned_and_disjoint():
+    layout = PackedLayout((5, 7, 3), 16, 1001)
+    spans = sorted(
+        (offset, offset + int(np.prod(shape)) * dtype.itemsize) for offset, dtype, shape in layout.sections.values()
+    )
+    assert all(start % 128 == 0 for start, _ in spans)
+    assert all(end <= next_start for (_, end), (next_start, _) in itertools.pairwise(spans))
+    assert spans[-1][1] == layout.nbytes
+    buffer = torch.zeros(layout.nbytes, dtype=torch.uint8)
+    host = layout.host_views(buffer.numpy())
+    host["x"][:] = 40_000  # outside every sensor: negative as int16 on the device
+    host["image"][:] = 65_535
+    device = layout.device_views(buffer)
+    assert device["x"].dtype == torch.int16 and int(device["x"][0]) == 40_000 - 65_536
+    assert device["image"].dtype == torch.float32 and device["image"].shape == (5, 7, 3)
+    assert float(device["image"].min()) == 65_535.0
+
+
+def test_engine_runs_the_packed_conversion_with_the_forward():
+    seg = Segmenter(make_model(), load_config(SegmenterConfig, {"window_events": 700}), "cpu")
+    seg.add_events(make_events(2000, NET_H, NET_W))
+    image = np.random.default_rng(2).integers(0, 256, (NET_H, NET_W, 3), dtype=np.uint8)
+    make_inputs, packed, _ = packed_inputs(seg, FramePacker("cpu"), image, 45_000)
+    engine = InferenceEngine(copy.deepcopy(seg.model))
+    ids = engine.class_ids_from(make_inputs, packed=packed)
+    assert torch.equal(ids, engine.class_ids(*make_inputs(packed)))
+    assert make_inputs == copy.deepcopy(make_inputs) and hash(make_inputs) == hash(copy.deepcopy(make_inputs))
+
+
+def test_pack_image_needs_the_events_of_a_frame_of_its_shape():
+    packer = FramePacker("cpu")
+    with pytest.raises(RuntimeError, match="no events_into destination"):
+        packer.pack_image(np.zeros((4, 4), np.uint8))
+    packer.events_into(np.zeros((4, 4), np.uint8), 10)(3)
+    with pytest.raises(RuntimeError, match="no events_into destination"):
+        packer.pack_image(np.zeros((4, 5), np.uint8))
