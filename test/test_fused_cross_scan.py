@@ -45,11 +45,13 @@ def as_layout(x: torch.Tensor, layout: str) -> torch.Tensor:
     return x
 
 
-def check_conv_silu_scan(fused_op, scan, device, dtype, layout, channels, height, width, bias) -> None:
-    """fused_op(x, conv) against scan(SiLU(conv(x))) computed in float32."""
+def check_conv_silu_scan(fused_op, scan, device, dtype, layout, channels, height, width, bias, stored=None) -> None:
+    """fused_op(x, conv) against scan(SiLU(conv(x))) computed in float32, followed by zeros up to `stored` steps."""
     conv = depthwise(channels, bias, device, dtype)
     x = as_layout(torch.randn(2, channels, height, width, device=device).to(dtype), layout)
     expected = scan(F.silu(conv(x).float()))
+    if stored is not None:
+        expected = F.pad(expected, (0, stored - expected.shape[-1]))
     assert triton_support.kernels_apply(x, conv.weight)
     out = fused_op(x, conv)
     assert out.shape == expected.shape and out.dtype == dtype
@@ -58,23 +60,29 @@ def check_conv_silu_scan(fused_op, scan, device, dtype, layout, channels, height
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last", "cropped"])
-@pytest.mark.parametrize(("channels", "height", "width", "bias"), [(6, 19, 37, True), (40, 3, 2, False)])
+@pytest.mark.parametrize(
+    ("channels", "height", "width", "bias"), [(6, 19, 37, True), (40, 3, 2, False), (5, 4, 6, True)]
+)
 @torch.no_grad()
 def test_conv_silu_cross_scan(triton_device, dtype, layout, channels, height, width, bias):
+    """Sequences of 703 and 6 steps are stored as 704 and 8, zeros after the last step; 24 steps need no padding."""
+    stored = fused.padded_length(height * width)
+    assert stored % fused.SEQUENCE_ALIGN == 0 and 0 <= stored - height * width < fused.SEQUENCE_ALIGN
     check_conv_silu_scan(
-        fused.conv_silu_cross_scan, scan_order.cross_scan, triton_device, dtype, layout, channels, height, width, bias
-    )
+        fused.conv_silu_cross_scan, scan_order.cross_scan, triton_device, dtype, layout, channels, height, width, bias,
+        stored,
+    )  # fmt: skip
 
 
 @torch.no_grad()
 def test_conv_silu_cross_scan_of_long_sequences_shares_the_convolution(triton_device):
     """Above FLIPPED_STORES_ABOVE steps a tile is stored forwards and, flipped, into the reversed direction."""
     device = triton_device
-    height, width = 90, 92
+    height, width = 91, 92  # 8372 steps, stored as 8376: the reversed rows' padding is written too
     assert height * width > fused.FLIPPED_STORES_ABOVE
     conv = depthwise(3, True, device, torch.bfloat16)
     x = as_layout(torch.randn(2, 3, height, width, device=device).to(torch.bfloat16), "channels_last")
-    expected = scan_order.cross_scan(F.silu(conv(x).float()))
+    expected = F.pad(scan_order.cross_scan(F.silu(conv(x).float())), (0, 4))
     torch.testing.assert_close(fused.conv_silu_cross_scan(x, conv).float(), expected, **tolerance(torch.bfloat16))
 
 
@@ -102,12 +110,18 @@ def test_conv_silu_channel_scan(triton_device, dtype, layout, channels, height, 
 def test_cross_merge_norm(triton_device, out_dtype, channels, height, width):
     device = triton_device
     norm = norm_of(channels, device)
-    ys = torch.randn(2, 4, channels, height * width, device=device)
+    length = height * width
+    ys = torch.randn(2, 4, channels, length, device=device)
     expected = layer_norm_2d_reference(scan_order.cross_merge(ys, height, width), norm.weight, norm.bias, norm.eps)
-    y = fused.cross_merge_norm(ys, height, width, norm, out_dtype)
-    assert y.shape == (2, channels, height, width) and y.dtype == out_dtype
-    assert y.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(y.float(), expected, **tolerance(out_dtype))
+    # The padded layout of conv_silu_cross_scan, with NaN in the padding: it must never be read.
+    padded = F.pad(ys, (0, fused.padded_length(length) - length), value=float("nan"))
+    for stored in (ys, padded):
+        y = fused.cross_merge_norm(stored, height, width, norm, out_dtype)
+        assert y.shape == (2, channels, height, width) and y.dtype == out_dtype
+        assert y.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(y.float(), expected, **tolerance(out_dtype))
+    with pytest.raises(ValueError, match="ys must be"):
+        fused.cross_merge_norm(F.pad(ys, (0, fused.SEQUENCE_ALIGN)), height, width, norm, out_dtype)
 
 
 @pytest.mark.parametrize("mode", ["official", "intended"])

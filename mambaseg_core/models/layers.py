@@ -30,10 +30,14 @@ class DerivedWeights(Generic[T]):
         return self._value
 
 
-def _cuda_time_ms(fn: Callable[[], object], repeats: int = 3) -> float:
-    """GPU milliseconds of `repeats` calls of fn on the current stream, after one untimed call."""
+def _cuda_time_ms(fn: Callable[[], object], repeats: int = 5) -> float:
+    """GPU milliseconds of `repeats` calls of fn on the current stream, after one untimed call. The calls are
+    queued behind a ~0.5 ms spin kernel, so that the GPU runs them back to back: timed as the host launches them, a
+    few-microsecond projection would measure the host's launch overhead, not the kernel (the choices came out at
+    random before)."""
     fn()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda._sleep(1_000_000)  # clock cycles
     start.record()
     for _ in range(repeats):
         fn()

@@ -7,6 +7,11 @@ one float32 NCHW map (one kernel), then the LayerNorm2d kernel, which writes cha
 projection that follows (`cross_merge_norm`, `channel_merge_norm`). In PyTorch each side is a chain of
 convolution, activation, copy, flip, add, transpose and norm kernels with a tensor-sized write between every two.
 
+The spatial sequences are stored at a row stride padded to a multiple of SEQUENCE_ALIGN, zeros past H*W: the SSM's
+projections are batched GEMMs along the sequence, and cuBLAS runs half-precision GEMMs whose leading dimension is
+not a multiple of 16 bytes on slow fallback kernels (every DDD17 stage: L = 4350, 1100, 286, 77). The scan is
+causal, so the extra steps after H*W change no output before them, and the merge reads only the first H*W.
+
 Every kernel works on 2-D tiles whose loads and stores run along a contiguous axis, forwards or backwards (the
 reversed directions); a change of axis between load and store is one transpose through shared memory, which
 Triton stages. Tuned on the H100 at the model's shapes: tiles of all channels x a pixel square, merging and
@@ -41,7 +46,7 @@ if triton is not None:
 
     @triton.jit
     def _conv_silu_cross_scan_kernel(
-        x_ptr, w_ptr, b_ptr, out_ptr, D, H, W, x_sb, x_sc, x_sh, x_sw,
+        x_ptr, w_ptr, b_ptr, out_ptr, D, H, W, LP, x_sb, x_sc, x_sh, x_sw,
         HAS_BIAS: tl.constexpr, ORDERS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
     ):  # fmt: skip
         # One program: BLOCK_C channels x BLOCK_S consecutive sequence positions s of one direction k of one image,
@@ -49,6 +54,7 @@ if triton is not None:
         # for the reversed ones). ORDERS = 2: directions 0 and 1 only, each tile also stored, flipped in registers,
         # as the mirrored block of its reversed direction: half the convolution work, but the flip costs more
         # than it saves on short sequences (H100: 2x slower at L = 1120, 1.6x faster at L = 17,600).
+        # Rows are LP >= L apart; positions L..LP-1 (the padding) get zeros.
         batch = tl.program_id(2).to(tl.int64)
         k = tl.program_id(1) % ORDERS
         column_major, reverse = k % 2, k // 2
@@ -65,13 +71,16 @@ if triton is not None:
             acc += tl.load(b_ptr + channel, mask=channel < D, other=0.0).to(tl.float32)
         plane = batch * x_sb + channel * x_sc
         u = _conv3x3_silu(acc, x_ptr, plane, h, w, H, W, x_sh, x_sw, w_ptr, tl.minimum(channel, D - 1), valid)
-        u = u.to(out_ptr.dtype.element_ty)
-        out = out_ptr + ((batch * 4 + k) * D + channel) * L  # direction k's row at + k * D * L
-        tl.store(out + s, u, mask=valid)
+        u = tl.where(s < L, u, 0.0).to(out_ptr.dtype.element_ty)
+        out = out_ptr + ((batch * 4 + k) * D + channel) * LP  # direction k's row at + k * D * LP
+        in_row = (channel < D) & (s < LP)
+        tl.store(out + s, u, mask=in_row)
         if ORDERS == 2:
-            # The reversed direction: s lands on L - 1 - s, so the tile fills [L - s0 - BLOCK_S, L - s0) backwards.
+            # The reversed direction: s lands on L - 1 - s, so the tile fills [L - s0 - BLOCK_S, L - s0) backwards;
+            # its padding is stored where the forward direction's is.
             mirrored = (L - s0 - BLOCK_S) + tl.arange(0, BLOCK_S)[None, :]
-            tl.store(out + 2 * D * L + mirrored, tl.flip(u, 1), mask=(channel < D) & (mirrored >= 0))
+            tl.store(out + 2 * D * LP + mirrored, tl.flip(u, 1), mask=(channel < D) & (mirrored >= 0))
+            tl.store(out + 2 * D * LP + s, tl.zeros_like(u), mask=in_row & (s >= L))
 
     @triton.jit
     def _conv_silu_channel_scan_kernel(
@@ -99,8 +108,8 @@ if triton is not None:
         tl.store(out + P * D + mirrored, tl.flip(v, 0), mask=(mirrored >= 0) & (pixel < P))
 
     @triton.jit
-    def _cross_merge_kernel(ys_ptr, out_ptr, D, H, W, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
-        # One program: a BLOCK_H x BLOCK_W pixel tile of one (batch, channel) plane.
+    def _cross_merge_kernel(ys_ptr, out_ptr, D, H, W, LP, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+        # One program: a BLOCK_H x BLOCK_W pixel tile of one (batch, channel) plane; ys rows are LP apart.
         # m = (Y0 + rev Y2) + T(Y1 + rev Y3), summed in cross_merge's order. The reversed rows are read at
         # decreasing addresses, still whole sectors per warp (flipping forward reads measured no faster).
         plane = tl.program_id(1).to(tl.int64)  # batch * D + channel
@@ -109,13 +118,13 @@ if triton is not None:
         w = (tl.program_id(0) % tiles_w) * BLOCK_W + tl.arange(0, BLOCK_W)[None, :]
         inside = (h < H) & (w < W)
         L = H * W
-        ys = ys_ptr + ((plane // D) * 4 * D + plane % D) * L  # direction k's row at + k * D * L
+        ys = ys_ptr + ((plane // D) * 4 * D + plane % D) * LP  # direction k's row at + k * D * LP
         row_major, col_major = h * W + w, w * H + h
         merged = tl.load(ys + row_major, mask=inside, other=0.0) + tl.load(
-            ys + 2 * D * L + (L - 1 - row_major), mask=inside, other=0.0
+            ys + 2 * D * LP + (L - 1 - row_major), mask=inside, other=0.0
         )
-        merged += tl.load(ys + D * L + col_major, mask=inside, other=0.0) + tl.load(
-            ys + 3 * D * L + (L - 1 - col_major), mask=inside, other=0.0
+        merged += tl.load(ys + D * LP + col_major, mask=inside, other=0.0) + tl.load(
+            ys + 3 * D * LP + (L - 1 - col_major), mask=inside, other=0.0
         )
         tl.store(out_ptr + plane * L + row_major, merged, mask=inside)
 
@@ -154,6 +163,13 @@ if triton is not None:
 
 # Sequences longer than this take the two-order cross-scan kernel (flipped stores), shorter ones four orders.
 FLIPPED_STORES_ABOVE = 8192
+# The kernels' spatial sequences are padded to a multiple of this many steps (module docstring).
+SEQUENCE_ALIGN = 8
+
+
+def padded_length(length: int) -> int:
+    """The stored length of a sequence of `length` steps in the kernels' layout."""
+    return -(-length // SEQUENCE_ALIGN) * SEQUENCE_ALIGN
 
 
 def _tile(extent: int, largest: int) -> int:
@@ -172,20 +188,22 @@ def _depthwise_weight(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
 
 
 def conv_silu_cross_scan(x: torch.Tensor, conv: nn.Conv2d, block: tuple[int, int] | None = None) -> torch.Tensor:
-    """(B, D, H, W) -> (B, 4, D, H*W): cross_scan(SiLU(conv(x))) for conv a depthwise 3x3 convolution. `block`
-    (channels, sequence positions per program) overrides the kernel's tile, for tuning."""
+    """(B, D, H, W) -> (B, 4, D, L'): cross_scan(SiLU(conv(x))) for conv a depthwise 3x3 convolution, then zeros:
+    L' = H*W in the reference chain, padded_length(H*W) from the kernel (module docstring). `block` (channels,
+    sequence positions per program) overrides the kernel's tile, for tuning."""
     weight = _depthwise_weight(x, conv)
     if not kernels_apply(x, weight, conv.bias):
         return scan_order.cross_scan(F.silu(conv(x)))
     batch, channels, height, width = x.shape
-    out = torch.empty(batch, 4, channels, height * width, dtype=x.dtype, device=x.device)
     length = height * width
+    stored = padded_length(length)
+    out = torch.empty(batch, 4, channels, stored, dtype=x.dtype, device=x.device)
     orders = 2 if length > FLIPPED_STORES_ABOVE else 4
     block_c, block_s = block or ((_tile(channels, 32), _tile(length, 64)) if orders == 2 else (_tile(channels, 64), 32))
-    grid = (triton.cdiv(length, block_s), orders * triton.cdiv(channels, block_c), batch)
+    grid = (triton.cdiv(stored, block_s), orders * triton.cdiv(channels, block_c), batch)
     bias = conv.bias if conv.bias is not None else weight
     _conv_silu_cross_scan_kernel[grid](
-        x, weight, bias, out, channels, height, width, *x.stride(),
+        x, weight, bias, out, channels, height, width, stored, *x.stride(),
         HAS_BIAS=conv.bias is not None, ORDERS=orders, BLOCK_C=block_c, BLOCK_S=block_s, num_warps=4,
     )  # fmt: skip
     return out
@@ -216,18 +234,20 @@ def cross_merge_norm(
     out_dtype: torch.dtype,
     block: tuple[int, int] | None = None,
 ) -> torch.Tensor:
-    """(B, 4, D, L) -> (B, D, H, W) channels-last in out_dtype: norm(cross_merge(ys)) for norm a LayerNorm2d.
-    `block` (rows, columns of the merge kernel's pixel tile) overrides its tile, for tuning."""
-    batch, _, channels, _ = ys.shape
+    """(B, 4, D, L') -> (B, D, H, W) channels-last in out_dtype: norm(cross_merge(ys[..., :H*W])) for norm a
+    LayerNorm2d; L' is H*W or padded_length(H*W), as conv_silu_cross_scan makes it. `block` (rows, columns of the
+    merge kernel's pixel tile) overrides its tile, for tuning."""
+    batch, _, channels, stored = ys.shape
+    length = height * width
+    if ys.shape[:2] != (batch, 4) or stored not in (length, padded_length(length)):
+        raise ValueError(f"ys must be (B, 4, D, L) with L = {length} or {padded_length(length)}, got {tuple(ys.shape)}")
     if not kernels_apply(ys, norm.weight, norm.bias):
-        return norm(scan_order.cross_merge(ys, height, width)).to(out_dtype)
-    if ys.shape != (batch, 4, channels, height * width):
-        raise ValueError(f"ys must be (B, 4, D, L={height * width}), got {tuple(ys.shape)}")
+        return norm(scan_order.cross_merge(ys[..., :length], height, width)).to(out_dtype)
     merged = torch.empty(batch, channels, height, width, dtype=ys.dtype, device=ys.device)
     block_h, block_w = block or (_tile(height, 16), _tile(width, 32))
     grid = (triton.cdiv(height, block_h) * triton.cdiv(width, block_w), batch * channels)
     _cross_merge_kernel[grid](
-        ys.contiguous(), merged, channels, height, width, BLOCK_H=block_h, BLOCK_W=block_w, num_warps=4
+        ys.contiguous(), merged, channels, height, width, stored, BLOCK_H=block_h, BLOCK_W=block_w, num_warps=4
     )
     return norm(merged, out_dtype)
 
