@@ -20,6 +20,7 @@ from mambaseg_core.models.ssm import DirectionalSSM
 from mambaseg_core.models.vmamba import SS2D, resolve_dt_rank
 from mambaseg_core.ops import cross_scan as scan_order
 from mambaseg_core.ops import fused_cross_scan
+from mambaseg_core.ops.attention_gates import channel_gate, pixel_stats
 
 
 class CrossChannelGate(nn.Module):
@@ -31,7 +32,7 @@ class CrossChannelGate(nn.Module):
         self.expand = nn.Conv2d(dim // reduction, dim, 1, bias=False)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.expand(torch.relu(self.reduce(z.mean(dim=(2, 3), keepdim=True)))))
+        return channel_gate(z, self.reduce.weight, self.expand.weight, with_max=False)
 
 
 class ChannelAttention(nn.Module):
@@ -42,11 +43,8 @@ class ChannelAttention(nn.Module):
         self.reduce = nn.Conv2d(dim, dim // reduction, 1, bias=False)
         self.expand = nn.Conv2d(dim // reduction, dim, 1, bias=False)
 
-    def _mlp(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.expand(torch.relu(self.reduce(pooled)))
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self._mlp(x.mean(dim=(2, 3), keepdim=True)) + self._mlp(x.amax(dim=(2, 3), keepdim=True)))
+        return channel_gate(x, self.reduce.weight, self.expand.weight, with_max=True)
 
 
 class SpatialAttention(nn.Module):
@@ -57,7 +55,8 @@ class SpatialAttention(nn.Module):
         self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
+        batch, _, height, width = x.shape
+        pooled = pixel_stats(x, x.new_empty(batch, 2, height, width))  # [mean_c x, max_c x]
         return torch.sigmoid(self.conv(pooled))
 
 
@@ -75,15 +74,10 @@ class JointSpatialGate(nn.Module):
 
     def forward(self, image: torch.Tensor, events: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (gate applied to the image, gate applied to the events)."""
-        stats = torch.cat(
-            [
-                image.mean(dim=1, keepdim=True),
-                image.amax(dim=1, keepdim=True),
-                events.mean(dim=1, keepdim=True),
-                events.amax(dim=1, keepdim=True),
-            ],
-            dim=1,
-        )
+        batch, _, height, width = image.shape
+        stats = image.new_empty(batch, 4, height, width, dtype=torch.promote_types(image.dtype, events.dtype))
+        pixel_stats(image, stats[:, 0:2])
+        pixel_stats(events, stats[:, 2:4])
         maps = torch.sigmoid(self.out(torch.relu(self.hidden(stats))))
         return maps[:, 1:2], maps[:, 0:1]
 

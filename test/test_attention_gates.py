@@ -1,0 +1,79 @@
+"""The fused attention-gate kernels (ops/attention_gates.py) against their PyTorch forms.
+
+On the GPU (marked cuda) and, without one, in Triton's interpreter on CPU tensors where Triton is installed."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mambaseg_core.ops import attention_gates as gates
+from mambaseg_core.ops import triton_support
+
+
+def as_layout(x: torch.Tensor, layout: str) -> torch.Tensor:
+    if layout == "channels_last":
+        return x.contiguous(memory_format=torch.channels_last)
+    if layout == "cropped":  # no single pixel stride: rows of a wider map
+        return F.pad(x, (0, 3))[..., : x.shape[-1]]
+    return x
+
+
+def tolerance(dtype: torch.dtype) -> dict:
+    return dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "cropped"])
+@pytest.mark.parametrize(
+    ("channels", "hidden", "height", "width", "with_max"),
+    [(96, 6, 9, 11, True), (20, 5, 40, 50, False), (70, 70, 3, 2, True)],  # 2000 pixels: 31 pooled slices
+)
+@torch.no_grad()
+def test_channel_gate(triton_device, dtype, layout, channels, hidden, height, width, with_max):
+    torch.manual_seed(0)
+    offsets = torch.randn(channels, 1, 1, device=triton_device) * 2  # per-channel means for the gate to tell apart
+    x = as_layout((torch.randn(2, channels, height, width, device=triton_device) + offsets).to(dtype), layout)
+    reduce_weight = (torch.randn(hidden, channels, 1, 1, device=triton_device) / channels**0.5).to(dtype)
+    expand_weight = (torch.randn(channels, hidden, 1, 1, device=triton_device) / hidden**0.5).to(dtype)
+    assert triton_support.kernels_apply(x, reduce_weight, expand_weight)
+    expected = gates.channel_gate_reference(x.double(), reduce_weight.double(), expand_weight.double(), with_max)
+    gate = gates.channel_gate(x, reduce_weight, expand_weight, with_max)
+    assert gate.shape == (2, channels, 1, 1) and gate.dtype == dtype
+    torch.testing.assert_close(gate.double(), expected, **tolerance(dtype))
+    assert float(expected.std()) > 0.05  # the gate varies over channels: a wrong pooling shows
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "cropped"])
+@pytest.mark.parametrize(("channels", "height", "width"), [(70, 7, 13), (3, 20, 9)])
+@torch.no_grad()
+def test_pixel_stats_fill_two_planes_of_a_strided_output(triton_device, dtype, layout, channels, height, width):
+    torch.manual_seed(1)
+    x = as_layout(torch.randn(2, channels, height, width, device=triton_device).to(dtype), layout)
+    stats = torch.full((2, 4, height, width), float("nan"), dtype=dtype, device=triton_device)
+    expected = torch.cat([x.double().mean(1, keepdim=True), x.double().amax(1, keepdim=True)], dim=1)
+    assert gates.pixel_stats(x, stats[:, 1:3]) is not None
+    torch.testing.assert_close(stats[:, 1:3].double(), expected, **tolerance(dtype))
+    assert stats[:, [0, 3]].isnan().all()  # nothing written outside the two planes
+
+
+def test_mismatched_weights_are_refused(triton_device):
+    x = torch.randn(1, 8, 4, 4, device=triton_device)
+    with pytest.raises(ValueError, match="channel_gate weights must be"):
+        gates.channel_gate(
+            x, torch.randn(2, 8, 1, 1, device=triton_device), torch.randn(8, 3, 1, 1, device=triton_device), True
+        )
+
+
+def test_without_the_kernels_the_reference_runs_with_autograd():
+    x = torch.randn(1, 8, 5, 6, requires_grad=True)
+    reduce_weight = torch.randn(2, 8, 1, 1, requires_grad=True)
+    expand_weight = torch.randn(8, 2, 1, 1)
+    assert not triton_support.kernels_apply(x, reduce_weight)
+    gate = gates.channel_gate(x, reduce_weight, expand_weight, with_max=True)
+    stats = gates.pixel_stats(x, x.new_empty(1, 2, 5, 6))
+    (gate.sum() + stats.sum()).backward()
+    assert x.grad is not None and reduce_weight.grad is not None
+    torch.testing.assert_close(stats[:, 1], x.amax(1))
