@@ -17,7 +17,7 @@ from mambaseg_core.models import (
     load_vmamba_pretrained,
     save_checkpoint,
 )
-from mambaseg_core.models.layers import Linear2d, ProjectionLayout
+from mambaseg_core.models.layers import Linear2d, ProjectionLayout, conv1x1
 from mambaseg_core.models.official import ENCODER_KEYS
 from mambaseg_core.models.ssm import DirectionalSSM
 
@@ -285,6 +285,20 @@ def test_linear2d_takes_channels_last_input_as_one_matrix_product(bias: bool):
     torch.testing.assert_close(nchw, expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(channels_last, expected, rtol=1e-5, atol=1e-5)
     assert channels_last.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv1x1_takes_channels_last_input_as_one_matrix_product(bias: bool):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(6, 5, 1, bias=bias)
+    x = torch.randn(2, 6, 4, 7)
+    expected = conv(x)
+    channels_last = conv1x1(conv, x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(conv1x1(conv, x), expected)
+    torch.testing.assert_close(channels_last, expected, rtol=1e-5, atol=1e-5)
+    assert channels_last.is_contiguous(memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match="1x1 convolution"):
+        conv1x1(torch.nn.Conv2d(6, 5, 3, padding=1), x)
 
 
 class _CpuTunedLayout(ProjectionLayout):

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from mambaseg_core.models.branches import run_branches
-from mambaseg_core.models.layers import LayerNorm2d, per_pixel_linear, projection_dtype
+from mambaseg_core.models.layers import LayerNorm2d, conv1x1, per_pixel_linear, projection_dtype
 from mambaseg_core.models.ssm import DirectionalSSM
 from mambaseg_core.models.vmamba import SS2D, resolve_dt_rank
 from mambaseg_core.ops import cross_scan as scan_order
@@ -174,11 +174,11 @@ class CTIM(_TwoPaths):
         return self._run_paths(image, events)
 
     def _image_path(self, image: torch.Tensor) -> torch.Tensor:
-        image = self.image_tssm(image) + self.image_skip(image)
+        image = self.image_tssm(image) + conv1x1(self.image_skip, image)
         return image * self.image_attention(image)
 
     def _event_path(self, events: torch.Tensor) -> torch.Tensor:
-        events = self.event_tssm(events) + self.event_skip(events)
+        events = self.event_tssm(events) + conv1x1(self.event_skip, events)
         return events * self.event_attention(events)
 
 
@@ -201,11 +201,11 @@ class CSIM(_TwoPaths):
         return self._run_paths(image, events)
 
     def _image_path(self, image: torch.Tensor) -> torch.Tensor:
-        image = self.image_ss2d(image) + self.image_skip(image)
+        image = self.image_ss2d(image) + conv1x1(self.image_skip, image)
         return image * self.image_attention(image)
 
     def _event_path(self, events: torch.Tensor) -> torch.Tensor:
-        events = self.event_ss2d(events) + self.event_skip(events)
+        events = self.event_ss2d(events) + conv1x1(self.event_skip, events)
         return events * self.event_attention(events)
 
 
@@ -244,6 +244,6 @@ class DDIM(nn.Module):
         (image_temporal, event_temporal), (image_spatial, event_spatial) = run_branches(
             partial(self.ctim.__call__, image_norm, event_norm), partial(self.csim.__call__, image_norm, event_norm)
         )
-        image = image + self.image_out(torch.cat([image_temporal, image_spatial], dim=1))
-        events = events + self.event_out(torch.cat([event_temporal, event_spatial], dim=1))
+        image = image + conv1x1(self.image_out, torch.cat([image_temporal, image_spatial], dim=1))
+        events = events + conv1x1(self.event_out, torch.cat([event_temporal, event_spatial], dim=1))
         return image, events

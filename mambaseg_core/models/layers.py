@@ -130,11 +130,28 @@ class Linear2d(nn.Linear):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-            batch, channels, height, width = x.shape
-            y = F.linear(x.permute(0, 2, 3, 1).reshape(-1, channels), self.weight, self.bias)
-            return y.view(batch, height, width, -1).permute(0, 3, 1, 2)
-        return F.conv2d(x, self.weight[:, :, None, None], self.bias)
+        y = _channels_last_linear(x, self.weight, self.bias)
+        return y if y is not None else F.conv2d(x, self.weight[:, :, None, None], self.bias)
+
+
+def _channels_last_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
+    """F.linear over the (B*H*W, C_in) pixel rows of a channels-last (B, C_in, H, W) x, the bias inside the GEMM,
+    as a channels-last (B, C_out, H, W); None for any other layout."""
+    if x.dim() != 4 or not x.is_contiguous(memory_format=torch.channels_last) or x.is_contiguous():
+        return None
+    batch, channels, height, width = x.shape
+    y = F.linear(x.permute(0, 2, 3, 1).reshape(-1, channels), weight, bias)
+    return y.view(batch, height, width, -1).permute(0, 3, 1, 2)
+
+
+def conv1x1(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """conv(x) for a 1x1 convolution (stride 1, no groups). A channels-last x is one matrix product with the bias
+    inside the GEMM, as in Linear2d: PyTorch adds a cuDNN convolution's bias in a separate broadcast pass (the
+    DDIM's skip and output convolutions: 6 of those per stage)."""
+    if conv.kernel_size != (1, 1) or conv.stride != (1, 1) or conv.padding != (0, 0) or conv.groups != 1:
+        raise ValueError(f"conv1x1 needs a 1x1 convolution with stride 1, no padding and one group, got {conv}")
+    y = _channels_last_linear(x, conv.weight.flatten(1), conv.bias)
+    return y if y is not None else conv(x)
 
 
 def per_pixel_linear(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
