@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Literal
@@ -82,20 +83,20 @@ class PackedLayout:
         sections, offset = {}, 0
         for name, dtype, shape in arrays:
             sections[name] = (offset, dtype, shape)
-            offset += -(-int(np.prod(shape)) * dtype.itemsize // _ALIGN) * _ALIGN
+            offset += -(-math.prod(shape) * dtype.itemsize // _ALIGN) * _ALIGN
         return sections
 
     @property
     def nbytes(self) -> int:
         offset, dtype, shape = self.sections["image"]
-        return offset + int(np.prod(shape)) * dtype.itemsize
+        return offset + math.prod(shape) * dtype.itemsize
 
     def host_views(self, buffer: np.ndarray) -> dict[str, np.ndarray]:
         """The arrays as numpy views of a uint8 buffer of at least `nbytes` (x and y as uint16, for EventBatch)."""
         views = {}
         for name, (offset, dtype, shape) in self.sections.items():
             dtype = np.dtype(np.uint16) if name in ("x", "y") else dtype
-            views[name] = buffer[offset : offset + int(np.prod(shape)) * dtype.itemsize].view(dtype).reshape(shape)
+            views[name] = buffer[offset : offset + math.prod(shape) * dtype.itemsize].view(dtype).reshape(shape)
         return views
 
     def device_views(self, buffer: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -103,7 +104,7 @@ class PackedLayout:
         views = {}
         for name, (offset, dtype, shape) in self.sections.items():
             dtype_t = torch.from_numpy(np.empty(0, dtype)).dtype
-            size = int(np.prod(shape)) * dtype.itemsize
+            size = math.prod(shape) * dtype.itemsize
             views[name] = buffer[offset : offset + size].view(dtype_t).view(shape)
         return views
 
@@ -147,6 +148,7 @@ class FramePacker:
         self._host: torch.Tensor | None = None
         self._uploaded: torch.cuda.Event | None = None
         self._layout: PackedLayout | None = None
+        self._host_views: dict[str, np.ndarray] = {}  # of the layout in the buffer (made once per layout)
         self.capacity = 0  # event slots of the current layout (grows, never shrinks)
 
     def events_into(self, image: np.ndarray, fixed_capacity: int | None):
@@ -174,15 +176,17 @@ class FramePacker:
         if self._host is None or self._host.numel() < layout.nbytes:
             pinned = self.device.type == "cuda"
             self._host = torch.empty(layout.nbytes, dtype=torch.uint8, pin_memory=pinned)
-        self._layout = layout
-        return layout.host_views(self._host.numpy())
+            self._layout = None
+        if layout != self._layout:
+            self._layout, self._host_views = layout, layout.host_views(self._host.numpy())
+        return self._host_views
 
     def pack_image(self, image: np.ndarray) -> PackedLayout:
         """Copy the frame's pixels into the buffer (after `events_into`'s destination ran); returns the layout."""
         layout = self._layout
         if layout is None or layout.image_shape != image.shape:
             raise RuntimeError("FramePacker.pack_image: no events_into destination ran for an image of this shape")
-        np.copyto(layout.host_views(self._host.numpy())["image"], image, casting="safe")  # type: ignore[union-attr]
+        np.copyto(self._host_views["image"], image, casting="safe")
         return layout
 
     def upload(self) -> torch.Tensor:
