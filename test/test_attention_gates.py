@@ -4,8 +4,11 @@ On the GPU (marked cuda) and, without one, in Triton's interpreter on CPU tensor
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from mambaseg_core.ops import attention_gates as gates
@@ -18,6 +21,16 @@ def as_layout(x: torch.Tensor, layout: str) -> torch.Tensor:
     if layout == "cropped":  # no single pixel stride: rows of a wider map
         return F.pad(x, (0, 3))[..., : x.shape[-1]]
     return x
+
+
+def convs(channels: int, hidden: int, device: str, dtype: torch.dtype = torch.float32) -> tuple[nn.Conv2d, nn.Conv2d]:
+    """The gate's bias-free 1x1 projections C -> hidden -> C, scaled to give logits of order 1."""
+    torch.manual_seed(2)
+    reduce, expand = nn.Conv2d(channels, hidden, 1, bias=False), nn.Conv2d(hidden, channels, 1, bias=False)
+    with torch.no_grad():
+        reduce.weight.normal_(0, channels**-0.5)
+        expand.weight.normal_(0, hidden**-0.5)
+    return reduce.to(device, dtype), expand.to(device, dtype)
 
 
 def tolerance(dtype: torch.dtype) -> dict:
@@ -35,11 +48,11 @@ def test_channel_gate(triton_device, dtype, layout, channels, hidden, height, wi
     torch.manual_seed(0)
     offsets = torch.randn(channels, 1, 1, device=triton_device) * 2  # per-channel means for the gate to tell apart
     x = as_layout((torch.randn(2, channels, height, width, device=triton_device) + offsets).to(dtype), layout)
-    reduce_weight = (torch.randn(hidden, channels, 1, 1, device=triton_device) / channels**0.5).to(dtype)
-    expand_weight = (torch.randn(channels, hidden, 1, 1, device=triton_device) / hidden**0.5).to(dtype)
-    assert triton_support.kernels_apply(x, reduce_weight, expand_weight)
-    expected = gates.channel_gate_reference(x.double(), reduce_weight.double(), expand_weight.double(), with_max)
-    gate = gates.channel_gate(x, reduce_weight, expand_weight, with_max)
+    reduce, expand = convs(channels, hidden, triton_device, dtype)
+    assert triton_support.kernels_apply(x, reduce.weight, expand.weight)
+    reference = [copy.deepcopy(conv).double() for conv in (reduce, expand)]
+    expected = gates.channel_gate_reference(x.double(), *reference, with_max)
+    gate = gates.channel_gate(x, reduce, expand, with_max)
     assert gate.shape == (2, channels, 1, 1) and gate.dtype == dtype
     torch.testing.assert_close(gate.double(), expected, **tolerance(dtype))
     assert float(expected.std()) > 0.05  # the gate varies over channels: a wrong pooling shows
@@ -59,21 +72,24 @@ def test_pixel_stats_fill_two_planes_of_a_strided_output(triton_device, dtype, l
     assert stats[:, [0, 3]].isnan().all()  # nothing written outside the two planes
 
 
-def test_mismatched_weights_are_refused(triton_device):
-    x = torch.randn(1, 8, 4, 4, device=triton_device)
-    with pytest.raises(ValueError, match="channel_gate weights must be"):
-        gates.channel_gate(
-            x, torch.randn(2, 8, 1, 1, device=triton_device), torch.randn(8, 3, 1, 1, device=triton_device), True
-        )
+def test_mismatched_projections_are_refused():
+    x = torch.randn(1, 8, 4, 4)
+    reduce, expand = convs(8, 2, "cpu")
+    for wrong in (
+        (reduce, nn.Conv2d(3, 8, 1, bias=False)),
+        (nn.Conv2d(8, 2, 1), expand),  # with a bias
+        (nn.Conv2d(8, 2, 3, bias=False), expand),
+    ):
+        with pytest.raises(ValueError, match="bias-free 1x1 convolutions 8 -> hidden -> 8"):
+            gates.channel_gate(x, *wrong, with_max=True)
 
 
 def test_without_the_kernels_the_reference_runs_with_autograd():
     x = torch.randn(1, 8, 5, 6, requires_grad=True)
-    reduce_weight = torch.randn(2, 8, 1, 1, requires_grad=True)
-    expand_weight = torch.randn(8, 2, 1, 1)
-    assert not triton_support.kernels_apply(x, reduce_weight)
-    gate = gates.channel_gate(x, reduce_weight, expand_weight, with_max=True)
+    reduce, expand = convs(8, 2, "cpu")
+    assert not triton_support.kernels_apply(x, reduce.weight)
+    gate = gates.channel_gate(x, reduce, expand, with_max=True)
     stats = gates.pixel_stats(x, x.new_empty(1, 2, 5, 6))
     (gate.sum() + stats.sum()).backward()
-    assert x.grad is not None and reduce_weight.grad is not None
+    assert x.grad is not None and reduce.weight.grad is not None
     torch.testing.assert_close(stats[:, 1], x.amax(1))

@@ -287,15 +287,20 @@ def test_linear2d_takes_channels_last_input_as_one_matrix_product(bias: bool):
     assert channels_last.is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 @pytest.mark.parametrize("bias", [True, False])
-def test_conv1x1_takes_channels_last_input_as_one_matrix_product(bias: bool):
+def test_conv1x1_equals_the_convolution(device: str, bias: bool):
+    """On CUDA a channels-last input takes one GEMM (bias inside) and stays channels-last; elsewhere the module runs."""
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU: the GEMM path runs on CUDA tensors")
     torch.manual_seed(0)
-    conv = torch.nn.Conv2d(6, 5, 1, bias=bias)
-    x = torch.randn(2, 6, 4, 7)
-    expected = conv(x)
-    channels_last = conv1x1(conv, x.contiguous(memory_format=torch.channels_last))
-    torch.testing.assert_close(conv1x1(conv, x), expected)
-    torch.testing.assert_close(channels_last, expected, rtol=1e-5, atol=1e-5)
+    conv = torch.nn.Conv2d(6, 5, 1, bias=bias).to(device)
+    x = torch.randn(2, 6, 4, 7, device=device)
+    with torch.no_grad():
+        expected = conv(x)
+        channels_last = conv1x1(conv, x.contiguous(memory_format=torch.channels_last))
+        torch.testing.assert_close(conv1x1(conv, x), expected)
+    torch.testing.assert_close(channels_last, expected, rtol=1e-4, atol=1e-4)  # TF32 on the GPU
     assert channels_last.is_contiguous(memory_format=torch.channels_last)
     with pytest.raises(ValueError, match="1x1 convolution"):
         conv1x1(torch.nn.Conv2d(6, 5, 3, padding=1), x)

@@ -32,7 +32,7 @@ class CrossChannelGate(nn.Module):
         self.expand = nn.Conv2d(dim // reduction, dim, 1, bias=False)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return channel_gate(z, self.reduce.weight, self.expand.weight, with_max=False)
+        return channel_gate(z, self.reduce, self.expand, with_max=False)
 
 
 class ChannelAttention(nn.Module):
@@ -44,7 +44,7 @@ class ChannelAttention(nn.Module):
         self.expand = nn.Conv2d(dim // reduction, dim, 1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return channel_gate(x, self.reduce.weight, self.expand.weight, with_max=True)
+        return channel_gate(x, self.reduce, self.expand, with_max=True)
 
 
 class SpatialAttention(nn.Module):

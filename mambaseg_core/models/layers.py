@@ -145,12 +145,13 @@ def _channels_last_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
 
 
 def conv1x1(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """conv(x) for a 1x1 convolution (stride 1, no groups). A channels-last x is one matrix product with the bias
-    inside the GEMM, as in Linear2d: PyTorch adds a cuDNN convolution's bias in a separate broadcast pass (the
-    DDIM's skip and output convolutions: 6 of those per stage)."""
+    """conv(x) for a 1x1 convolution (stride 1, no groups). On a CUDA device a channels-last x is one matrix product
+    with the bias inside the GEMM, as in Linear2d: PyTorch adds a cuDNN convolution's bias in a separate broadcast
+    pass (the DDIM's skip and output convolutions: 6 of those per stage). Elsewhere the module itself runs (the CPU
+    reference path, and mambaseg-info's MAC count, which hooks the module)."""
     if conv.kernel_size != (1, 1) or conv.stride != (1, 1) or conv.padding != (0, 0) or conv.groups != 1:
         raise ValueError(f"conv1x1 needs a 1x1 convolution with stride 1, no padding and one group, got {conv}")
-    y = _channels_last_linear(x, conv.weight.flatten(1), conv.bias)
+    y = _channels_last_linear(x, conv.weight.flatten(1), conv.bias) if x.is_cuda else None
     return y if y is not None else conv(x)
 
 

@@ -15,7 +15,7 @@ Elsewhere (CPU, autograd, torch.compile) `channel_gate_reference` and `pixel_sta
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+import torch.nn as nn
 
 from mambaseg_core.ops.triton_support import kernels_apply, power_of_two_at_least, triton
 
@@ -24,13 +24,12 @@ POOL_PROGRAMS = 256
 MIN_PIXELS = 64
 
 
-def channel_gate_reference(
-    x: torch.Tensor, reduce_weight: torch.Tensor, expand_weight: torch.Tensor, with_max: bool
-) -> torch.Tensor:
-    """(B, C, H, W) -> (B, C, 1, 1); the weights are the (hidden, C, 1, 1) and (C, hidden, 1, 1) 1x1 convolutions."""
+def channel_gate_reference(x: torch.Tensor, reduce: nn.Conv2d, expand: nn.Conv2d, with_max: bool) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, 1, 1); reduce and expand are the bias-free 1x1 convolutions C -> hidden -> C (called as
+    modules: the paper-style MAC count of mambaseg-info hooks them)."""
 
     def mlp(pooled: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(torch.relu(F.conv2d(pooled, reduce_weight)), expand_weight)
+        return expand(torch.relu(reduce(pooled)))
 
     logits = mlp(x.mean(dim=(2, 3), keepdim=True))
     if with_max:
@@ -136,19 +135,22 @@ if triton is not None:
         tl.store(out + o_sc, largest.to(out_ptr.dtype.element_ty), mask=pixels < HW)
 
 
-def channel_gate(
-    x: torch.Tensor, reduce_weight: torch.Tensor, expand_weight: torch.Tensor, with_max: bool
-) -> torch.Tensor:
+def channel_gate(x: torch.Tensor, reduce: nn.Conv2d, expand: nn.Conv2d, with_max: bool) -> torch.Tensor:
     """(B, C, H, W) -> (B, C, 1, 1) in x's dtype: channel_gate_reference, by the kernels where they apply."""
-    if not kernels_apply(x, reduce_weight, expand_weight):
-        return channel_gate_reference(x, reduce_weight, expand_weight, with_max)
+    reduce_weight, expand_weight = reduce.weight, expand.weight
     batch, channels, height, width = x.shape
     hidden = reduce_weight.shape[0]
-    if reduce_weight.shape != (hidden, channels, 1, 1) or expand_weight.shape != (channels, hidden, 1, 1):
+    if (
+        reduce_weight.shape != (hidden, channels, 1, 1)
+        or expand_weight.shape != (channels, hidden, 1, 1)
+        or reduce.bias is not None
+        or expand.bias is not None
+    ):
         raise ValueError(
-            f"channel_gate weights must be ({hidden}, {channels}, 1, 1) and ({channels}, {hidden}, 1, 1), got "
-            f"{tuple(reduce_weight.shape)} and {tuple(expand_weight.shape)}"
+            f"channel_gate needs bias-free 1x1 convolutions {channels} -> hidden -> {channels}: {reduce} {expand}"
         )
+    if not kernels_apply(x, reduce_weight, expand_weight):
+        return channel_gate_reference(x, reduce, expand, with_max)
     pixels = height * width
     block_c = min(64, power_of_two_at_least(channels))
     channel_blocks = triton.cdiv(channels, block_c)
