@@ -12,7 +12,7 @@ from seg_harness import TINY_MODEL
 
 from mambaseg_core.config import ConfigError, load_config
 from mambaseg_core.models import MambaSeg, load_model_config, load_official_checkpoint
-from mambaseg_core.models.branches import parallel_branches, run_branches
+from mambaseg_core.models.branches import distinct_streams, parallel_branches, run_branches
 from mambaseg_core.pipeline import InferenceEngine, Segmenter, SegmenterConfig
 from mambaseg_core.pipeline.engine import cast_matmul_weights
 
@@ -176,3 +176,34 @@ def test_parallel_branches_give_the_same_result_on_several_streams(precision):
     graphed = InferenceEngine(copy.deepcopy(model), precision=precision, cuda_graph=True, parallel_branches=True)
     ids = graphed.class_ids(image, events).clone()
     assert torch.equal(ids, graphed.class_ids(image, events)) and torch.equal(ids, sequential.class_ids(image, events))
+
+
+def test_side_streams_are_distinct_and_never_the_callers():
+    """A round-robin pool of 4 handles, the caller on handle 2: every draw skips it and the repeats."""
+
+    class FakeStream:
+        def __init__(self, handle: int):
+            self.cuda_stream = handle
+
+    handles = iter(range(10**6))
+    new_stream = lambda: FakeStream(next(handles) % 4)  # noqa: E731
+    streams = distinct_streams(3, [FakeStream(2)], new_stream)
+    assert [s.cuda_stream for s in streams] == [0, 1, 3]
+    with pytest.raises(RuntimeError, match="could not get 4 distinct CUDA streams"):
+        distinct_streams(4, [FakeStream(2)], new_stream)
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_parallel_branches_never_lend_the_current_stream():
+    """Around the pool's 32 streams many times: a fork's side streams never include the stream it runs on."""
+    from mambaseg_core.models import branches
+
+    caller = torch.cuda.Stream()
+    with torch.cuda.stream(caller):
+        for _ in range(40):
+            with parallel_branches("cuda"):
+                pool = branches._POOL.get()
+                assert pool is not None
+                assert caller.cuda_stream not in {s.cuda_stream for s in pool.free}
+                assert len({s.cuda_stream for s in pool.free}) == len(pool.free) == 6

@@ -8,6 +8,11 @@ the same, so are the results. Captured in a CUDA graph the branches become paral
 the small kernels of the deeper stages share the GPU instead of running one after the other. Outside the context
 (CPU, training, a whole-model torch.compile) the functions simply run in order.
 
+Side streams are never the caller's stream. PyTorch hands streams out round-robin from a pool of 32: a new one
+can be the stream already running the forward (e.g. the CUDA-graph capture stream, itself a pool stream), and a
+branch put there runs in series with the others, and worse, orders the graph's paths through that stream. This
+made every sixth engine captured in one process replay ~0.9 ms slower (DDD17, H100; docs/benchmarks.md run H4).
+
 Memory stays stream-ordered: the caching allocator reuses a block only for its own stream, every fork starts with
 its side streams waiting for the current stream and ends with them joined back, and a branch's inputs stay
 referenced by the caller until the join.
@@ -17,10 +22,26 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
+
+
+def distinct_streams(count: int, avoid: Sequence[Any], new_stream: Callable[[], Any]) -> list[Any]:
+    """`count` streams from `new_stream()`, distinct from each other and from `avoid` (by their CUDA handles)."""
+    handles = {stream.cuda_stream for stream in avoid}
+    streams: list[Any] = []
+    for _ in range(count + 64):  # the pool has 32 streams per priority: a few extra draws always suffice
+        if len(streams) == count:
+            break
+        stream = new_stream()
+        if stream.cuda_stream not in handles:
+            handles.add(stream.cuda_stream)
+            streams.append(stream)
+    if len(streams) < count:
+        raise RuntimeError(f"could not get {count} distinct CUDA streams besides the {len(avoid)} in use")
+    return streams
 
 
 class _StreamPool:
@@ -28,7 +49,8 @@ class _StreamPool:
 
     def __init__(self, device: torch.device, size: int):
         self.device = device
-        self.free = [torch.cuda.Stream(device) for _ in range(size)]
+        current = torch.cuda.current_stream(device)
+        self.free = distinct_streams(size, [current], lambda: torch.cuda.Stream(device))
 
     def take(self, count: int) -> list[torch.cuda.Stream]:
         taken, self.free = self.free[:count], self.free[count:]
