@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Literal
@@ -91,22 +92,24 @@ class PackedLayout:
         offset, dtype, shape = self.sections["image"]
         return offset + math.prod(shape) * dtype.itemsize
 
+    def _spans(self) -> Iterator[tuple[str, slice, np.dtype, tuple[int, ...]]]:
+        """(name, byte span, dtype, shape) of every array."""
+        for name, (offset, dtype, shape) in self.sections.items():
+            yield name, slice(offset, offset + math.prod(shape) * dtype.itemsize), dtype, shape
+
     def host_views(self, buffer: np.ndarray) -> dict[str, np.ndarray]:
         """The arrays as numpy views of a uint8 buffer of at least `nbytes` (x and y as uint16, for EventBatch)."""
-        views = {}
-        for name, (offset, dtype, shape) in self.sections.items():
-            dtype = np.dtype(np.uint16) if name in ("x", "y") else dtype
-            views[name] = buffer[offset : offset + math.prod(shape) * dtype.itemsize].view(dtype).reshape(shape)
-        return views
+        return {
+            name: buffer[span].view(np.uint16 if name in ("x", "y") else dtype).reshape(shape)
+            for name, span, dtype, shape in self._spans()
+        }
 
     def device_views(self, buffer: torch.Tensor) -> dict[str, torch.Tensor]:
         """The arrays as torch views of a uint8 tensor of at least `nbytes`."""
-        views = {}
-        for name, (offset, dtype, shape) in self.sections.items():
-            dtype_t = torch.from_numpy(np.empty(0, dtype)).dtype
-            size = math.prod(shape) * dtype.itemsize
-            views[name] = buffer[offset : offset + size].view(dtype_t).view(shape)
-        return views
+        return {
+            name: buffer[span].view(torch.from_numpy(np.empty(0, dtype)).dtype).view(shape)
+            for name, span, dtype, shape in self._spans()
+        }
 
 
 @dataclass(frozen=True)
