@@ -60,7 +60,7 @@ def test_channel_gate(triton_device, dtype, layout, channels, hidden, height, wi
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last", "cropped"])
-@pytest.mark.parametrize(("channels", "height", "width"), [(70, 7, 13), (3, 20, 9)])
+@pytest.mark.parametrize(("channels", "height", "width"), [(70, 7, 13), (3, 20, 9), (4, 70, 80)])
 @torch.no_grad()
 def test_pixel_stats_fill_two_planes_of_a_strided_output(triton_device, dtype, layout, channels, height, width):
     torch.manual_seed(1)

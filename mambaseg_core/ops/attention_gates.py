@@ -1,9 +1,11 @@
 """The DDIM's attention gates, fused into Triton kernels for CUDA inference.
 
 - `channel_gate`: sigmoid(W2 relu(W1 mean_hw x) [+ W2 relu(W1 max_hw x)]), the (B, C, 1, 1) gate of CBAM channel
-  attention (with the max term) and of CTIM's squeeze-excitation (without). Two kernels: partial mean/max sums
-  over slices of the pixels (enough programs to fill the GPU at 17,600 pixels of 96 channels), then one program
-  per image that finishes the pooling and applies both 1x1 projections and the sigmoid. W2 relu(a) + W2 relu(b)
+  attention (with the max term) and of CTIM's squeeze-excitation (without). Three kernels: partial mean/max sums
+  over slices of the pixels (enough programs to fill the GPU at 17,600 pixels of 96 channels); the first 1x1
+  projection, programs of GATE_UNITS hidden units that each finish the pooling; the second projection and the
+  sigmoid, programs of channel blocks. (One program per image for the last two took 15-100 µs on an H100, its
+  serial loops over the partials and the weights on the critical path.) W2 relu(a) + W2 relu(b)
   is computed as W2 (relu(a) + relu(b)), the same sum in another rounding order. PyTorch takes about ten kernels,
   its spatial reductions of a channels-last map 10-20 µs each on an H100 at the model's sizes.
 - `pixel_stats`: the mean and the max over the channels of every pixel, written as two planes of a caller's
@@ -22,6 +24,9 @@ from mambaseg_core.ops.triton_support import kernels_apply, power_of_two_at_leas
 # Programs of the pooling pass: about this many per image (H100: 132 SMs), none with fewer than MIN_PIXELS pixels.
 POOL_PROGRAMS = 256
 MIN_PIXELS = 64
+# Hidden units per program of the gate's first projection; elements of the largest register tile of a program.
+GATE_UNITS = 16
+TILE_ELEMENTS = 4096
 
 
 def channel_gate_reference(x: torch.Tensor, reduce: nn.Conv2d, expand: nn.Conv2d, with_max: bool) -> torch.Tensor:
@@ -74,43 +79,49 @@ if triton is not None:
         tl.store(out + C, largest, mask=channels < C)
 
     @triton.jit
-    def _gate_kernel(
-        part_ptr, w1_ptr, w2_ptr, out_ptr, C, HIDDEN, HW, PIECES,
-        WITH_MAX: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr,
+    def _gate_hidden_kernel(
+        part_ptr, w1_ptr, h_ptr, C, HIDDEN, HW, PIECES,
+        WITH_MAX: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_PIECES: tl.constexpr,
     ):  # fmt: skip
-        # One program per image: mean and max of every channel from the partials, h = relu(W1 mean) [+ relu(W1
-        # max)] (HIDDEN values), then sigmoid(W2 h) stored for every channel.
-        batch = tl.program_id(0).to(tl.int64)
-        hidden = tl.arange(0, BLOCK_H)
+        # One program: BLOCK_H hidden units of one image. Finishes the pooling of every channel (all pieces of a
+        # channel chunk in one tile), then h = relu(W1 mean) [+ relu(W1 max)] for its units, stored as float32.
+        batch = tl.program_id(1).to(tl.int64)
+        hidden = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
+        pieces = tl.arange(0, BLOCK_PIECES)[:, None]
         from_mean = tl.zeros([BLOCK_H], dtype=tl.float32)
         from_max = tl.zeros([BLOCK_H], dtype=tl.float32)
         for c0 in range(0, C, BLOCK_C):
             channels = c0 + tl.arange(0, BLOCK_C)
-            total = tl.zeros([BLOCK_C], dtype=tl.float32)
-            largest = tl.full([BLOCK_C], float("-inf"), dtype=tl.float32)
-            for piece in range(PIECES):
-                row = part_ptr + ((batch * PIECES + piece) * 2) * C + channels
-                total += tl.load(row, mask=channels < C, other=0.0)
-                largest = tl.maximum(largest, tl.load(row + C, mask=channels < C, other=0.0))
+            mask = (pieces < PIECES) & (channels[None, :] < C)
+            rows = part_ptr + ((batch * PIECES + pieces) * 2) * C + channels[None, :]
+            mean = tl.sum(tl.load(rows, mask=mask, other=0.0), axis=0) / HW
             w1 = tl.load(
                 w1_ptr + hidden[:, None] * C + channels[None, :],
                 mask=(hidden[:, None] < HIDDEN) & (channels[None, :] < C), other=0.0,
             ).to(tl.float32)  # fmt: skip
-            from_mean += tl.sum(w1 * (total / HW)[None, :], axis=1)
+            from_mean += tl.sum(w1 * mean[None, :], axis=1)
             if WITH_MAX:
+                largest = tl.max(tl.load(rows + C, mask=mask, other=float("-inf")), axis=0)
                 from_max += tl.sum(w1 * tl.where(channels < C, largest, 0.0)[None, :], axis=1)
         h = tl.maximum(from_mean, 0.0)
         if WITH_MAX:
             h += tl.maximum(from_max, 0.0)
-        for c0 in range(0, C, BLOCK_C):
-            channels = c0 + tl.arange(0, BLOCK_C)
-            w2 = tl.load(
-                w2_ptr + channels[:, None] * HIDDEN + hidden[None, :],
-                mask=(channels[:, None] < C) & (hidden[None, :] < HIDDEN), other=0.0,
-            ).to(tl.float32)  # fmt: skip
-            logits = tl.sum(w2 * h[None, :], axis=1)
-            gate = 1.0 / (1.0 + tl.exp(-logits))
-            tl.store(out_ptr + batch * C + channels, gate.to(out_ptr.dtype.element_ty), mask=channels < C)
+        tl.store(h_ptr + batch * HIDDEN + hidden, h, mask=hidden < HIDDEN)
+
+    @triton.jit
+    def _gate_expand_kernel(h_ptr, w2_ptr, out_ptr, C, HIDDEN, BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr):
+        # One program: BLOCK_C channels of one image, sigmoid(W2 h) over all HIDDEN units.
+        batch = tl.program_id(1).to(tl.int64)
+        channels = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+        hidden = tl.arange(0, BLOCK_H)
+        h = tl.load(h_ptr + batch * HIDDEN + hidden, mask=hidden < HIDDEN, other=0.0)
+        w2 = tl.load(
+            w2_ptr + channels[:, None] * HIDDEN + hidden[None, :],
+            mask=(channels[:, None] < C) & (hidden[None, :] < HIDDEN), other=0.0,
+        ).to(tl.float32)  # fmt: skip
+        logits = tl.sum(w2 * h[None, :], axis=1)
+        gate = 1.0 / (1.0 + tl.exp(-logits))
+        tl.store(out_ptr + batch * C + channels, gate.to(out_ptr.dtype.element_ty), mask=channels < C)
 
     @triton.jit
     def _pixel_stats_kernel(
@@ -162,10 +173,19 @@ def channel_gate(x: torch.Tensor, reduce: nn.Conv2d, expand: nn.Conv2d, with_max
         x, partials, channels, width, pixels, per_piece, *x.stride(),
         BLOCK_C=block_c, BLOCK_P=min(64, power_of_two_at_least(per_piece)), num_warps=4,
     )  # fmt: skip
+    block_pieces = power_of_two_at_least(pieces)
+    hidden_units = torch.empty(batch, hidden, dtype=torch.float32, device=x.device)
+    _gate_hidden_kernel[(triton.cdiv(hidden, GATE_UNITS), batch)](
+        partials, reduce_weight.contiguous(), hidden_units, channels, hidden, pixels, pieces, WITH_MAX=with_max,
+        BLOCK_C=max(16, min(64, TILE_ELEMENTS // block_pieces)), BLOCK_H=GATE_UNITS, BLOCK_PIECES=block_pieces,
+        num_warps=4,
+    )  # fmt: skip
     gate = torch.empty(batch, channels, 1, 1, dtype=x.dtype, device=x.device)
-    _gate_kernel[(batch,)](
-        partials, reduce_weight.contiguous(), expand_weight.contiguous(), gate, channels, hidden, pixels, pieces,
-        WITH_MAX=with_max, BLOCK_C=32, BLOCK_H=power_of_two_at_least(hidden), num_warps=4,
+    block_h = power_of_two_at_least(hidden)
+    block_c = max(1, min(64, TILE_ELEMENTS // block_h))
+    _gate_expand_kernel[(triton.cdiv(channels, block_c), batch)](
+        hidden_units, expand_weight.contiguous(), gate, channels, hidden, BLOCK_C=block_c, BLOCK_H=block_h,
+        num_warps=4,
     )  # fmt: skip
     return gate
 
@@ -177,11 +197,13 @@ def pixel_stats(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     batch, channels, height, width = x.shape
     if out.shape != (batch, 2, height, width):
         raise ValueError(f"pixel_stats out must be ({batch}, 2, {height}, {width}), got {tuple(out.shape)}")
-    block_p = 64
+    # Small maps of many channels (the deep stages) take narrower pixel tiles, so that more programs share them.
+    block_p = min(64, max(16, power_of_two_at_least(triton.cdiv(height * width * batch, POOL_PROGRAMS))))
+    block_c = min(power_of_two_at_least(channels), TILE_ELEMENTS // block_p, 128)
     grid = (triton.cdiv(height * width, block_p), batch)
     _pixel_stats_kernel[grid](
         x, out, channels, width, height * width, *x.stride(), *out.stride(),
-        BLOCK_C=min(64, power_of_two_at_least(channels)), BLOCK_P=block_p, num_warps=4,
+        BLOCK_C=block_c, BLOCK_P=block_p, num_warps=4,
     )  # fmt: skip
     return out
 
