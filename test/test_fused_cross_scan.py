@@ -15,7 +15,7 @@ from mambaseg_core.models.layers import LayerNorm2d
 from mambaseg_core.ops import cross_scan as scan_order
 from mambaseg_core.ops import fused_cross_scan as fused
 from mambaseg_core.ops import triton_support
-from mambaseg_core.ops.layer_norm import layer_norm_2d, layer_norm_2d_reference, uses_kernel
+from mambaseg_core.ops.layer_norm import add_layer_norm_2d, layer_norm_2d, layer_norm_2d_reference, uses_kernel
 
 
 def tolerance(dtype: torch.dtype) -> dict:
@@ -153,6 +153,33 @@ def test_layer_norm_kernel_reads_any_layout_and_writes_channels_last(
     assert y.dtype == dtype and y.is_contiguous(memory_format=torch.channels_last)
     expected = layer_norm_2d_reference(x.double(), norm.weight.double(), norm.bias.double(), norm.eps)
     torch.testing.assert_close(y.double(), expected, **tolerance(dtype))
+
+
+@pytest.mark.parametrize(("x_dtype", "delta_dtype"), [(torch.float32, torch.float32), (torch.float32, torch.bfloat16)])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "cropped"])
+@pytest.mark.parametrize(("channels", "height", "width"), [(48, 9, 11), (300, 2, 3)])
+@torch.no_grad()
+def test_add_layer_norm_kernel_returns_the_residual_sum_and_its_norm(
+    triton_device, x_dtype, delta_dtype, layout, channels, height, width
+):
+    """A float32 residual stream plus a branch output (float32 or half) -> their sum (promoted) and its norm."""
+    device = triton_device
+    norm = norm_of(channels, device)
+    x = as_layout((torch.randn(2, channels, height, width, device=device) * 3 + 1).to(x_dtype), layout)
+    delta = (
+        torch.randn(2, channels, height, width, device=device)
+        .to(delta_dtype)
+        .contiguous(memory_format=torch.channels_last)
+    )
+    total, y = add_layer_norm_2d(x, delta, norm.weight, norm.bias, norm.eps, torch.bfloat16)
+    expected_total = x + delta
+    assert total.dtype == expected_total.dtype == torch.float32 and y.dtype == torch.bfloat16
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    # The kernel writes the sum channels-last; a map with no single pixel stride takes the PyTorch add instead.
+    assert total.is_contiguous(memory_format=torch.channels_last) == (layout != "cropped")
+    torch.testing.assert_close(total, expected_total, rtol=0, atol=0)
+    expected = layer_norm_2d_reference(expected_total.double(), norm.weight.double(), norm.bias.double(), norm.eps)
+    torch.testing.assert_close(y.double(), expected, **tolerance(torch.bfloat16))
 
 
 def test_without_the_kernels_the_reference_chain_runs_and_autograd_flows():

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mambaseg_core.ops.layer_norm import layer_norm_2d
+from mambaseg_core.ops.layer_norm import add_layer_norm_2d, layer_norm_2d
 
 T = TypeVar("T")
 
@@ -110,6 +110,12 @@ class LayerNorm2d(nn.LayerNorm):
         """out_dtype: the result's dtype, where a projection follows (see projection_dtype); by default float32
         under autocast, else x's."""
         return layer_norm_2d(x, self.weight, self.bias, self.eps, out_dtype)
+
+    def after_residual(
+        self, x: torch.Tensor, delta: torch.Tensor, out_dtype: torch.dtype | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x + delta, self(x + delta, out_dtype)), fused into one kernel in CUDA inference."""
+        return add_layer_norm_2d(x, delta, self.weight, self.bias, self.eps, out_dtype)
 
 
 def projection_dtype(x: torch.Tensor) -> torch.dtype:

@@ -119,9 +119,12 @@ class VSSBlock(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Each norm feeds only a projection: it returns the projection's dtype (no separate autocast cast).
-        x = x + self.drop_path(self.ssm(self.ssm_norm(x, projection_dtype(x))))
-        return x + self.drop_path(self.mlp(self.mlp_norm(x, projection_dtype(x))))
+        # Each norm feeds only a projection: it returns the projection's dtype (no separate autocast cast). The
+        # first residual sum and the MLP's norm of it are one kernel in CUDA inference.
+        x, normed = self.mlp_norm.after_residual(
+            x, self.drop_path(self.ssm(self.ssm_norm(x, projection_dtype(x)))), projection_dtype(x)
+        )
+        return x + self.drop_path(self.mlp(normed))
 
 
 class VMambaEncoder(nn.Module):

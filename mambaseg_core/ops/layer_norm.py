@@ -49,6 +49,31 @@ if triton is not None:
         y = centred * rstd * weight + bias
         tl.store(y_ptr + batch * HW * C + pixels * C + channels, y.to(y_ptr.dtype.element_ty), mask=mask)
 
+    @triton.jit
+    def _add_layer_norm_2d_kernel(
+        x_ptr, d_ptr, w_ptr, b_ptr, s_ptr, y_ptr, C, HW, x_sb, x_sc, x_sp, d_sb, d_sc, d_sp, eps,
+        BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+    ):  # fmt: skip
+        # _layer_norm_2d_kernel of s = x + delta, with s stored too (channels-last, in its own dtype): the residual
+        # sum and the norm that follows it in one read of each input.
+        batch = tl.program_id(1).to(tl.int64)
+        channels = tl.arange(0, BLOCK_C)[:, None]
+        pixels = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)[None, :]
+        mask = (channels < C) & (pixels < HW)
+        x = tl.load(x_ptr + batch * x_sb + channels * x_sc + pixels * x_sp, mask=mask, other=0.0)
+        d = tl.load(d_ptr + batch * d_sb + channels * d_sc + pixels * d_sp, mask=mask, other=0.0)
+        total = (x.to(tl.float32) + d.to(tl.float32)).to(s_ptr.dtype.element_ty)
+        out = batch * HW * C + pixels * C + channels
+        tl.store(s_ptr + out, total, mask=mask)
+        s = total.to(tl.float32)
+        mean = tl.sum(s, axis=0)[None, :] / C
+        centred = tl.where(mask, s - mean, 0.0)
+        rstd = 1.0 / tl.sqrt(tl.sum(centred * centred, axis=0)[None, :] / C + eps)
+        weight = tl.load(w_ptr + channels, mask=channels < C, other=0.0).to(tl.float32)
+        bias = tl.load(b_ptr + channels, mask=channels < C, other=0.0).to(tl.float32)
+        y = centred * rstd * weight + bias
+        tl.store(y_ptr + out, y.to(y_ptr.dtype.element_ty), mask=mask)
+
 
 def _default_dtype(x: torch.Tensor) -> torch.dtype:
     """The dtype a normalisation returns for input x: float32 under autocast (as F.layer_norm's), else x's."""
@@ -95,4 +120,34 @@ def layer_norm_2d(
     return y
 
 
-__all__ = ["layer_norm_2d", "layer_norm_2d_reference", "uses_kernel"]
+def add_layer_norm_2d(
+    x: torch.Tensor,
+    delta: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float = 1e-5,
+    out_dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(s, layer_norm_2d(s)) for the residual sum s = x + delta (promoted dtype, channels-last), in one kernel
+    where `uses_kernel` and both inputs have a single pixel stride; else the two PyTorch steps."""
+    usable = uses_kernel(x, weight, bias) and kernels_apply(delta) and x.shape == delta.shape
+    x_strides, delta_strides = (pixel_strides(x), pixel_strides(delta)) if usable else (None, None)
+    if x_strides is None or delta_strides is None:
+        total = x + delta
+        return total, layer_norm_2d(total, weight, bias, eps, out_dtype)
+    batch, channels, height, width = x.shape
+    sum_dtype = torch.promote_types(x.dtype, delta.dtype)
+    total = torch.empty(x.shape, dtype=sum_dtype, device=x.device, memory_format=torch.channels_last)
+    out_dtype = out_dtype or (torch.float32 if torch.is_autocast_enabled(x.device.type) else sum_dtype)
+    y = torch.empty(x.shape, dtype=out_dtype, device=x.device, memory_format=torch.channels_last)
+    block_c = power_of_two_at_least(channels)
+    block_p = max(1, min(64, ELEMENTS_PER_PROGRAM // block_c))
+    grid = (triton.cdiv(height * width, block_p), batch)
+    _add_layer_norm_2d_kernel[grid](
+        x, delta, weight, bias, total, y, channels, height * width, *x_strides, *delta_strides, eps,
+        BLOCK_C=block_c, BLOCK_P=block_p, num_warps=8,
+    )  # fmt: skip
+    return total, y
+
+
+__all__ = ["add_layer_norm_2d", "layer_norm_2d", "layer_norm_2d_reference", "uses_kernel"]
