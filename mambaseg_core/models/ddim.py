@@ -131,13 +131,22 @@ class TSSM(nn.Module):
 
 class _TwoPaths(nn.Module):
     """A cross-modal module whose image and event paths run as two branches (models/branches.py) after a shared
-    gate: subclasses define `_image_path` and `_event_path`."""
+    gate. Each path is x' = mixer(x) + skip(x), then x' * attention(x'), with the modules `<modality>_<MIXER>`,
+    `<modality>_skip` and `<modality>_attention` (the official state-dict names) of each subclass."""
+
+    MIXER = ""
+
+    def _path(self, modality: str, x: torch.Tensor) -> torch.Tensor:
+        # Cast once for both projections (autocast would cast x for each of them).
+        x = x.to(projection_dtype(x))
+        x = getattr(self, f"{modality}_{self.MIXER}")(x) + conv1x1(getattr(self, f"{modality}_skip"), x)
+        return x * getattr(self, f"{modality}_attention")(x)
 
     def _image_path(self, image: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        return self._path("image", image)
 
     def _event_path(self, events: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        return self._path("event", events)
 
     def _run_paths(self, image: torch.Tensor, events: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return run_branches(partial(self._image_path, image), partial(self._event_path, events))
@@ -150,6 +159,8 @@ class _TwoPaths(nn.Module):
 
 class CTIM(_TwoPaths):
     """Cross-temporal interaction: (n_I, n_E) (B, C, H, W) x 2 -> (c_I, c_E) (B, C, H, W) x 2."""
+
+    MIXER = "tssm"
 
     def __init__(self, dim: int, tokens: int, **tssm_kwargs):
         super().__init__()
@@ -173,17 +184,11 @@ class CTIM(_TwoPaths):
         image, events = image * self.channel_gate(events), events * self.channel_gate(image)
         return self._run_paths(image, events)
 
-    def _image_path(self, image: torch.Tensor) -> torch.Tensor:
-        image = self.image_tssm(image) + conv1x1(self.image_skip, image)
-        return image * self.image_attention(image)
-
-    def _event_path(self, events: torch.Tensor) -> torch.Tensor:
-        events = self.event_tssm(events) + conv1x1(self.event_skip, events)
-        return events * self.event_attention(events)
-
 
 class CSIM(_TwoPaths):
     """Cross-spatial interaction: (n_I, n_E) (B, C, H, W) x 2 -> (q_I, q_E) (B, C, H, W) x 2."""
+
+    MIXER = "ss2d"
 
     def __init__(self, dim: int, **ss2d_kwargs):
         super().__init__()
@@ -199,14 +204,6 @@ class CSIM(_TwoPaths):
         image_gate, event_gate = self.spatial_gate(image, events)
         image, events = image * image_gate, events * event_gate
         return self._run_paths(image, events)
-
-    def _image_path(self, image: torch.Tensor) -> torch.Tensor:
-        image = self.image_ss2d(image) + conv1x1(self.image_skip, image)
-        return image * self.image_attention(image)
-
-    def _event_path(self, events: torch.Tensor) -> torch.Tensor:
-        events = self.event_ss2d(events) + conv1x1(self.event_skip, events)
-        return events * self.event_attention(events)
 
 
 class DDIM(nn.Module):
