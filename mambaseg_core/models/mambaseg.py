@@ -161,8 +161,11 @@ class MambaSeg(nn.Module):
                 )
         return MambaSegFeatures(decoder_inputs, fusion_outputs)
 
-    def forward(self, *, image: torch.Tensor, events: torch.Tensor) -> torch.Tensor:
-        """Logits (B, num_classes, H, W), bilinearly upsampled from 1/4 resolution."""
+    def forward(self, *, image: torch.Tensor, events: torch.Tensor, upsample: bool = True) -> torch.Tensor:
+        """Logits (B, num_classes, H, W), bilinearly upsampled from 1/4 resolution; with upsample=False the decoder's
+        1/4-resolution logits (what ops/upsample_argmax turns into full-resolution class ids in one pass)."""
         features = self.forward_features(image=image, events=events)
         logits = self.decoder(features.decoder_inputs)
+        if not upsample:
+            return logits
         return F.interpolate(logits, size=tuple(image.shape[-2:]), mode="bilinear", align_corners=False)

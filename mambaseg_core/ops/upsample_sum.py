@@ -29,21 +29,7 @@ def upsample_sum_relu_reference(base: torch.Tensor, sources: Sequence[torch.Tens
 if triton is not None:
     import triton.language as tl
 
-    @triton.jit
-    def _add_bilinear(acc, z_ptr, batch, y, x, h_in, w_in, scale_y, scale_x, E, channel, valid):
-        """acc + the bilinear sample (align_corners=False, as PyTorch computes it) of the channels-last map z at
-        output pixels (y, x)."""
-        source_y = tl.maximum((y.to(tl.float32) + 0.5) * scale_y - 0.5, 0.0)
-        source_x = tl.maximum((x.to(tl.float32) + 0.5) * scale_x - 0.5, 0.0)
-        y0, x0 = source_y.to(tl.int32), source_x.to(tl.int32)  # floor: both are >= 0
-        y1, x1 = tl.minimum(y0 + 1, h_in - 1), tl.minimum(x0 + 1, w_in - 1)
-        ly, lx = source_y - y0, source_x - x0
-        image = z_ptr + batch * h_in * w_in * E + channel
-        v00 = tl.load(image + (y0 * w_in + x0) * E, mask=valid, other=0.0).to(tl.float32)
-        v01 = tl.load(image + (y0 * w_in + x1) * E, mask=valid, other=0.0).to(tl.float32)
-        v10 = tl.load(image + (y1 * w_in + x0) * E, mask=valid, other=0.0).to(tl.float32)
-        v11 = tl.load(image + (y1 * w_in + x1) * E, mask=valid, other=0.0).to(tl.float32)
-        return acc + ((1.0 - ly) * ((1.0 - lx) * v00 + lx * v01) + ly * ((1.0 - lx) * v10 + lx * v11))
+    from mambaseg_core.ops.bilinear import bilinear_sample
 
     @triton.jit
     def _upsample_sum_relu_kernel(
@@ -61,11 +47,11 @@ if triton is not None:
         acc = tl.load(base_ptr + offsets, mask=valid, other=0.0).to(tl.float32)
         y, x = pixel // W, pixel % W
         if SOURCES >= 1:
-            acc = _add_bilinear(acc, z1_ptr, batch, y, x, h1, w1, sy1, sx1, E, channel, valid)
+            acc += bilinear_sample(z1_ptr + batch * h1 * w1 * E + channel, y, x, h1, w1, sy1, sx1, w1 * E, E, valid)
         if SOURCES >= 2:
-            acc = _add_bilinear(acc, z2_ptr, batch, y, x, h2, w2, sy2, sx2, E, channel, valid)
+            acc += bilinear_sample(z2_ptr + batch * h2 * w2 * E + channel, y, x, h2, w2, sy2, sx2, w2 * E, E, valid)
         if SOURCES >= 3:
-            acc = _add_bilinear(acc, z3_ptr, batch, y, x, h3, w3, sy3, sx3, E, channel, valid)
+            acc += bilinear_sample(z3_ptr + batch * h3 * w3 * E + channel, y, x, h3, w3, sy3, sx3, w3 * E, E, valid)
         tl.store(out_ptr + offsets, tl.maximum(acc, 0.0).to(out_ptr.dtype.element_ty), mask=valid)
 
 

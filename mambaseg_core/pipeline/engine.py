@@ -29,6 +29,7 @@ import torch.nn as nn
 
 from mambaseg_core.models.branches import parallel_branches
 from mambaseg_core.ops.selective_scan import available_backends
+from mambaseg_core.ops.upsample_argmax import upsample_argmax
 
 Precision = Literal["fp32", "bf16", "fp16"]
 PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -138,7 +139,10 @@ class InferenceEngine:
     def _class_ids_eager(self, make_inputs: MakeInputs, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         with torch.inference_mode():
             image, events = make_inputs(**inputs)  # outside autocast: the input conversions stay float32
-        return self.logits(image, events).argmax(1).to(torch.uint8)
+            with self._autocast(), self._branches():
+                logits = self._forward(image=image, events=events, upsample=False)
+            # The argmax of the bilinearly upsampled logits, without writing them out at full size.
+            return upsample_argmax(logits, tuple(image.shape[-2:]))
 
     def class_ids(self, image: torch.Tensor, events: torch.Tensor) -> torch.Tensor:
         """(B, H, W) uint8 class ids on the model's device. With `cuda_graph` the returned tensor is the graph's
