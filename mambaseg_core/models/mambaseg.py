@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -81,7 +82,7 @@ class MambaSeg(nn.Module):
         (training only; the official code never enables it, and the result is the same)."""
         self.gradient_checkpointing = enabled
 
-    def _run(self, module: nn.Module, *inputs: torch.Tensor) -> Any:
+    def _run(self, module: Callable[..., Any], *inputs: torch.Tensor | None) -> Any:
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
             return checkpoint(module, *inputs, use_reentrant=False)
         return module(*inputs)
@@ -122,9 +123,10 @@ class MambaSeg(nn.Module):
         downsamples, the modality paths of CTIM and CSIM) and the decoder, each on its own. A whole-model
         torch.compile would trace the stream switches of models/branches.py; this keeps them between the units."""
         for encoder in (self.image_encoder, self.event_encoder):
-            blocks = [block for stage in encoder.stages for block in stage]
-            for module in (encoder.stem, *blocks, *encoder.out_norms, *encoder.downsamples):
+            for module in (encoder.stem, *encoder.out_norms, *encoder.downsamples):
                 module.compile(**compile_kwargs)
+            for block in (block for stage in encoder.stages for block in stage):
+                block.forward_deferred = torch.compile(block.forward_deferred, **compile_kwargs)  # type: ignore[method-assign]
         for fusion in self.fusion:
             fusion.ctim.compile_paths(**compile_kwargs)
             fusion.csim.compile_paths(**compile_kwargs)
@@ -132,9 +134,14 @@ class MambaSeg(nn.Module):
 
     def _encoder_stage(self, encoder: VMambaEncoder, i: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Stage i of one encoder: (o, a) = (its blocks' output, out_norm(o))."""
+        # Each residual sum is made by the norm that follows it (one kernel in CUDA inference): a block adds the
+        # previous block's last term together with its first norm, the stage's out-norm adds the last block's.
+        pending = None
         for block in encoder.stages[i]:
-            x = self._run(block, x)
-        return x, encoder.out_norms[i](x)
+            x, pending = self._run(block.forward_deferred, x, pending)
+        if pending is None:
+            return x, encoder.out_norms[i](x)
+        return encoder.out_norms[i].after_residual(x, pending)
 
     def forward_features(self, *, image: torch.Tensor, events: torch.Tensor) -> MambaSegFeatures:
         """Run both encoders and the fusion modules; see MambaSegFeatures for the shapes."""

@@ -119,12 +119,22 @@ class VSSBlock(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Each norm feeds only a projection: it returns the projection's dtype (no separate autocast cast). The
-        # first residual sum and the MLP's norm of it are one kernel in CUDA inference.
-        x, normed = self.mlp_norm.after_residual(
-            x, self.drop_path(self.ssm(self.ssm_norm(x, projection_dtype(x)))), projection_dtype(x)
-        )
-        return x + self.drop_path(self.mlp(normed))
+        x, mlp_term = self.forward_deferred(x)
+        return x + mlp_term
+
+    def forward_deferred(
+        self, x: torch.Tensor, pending: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The block with its last residual sum left to the caller: (x after the SSM residual, the MLP term).
+        pending: the previous block's MLP term, added to x here. A residual sum followed by a norm is one kernel
+        in CUDA inference, so a stage of blocks chained this way makes no separate residual add but its last."""
+        dtype = projection_dtype(x)  # each norm feeds only a projection: it returns the projection's dtype
+        if pending is None:
+            normed = self.ssm_norm(x, dtype)
+        else:
+            x, normed = self.ssm_norm.after_residual(x, pending, dtype)
+        x, normed = self.mlp_norm.after_residual(x, self.drop_path(self.ssm(normed)), dtype)
+        return x, self.drop_path(self.mlp(normed))
 
 
 class VMambaEncoder(nn.Module):
