@@ -73,6 +73,18 @@ def test_cast_matmul_weights_keeps_norms_and_ssm_parameters_in_fp32():
     assert conv_weights and set(conv_weights) == {torch.bfloat16}
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, needs_cuda])])
+def test_engine_stores_kxk_convolution_weights_channels_last_on_cuda_only(device):
+    model = MambaSeg(load_model_config(dict(TINY_MODEL))).to(device)
+    InferenceEngine(model, precision="fp16" if device == "cuda" else "fp32")
+    kxk = [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1)]
+    multi_channel = [w for w in kxk if w.shape[1] > 1]
+    assert multi_channel  # the stems and downsamples
+    channels_last = [w.is_contiguous(memory_format=torch.channels_last) for w in multi_channel]
+    assert all(channels_last) if device == "cuda" else not any(channels_last)
+    assert all(w.is_contiguous() for w in kxk if w.shape[1] == 1)  # depthwise: the same memory either way
+
+
 def test_engine_rejects_bad_settings():
     model = MambaSeg(load_model_config(dict(TINY_MODEL)))
     with pytest.raises(ValueError, match="precision"):

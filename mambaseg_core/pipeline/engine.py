@@ -105,6 +105,10 @@ class InferenceEngine:
         self.cuda_graph = cuda_graph
         if precision != "fp32":
             cast_matmul_weights(model, PRECISIONS[precision])
+        if self.device.type == "cuda":
+            # The activations are channels-last, so cuDNN runs the convolutions channels-last and would copy every
+            # NCHW kxk weight into that layout on every call.
+            model.to(memory_format=torch.channels_last)
         self.compile = compile
         self._forward: Callable[..., torch.Tensor] = model
         if compile:
