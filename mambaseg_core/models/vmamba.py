@@ -34,7 +34,8 @@ class PatchEmbed(nn.Module):
         self.norm2 = LayerNorm2d(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm2(self.conv2(self.act(self.norm1(self.conv1(x)))))
+        # norm1 returns conv2's compute dtype: the GELU between them then needs no cast of its own.
+        return self.norm2(self.conv2(self.act(self.norm1(self.conv1(x), projection_dtype(x)))))
 
 
 class Downsample(nn.Module):
