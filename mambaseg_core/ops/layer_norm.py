@@ -31,22 +31,28 @@ if triton is not None:
     import triton.language as tl
 
     @triton.jit
-    def _layer_norm_2d_kernel(
-        x_ptr, w_ptr, b_ptr, y_ptr, C, HW, x_sb, x_sc, x_sp, eps, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr
-    ):
-        # One program: all channels of BLOCK_P consecutive pixels of one image, loaded once, two-pass mean and
-        # variance in registers, one store.
-        batch = tl.program_id(1).to(tl.int64)
-        channels = tl.arange(0, BLOCK_C)[:, None]
-        pixels = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)[None, :]
-        mask = (channels < C) & (pixels < HW)
-        x = tl.load(x_ptr + batch * x_sb + channels * x_sc + pixels * x_sp, mask=mask, other=0.0).to(tl.float32)
+    def _normalise(x, mask, channels, C, w_ptr, b_ptr, eps):
+        """The affine LayerNorm of the float32 tile x (BLOCK_C channels x BLOCK_P pixels) over its channels: two-pass
+        mean and variance in registers; entries outside mask must be 0."""
         mean = tl.sum(x, axis=0)[None, :] / C
         centred = tl.where(mask, x - mean, 0.0)
         rstd = 1.0 / tl.sqrt(tl.sum(centred * centred, axis=0)[None, :] / C + eps)
         weight = tl.load(w_ptr + channels, mask=channels < C, other=0.0).to(tl.float32)
         bias = tl.load(b_ptr + channels, mask=channels < C, other=0.0).to(tl.float32)
-        y = centred * rstd * weight + bias
+        return centred * rstd * weight + bias
+
+    @triton.jit
+    def _layer_norm_2d_kernel(
+        x_ptr, w_ptr, b_ptr, y_ptr, C, HW, x_sb, x_sc, x_sp, eps, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr
+    ):
+        # One program: all channels of BLOCK_P consecutive pixels of one image, loaded once, normalised in
+        # registers, one store.
+        batch = tl.program_id(1).to(tl.int64)
+        channels = tl.arange(0, BLOCK_C)[:, None]
+        pixels = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)[None, :]
+        mask = (channels < C) & (pixels < HW)
+        x = tl.load(x_ptr + batch * x_sb + channels * x_sc + pixels * x_sp, mask=mask, other=0.0).to(tl.float32)
+        y = _normalise(x, mask, channels, C, w_ptr, b_ptr, eps)
         tl.store(y_ptr + batch * HW * C + pixels * C + channels, y.to(y_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
@@ -65,13 +71,7 @@ if triton is not None:
         total = (x.to(tl.float32) + d.to(tl.float32)).to(s_ptr.dtype.element_ty)
         out = batch * HW * C + pixels * C + channels
         tl.store(s_ptr + out, total, mask=mask)
-        s = total.to(tl.float32)
-        mean = tl.sum(s, axis=0)[None, :] / C
-        centred = tl.where(mask, s - mean, 0.0)
-        rstd = 1.0 / tl.sqrt(tl.sum(centred * centred, axis=0)[None, :] / C + eps)
-        weight = tl.load(w_ptr + channels, mask=channels < C, other=0.0).to(tl.float32)
-        bias = tl.load(b_ptr + channels, mask=channels < C, other=0.0).to(tl.float32)
-        y = centred * rstd * weight + bias
+        y = _normalise(total.to(tl.float32), mask, channels, C, w_ptr, b_ptr, eps)
         tl.store(y_ptr + out, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
