@@ -32,6 +32,21 @@ Destination = Callable[[int], EventBatch]
 
 
 @numba.njit(cache=True, nogil=True)
+def _search_ring(store_t, head, count, value):  # pragma: no cover - jit
+    """Logical index of the first of the `count` events stored from `head` on (time-sorted) with t >= value."""
+    capacity = len(store_t)
+    low, high = 0, count
+    while low < high:
+        middle = (low + high) // 2
+        slot = head + middle
+        if store_t[slot - capacity if slot >= capacity else slot] < value:
+            low = middle + 1
+        else:
+            high = middle
+    return low
+
+
+@numba.njit(cache=True, nogil=True)
 def _copy_into_ring(store, first_slot, source, begin, end):  # pragma: no cover - jit
     """store[(first_slot + k) % capacity] = source[begin + k] for k < end - begin <= capacity (two block copies)."""
     capacity = len(store)
@@ -41,10 +56,13 @@ def _copy_into_ring(store, first_slot, source, begin, end):  # pragma: no cover 
 
 
 @numba.njit(cache=True, nogil=True)
-def _append_run(store_x, store_y, store_t, store_p, head, count, x, y, t, p, start, tolerance):  # pragma: no cover
+def _append_run(
+    store_x, store_y, store_t, store_p, head, count, x, y, t, p, start, tolerance, max_duration
+):  # pragma: no cover - jit
     """Copy events start.. of a packet into the ring (oldest dropped when full) until the first one older than the
-    newest stored time by more than `tolerance`; smaller disorder is clamped to the newest time.
-    Returns (index of that event or len(t), head, count, clamped, dropped).
+    newest stored time by more than `tolerance`; smaller disorder is clamped to the newest time. Then drop the
+    events older than the newest by more than `max_duration`.
+    Returns (index of that event or len(t), head, count, clamped, dropped for capacity, dropped for age).
 
     One pass over the times finds the end of the run and stores the clamped times; x, y and p follow as block
     copies (a per-event loop over all four fields was ~5x slower than the copies)."""
@@ -72,7 +90,9 @@ def _append_run(store_x, store_y, store_t, store_p, head, count, x, y, t, p, sta
     _copy_into_ring(store_y, kept_slot, y, end - kept, end)
     _copy_into_ring(store_p, kept_slot, p, end - kept, end)
     dropped = max(0, count + run - capacity)
-    return end, (head + dropped) % capacity, min(count + run, capacity), clamped, dropped
+    head, count = (head + dropped) % capacity, min(count + run, capacity)
+    expired = _search_ring(store_t, head, count, newest - max_duration) if count else 0
+    return end, (head + expired) % capacity, count - expired, clamped, dropped, expired
 
 
 @dataclass
@@ -128,15 +148,12 @@ class EventRingBuffer:
             start = 0
             while True:
                 store = self._store
-                end, self._head, self._count, clamped, dropped = _append_run(
+                end, self._head, self._count, clamped, dropped, expired = _append_run(
                     store["x"], store["y"], store["t"], store["p"], self._head, self._count,
-                    batch.x, batch.y, batch.t, batch.p, start, self.backwards_tolerance_us,
+                    batch.x, batch.y, batch.t, batch.p, start, self.backwards_tolerance_us, self.max_duration_us,
                 )  # fmt: skip
                 self.stats.clamped_out_of_order += clamped
-                self.stats.dropped_overflow += dropped
-                expired = self._search(self._time_at(self._count - 1) - self.max_duration_us)
-                if expired:
-                    self._drop_oldest(expired)
+                self.stats.dropped_overflow += dropped + expired
                 if end == len(batch):
                     break
                 self.stats.resets_time_backwards += 1
@@ -166,24 +183,9 @@ class EventRingBuffer:
     def _time_at(self, logical: int) -> int:
         return int(self._store["t"][(self._head + logical) % self.max_events])
 
-    def _drop_oldest(self, n: int) -> None:
-        self.stats.dropped_overflow += n
-        self._head = (self._head + n) % self.max_events
-        self._count -= n
-
-    def _segments(self) -> tuple[slice, slice]:
-        """Storage slices of the logical contents: [head, ...) then the wrapped part from 0."""
-        first = min(self._count, self.max_events - self._head)
-        return slice(self._head, self._head + first), slice(0, self._count - first)
-
     def _search(self, value: int) -> int:
         """Logical index of the first stored event with t >= value."""
-        head_part, wrapped_part = self._segments()
-        t = self._store["t"]
-        index = int(np.searchsorted(t[head_part], value, side="left"))
-        if index == head_part.stop - head_part.start:
-            index += int(np.searchsorted(t[wrapped_part], value, side="left"))
-        return index
+        return int(_search_ring(self._store["t"], self._head, self._count, value))
 
     def _copy(self, i0: int, i1: int, into: Destination | None) -> EventBatch:
         """Copy of logical [i0, i1) (at most two storage slices), into fresh arrays or into `into(length)`."""
