@@ -24,6 +24,7 @@ from mambaseg_core.ops.selective_scan import (
 
 # module attribute `selective_scan` is the function, so reach the submodule through importlib
 torch_scan = importlib.import_module("mambaseg_core.ops.selective_scan.torch_scan")
+mamba_ssm_scan = importlib.import_module("mambaseg_core.ops.selective_scan.mamba_ssm_scan")
 
 needs_cuda = pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA GPU: the cuda backend runs our own kernel"
@@ -259,6 +260,23 @@ def test_explicit_cuda_backend_without_gpu_raises_clear_error():
 def test_missing_mamba_ssm_raises_install_hint():
     with pytest.raises(BackendUnavailableError, match="pip install mamba-ssm"):
         selective_scan(**make_inputs(1, 2, 1, 5, 1), backend="mamba_ssm")
+
+
+@pytest.mark.parametrize(("with_d", "with_bias", "softplus"), [(True, True, True), (False, False, False)])
+def test_mamba_ssm_adapter_passes_every_argument_through(with_d, with_bias, softplus):
+    """The adapter around mamba_ssm's selective_scan_fn, with a stand-in that has its signature and computes the
+    reference: the same result, so every argument reaches its parameter (mamba_ssm itself is not installed here)."""
+    calls = []
+
+    def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+        calls.append((z, A.dtype, None if D is None else D.dtype))
+        return selective_scan_reference(u, delta, A, B, C, D, delta_bias, delta_softplus)
+
+    scan = mamba_ssm_scan.make_mamba_ssm_scan(selective_scan_fn)
+    inputs = make_inputs(2, 4, 3, 9, 2, with_d=with_d, with_bias=with_bias)
+    expected = selective_scan_reference(**inputs, delta_softplus=softplus)
+    torch.testing.assert_close(scan(**inputs, delta_softplus=softplus), expected, rtol=0, atol=0)
+    assert calls == [(None, torch.float32, torch.float32 if with_d else None)]
 
 
 def test_unknown_backend_raises():
