@@ -65,7 +65,7 @@ def _append_run(
     Returns (index of that event or len(t), head, count, clamped, dropped for capacity, dropped for age).
 
     One pass over the times finds the end of the run and stores the clamped times; x, y and p follow as block
-    copies (a per-event loop over all four fields was ~5x slower than the copies)."""
+    copies (a per-event loop over all four fields, with a modulo per event, took 2.4x as long)."""
     capacity = len(store_t)
     first_slot = (head + count) % capacity
     slot = first_slot
