@@ -7,10 +7,11 @@ Shapes (model spec §1, §3, §4), per stage i with C_i = 96 * 2^i channels and 
 On a GPU: DDD17 (200x346) and DSEC (440x640) sizes, forward and forward+backward, every available backend, and
 the bandwidth each reaches against the compulsory bytes (inputs read once, output written once) and a measured
 device-to-device copy. On CPU: the DDD17 forward set with the torch backend only (what inference on the robot's
-CPU costs). With --infer-sweep instead: every compiled configuration of the CUDA inference kernel (steps per
-lane, warps per row, states per pass) at the long-row shapes, fp32, bf16 and fp16 inputs (fp16 has the rule's
-picks only) (issues #3, #11).
-Usage: python benchmarks/scan.py [--no-write] [--infer-sweep | --profile-calls]
+CPU costs). With --infer-sweep instead: every compiled configuration of the CUDA warp-scan inference kernel
+(steps per lane, warps per row, states per pass; fp16 has the rule's picks only) and the state-resident kernel in
+several segment lengths, at the N = 16 shapes and the stage-0 encoder shape, fp32, bf16 and fp16 inputs (or
+--dtypes) (issues #3, #11).
+Usage: python benchmarks/scan.py [--no-write] [--infer-sweep [--dtypes fp16 ...] | --profile-calls]
 """
 
 from __future__ import annotations
@@ -32,11 +33,12 @@ from _report import table, write_section
 
 from mambaseg_core.ops.selective_scan import available_backends, selective_scan
 from mambaseg_core.ops.selective_scan.cuda_scan import (
-    InferConfig,
     default_inference_config,
     inference_configs,
     load_extension,
+    resident_plan,
     selective_scan_infer_config,
+    selective_scan_resident,
 )
 
 CHANNELS = (96, 192, 384, 768)
@@ -319,17 +321,36 @@ def graph_time_us(fn: Callable[[], object], repeats: int = 15, calls: int = 10) 
     return statistics.median(times)
 
 
-def bench_infer_configs() -> tuple[str, str]:
-    """Every compiled inference configuration at every sweep shape, fp32, bf16 and fp16: the table, and a summary
-    of the default's and the fastest configuration's time per shape."""
+RESIDENT_SEGMENTS = (64, 128, 256, 512, 1024, 2048)  # steps per segment tried beside the default plan
+SWEEP_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def bench_infer_configs(dtype_names: list[str]) -> tuple[str, str]:
+    """Every compiled warp-scan configuration, and the state-resident kernel (N = 16) in its default plan and in
+    RESIDENT_SEGMENTS, at every sweep shape and dtype: the table, and a summary of the default's (what the `cuda`
+    backend runs) and the fastest variant's time per shape."""
     rows, best = [], []
     for shape in sweep_shapes():
-        for dtype, dtype_name in ((torch.float32, "fp32"), (torch.bfloat16, "bf16"), (torch.float16, "fp16")):
+        for dtype_name in dtype_names:
+            dtype = SWEEP_DTYPES[dtype_name]
             inputs = make_inputs(shape, "cuda", requires_grad=False, dtype=dtype)
-            default = default_inference_config(shape.channels, shape.length, dtype, shape.state)
-
-            def scan(config: InferConfig, i: dict[str, torch.Tensor] = inputs) -> torch.Tensor:
-                return selective_scan_infer_config(**i, delta_softplus=True, config=config)
+            variants: dict[str, Callable[[], torch.Tensor]] = {}
+            for config in inference_configs(dtype, shape.state):
+                variants[f"warp scan {tuple(config)}"] = lambda c=config, i=inputs: selective_scan_infer_config(
+                    **i, delta_softplus=True, config=c
+                )
+            if shape.state >= 9:
+                steps, segments = resident_plan(1, shape.channels, shape.groups, shape.length)
+                default = f"resident {steps} x {segments}"
+                for segment_len in (0, *(n for n in RESIDENT_SEGMENTS if n < shape.length and n != steps)):
+                    planned = steps if segment_len == 0 else segment_len
+                    label = f"resident {planned} x {-(-shape.length // planned)}"
+                    variants[label] = lambda n=segment_len, i=inputs: selective_scan_resident(
+                        **i, delta_softplus=True, segment_len=n
+                    )
+            else:
+                config = default_inference_config(shape.channels, shape.length, dtype, shape.state)
+                default = f"warp scan {tuple(config)}"
 
             def tiled(i: dict[str, torch.Tensor] = inputs) -> torch.Tensor:
                 # The training forward: rows split into tiles over many blocks (maps, carries, rescan launches).
@@ -337,34 +358,54 @@ def bench_infer_configs() -> tuple[str, str]:
                 return load_extension().forward(*(i[k] for k in keys), True)[0]
 
             with torch.no_grad():
-                expected = scan(default)
+                expected = variants[default]()
                 scale = expected.abs().max()
                 timed = []
-                for config in inference_configs(dtype, shape.state):
-                    err = ((scan(config) - expected).abs().max() / scale).item()
-                    timed.append((config, graph_time_us(lambda c=config: scan(c)), err))
+                for label, scan in variants.items():
+                    err = ((scan() - expected).abs().max() / scale).item()
+                    timed.append((label, graph_time_us(scan), err))
                 tiled_err = ((tiled() - expected).abs().max() / scale).item()
                 tiled_us = graph_time_us(tiled)
-            default_us = next(us for config, us, _ in timed if config == default)
-            for config, us, err in timed:
-                label = str(tuple(config)) + (" default" if config == default else "")
-                rows.append([shape.label, dtype_name, label, f"{us:.1f}", f"{default_us / us:.2f}", f"{err:.1e}"])
+            default_us = next(us for label, us, _ in timed if label == default)
+            for label, us, err in timed:
+                label_cell = label + (" default" if label == default else "")
+                rows.append([shape.label, dtype_name, label_cell, f"{us:.1f}", f"{default_us / us:.2f}", f"{err:.1e}"])
             tiled_cells = [f"{tiled_us:.1f}", f"{default_us / tiled_us:.2f}", f"{tiled_err:.1e}"]
             rows.append([shape.label, dtype_name, "training forward (tiled)", *tiled_cells])
+            warp_label, warp_us, _ = min((t for t in timed if t[0].startswith("warp")), key=lambda t: t[1])
             fastest, fastest_us, _ = min(timed, key=lambda t: t[1])
-            default_label, fastest_label = f"{tuple(default)}: {default_us:.1f}", f"{tuple(fastest)}: {fastest_us:.1f}"
-            best.append([shape.label, dtype_name, default_label, fastest_label, f"{tiled_us:.1f}"])
-    headers = ["shape (channels, N, L)", "dtype", "config (items, warps, states)", "µs", "x vs default", "rel diff"]
+            best.append(
+                [
+                    shape.label,
+                    dtype_name,
+                    f"{default}: {default_us:.1f}",
+                    f"{fastest}: {fastest_us:.1f}",
+                    f"{warp_label}: {warp_us:.1f}",
+                    f"{tiled_us:.1f}",
+                ]
+            )
+    headers = ["shape (channels, N, L)", "dtype", "kernel", "µs", "x vs default", "rel diff"]
     summary = "\n".join(
         [
-            "GPU time per call of the one-pass inference kernel in each compiled configuration "
-            "(`selective_scan_infer_config`): 10 calls captured in a CUDA graph, median of 15 replays; batch 1, "
-            "softplus, D and delta_bias given. Config = (steps per lane, warps per row, states per pass); "
-            "x vs default > 1 is faster than the default launcher's choice; rel diff = max |y - y_default| / "
-            "max |y_default|. `training forward (tiled)`: the forward the backward needs, which splits each row "
-            "into tiles over many blocks (a map launch, a carry launch, a rescan launch).",
+            "GPU time per call of the inference kernels: 10 calls captured in a CUDA graph, median of 15 replays; "
+            "batch 1, softplus, D and delta_bias given. `warp scan (items, warps, states)`: the warp-scan kernel "
+            "(`selective_scan_infer_config`; steps per lane, warps per row, states per pass). `resident S x K`: the "
+            "state-resident kernel (`selective_scan_resident`), rows cut into K segments of S steps (its compose, "
+            "carry and apply launches together). x vs default > 1 is faster than what the `cuda` backend runs; "
+            "rel diff = max |y - y_default| / max |y_default|. `training forward (tiled)`: the forward the backward "
+            "needs (a map launch, a carry launch, a rescan launch).",
             "",
-            table(["shape (channels, N, L)", "dtype", "default: µs", "fastest: µs", "training forward µs"], best),
+            table(
+                [
+                    "shape (channels, N, L)",
+                    "dtype",
+                    "default: µs",
+                    "fastest: µs",
+                    "fastest warp scan: µs",
+                    "training forward µs",
+                ],
+                best,
+            ),
         ]
     )
     return table(headers, rows), summary
@@ -391,7 +432,10 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     parser.add_argument("--backends", nargs="+", help="GPU backends to time (default: every available one)")
     parser.add_argument(
-        "--infer-sweep", action="store_true", help="time every compiled configuration of the CUDA inference kernel"
+        "--infer-sweep", action="store_true", help="time every compiled configuration of the CUDA inference kernels"
+    )
+    parser.add_argument(
+        "--dtypes", nargs="+", choices=sorted(SWEEP_DTYPES), default=list(SWEEP_DTYPES), help="--infer-sweep dtypes"
     )
     parser.add_argument(
         "--profile-calls", action="store_true", help="one untimed inference call per profiled shape (for ncu)"
@@ -406,7 +450,7 @@ def main() -> None:
         if not torch.cuda.is_available():
             print("no CUDA: the inference-configuration sweep times the CUDA kernel and needs a GPU; nothing to do")
             return
-        body, summary = bench_infer_configs()
+        body, summary = bench_infer_configs(args.dtypes)
         name = "Selective scan inference configurations"
     elif torch.cuda.is_available():
         backends = [b for b in available_backends("cuda") if b != "reference" and b in (args.backends or [b])]

@@ -472,8 +472,9 @@ def test_cuda_inference_configuration_not_compiled_raises_naming_the_compiled_on
 @pytest.mark.parametrize("dtype_name", ["fp32", "fp16", "bf16"])
 @pytest.mark.parametrize(("rows_state_length", "expected"), DEFAULT_CONFIG_CASES)
 def test_cuda_inference_runs_its_declared_default_configuration(dtype_name, rows_state_length, expected):
-    # The rule picks the configuration of scan_launch_rule.py, and the backend's inference launch is that
-    # configuration: bit-identical y (a different steps-per-lane split would round differently).
+    # The rule picks the configuration of scan_launch_rule.py, and below N = 9 the backend's inference launch is
+    # that configuration: bit-identical y (a different steps-per-lane split would round differently). From N = 9
+    # the backend runs the state-resident kernel in its default plan.
     channels, state, length = rows_state_length
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype_name]
     default = cuda_scan.default_inference_config(channels, length, dtype, state)
@@ -481,8 +482,34 @@ def test_cuda_inference_runs_its_declared_default_configuration(dtype_name, rows
     inputs = make_inputs(1, channels, state, length, 2, dtype=dtype, device="cuda", seed=state + length)
     with torch.no_grad():
         y = selective_scan(**inputs, delta_softplus=True, backend="cuda")
-        y_default = cuda_scan.selective_scan_infer_config(**inputs, delta_softplus=True, config=default)
+        if state >= 9:
+            y_default = cuda_scan.selective_scan_resident(**inputs, delta_softplus=True)
+        else:
+            y_default = cuda_scan.selective_scan_infer_config(**inputs, delta_softplus=True, config=default)
     assert torch.equal(y, y_default)
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize(
+    ("batch", "channels", "groups", "length"),
+    [
+        (1, 768, 4, 4350),  # DDD17 CSIM0: whole warps, long rows
+        (2, 70, 2, 301),  # each group's second warp has 3 lanes; L ends inside a tile
+        (1, 4400, 2, 192),  # TSSM-like: many rows, 2200 channels a group (68.75 warps)
+    ],
+)
+@pytest.mark.parametrize("segment_len", [0, 32, 1000])
+def test_cuda_resident_kernel_matches_reference(dtype, batch, channels, groups, length, segment_len):
+    inputs = make_inputs(batch, channels, 16, length, groups, dtype=dtype, device="cuda", seed=channels + length)
+    with torch.no_grad():
+        y = cuda_scan.selective_scan_resident(**inputs, delta_softplus=True, segment_len=segment_len)
+        y_ref = selective_scan(**inputs, delta_softplus=True, backend="reference" if length < 1000 else "torch")
+    assert y.dtype == torch.float32 and y.shape == y_ref.shape
+    assert_close(f"y (segments of {segment_len})", y, y_ref, (1e-4, 1e-4))
+    steps, segments = cuda_scan.resident_plan(batch, channels, groups, length)
+    assert steps % 32 == 0 and (segments - 1) * steps < length <= segments * steps
 
 
 # Each call hits one input check of the C++ binding; the child prints "ok" if every one raised as expected.
@@ -507,6 +534,12 @@ cases = [
     (lambda: ext.forward_infer_config(h(1, 4, 8), h(1, 4, 8), z(4, 16), h(1, 2, 16, 8), h(1, 2, 16, 8), None, None,
                                       True, 8, 4, 4),
      ValueError, r"\\(items=8, warps=4, states=4\\) is not compiled for Half inputs with N=16"),
+    (lambda: ext.forward_infer_resident(z(1, 4, 8), z(1, 4, 8), z(4, 4), z(1, 2, 4, 8), z(1, 2, 4, 8), None, None,
+                                        True, 0),
+     ValueError, "the state-resident kernel needs N >= 9, got N=4"),
+    (lambda: ext.forward_infer_resident(z(1, 4, 8), z(1, 4, 8), z(4, 16), z(1, 2, 16, 8), z(1, 2, 16, 8), None, None,
+                                        True, -1),
+     ValueError, "segment_len must be in"),
 ]
 for call, error, pattern in cases:
     try:

@@ -32,13 +32,13 @@ REQUIRED_HEADERS = ("cuda_runtime.h", "cuda_bf16.h", "cuda_fp16.h", "crt/host_de
 # `kernel<template args><<<launch config>>>(args);`, arguments possibly over several lines.
 LAUNCH = re.compile(r"(?P<kernel>\b[A-Za-z_]\w*(?:<[^;<>]*>)?)\s*<<<(?P<config>.*?)>>>\s*\((?P<args>[^;]*)\)\s*;", re.S)
 
-# dtype,N,L,groups,softplus[,skip_and_bias] (D and delta_bias given unless 0). A chunk is warps * 32 * items steps: 512
-# to 4096 over the compiled configurations. 37: one chunk with an odd tail. 2084..2120: one 2048-step chunk (the default
-# for long rows, 4 warps of 16 items) and a tail, several of the smaller chunks. 4133: three 2048-step chunks, so each
-# chunk parity of the double-buffered warp totals is reused, and past one 4096-step chunk; at N = 1 (one pass per chunk)
-# that reuse is where a single-buffered version races. L a multiple of 4 (fp32) or 8 (bf16) aligns every row for the
-# 16-byte loads; odd L leaves all rows but the first on the scalar path. N = 4 without D and delta_bias: the kernel's
-# null-pointer path and its N <= 4 instance.
+# dtype,N,L,groups,softplus[,skip_and_bias[,channels]] (D and delta_bias given unless 0; 2 channels unless given). A
+# chunk is warps * 32 * items steps: 512 to 4096 over the compiled configurations. 37: one chunk with an odd tail.
+# 2084..2120: one 2048-step chunk (the default for long rows, 4 warps of 16 items) and a tail, several of the smaller
+# chunks. 4133: three 2048-step chunks, so each chunk parity of the double-buffered warp totals is reused, and past one
+# 4096-step chunk; at N = 1 (one pass per chunk) that reuse is where a single-buffered version races. L a multiple of 4
+# (fp32) or 8 (bf16) aligns every row for the 16-byte loads; odd L leaves all rows but the first on the scalar path. N =
+# 4 without D and delta_bias: the kernel's null-pointer path and its N <= 4 instance.
 CASES = (
     "fp32,16,37,2,1",
     "fp32,16,4133,1,0",
@@ -51,6 +51,11 @@ CASES = (
     "fp16,16,2085,2,1",
     "fp16,1,4133,1,0",
     "fp32,4,600,2,1,0",
+    # The state-resident kernel (N >= 9; lanes are channels): 70 channels in 2 groups leave each group's second warp
+    # 3 lanes, 66 in one group 2; L = 130 and 75 end inside a 32-step tile.
+    "bf16,16,130,2,1,1,70",
+    "fp16,13,75,1,0,0,66",
+    "fp32,16,300,2,1,1,64",
 )
 DEFAULT_CONFIG_COUNT = 4  # DefaultConfigs: compiled for every dtype and N
 
@@ -75,10 +80,12 @@ REFERENCE_GRADIENT_CHECKS = 14  # 7 gradients, 2 problems
 
 
 def describe(case: str) -> str:
-    """How the drivers' lines name `case` (dtype,N,L,groups,softplus[,skip_and_bias]): harness.h's describe()."""
+    """How the drivers' lines name `case` (dtype,N,L,groups,softplus[,skip_and_bias[,channels]]): harness.h's
+    describe()."""
     dtype, state, length, groups, softplus, *rest = case.split(",")
     skip_and_bias = rest[0] if rest else "1"
-    return f"{dtype} N={state} L={length} groups={groups} softplus={softplus} skip_and_bias={skip_and_bias}"
+    channels = f" channels={rest[1]}" if len(rest) > 1 else ""
+    return f"{dtype} N={state} L={length} groups={groups} softplus={softplus} skip_and_bias={skip_and_bias}{channels}"
 
 
 def rewrite_launches(source: str) -> tuple[str, int]:
@@ -121,13 +128,16 @@ def cuda_include_dir() -> Path | None:
 
 
 def test_every_launch_is_rewritten(tmp_path: Path) -> None:
-    """The rewrite finds the launches of the inference kernel, the carry kernel, and both launches (map-only and
-    full) of the training forward and backward kernels."""
+    """The rewrite finds the launches of the inference kernel, both of the state-resident kernel (compose and apply),
+    the carry kernel, and both launches (map-only and full) of the training forward and backward kernels."""
     count = copy_rewritten_sources(tmp_path)
     print("launches rewritten:", count)
-    assert count >= 6
+    assert count >= 8
     expected = {
         "scan_fwd_infer.cu": ["scan_fwd_infer_kernel<T, kMaxN, kItems, kWarps, kStates>(p); }"],
+        "scan_fwd_resident.cu": [
+            f"scan_fwd_resident_kernel<T, {compose}>(p, row_blocks); }}" for compose in ("true", "false")
+        ],
         "scan_common.cuh": ["carry_kernel<kReverse>(maps, carries, rows,"],
         "scan_fwd.cu": [f"scan_fwd_kernel<T, kMaxN, kItems, {map_only}>(p); }}" for map_only in ("true", "false")],
         "scan_bwd.cu": [f"scan_bwd_kernel<T, kMaxN, kItems, {map_only}>(p); }}" for map_only in ("true", "false")],
@@ -179,17 +189,24 @@ def run_driver(binary: Path, cases: Iterable[str]) -> list[str]:
 
 
 def test_inference_kernel_matches_reference_under_emulation(drivers: dict[str, Path]) -> None:
-    """Every compiled configuration (fp32, bf16 and fp16), N 16 / 13 / 4 / 1, one and several chunks,
-    softplus on and off, groups 1 and 2, with and without D and delta_bias: close to the float64 reference, and
-    bit-identical across states per pass."""
+    """Every compiled configuration of the warp-scan kernel (fp32, bf16 and fp16), N 16 / 13 / 4 / 1, one and several
+    chunks, softplus on and off, groups 1 and 2, with and without D and delta_bias: close to the float64 reference,
+    and bit-identical across states per pass. The state-resident kernel at N 16 / 13: close to the reference with
+    one and several segments per row, and with partly empty warps."""
     lines = run_driver(drivers["driver"], CASES)
     for case in CASES:
         prefix = f"ok {describe(case)} "
-        ran = sum(line.startswith(prefix) for line in lines)
-        # At N = 1 and N in 9..16 every dtype also compiles the rule's picks (fp32 and bf16 tuning variants too).
+        resident = sum(line.startswith(prefix + "resident ") for line in lines)
+        warp_scan = sum(line.startswith(prefix + "config=") for line in lines)
         state = case.split(",")[1]
+        # The state-resident kernel at N >= 9, in three segmentings (one of them several segments per row).
+        assert resident == (3 if int(state) >= 9 else 0), f"{case}: {resident} state-resident runs"
+        if len(case.split(",")) == 7:  # more channels: the state-resident kernel only
+            assert warp_scan == 0 and any("segments=1 " not in line for line in lines if line.startswith(prefix))
+            continue
+        # At N = 1 and N in 9..16 every dtype also compiles the rule's picks (fp32 and bf16 tuning variants too).
         tuned = state in ("16", "13", "1")
-        assert ran >= DEFAULT_CONFIG_COUNT + tuned, f"{case}: only {ran} configurations ran"
+        assert warp_scan >= DEFAULT_CONFIG_COUNT + tuned, f"{case}: only {warp_scan} configurations ran"
 
 
 def test_default_launch_rule_under_emulation(drivers: dict[str, Path]) -> None:

@@ -1,8 +1,8 @@
-// Runs the emulated inference scan kernel (every compiled configuration) on the cases given in argv and checks
-// it against a float64 reference. One line per (case, configuration), "ok" or "FAIL"; exit status 1 on any
-// failure, 2 on a bad argument.
+// Runs the emulated inference scan kernels (every compiled configuration of the warp-scan kernel, and at N >= 9 the
+// state-resident kernel) on the cases given in argv and checks them against a float64 reference. One line per
+// (case, configuration), "ok" or "FAIL"; exit status 1 on any failure, 2 on a bad argument.
 //
-// Usage: driver CASE...   with CASE = dtype,N,L,groups,softplus[,skip_and_bias]   e.g. fp32,16,37,2,1
+// Usage: driver CASE...   with CASE = dtype,N,L,groups,softplus[,skip_and_bias[,channels]]   e.g. fp32,16,37,2,1
 // (dtype: fp32, bf16, fp16; see harness.h)
 //        driver --default-config ROWS,N,L...   prints the default launch configuration of each shape per dtype:
 //        "ROWS,N,L fp32=I,W,S bf16=I,W,S fp16=I,W,S" (default_infer_config, compiled here for the host)
@@ -16,6 +16,7 @@
 #include "emu.h"
 #include "harness.h"
 #include "scan_fwd_infer.cu"
+#include "scan_fwd_resident.cu"
 
 #include <algorithm>
 #include <chrono>
@@ -31,9 +32,33 @@ using mambaseg::ScanDtype;
 using mambaseg::ScanParams;
 using harness::Case;
 using harness::kBatch;
-using harness::kChannels;
 
 constexpr double kTolerance = 2e-5;  // relative to max |reference|; as the fp32 forward tolerance of the GPU tests
+
+// Runs the state-resident kernel on a case (p: its inputs) with its default segments and with segments of one and
+// three tiles (rows of several segments: the compose launch, the carry kernel, the apply launch); returns the
+// number of failed checks.
+int run_resident(ScanParams p, ScanDtype dtype, const Case& c, const std::vector<double>& expected) {
+  int failures = 0;
+  for (const int segment_len : {0, mambaseg::kResidentTile, 3 * mambaseg::kResidentTile}) {
+    mambaseg::plan_resident(p, segment_len);
+    const size_t rows = static_cast<size_t>(p.batch) * p.channels;
+    harness::GuardedBuffer<float> y(expected.size()), maps(rows * p.n_tiles * 2 * p.state),
+        carries(rows * p.n_tiles * p.state);
+    p.y = y.data(), p.tile_maps = maps.data(), p.tile_carries = carries.data();
+    const auto start = std::chrono::steady_clock::now();
+    mambaseg::launch_scan_fwd_resident(p, dtype, nullptr);
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const bool intact = y.intact() && maps.intact() && carries.intact();
+    const double error = intact ? harness::relative_error(y, expected) : INFINITY;
+    const bool ok = error <= kTolerance;
+    failures += !ok;
+    std::printf("%s %s resident segment_len=%d segments=%d rel_err=%.2e (%.2fs)\n", ok ? "ok" : "FAIL",
+                harness::describe(c).c_str(), p.tile_len, p.n_tiles, error, seconds);
+    std::fflush(stdout);
+  }
+  return failures;
+}
 
 // Runs every compiled configuration on one case; returns the number of failed checks.
 template <typename T>
@@ -46,7 +71,7 @@ int run_case(const Case& c, ScanDtype dtype) {
     if (!std::isfinite(r)) emu::fail("the float64 reference is not finite: the driver's inputs are bad");
 
   ScanParams p{};
-  p.batch = kBatch, p.channels = kChannels, p.groups = c.groups, p.state = c.state, p.length = c.length;
+  p.batch = kBatch, p.channels = c.channels, p.groups = c.groups, p.state = c.state, p.length = c.length;
   p.softplus = c.softplus;
   p.u = in.u.data(), p.delta = in.delta.data(), p.A = in.A.data();
   // B and C as the SSM hands them over: slices of one projection, (B slab, gap, C slab, gap) per (batch, group),
@@ -60,7 +85,10 @@ int run_case(const Case& c, ScanDtype dtype) {
   p.Bm = packed.data(), p.Cm = packed.data() + slab + 4, p.bc_group_stride = static_cast<int64_t>(stride);
   if (c.skip_and_bias) p.D = in.D.data(), p.delta_bias = in.bias.data();
 
-  std::vector<InferConfig> configs = mambaseg::compiled_infer_configs(dtype, c.state);
+  // Cases with more channels than harness::kChannels are there for the state-resident kernel (lanes are channels);
+  // the warp-scan configurations (a block per channel, every thread a fiber here) would only make them slow.
+  std::vector<InferConfig> configs;
+  if (c.channels == harness::kChannels) configs = mambaseg::compiled_infer_configs(dtype, c.state);
   // Fewest states first: the first configuration of each (items, warps) is the one the others must match.
   std::stable_sort(configs.begin(), configs.end(), [](const InferConfig& a, const InferConfig& b) {
     return a.states < b.states;
@@ -93,6 +121,7 @@ int run_case(const Case& c, ScanDtype dtype) {
                 launched ? "launched" : "NOT-LAUNCHED", error, bitwise, seconds);
     std::fflush(stdout);
   }
+  if (c.state >= mambaseg::kResidentMinState) failures += run_resident(p, dtype, c, expected);
   return failures;
 }
 

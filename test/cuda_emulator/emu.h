@@ -1,5 +1,5 @@
-// Host emulator of the few CUDA features the selective-scan kernels use (the inference kernel of
-// scan_fwd_infer.cu, the training forward of scan_fwd.cu, the backward of scan_bwd.cu and the carry kernel of
+// Host emulator of the few CUDA features the selective-scan kernels use (the inference kernels of
+// scan_fwd_infer.cu and scan_fwd_resident.cu, the training forward of scan_fwd.cu, the backward of scan_bwd.cu and the carry kernel of
 // scan_common.cuh), so that the real kernel sources can be compiled with g++ and tested without a GPU
 // (test/test_selective_scan_emulated.py).
 //
@@ -14,7 +14,7 @@
 // Compile with -fno-strict-aliasing: the kernels read T arrays through uint4 / float4 (16-byte loads), which
 // nvcc allows and g++ -O2 miscompiles.
 //
-// Not emulated (each aborts or is out of scope): partial shuffle masks, shuffle widths other than 32, dynamic
+// Not emulated (each aborts or is out of scope): partial shuffle and __syncwarp masks, shuffle widths other than 32, dynamic
 // shared memory, atomics other than float atomicAdd, intra-warp memory ordering without a shuffle or barrier,
 // blocks running concurrently (so no race between blocks shows up). __shared__ variables are function
 // statics: zero at first use and kept from block to block, not garbage.
@@ -180,6 +180,13 @@ inline float warp_exchange(unsigned mask, float value, int source_lane) {
 #define blockIdx (uint3{static_cast<unsigned>(emu::block.index), 0u, 0u})
 
 inline void __syncthreads() { emu::arrive_and_wait(emu::block.block_barrier, emu::block.threads); }
+
+// The warp's barrier, shared with the shuffles (their slot parity only needs every barrier counted).
+inline void __syncwarp(unsigned mask = 0xffffffffu) {
+  const int warp = emu::block.current / emu::kWarpSize;
+  if (mask != 0xffffffffu || emu::lanes_in_warp(warp) != emu::kWarpSize) emu::fail("only full-warp __syncwarp is emulated");
+  emu::arrive_and_wait(emu::block.warp_barriers[warp], emu::kWarpSize);
+}
 
 inline float __shfl_up_sync(unsigned mask, float value, unsigned delta) {
   const int lane = emu::block.current % emu::kWarpSize;

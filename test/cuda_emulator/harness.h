@@ -26,31 +26,33 @@ struct Case {
   int state, length, groups;
   bool softplus;
   bool skip_and_bias = true;  // D and delta_bias given (else null, and zero in the reference)
+  int channels = kChannels;   // more than 32 per group fill the state-resident kernel's warps
 };
 
-// Parses "dtype,N,L,groups,softplus[,skip_and_bias]" (dtype fp32, bf16 or fp16; N in 1..16; 0 or 1 flags, the
-// last one 1 if left out); false if malformed.
+// Parses "dtype,N,L,groups,softplus[,skip_and_bias[,channels]]" (dtype fp32, bf16 or fp16; N in 1..16; 0 or 1
+// flags, skip_and_bias 1 and channels kChannels if left out; groups dividing channels); false if malformed.
 inline bool parse_case(const char* text, Case& out) {
   char dtype[8];
-  int softplus = -1, skip_and_bias = 1, end = 0, end_with_flag = 0;
-  if (std::sscanf(text, "%7[a-z0-9],%d,%d,%d,%d%n,%d%n", dtype, &out.state, &out.length, &out.groups, &softplus, &end,
-                  &skip_and_bias, &end_with_flag) < 5)
+  int softplus = -1, skip_and_bias = 1, end = 0, end_with_flag = 0, end_with_channels = 0;
+  if (std::sscanf(text, "%7[a-z0-9],%d,%d,%d,%d%n,%d%n,%d%n", dtype, &out.state, &out.length, &out.groups, &softplus,
+                  &end, &skip_and_bias, &end_with_flag, &out.channels, &end_with_channels) < 5)
     return false;
-  const size_t consumed = end_with_flag ? end_with_flag : end;
+  const size_t consumed = end_with_channels ? end_with_channels : end_with_flag ? end_with_flag : end;
   out.dtype = dtype;
   out.softplus = softplus == 1;
   out.skip_and_bias = skip_and_bias == 1;
   const bool known_dtype = out.dtype == "fp32" || out.dtype == "bf16" || out.dtype == "fp16";
   return consumed == std::strlen(text) && known_dtype && out.state >= 1 && out.state <= 16 && out.length >= 1 &&
-         (out.groups == 1 || out.groups == 2) && (softplus == 0 || softplus == 1) &&
-         (skip_and_bias == 0 || skip_and_bias == 1);
+         out.channels >= 1 && out.channels <= 256 && out.groups >= 1 && out.channels % out.groups == 0 &&
+         (softplus == 0 || softplus == 1) && (skip_and_bias == 0 || skip_and_bias == 1);
 }
 
-// "dtype N=.. L=.. groups=.. softplus=.. skip_and_bias=..", as the drivers' lines name a case.
+// "dtype N=.. L=.. groups=.. softplus=.. skip_and_bias=..[ channels=..]", as the drivers' lines name a case.
 inline std::string describe(const Case& c) {
-  char text[128];
-  std::snprintf(text, sizeof text, "%s N=%d L=%d groups=%d softplus=%d skip_and_bias=%d", c.dtype.c_str(), c.state,
-                c.length, c.groups, c.softplus, c.skip_and_bias);
+  char text[160];
+  const int written = std::snprintf(text, sizeof text, "%s N=%d L=%d groups=%d softplus=%d skip_and_bias=%d",
+                                    c.dtype.c_str(), c.state, c.length, c.groups, c.softplus, c.skip_and_bias);
+  if (c.channels != kChannels) std::snprintf(text + written, sizeof text - written, " channels=%d", c.channels);
   return text;
 }
 
@@ -60,8 +62,9 @@ inline bool parse_cases(int argc, char** argv, std::vector<Case>& cases) {
   cases.resize(argc - 1);
   for (int i = 1; i < argc; ++i)
     if (!parse_case(argv[i], cases[i - 1])) {
-      std::fprintf(stderr, "bad case '%s': expected dtype,N,L,groups,softplus[,skip_and_bias] with dtype "
-                   "fp32|bf16|fp16, N in 1..16, L >= 1, groups 1|2, softplus and skip_and_bias 0|1\n", argv[i]);
+      std::fprintf(stderr, "bad case '%s': expected dtype,N,L,groups,softplus[,skip_and_bias[,channels]] with dtype "
+                   "fp32|bf16|fp16, N in 1..16, L >= 1, channels in 1..256 divisible by groups, softplus and "
+                   "skip_and_bias 0|1\n", argv[i]);
       return false;
     }
   if (cases.empty())
@@ -70,7 +73,9 @@ inline bool parse_cases(int argc, char** argv, std::vector<Case>& cases) {
 }
 
 // A seed of its own per case, so that each case's inputs and schedule are reproducible on their own.
-inline unsigned case_seed(const Case& c) { return 1000003u * c.state + 7919u * c.length + 31u * c.groups + c.softplus; }
+inline unsigned case_seed(const Case& c) {
+  return 1000003u * c.state + 7919u * c.length + 31u * c.groups + c.softplus + 104729u * (c.channels - kChannels);
+}
 
 inline float to_host_float(float x) { return x; }
 inline float to_host_float(__nv_bfloat16 x) { return __bfloat162float(x); }
@@ -154,7 +159,7 @@ struct Inputs {
     std::mt19937 gen(seed);
     std::normal_distribution<float> normal(0.f, 1.f);
     auto standard = [&] { return normal(gen); };
-    const size_t steps = static_cast<size_t>(kBatch) * kChannels * c.length;
+    const size_t steps = static_cast<size_t>(kBatch) * c.channels * c.length;
     const size_t group_steps = static_cast<size_t>(kBatch) * c.groups * c.state * c.length;
     u = random_buffer<T>(steps, standard);
     // Around the softplus knee, or (no softplus) a small positive step: a negative dt would make h grow.
@@ -163,13 +168,13 @@ struct Inputs {
     });
     Bm = random_buffer<T>(group_steps, standard);
     Cm = random_buffer<T>(group_steps, standard);
-    A = random_buffer<float>(static_cast<size_t>(kChannels) * c.state, [&] { return -std::exp(0.5f * normal(gen)); });
-    D = random_buffer<float>(kChannels, standard);
+    A = random_buffer<float>(static_cast<size_t>(c.channels) * c.state, [&] { return -std::exp(0.5f * normal(gen)); });
+    D = random_buffer<float>(c.channels, standard);
     // dt = delta + bias > 0 without softplus.
-    bias = random_buffer<float>(kChannels, [&] {
+    bias = random_buffer<float>(c.channels, [&] {
       return c.softplus ? 0.3f * normal(gen) : std::fabs(0.3f * normal(gen));
     });
-    if (!c.skip_and_bias) D = GuardedBuffer<float>(kChannels, 0.f), bias = GuardedBuffer<float>(kChannels, 0.f);
+    if (!c.skip_and_bias) D = GuardedBuffer<float>(c.channels, 0.f), bias = GuardedBuffer<float>(c.channels, 0.f);
   }
 };
 
@@ -199,7 +204,7 @@ std::vector<double> to_double(const GuardedBuffer<T>& buffer) {
 template <typename T>
 Problem to_problem(const Case& c, const Inputs<T>& in) {
   return {kBatch,
-          kChannels,
+          c.channels,
           c.groups,
           c.state,
           c.length,

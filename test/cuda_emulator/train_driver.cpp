@@ -28,7 +28,6 @@ using mambaseg::ScanParams;
 using harness::Case;
 using harness::GuardedBuffer;
 using harness::kBatch;
-using harness::kChannels;
 
 // Relative to max |reference|. The kernels compute in fp32 from the same rounded inputs the reference sees
 // (bf16 and fp16 included) and return fp32, and the emulator's exp2f is the exact host one: the errors are
@@ -99,7 +98,7 @@ int run_case(const Case& c, ScanDtype dtype) {
 
   // make_params(): the inputs and the tiling.
   ScanParams p{};
-  p.batch = kBatch, p.channels = kChannels, p.groups = c.groups, p.state = c.state, p.length = c.length;
+  p.batch = kBatch, p.channels = c.channels, p.groups = c.groups, p.state = c.state, p.length = c.length;
   p.softplus = c.softplus;
   mambaseg::choose_tiling(p);
   p.u = in.u.data(), p.delta = in.delta.data(), p.A = in.A.data(), p.Bm = in.Bm.data(), p.Cm = in.Cm.data();
@@ -108,7 +107,7 @@ int run_case(const Case& c, ScanDtype dtype) {
   const ScanParams inputs = p;
   // tile_buffer(): (rows, n_tiles, per tile), no tile at all (size 0) when a row fits one tile. The kernels
   // then still form pointers into it but must not touch it: here any access lands in the guards.
-  const size_t rows = kBatch * kChannels, steps = rows * c.length;
+  const size_t rows = kBatch * c.channels, steps = rows * c.length;
   const size_t tiles = rows * (p.n_tiles > 1 ? p.n_tiles : 0);
 
   // forward(): y and the tile buffers empty (NaN here).
@@ -123,7 +122,7 @@ int run_case(const Case& c, ScanDtype dtype) {
   GuardedBuffer<float> du(steps), ddelta(steps), reverse_maps(tiles * 2 * c.state), reverse_carries(tiles * c.state);
   GuardedBuffer<float> dA(in.A.size(), 0.f), dB(in.Bm.size(), 0.f), dC(in.Cm.size(), 0.f);
   // dD and ddelta_bias only where D and delta_bias are given (else empty, and null to the kernel).
-  GuardedBuffer<float> dD(c.skip_and_bias ? kChannels : 0, 0.f), dbias(c.skip_and_bias ? kChannels : 0, 0.f);
+  GuardedBuffer<float> dD(c.skip_and_bias ? c.channels : 0, 0.f), dbias(c.skip_and_bias ? c.channels : 0, 0.f);
   p.du = du.data(), p.ddelta = ddelta.data(), p.dA = dA.data(), p.dB = dB.data(), p.dC = dC.data();
   if (c.skip_and_bias) p.dD = dD.data(), p.dbias = dbias.data();
   p.reverse_maps = reverse_maps.data(), p.reverse_carries = reverse_carries.data();

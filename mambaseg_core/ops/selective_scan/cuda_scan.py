@@ -18,7 +18,7 @@ from mambaseg_core.ops.selective_scan.autograd import needs_grad
 from mambaseg_core.ops.selective_scan.errors import BackendUnavailableError
 
 CSRC = Path(__file__).resolve().with_name("csrc")
-SOURCES = ("scan_binding.cpp", "scan_fwd.cu", "scan_fwd_infer.cu", "scan_bwd.cu")
+SOURCES = ("scan_binding.cpp", "scan_fwd.cu", "scan_fwd_infer.cu", "scan_fwd_resident.cu", "scan_bwd.cu")
 _INPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_STATE = 16  # largest N the kernels take: the per-state values live in registers
 
@@ -205,8 +205,9 @@ def inference_configs(dtype: torch.dtype, state: int) -> list[InferConfig]:
 
 
 def default_inference_config(rows: int, length: int, dtype: torch.dtype, state: int) -> InferConfig:
-    """The configuration the `cuda` backend's inference path picks for `rows` (batch * channels) rows of `length`
-    steps, inputs of `dtype` (float32, float16 or bfloat16) and N = `state`."""
+    """The warp-scan kernel's configuration for `rows` (batch * channels) rows of `length` steps, inputs of `dtype`
+    (float32, float16 or bfloat16) and N = `state`: what the `cuda` backend's inference path runs for N < 9 (from
+    N = 9 it runs the state-resident kernel, `selective_scan_resident`)."""
     return InferConfig(*load_extension().default_infer_config(rows, length, dtype, state))
 
 
@@ -236,3 +237,30 @@ def selective_scan_infer_config(
         )
     items, warps, states = config
     return load_extension().forward_infer_config(u, delta, A, B, C, D, delta_bias, delta_softplus, items, warps, states)
+
+
+def resident_plan(batch: int, channels: int, groups: int, length: int) -> tuple[int, int]:
+    """(steps per segment, segments per row) of the state-resident kernel's default plan for these shapes."""
+    return tuple(load_extension().resident_plan(batch, channels, groups, length))
+
+
+def selective_scan_resident(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    *,
+    segment_len: int = 0,
+) -> torch.Tensor:
+    """The state-resident inference kernel (csrc/scan_fwd_resident.cu; what the `cuda` backend runs without autograd
+    at N >= 9) with rows cut into segments of `segment_len` steps (rounded up to whole 32-step tiles; 0: its
+    default plan), for benchmarks and tests: no autograd. Same semantics as `selective_scan_reference`; float32
+    out. ValueError if N < 9."""
+    if not u.is_cuda:
+        raise ValueError(f"the CUDA inference scan needs CUDA tensors, got u on {u.device}")
+    u, delta, A, B, C, D, delta_bias = _kernel_inputs(u, delta, A, B, C, D, delta_bias, strided_bc=True)
+    return load_extension().forward_infer_resident(u, delta, A, B, C, D, delta_bias, delta_softplus, segment_len)

@@ -141,17 +141,24 @@ std::vector<at::Tensor> forward(const at::Tensor& u, const at::Tensor& delta, co
   return {y, carries};
 }
 
-// Returns y (batch, channels, L) fp32; nothing is kept for a backward. Runs `config`, or the default one if none.
+// The kernel an inference call runs: a configuration of the warp-scan kernel, or the state-resident kernel with
+// segments of `segment_len` steps (0: its default segments).
+struct InferKernel {
+  std::optional<InferConfig> config;
+  std::optional<int> segment_len;
+};
+
+// Returns y (batch, channels, L) fp32; nothing is kept for a backward. Runs `kernel`, or the default if it names
+// none: the state-resident kernel for N >= kResidentMinState, else the warp-scan kernel's default configuration.
 at::Tensor run_forward_infer(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
                              const at::Tensor& C, const std::optional<at::Tensor>& D,
-                             const std::optional<at::Tensor>& delta_bias, bool softplus,
-                             const std::optional<InferConfig>& config) {
+                             const std::optional<at::Tensor>& delta_bias, bool softplus, InferKernel kernel) {
   // B and C as they are where the kernel reads them in place (slices of one projection), else contiguous copies.
   const bool in_place = B.dim() == 4 && C.dim() == 4 && slab_stride(B) >= 0 && slab_stride(B) == slab_stride(C);
   const at::Tensor Bk = in_place ? B : B.contiguous(), Ck = in_place ? C : C.contiguous();
   ScanParams p = make_params(u, delta, A, Bk, Ck, D, delta_bias, softplus, /*strided_bc=*/true);
   const ScanDtype dtype = scan_dtype(u.scalar_type());
-  if (config) {
+  if (const auto& config = kernel.config) {
     const auto compiled = mambaseg::compiled_infer_configs(dtype, p.state);
     if (std::find(compiled.begin(), compiled.end(), *config) == compiled.end()) {
       std::string names;
@@ -161,14 +168,26 @@ at::Tensor run_forward_infer(const at::Tensor& u, const at::Tensor& delta, const
                                   ", states=", config->states, ") is not compiled for ", u.scalar_type(),
                                   " inputs with N=", p.state, "; compiled (items, warps, states):", names);
     }
+  } else if (!kernel.segment_len && p.state >= mambaseg::kResidentMinState) {
+    kernel.segment_len = 0;
+  }
+  if (kernel.segment_len) {
+    require<std::invalid_argument>(p.state >= mambaseg::kResidentMinState, "the state-resident kernel needs N >= ",
+                                   mambaseg::kResidentMinState, ", got N=", p.state);
+    require<std::invalid_argument>(*kernel.segment_len >= 0, "segment_len must be >= 0, got ", *kernel.segment_len);
+    mambaseg::plan_resident(p, *kernel.segment_len);
   }
   const c10::cuda::CUDAGuard guard(u.device());
   at::Tensor y = at::empty(u.sizes(), u.options().dtype(at::kFloat));
   p.y = y.data_ptr<float>();
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  if (config) {
-    require(mambaseg::launch_scan_fwd_infer_config(p, dtype, *config, stream),
+  if (kernel.config) {
+    require(mambaseg::launch_scan_fwd_infer_config(p, dtype, *kernel.config, stream),
             "a listed inference configuration did not launch (a bug)");
+  } else if (kernel.segment_len) {
+    at::Tensor maps = tile_buffer(p, u, 2 * p.state), carries = tile_buffer(p, u, p.state);
+    p.tile_maps = maps.data_ptr<float>(), p.tile_carries = carries.data_ptr<float>();
+    mambaseg::launch_scan_fwd_resident(p, dtype, stream);
   } else {
     mambaseg::launch_scan_fwd_infer(p, dtype, stream);
   }
@@ -179,16 +198,36 @@ at::Tensor run_forward_infer(const at::Tensor& u, const at::Tensor& delta, const
 at::Tensor forward_infer(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
                          const at::Tensor& C, const std::optional<at::Tensor>& D,
                          const std::optional<at::Tensor>& delta_bias, bool softplus) {
-  return run_forward_infer(u, delta, A, B, C, D, delta_bias, softplus, std::nullopt);
+  return run_forward_infer(u, delta, A, B, C, D, delta_bias, softplus, {});
 }
 
-// The inference scan in one explicit configuration (for tuning); ValueError if it is not compiled.
+// The warp-scan inference kernel in one explicit configuration (for tuning); ValueError if it is not compiled.
 at::Tensor forward_infer_config(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
                                 const at::Tensor& B, const at::Tensor& C, const std::optional<at::Tensor>& D,
                                 const std::optional<at::Tensor>& delta_bias, bool softplus, int64_t items,
                                 int64_t warps, int64_t states) {
   const InferConfig config{static_cast<int>(items), static_cast<int>(warps), static_cast<int>(states)};
-  return run_forward_infer(u, delta, A, B, C, D, delta_bias, softplus, config);
+  return run_forward_infer(u, delta, A, B, C, D, delta_bias, softplus, {config, std::nullopt});
+}
+
+// The state-resident inference kernel with segments of `segment_len` steps (0: its default); ValueError if N < 9.
+at::Tensor forward_infer_resident(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
+                                  const at::Tensor& B, const at::Tensor& C, const std::optional<at::Tensor>& D,
+                                  const std::optional<at::Tensor>& delta_bias, bool softplus, int64_t segment_len) {
+  require<std::invalid_argument>(segment_len >= 0 && segment_len < (int64_t(1) << 31),
+                                 "segment_len must be in [0, 2^31), got ", segment_len);
+  return run_forward_infer(u, delta, A, B, C, D, delta_bias, softplus,
+                           {std::nullopt, static_cast<int>(segment_len)});
+}
+
+// (segment steps, segments) of the state-resident kernel's default plan for (batch, channels, groups, L).
+std::tuple<int, int> resident_plan(int64_t batch, int64_t channels, int64_t groups, int64_t length) {
+  require<std::invalid_argument>(batch >= 1 && groups >= 1 && channels % groups == 0 && length >= 1,
+                                 "need batch, groups, L >= 1 and channels divisible by groups");
+  ScanParams p{};
+  p.batch = batch, p.channels = channels, p.groups = groups, p.length = length, p.state = 16;
+  mambaseg::plan_resident(p, 0);
+  return {p.tile_len, p.n_tiles};
 }
 
 using ConfigTuple = std::tuple<int, int, int>;  // (items, warps, states)
@@ -245,6 +284,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward_infer", &forward_infer, "selective scan forward for inference: y");
   m.def("forward_infer_config", &forward_infer_config,
         "selective scan forward for inference in one compiled configuration (items, warps, states): y");
+  m.def("forward_infer_resident", &forward_infer_resident,
+        "selective scan forward for inference with the state-resident kernel, segments of segment_len steps: y");
+  m.def("resident_plan", &resident_plan, "(segment steps, segments) of the state-resident kernel's default plan");
   m.def("infer_configs", &infer_configs, "compiled inference configurations (items, warps, states) for (dtype, N)");
   m.def("default_infer_config", &default_infer_config,
         "the inference configuration the default picks for (rows, L, dtype, N)");

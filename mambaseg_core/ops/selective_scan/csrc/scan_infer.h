@@ -30,4 +30,21 @@ std::vector<InferConfig> compiled_infer_configs(ScanDtype dtype, int state);
 // `dtype`.
 bool launch_scan_fwd_infer_config(const ScanParams& p, ScanDtype dtype, InferConfig config, cudaStream_t stream);
 
+// The state-resident inference kernel (scan_fwd_resident.cu): a lane per row holding all its states, rows cut into
+// segments of whole kResidentTile-step tiles. The default for N >= kResidentMinState.
+constexpr int kResidentTile = 32;
+constexpr int kResidentMinState = 9;
+constexpr int kResidentTargetWarps = 2048;  // segments per row: enough to bring a launch to about this many warps
+
+// Warps per (batch, group): 32 of its channels each.
+int resident_row_blocks(const ScanParams& p);
+
+// Sets p.tile_len and p.n_tiles: segments of `segment_len` steps rounded up to whole tiles, or (segment_len <= 0)
+// the default count.
+void plan_resident(ScanParams& p, int segment_len);
+
+// Launches the kernel on a planned p; with p.n_tiles > 1 it needs p.tile_maps (rows, n_tiles, 2, N) and
+// p.tile_carries (rows, n_tiles, N), fp32 scratch.
+void launch_scan_fwd_resident(const ScanParams& p, ScanDtype dtype, cudaStream_t stream);
+
 }  // namespace mambaseg

@@ -1,0 +1,175 @@
+// Inference forward of the selective scan with every state of a row resident in one lane (N in 9..16).
+//
+// Work split: a lane owns one (batch, channel) row and all its N states, and walks its steps in order; the 32 lanes
+// of a warp are 32 channels of one (batch, group), so that they read the same B and C. A row is cut into segments
+// of whole 32-step tiles, one warp per (segment, 32 rows), so that short-row shapes with many rows and long-row
+// shapes with few both fill the GPU:
+//   1. compose: every segment but the last, from a zero state -> its map (decay, state) per state (tile_maps);
+//   2. carry_kernel (scan_common.cuh): the state entering every segment (tile_carries);
+//   3. apply: every segment from its entering state -> y.
+// A row of one segment runs step 3 alone.
+// Why: the warp-scan kernel (scan_fwd_infer.cu) spends most of its instructions on the 5-level shuffle scan of
+// every state's affine maps, and reads B and C once per row. Here a step costs, per state, one exp2 and four FP32
+// instructions plus a quarter of a broadcast shared-memory load, with no shuffle and no block barrier; B and C are
+// read once per 32 rows. The price: segments other than the last compute their exp2 twice (compose, apply).
+// The states are summed into y in order 0..N-1, as in the other kernels.
+#include <algorithm>
+
+#include "scan_common.cuh"
+#include "scan_infer.h"
+
+namespace mambaseg {
+
+namespace {
+
+constexpr int kStates = 16;        // registers per lane for h and A: N in 9..16 (unused states stay zero)
+constexpr int kWarpsPerBlock = 4;  // independent warps: no block barrier
+constexpr int kStepsPerLoad = 8;   // u and delta loaded, y stored, this many steps at a time
+
+// Warp `w` of a launch over `segments` segments: (segment, batch, group, block of 32 channels of the group).
+struct WarpWork {
+  int segment, batch, group, row_block;
+};
+
+__device__ __forceinline__ WarpWork warp_work(const ScanParams& p, int row_blocks) {
+  const int warp = blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5);
+  const int per_segment = p.batch * p.groups * row_blocks;
+  const int rest = warp % per_segment, slab = rest / row_blocks;
+  return {warp / per_segment, slab / p.groups, slab % p.groups, rest % row_blocks};
+}
+
+template <typename T, bool kCompose>
+__global__ void __launch_bounds__(kWarpsPerBlock * 32) scan_fwd_resident_kernel(ScanParams p, int row_blocks) {
+  // B (and, applying, C) of one tile, [step][state]: every lane reads the same float4 (a broadcast).
+  __shared__ float4 staged[kWarpsPerBlock][kCompose ? 1 : 2][kResidentTile][kStates / 4];
+  const WarpWork work = warp_work(p, row_blocks);
+  if (work.segment >= (kCompose ? p.n_tiles - 1 : p.n_tiles)) return;  // the whole warp: no partner left waiting
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, L = p.length, N = p.state;
+  const int features = p.channels / p.groups, feature = work.row_block * 32 + lane;
+  const bool active = feature < features;  // a group's last warp may be partly empty: it computes a copy of a row
+  const int channel = work.group * features + (active ? feature : features - 1);
+  const int64_t row = static_cast<int64_t>(work.batch) * p.channels + channel;
+  const T* u_row = static_cast<const T*>(p.u) + row * L;
+  const T* delta_row = static_cast<const T*>(p.delta) + row * L;
+  const int64_t slab = (static_cast<int64_t>(work.batch) * p.groups + work.group) * p.bc_group_stride;
+  const T* const bc_slabs[2] = {static_cast<const T*>(p.Bm) + slab, static_cast<const T*>(p.Cm) + slab};
+  const float bias = p.delta_bias ? p.delta_bias[channel] : 0.f;
+  const float skip = p.D ? p.D[channel] : 0.f;
+  const int64_t tile_index = row * p.n_tiles + work.segment;
+
+  float A2[kStates], h[kStates];  // A * log2(e), and the state
+#pragma unroll
+  for (int n = 0; n < kStates; ++n) {
+    A2[n] = n < N ? p.A[channel * N + n] * kLog2e : 0.f;
+    h[n] = !kCompose && work.segment > 0 && n < N ? p.tile_carries[tile_index * N + n] : 0.f;
+  }
+  const int begin = work.segment * p.tile_len, end = begin + p.tile_len < L ? begin + p.tile_len : L;
+  float dt_sum = 0.f;
+  for (int tile = begin; tile < end; tile += kResidentTile) {
+    // Staging: lane (state lane / 2, half lane % 2) loads 16 steps of its state's B (and C) row; states past N are
+    // zero, so they add nothing to y and their h stays zero. Steps past L are zero as well.
+    __syncwarp();  // every lane is done reading the previous tile
+    {
+      const int n = lane >> 1, t = tile + (lane & 1) * (kResidentTile / 2);
+#pragma unroll
+      for (int m = 0; m < (kCompose ? 1 : 2); ++m) {
+        float values[kResidentTile / 2];
+        if (n < N) {
+          load_items<kResidentTile / 2>(bc_slabs[m] + static_cast<int64_t>(n) * L, t, L, values);
+        } else {
+#pragma unroll
+          for (int i = 0; i < kResidentTile / 2; ++i) values[i] = 0.f;
+        }
+        float* out = reinterpret_cast<float*>(staged[warp][m]) + (lane & 1) * (kResidentTile / 2) * kStates + n;
+#pragma unroll
+        for (int i = 0; i < kResidentTile / 2; ++i) out[i * kStates] = values[i];
+      }
+    }
+    __syncwarp();
+    for (int step = 0; step < kResidentTile && tile + step < end; step += kStepsPerLoad) {
+      const int t0 = tile + step;
+      float u[kStepsPerLoad], delta[kStepsPerLoad], y[kStepsPerLoad];
+      load_items<kStepsPerLoad>(u_row, t0, L, u);
+      load_items<kStepsPerLoad>(delta_row, t0, L, delta);
+#pragma unroll
+      for (int i = 0; i < kStepsPerLoad; ++i) {
+        // Steps past L get dt = 0: decay 1 and input 0, the identity.
+        const float dt = t0 + i < L ? delta_to_dt(delta[i] + bias, p.softplus) : 0.f;
+        const float du = dt * u[i];
+        dt_sum += dt;
+        y[i] = skip * u[i];
+#pragma unroll
+        for (int q = 0; q < kStates / 4; ++q) {
+          const float4 b = staged[warp][0][step + i][q];
+          const float bq[4] = {b.x, b.y, b.z, b.w};
+          float cq[4] = {0.f, 0.f, 0.f, 0.f};
+          if constexpr (!kCompose) {
+            const float4 c = staged[warp][1][step + i][q];
+            cq[0] = c.x, cq[1] = c.y, cq[2] = c.z, cq[3] = c.w;
+          }
+#pragma unroll
+          for (int r = 0; r < 4; ++r) {
+            const int n = 4 * q + r;
+            h[n] = fmaf(exp2f(dt * A2[n]), h[n], bq[r] * du);
+            if constexpr (!kCompose) y[i] = fmaf(cq[r], h[n], y[i]);
+          }
+        }
+      }
+      if constexpr (!kCompose) {
+        if (active) store_items<kStepsPerLoad>(p.y + row * L, t0, end, y);
+      }
+    }
+  }
+  if constexpr (kCompose) {
+    // The segment's map from a zero state: decay exp2(A2 * sum dt) (the product of its steps' decays) and h.
+    if (active) {
+      float* map = p.tile_maps + tile_index * 2 * N;
+#pragma unroll
+      for (int n = 0; n < kStates; ++n)
+        if (n < N) map[n] = exp2f(dt_sum * A2[n]), map[N + n] = h[n];
+    }
+  }
+}
+
+template <typename T>
+void launch_resident(const ScanParams& p, cudaStream_t stream) {
+  const int row_blocks = resident_row_blocks(p);
+  const int warps_per_segment = p.batch * p.groups * row_blocks;
+  auto blocks = [&](int segments) { return (warps_per_segment * segments + kWarpsPerBlock - 1) / kWarpsPerBlock; };
+  if (p.n_tiles > 1) {
+    scan_fwd_resident_kernel<T, true><<<blocks(p.n_tiles - 1), kWarpsPerBlock * 32, 0, stream>>>(p, row_blocks);
+    launch_carry<false>(p.tile_maps, p.tile_carries, p, stream);
+  }
+  scan_fwd_resident_kernel<T, false><<<blocks(p.n_tiles), kWarpsPerBlock * 32, 0, stream>>>(p, row_blocks);
+}
+
+}  // namespace
+
+int resident_row_blocks(const ScanParams& p) { return (p.channels / p.groups + 31) / 32; }
+
+// Segments of whole tiles, as many as bring the launch to about kResidentTargetWarps warps (a segment costs its
+// exp2 twice, so no more), or `segment_len` steps each if given (> 0, rounded up to whole tiles).
+void plan_resident(ScanParams& p, int segment_len) {
+  const int tiles = (p.length + kResidentTile - 1) / kResidentTile;
+  int tiles_per_segment;
+  if (segment_len > 0) {
+    tiles_per_segment = (segment_len + kResidentTile - 1) / kResidentTile;
+  } else {
+    const int row_warps = p.batch * p.groups * resident_row_blocks(p);
+    const int segments = std::max(1, std::min(tiles, (kResidentTargetWarps + row_warps - 1) / row_warps));
+    tiles_per_segment = (tiles + segments - 1) / segments;
+  }
+  tiles_per_segment = std::max(1, std::min(tiles_per_segment, tiles));
+  p.tile_len = tiles_per_segment * kResidentTile;
+  p.n_tiles = (tiles + tiles_per_segment - 1) / tiles_per_segment;
+}
+
+void launch_scan_fwd_resident(const ScanParams& p, ScanDtype dtype, cudaStream_t stream) {
+  switch (dtype) {
+    case ScanDtype::kFloat32: launch_resident<float>(p, stream); break;
+    case ScanDtype::kFloat16: launch_resident<__half>(p, stream); break;
+    case ScanDtype::kBFloat16: launch_resident<__nv_bfloat16>(p, stream); break;
+  }
+}
+
+}  // namespace mambaseg
