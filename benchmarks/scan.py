@@ -321,7 +321,8 @@ def graph_time_us(fn: Callable[[], object], repeats: int = 15, calls: int = 10) 
     return statistics.median(times)
 
 
-RESIDENT_SEGMENTS = (64, 128, 256, 512, 1024, 2048)  # steps per segment tried beside the default plan
+RESIDENT_SEGMENTS = (32, 64, 128, 192, 256, 384, 512)  # steps per segment tried beside the default plan (and one
+RESIDENT_ONE_SEGMENT_MAX = 4096  # segment a row, up to this L), with 1 and 2 lanes a row
 SWEEP_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -340,14 +341,21 @@ def bench_infer_configs(dtype_names: list[str]) -> tuple[str, str]:
                     **i, delta_softplus=True, config=c
                 )
             if shape.state >= 9:
-                steps, segments = resident_plan(1, shape.channels, shape.groups, shape.length)
-                default = f"resident {steps} x {segments}"
-                for segment_len in (0, *(n for n in RESIDENT_SEGMENTS if n < shape.length and n != steps)):
-                    planned = steps if segment_len == 0 else segment_len
-                    label = f"resident {planned} x {-(-shape.length // planned)}"
-                    variants[label] = lambda n=segment_len, i=inputs: selective_scan_resident(
-                        **i, delta_softplus=True, segment_len=n
-                    )
+                plan = resident_plan(1, shape.channels, shape.groups, shape.length)
+                default = f"resident {plan.segment_len} x {plan.segments}, {plan.lanes_per_row} lanes"
+                variants[default] = lambda i=inputs: selective_scan_resident(**i, delta_softplus=True)
+                lengths = [n for n in RESIDENT_SEGMENTS if n < shape.length]
+                lengths += [shape.length] if shape.length <= RESIDENT_ONE_SEGMENT_MAX else []
+                for lanes in (1, 2):
+                    for segment_len in lengths:
+                        tiles = -(-segment_len // 32)
+                        label = f"resident {32 * tiles} x {-(-shape.length // (32 * tiles))}, {lanes} lanes"
+                        variants.setdefault(
+                            label,
+                            lambda n=segment_len, k=lanes, i=inputs: selective_scan_resident(
+                                **i, delta_softplus=True, segment_len=n, lanes_per_row=k
+                            ),
+                        )
             else:
                 config = default_inference_config(shape.channels, shape.length, dtype, shape.state)
                 default = f"warp scan {tuple(config)}"

@@ -422,7 +422,9 @@ def test_cuda_inference_kernel_reads_b_and_c_slices_in_place(dtype, batch):
         expected = selective_scan(**inputs, delta_softplus=True, backend="cuda")
         allocations = torch.cuda.memory_stats()["allocation.all.allocated"]
         in_place = selective_scan(**{**inputs, "B": B_slice, "C": C_slice}, delta_softplus=True, backend="cuda")
-        assert torch.cuda.memory_stats()["allocation.all.allocated"] - allocations == 1  # y only: no copy
+        # y, and the state-resident kernel's segment maps and carries where a row has several segments: no copy.
+        scratch = 2 if cuda_scan.resident_plan(batch, 8, 2, 300).segments > 1 else 0
+        assert torch.cuda.memory_stats()["allocation.all.allocated"] - allocations == 1 + scratch
         copied = selective_scan(**{**inputs, "B": B_strided_steps, "C": C_slice}, delta_softplus=True, backend="cuda")
     assert torch.equal(in_place, expected)
     assert torch.equal(copied, expected)
@@ -501,15 +503,22 @@ def test_cuda_inference_runs_its_declared_default_configuration(dtype_name, rows
     ],
 )
 @pytest.mark.parametrize("segment_len", [0, 32, 1000])
-def test_cuda_resident_kernel_matches_reference(dtype, batch, channels, groups, length, segment_len):
+@pytest.mark.parametrize("lanes_per_row", [1, 2])
+def test_cuda_resident_kernel_matches_reference(dtype, batch, channels, groups, length, segment_len, lanes_per_row):
     inputs = make_inputs(batch, channels, 16, length, groups, dtype=dtype, device="cuda", seed=channels + length)
     with torch.no_grad():
-        y = cuda_scan.selective_scan_resident(**inputs, delta_softplus=True, segment_len=segment_len)
+        y = cuda_scan.selective_scan_resident(
+            **inputs, delta_softplus=True, segment_len=segment_len, lanes_per_row=lanes_per_row
+        )
         y_ref = selective_scan(**inputs, delta_softplus=True, backend="reference" if length < 1000 else "torch")
     assert y.dtype == torch.float32 and y.shape == y_ref.shape
-    assert_close(f"y (segments of {segment_len})", y, y_ref, (1e-4, 1e-4))
-    steps, segments = cuda_scan.resident_plan(batch, channels, groups, length)
-    assert steps % 32 == 0 and (segments - 1) * steps < length <= segments * steps
+    assert_close(f"y (segments of {segment_len}, {lanes_per_row} lanes a row)", y, y_ref, (1e-4, 1e-4))
+    plan = cuda_scan.resident_plan(batch, channels, groups, length)
+    assert (
+        plan.segment_len % 32 == 0
+        and (plan.segments - 1) * plan.segment_len < length <= plan.segments * plan.segment_len
+    )
+    assert plan.lanes_per_row in (1, 2)
 
 
 # Each call hits one input check of the C++ binding; the child prints "ok" if every one raised as expected.
@@ -535,11 +544,14 @@ cases = [
                                       True, 8, 4, 4),
      ValueError, r"\\(items=8, warps=4, states=4\\) is not compiled for Half inputs with N=16"),
     (lambda: ext.forward_infer_resident(z(1, 4, 8), z(1, 4, 8), z(4, 4), z(1, 2, 4, 8), z(1, 2, 4, 8), None, None,
-                                        True, 0),
+                                        True, 0, 0),
      ValueError, "the state-resident kernel needs N >= 9, got N=4"),
     (lambda: ext.forward_infer_resident(z(1, 4, 8), z(1, 4, 8), z(4, 16), z(1, 2, 16, 8), z(1, 2, 16, 8), None, None,
-                                        True, -1),
+                                        True, -1, 0),
      ValueError, "segment_len must be in"),
+    (lambda: ext.forward_infer_resident(z(1, 4, 8), z(1, 4, 8), z(4, 16), z(1, 2, 16, 8), z(1, 2, 16, 8), None, None,
+                                        True, 0, 3),
+     ValueError, r"lanes_per_row must be 1 or 2 \\(0: the default\\), got 3"),
 ]
 for call, error, pattern in cases:
     try:
@@ -564,4 +576,4 @@ def test_cuda_binding_input_errors_raise_instead_of_crashing():
         timeout=600,
         cwd=Path(__file__).resolve().parents[1],
     )
-    assert run.returncode == 0 and run.stdout.split() == ["ok", "4"], (run.returncode, run.stdout, run.stderr[-3000:])
+    assert run.returncode == 0 and run.stdout.split() == ["ok", "7"], (run.returncode, run.stdout, run.stderr[-3000:])

@@ -135,9 +135,7 @@ def test_every_launch_is_rewritten(tmp_path: Path) -> None:
     assert count >= 8
     expected = {
         "scan_fwd_infer.cu": ["scan_fwd_infer_kernel<T, kMaxN, kItems, kWarps, kStates>(p); }"],
-        "scan_fwd_resident.cu": [
-            f"scan_fwd_resident_kernel<T, {compose}>(p, row_blocks); }}" for compose in ("true", "false")
-        ],
+        "scan_fwd_resident.cu": [f"scan_fwd_resident_kernel<T, {compose}, kSplit>(p" for compose in ("true", "false")],
         "scan_common.cuh": ["carry_kernel<kReverse>(maps, carries, rows,"],
         "scan_fwd.cu": [f"scan_fwd_kernel<T, kMaxN, kItems, {map_only}>(p); }}" for map_only in ("true", "false")],
         "scan_bwd.cu": [f"scan_bwd_kernel<T, kMaxN, kItems, {map_only}>(p); }}" for map_only in ("true", "false")],
@@ -199,7 +197,7 @@ def test_inference_kernel_matches_reference_under_emulation(drivers: dict[str, P
         resident = sum(line.startswith(prefix + "resident ") for line in lines)
         warp_scan = sum(line.startswith(prefix + "config=") for line in lines)
         state = case.split(",")[1]
-        # The state-resident kernel at N >= 9, in three segmentings (one of them several segments per row).
+        # The state-resident kernel at N >= 9 in three plans (1 and 2 lanes a row, several segments per row).
         assert resident == (3 if int(state) >= 9 else 0), f"{case}: {resident} state-resident runs"
         if len(case.split(",")) == 7:  # more channels: the state-resident kernel only
             assert warp_scan == 0 and any("segments=1 " not in line for line in lines if line.startswith(prefix))

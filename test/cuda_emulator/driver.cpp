@@ -35,13 +35,14 @@ using harness::kBatch;
 
 constexpr double kTolerance = 2e-5;  // relative to max |reference|; as the fp32 forward tolerance of the GPU tests
 
-// Runs the state-resident kernel on a case (p: its inputs) with its default segments and with segments of one and
-// three tiles (rows of several segments: the compose launch, the carry kernel, the apply launch); returns the
-// number of failed checks.
+// Runs the state-resident kernel on a case (p: its inputs) with its default plan, and with 1 and 2 lanes a row and
+// segments of one and three tiles (rows of several segments: the compose launch, the carry kernel, the apply
+// launch); returns the number of failed checks.
 int run_resident(ScanParams p, ScanDtype dtype, const Case& c, const std::vector<double>& expected) {
   int failures = 0;
-  for (const int segment_len : {0, mambaseg::kResidentTile, 3 * mambaseg::kResidentTile}) {
-    mambaseg::plan_resident(p, segment_len);
+  const std::pair<int, int> plans[] = {{0, 0}, {mambaseg::kResidentTile, 1}, {3 * mambaseg::kResidentTile, 2}};
+  for (const auto& [segment_len, lanes_per_row] : plans) {
+    mambaseg::plan_resident(p, segment_len, lanes_per_row);
     const size_t rows = static_cast<size_t>(p.batch) * p.channels;
     harness::GuardedBuffer<float> y(expected.size()), maps(rows * p.n_tiles * 2 * p.state),
         carries(rows * p.n_tiles * p.state);
@@ -53,8 +54,9 @@ int run_resident(ScanParams p, ScanDtype dtype, const Case& c, const std::vector
     const double error = intact ? harness::relative_error(y, expected) : INFINITY;
     const bool ok = error <= kTolerance;
     failures += !ok;
-    std::printf("%s %s resident segment_len=%d segments=%d rel_err=%.2e (%.2fs)\n", ok ? "ok" : "FAIL",
-                harness::describe(c).c_str(), p.tile_len, p.n_tiles, error, seconds);
+    std::printf("%s %s resident segment_len=%d segments=%d lanes_per_row=%d rel_err=%.2e (%.2fs)\n",
+                ok ? "ok" : "FAIL", harness::describe(c).c_str(), p.tile_len, p.n_tiles, p.lanes_per_row, error,
+                seconds);
     std::fflush(stdout);
   }
   return failures;

@@ -239,9 +239,17 @@ def selective_scan_infer_config(
     return load_extension().forward_infer_config(u, delta, A, B, C, D, delta_bias, delta_softplus, items, warps, states)
 
 
-def resident_plan(batch: int, channels: int, groups: int, length: int) -> tuple[int, int]:
-    """(steps per segment, segments per row) of the state-resident kernel's default plan for these shapes."""
-    return tuple(load_extension().resident_plan(batch, channels, groups, length))
+class ResidentPlan(NamedTuple):
+    """How the state-resident inference kernel (csrc/scan_fwd_resident.cu) cuts its work."""
+
+    segment_len: int  # steps per segment (whole 32-step tiles)
+    segments: int  # segments per row
+    lanes_per_row: int  # lanes sharing a row's states
+
+
+def resident_plan(batch: int, channels: int, groups: int, length: int) -> ResidentPlan:
+    """The state-resident kernel's default plan for these shapes (N = 16)."""
+    return ResidentPlan(*load_extension().resident_plan(batch, channels, groups, length))
 
 
 def selective_scan_resident(
@@ -255,12 +263,15 @@ def selective_scan_resident(
     delta_softplus: bool = False,
     *,
     segment_len: int = 0,
+    lanes_per_row: int = 0,
 ) -> torch.Tensor:
     """The state-resident inference kernel (csrc/scan_fwd_resident.cu; what the `cuda` backend runs without autograd
-    at N >= 9) with rows cut into segments of `segment_len` steps (rounded up to whole 32-step tiles; 0: its
-    default plan), for benchmarks and tests: no autograd. Same semantics as `selective_scan_reference`; float32
-    out. ValueError if N < 9."""
+    at N >= 9) with rows cut into segments of `segment_len` steps (rounded up to whole 32-step tiles) and
+    `lanes_per_row` (1 or 2) lanes sharing a row's states (0: the default plan's), for benchmarks and tests: no
+    autograd. Same semantics as `selective_scan_reference`; float32 out. ValueError if N < 9."""
     if not u.is_cuda:
         raise ValueError(f"the CUDA inference scan needs CUDA tensors, got u on {u.device}")
     u, delta, A, B, C, D, delta_bias = _kernel_inputs(u, delta, A, B, C, D, delta_bias, strided_bc=True)
-    return load_extension().forward_infer_resident(u, delta, A, B, C, D, delta_bias, delta_softplus, segment_len)
+    return load_extension().forward_infer_resident(
+        u, delta, A, B, C, D, delta_bias, delta_softplus, segment_len, lanes_per_row
+    )

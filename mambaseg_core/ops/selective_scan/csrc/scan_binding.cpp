@@ -142,10 +142,11 @@ std::vector<at::Tensor> forward(const at::Tensor& u, const at::Tensor& delta, co
 }
 
 // The kernel an inference call runs: a configuration of the warp-scan kernel, or the state-resident kernel with
-// segments of `segment_len` steps (0: its default segments).
+// segments of `segment_len` steps and `lanes_per_row` lanes a row (0: its defaults).
 struct InferKernel {
   std::optional<InferConfig> config;
   std::optional<int> segment_len;
+  int lanes_per_row = 0;
 };
 
 // Returns y (batch, channels, L) fp32; nothing is kept for a backward. Runs `kernel`, or the default if it names
@@ -175,7 +176,9 @@ at::Tensor run_forward_infer(const at::Tensor& u, const at::Tensor& delta, const
     require<std::invalid_argument>(p.state >= mambaseg::kResidentMinState, "the state-resident kernel needs N >= ",
                                    mambaseg::kResidentMinState, ", got N=", p.state);
     require<std::invalid_argument>(*kernel.segment_len >= 0, "segment_len must be >= 0, got ", *kernel.segment_len);
-    mambaseg::plan_resident(p, *kernel.segment_len);
+    require<std::invalid_argument>(kernel.lanes_per_row >= 0 && kernel.lanes_per_row <= 2,
+                                   "lanes_per_row must be 1 or 2 (0: the default), got ", kernel.lanes_per_row);
+    mambaseg::plan_resident(p, *kernel.segment_len, kernel.lanes_per_row);
   }
   const c10::cuda::CUDAGuard guard(u.device());
   at::Tensor y = at::empty(u.sizes(), u.options().dtype(at::kFloat));
@@ -210,24 +213,26 @@ at::Tensor forward_infer_config(const at::Tensor& u, const at::Tensor& delta, co
   return run_forward_infer(u, delta, A, B, C, D, delta_bias, softplus, {config, std::nullopt});
 }
 
-// The state-resident inference kernel with segments of `segment_len` steps (0: its default); ValueError if N < 9.
+// The state-resident inference kernel with segments of `segment_len` steps and `lanes_per_row` lanes a row (0: its
+// defaults); ValueError if N < 9.
 at::Tensor forward_infer_resident(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
                                   const at::Tensor& B, const at::Tensor& C, const std::optional<at::Tensor>& D,
-                                  const std::optional<at::Tensor>& delta_bias, bool softplus, int64_t segment_len) {
+                                  const std::optional<at::Tensor>& delta_bias, bool softplus, int64_t segment_len,
+                                  int64_t lanes_per_row) {
   require<std::invalid_argument>(segment_len >= 0 && segment_len < (int64_t(1) << 31),
                                  "segment_len must be in [0, 2^31), got ", segment_len);
   return run_forward_infer(u, delta, A, B, C, D, delta_bias, softplus,
-                           {std::nullopt, static_cast<int>(segment_len)});
+                           {std::nullopt, static_cast<int>(segment_len), static_cast<int>(lanes_per_row)});
 }
 
-// (segment steps, segments) of the state-resident kernel's default plan for (batch, channels, groups, L).
-std::tuple<int, int> resident_plan(int64_t batch, int64_t channels, int64_t groups, int64_t length) {
+// (segment steps, segments, lanes a row) of the state-resident kernel's default plan for (batch, channels, groups, L).
+std::tuple<int, int, int> resident_plan(int64_t batch, int64_t channels, int64_t groups, int64_t length) {
   require<std::invalid_argument>(batch >= 1 && groups >= 1 && channels % groups == 0 && length >= 1,
                                  "need batch, groups, L >= 1 and channels divisible by groups");
   ScanParams p{};
   p.batch = batch, p.channels = channels, p.groups = groups, p.length = length, p.state = 16;
-  mambaseg::plan_resident(p, 0);
-  return {p.tile_len, p.n_tiles};
+  mambaseg::plan_resident(p, 0, 0);
+  return {p.tile_len, p.n_tiles, p.lanes_per_row};
 }
 
 using ConfigTuple = std::tuple<int, int, int>;  // (items, warps, states)
@@ -285,8 +290,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward_infer_config", &forward_infer_config,
         "selective scan forward for inference in one compiled configuration (items, warps, states): y");
   m.def("forward_infer_resident", &forward_infer_resident,
-        "selective scan forward for inference with the state-resident kernel, segments of segment_len steps: y");
-  m.def("resident_plan", &resident_plan, "(segment steps, segments) of the state-resident kernel's default plan");
+        "selective scan forward for inference with the state-resident kernel (segment_len, lanes_per_row): y");
+  m.def("resident_plan", &resident_plan,
+        "(segment steps, segments, lanes a row) of the state-resident kernel's default plan");
   m.def("infer_configs", &infer_configs, "compiled inference configurations (items, warps, states) for (dtype, N)");
   m.def("default_infer_config", &default_infer_config,
         "the inference configuration the default picks for (rows, L, dtype, N)");

@@ -1,7 +1,8 @@
 // Inference forward of the selective scan with every state of a row resident in one lane (N in 9..16).
 //
-// Work split: a lane owns one (batch, channel) row and all its N states, and walks its steps in order; the 32 lanes
-// of a warp are 32 channels of one (batch, group), so that they read the same B and C. A row is cut into segments
+// Work split: a lane owns one (batch, channel) row and all its N states (or, with 2 lanes per row, half of them; the
+// halves' parts of y are added with one shuffle), and walks its steps in order; the rows of a warp are channels of one
+// (batch, group), so that they read the same B and C. A row is cut into segments
 // of whole 32-step tiles, one warp per (segment, 32 rows), so that short-row shapes with many rows and long-row
 // shapes with few both fill the GPU:
 //   1. compose: every segment but the last, from a zero state -> its map (decay, state) per state (tile_maps);
@@ -22,11 +23,11 @@ namespace mambaseg {
 
 namespace {
 
-constexpr int kStates = 16;        // registers per lane for h and A: N in 9..16 (unused states stay zero)
+constexpr int kStates = 16;        // states per row the kernel holds: N in 9..16 (unused states stay zero)
 constexpr int kWarpsPerBlock = 4;  // independent warps: no block barrier
 constexpr int kStepsPerLoad = 8;   // u and delta loaded, y stored, this many steps at a time
 
-// Warp `w` of a launch over `segments` segments: (segment, batch, group, block of 32 channels of the group).
+// Warp `w` of a launch over `segments` segments: (segment, batch, group, block of a warp's rows in the group).
 struct WarpWork {
   int segment, batch, group, row_block;
 };
@@ -38,14 +39,18 @@ __device__ __forceinline__ WarpWork warp_work(const ScanParams& p, int row_block
   return {warp / per_segment, slab / p.groups, slab % p.groups, rest % row_blocks};
 }
 
-template <typename T, bool kCompose>
+// kSplit lanes share a row: lane `part * kRowsPerWarp + r` holds states [part * kLaneStates, +kLaneStates) of the
+// warp's row r.
+template <typename T, bool kCompose, int kSplit>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32) scan_fwd_resident_kernel(ScanParams p, int row_blocks) {
-  // B (and, applying, C) of one tile, [step][state]: every lane reads the same float4 (a broadcast).
+  constexpr int kLaneStates = kStates / kSplit, kRowsPerWarp = 32 / kSplit;
+  // B (and, applying, C) of one tile, [step][state]: the lanes of a part read the same float4 (a broadcast).
   __shared__ float4 staged[kWarpsPerBlock][kCompose ? 1 : 2][kResidentTile][kStates / 4];
   const WarpWork work = warp_work(p, row_blocks);
   if (work.segment >= (kCompose ? p.n_tiles - 1 : p.n_tiles)) return;  // the whole warp: no partner left waiting
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, L = p.length, N = p.state;
-  const int features = p.channels / p.groups, feature = work.row_block * 32 + lane;
+  const int part = lane / kRowsPerWarp, first_state = part * kLaneStates;
+  const int features = p.channels / p.groups, feature = work.row_block * kRowsPerWarp + lane % kRowsPerWarp;
   const bool active = feature < features;  // a group's last warp may be partly empty: it computes a copy of a row
   const int channel = work.group * features + (active ? feature : features - 1);
   const int64_t row = static_cast<int64_t>(work.batch) * p.channels + channel;
@@ -54,14 +59,15 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32) scan_fwd_resident_kernel(
   const int64_t slab = (static_cast<int64_t>(work.batch) * p.groups + work.group) * p.bc_group_stride;
   const T* const bc_slabs[2] = {static_cast<const T*>(p.Bm) + slab, static_cast<const T*>(p.Cm) + slab};
   const float bias = p.delta_bias ? p.delta_bias[channel] : 0.f;
-  const float skip = p.D ? p.D[channel] : 0.f;
+  const float skip = p.D && part == 0 ? p.D[channel] : 0.f;  // D u is added once, by part 0
   const int64_t tile_index = row * p.n_tiles + work.segment;
 
-  float A2[kStates], h[kStates];  // A * log2(e), and the state
+  float A2[kLaneStates], h[kLaneStates];  // A * log2(e), and the state
 #pragma unroll
-  for (int n = 0; n < kStates; ++n) {
-    A2[n] = n < N ? p.A[channel * N + n] * kLog2e : 0.f;
-    h[n] = !kCompose && work.segment > 0 && n < N ? p.tile_carries[tile_index * N + n] : 0.f;
+  for (int k = 0; k < kLaneStates; ++k) {
+    const int n = first_state + k;
+    A2[k] = n < N ? p.A[channel * N + n] * kLog2e : 0.f;
+    h[k] = !kCompose && work.segment > 0 && n < N ? p.tile_carries[tile_index * N + n] : 0.f;
   }
   const int begin = work.segment * p.tile_len, end = begin + p.tile_len < L ? begin + p.tile_len : L;
   float dt_sum = 0.f;
@@ -99,24 +105,28 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32) scan_fwd_resident_kernel(
         dt_sum += dt;
         y[i] = skip * u[i];
 #pragma unroll
-        for (int q = 0; q < kStates / 4; ++q) {
-          const float4 b = staged[warp][0][step + i][q];
+        for (int q = 0; q < kLaneStates / 4; ++q) {
+          const float4 b = staged[warp][0][step + i][first_state / 4 + q];
           const float bq[4] = {b.x, b.y, b.z, b.w};
           float cq[4] = {0.f, 0.f, 0.f, 0.f};
           if constexpr (!kCompose) {
-            const float4 c = staged[warp][1][step + i][q];
+            const float4 c = staged[warp][1][step + i][first_state / 4 + q];
             cq[0] = c.x, cq[1] = c.y, cq[2] = c.z, cq[3] = c.w;
           }
 #pragma unroll
           for (int r = 0; r < 4; ++r) {
-            const int n = 4 * q + r;
-            h[n] = fmaf(exp2f(dt * A2[n]), h[n], bq[r] * du);
-            if constexpr (!kCompose) y[i] = fmaf(cq[r], h[n], y[i]);
+            const int k = 4 * q + r;
+            h[k] = fmaf(exp2f(dt * A2[k]), h[k], bq[r] * du);
+            if constexpr (!kCompose) y[i] = fmaf(cq[r], h[k], y[i]);
           }
         }
       }
       if constexpr (!kCompose) {
-        if (active) store_items<kStepsPerLoad>(p.y + row * L, t0, end, y);
+        if constexpr (kSplit == 2) {
+#pragma unroll
+          for (int i = 0; i < kStepsPerLoad; ++i) y[i] += __shfl_xor_sync(0xffffffffu, y[i], kRowsPerWarp);
+        }
+        if (active && part == 0) store_items<kStepsPerLoad>(p.y + row * L, t0, end, y);
       }
     }
   }
@@ -125,31 +135,47 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32) scan_fwd_resident_kernel(
     if (active) {
       float* map = p.tile_maps + tile_index * 2 * N;
 #pragma unroll
-      for (int n = 0; n < kStates; ++n)
-        if (n < N) map[n] = exp2f(dt_sum * A2[n]), map[N + n] = h[n];
+      for (int k = 0; k < kLaneStates; ++k) {
+        const int n = first_state + k;
+        if (n < N) map[n] = exp2f(dt_sum * A2[k]), map[N + n] = h[k];
+      }
     }
   }
 }
 
-template <typename T>
+template <typename T, int kSplit>
 void launch_resident(const ScanParams& p, cudaStream_t stream) {
   const int row_blocks = resident_row_blocks(p);
   const int warps_per_segment = p.batch * p.groups * row_blocks;
   auto blocks = [&](int segments) { return (warps_per_segment * segments + kWarpsPerBlock - 1) / kWarpsPerBlock; };
   if (p.n_tiles > 1) {
-    scan_fwd_resident_kernel<T, true><<<blocks(p.n_tiles - 1), kWarpsPerBlock * 32, 0, stream>>>(p, row_blocks);
+    scan_fwd_resident_kernel<T, true, kSplit><<<blocks(p.n_tiles - 1), kWarpsPerBlock * 32, 0, stream>>>(p,
+                                                                                                        row_blocks);
     launch_carry<false>(p.tile_maps, p.tile_carries, p, stream);
   }
-  scan_fwd_resident_kernel<T, false><<<blocks(p.n_tiles), kWarpsPerBlock * 32, 0, stream>>>(p, row_blocks);
+  scan_fwd_resident_kernel<T, false, kSplit><<<blocks(p.n_tiles), kWarpsPerBlock * 32, 0, stream>>>(p, row_blocks);
+}
+
+template <typename T>
+void launch_resident(const ScanParams& p, cudaStream_t stream) {
+  if (p.lanes_per_row == 2)
+    launch_resident<T, 2>(p, stream);
+  else
+    launch_resident<T, 1>(p, stream);
 }
 
 }  // namespace
 
-int resident_row_blocks(const ScanParams& p) { return (p.channels / p.groups + 31) / 32; }
+int resident_row_blocks(const ScanParams& p) {
+  const int rows_per_warp = 32 / p.lanes_per_row;
+  return (p.channels / p.groups + rows_per_warp - 1) / rows_per_warp;
+}
 
 // Segments of whole tiles, as many as bring the launch to about kResidentTargetWarps warps (a segment costs its
-// exp2 twice, so no more), or `segment_len` steps each if given (> 0, rounded up to whole tiles).
-void plan_resident(ScanParams& p, int segment_len) {
+// exp2 twice, so no more), or `segment_len` steps each if given (> 0, rounded up to whole tiles); lanes_per_row
+// (1 or 2) if given (> 0), else kResidentLanesPerRow.
+void plan_resident(ScanParams& p, int segment_len, int lanes_per_row) {
+  p.lanes_per_row = lanes_per_row > 0 ? lanes_per_row : kResidentLanesPerRow;
   const int tiles = (p.length + kResidentTile - 1) / kResidentTile;
   int tiles_per_segment;
   if (segment_len > 0) {

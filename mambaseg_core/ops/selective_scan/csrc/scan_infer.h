@@ -35,13 +35,14 @@ bool launch_scan_fwd_infer_config(const ScanParams& p, ScanDtype dtype, InferCon
 constexpr int kResidentTile = 32;
 constexpr int kResidentMinState = 9;
 constexpr int kResidentTargetWarps = 2048;  // segments per row: enough to bring a launch to about this many warps
+constexpr int kResidentLanesPerRow = 2;     // lanes sharing a row's states by default (1 or 2)
 
-// Warps per (batch, group): 32 of its channels each.
+// Warps per (batch, group): 32 / p.lanes_per_row of its channels each.
 int resident_row_blocks(const ScanParams& p);
 
-// Sets p.tile_len and p.n_tiles: segments of `segment_len` steps rounded up to whole tiles, or (segment_len <= 0)
-// the default count.
-void plan_resident(ScanParams& p, int segment_len);
+// Sets p.lanes_per_row (`lanes_per_row`, 1 or 2, or the default if <= 0), p.tile_len and p.n_tiles: segments of
+// `segment_len` steps rounded up to whole tiles, or (segment_len <= 0) the default count.
+void plan_resident(ScanParams& p, int segment_len, int lanes_per_row);
 
 // Launches the kernel on a planned p; with p.n_tiles > 1 it needs p.tile_maps (rows, n_tiles, 2, N) and
 // p.tile_carries (rows, n_tiles, N), fp32 scratch.
