@@ -422,9 +422,7 @@ def test_cuda_inference_kernel_reads_b_and_c_slices_in_place(dtype, batch):
         expected = selective_scan(**inputs, delta_softplus=True, backend="cuda")
         allocations = torch.cuda.memory_stats()["allocation.all.allocated"]
         in_place = selective_scan(**{**inputs, "B": B_slice, "C": C_slice}, delta_softplus=True, backend="cuda")
-        # y, and the state-resident kernel's segment maps and carries where a row has several segments: no copy.
-        scratch = 2 if cuda_scan.resident_plan(batch, 8, 2, 300).segments > 1 else 0
-        assert torch.cuda.memory_stats()["allocation.all.allocated"] - allocations == 1 + scratch
+        assert torch.cuda.memory_stats()["allocation.all.allocated"] - allocations == 1  # y only: no copy
         copied = selective_scan(**{**inputs, "B": B_strided_steps, "C": C_slice}, delta_softplus=True, backend="cuda")
     assert torch.equal(in_place, expected)
     assert torch.equal(copied, expected)
@@ -474,9 +472,9 @@ def test_cuda_inference_configuration_not_compiled_raises_naming_the_compiled_on
 @pytest.mark.parametrize("dtype_name", ["fp32", "fp16", "bf16"])
 @pytest.mark.parametrize(("rows_state_length", "expected"), DEFAULT_CONFIG_CASES)
 def test_cuda_inference_runs_its_declared_default_configuration(dtype_name, rows_state_length, expected):
-    # The rule picks the configuration of scan_launch_rule.py, and below N = 9 the backend's inference launch is
-    # that configuration: bit-identical y (a different steps-per-lane split would round differently). From N = 9
-    # the backend runs the state-resident kernel in its default plan.
+    # The rule picks the configuration of scan_launch_rule.py, and the backend's inference launch is that
+    # configuration (bit-identical y: a different steps-per-lane split would round differently), or where
+    # uses_resident_kernel says so the state-resident kernel in its default plan.
     channels, state, length = rows_state_length
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype_name]
     default = cuda_scan.default_inference_config(channels, length, dtype, state)
@@ -484,11 +482,34 @@ def test_cuda_inference_runs_its_declared_default_configuration(dtype_name, rows
     inputs = make_inputs(1, channels, state, length, 2, dtype=dtype, device="cuda", seed=state + length)
     with torch.no_grad():
         y = selective_scan(**inputs, delta_softplus=True, backend="cuda")
-        if state >= 9:
+        if cuda_scan.uses_resident_kernel(channels, length, state):
             y_default = cuda_scan.selective_scan_resident(**inputs, delta_softplus=True)
         else:
             y_default = cuda_scan.selective_scan_infer_config(**inputs, delta_softplus=True, config=default)
     assert torch.equal(y, y_default)
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize(
+    ("rows", "length", "state", "resident", "plan"),
+    [
+        (768, 17600, 16, True, (160, 110, 2)),  # DSEC stage-0 CSIM: 48 row-warps, segments to about 6144 warps
+        (35200, 192, 16, True, (192, 1, 2)),  # DSEC stage-0 TSSM: 2200 row-warps, one segment
+        (768, 4350, 16, False, None),  # DDD17 stage-0 CSIM: the warp scan
+        (8800, 384, 16, False, None),
+        (35200, 192, 8, False, None),  # N < 9: never
+    ],
+)
+def test_cuda_default_launch_takes_the_resident_kernel_where_the_sweep_says(rows, length, state, resident, plan):
+    assert cuda_scan.uses_resident_kernel(rows, length, state) is resident
+    if plan is not None:
+        assert tuple(cuda_scan.resident_plan(1, rows, 4 if rows == 768 else 2, length)) == plan
+    inputs = make_inputs(1, 64, state, length if length < 5000 else 4096, 2, device="cuda")
+    with torch.no_grad():  # the backend's launch is what the rule says (bit-identical to that kernel called directly)
+        y = selective_scan(**inputs, delta_softplus=True, backend="cuda")
+        rule = cuda_scan.default_inference_config(64, inputs["u"].shape[-1], torch.float32, state)
+        assert torch.equal(y, cuda_scan.selective_scan_infer_config(**inputs, delta_softplus=True, config=rule))
 
 
 @pytest.mark.cuda

@@ -206,8 +206,8 @@ def inference_configs(dtype: torch.dtype, state: int) -> list[InferConfig]:
 
 def default_inference_config(rows: int, length: int, dtype: torch.dtype, state: int) -> InferConfig:
     """The warp-scan kernel's configuration for `rows` (batch * channels) rows of `length` steps, inputs of `dtype`
-    (float32, float16 or bfloat16) and N = `state`: what the `cuda` backend's inference path runs for N < 9 (from
-    N = 9 it runs the state-resident kernel, `selective_scan_resident`)."""
+    (float32, float16 or bfloat16) and N = `state`: what the `cuda` backend's inference path runs unless
+    `uses_resident_kernel` (then the state-resident kernel, `selective_scan_resident`, in its default plan)."""
     return InferConfig(*load_extension().default_infer_config(rows, length, dtype, state))
 
 
@@ -247,6 +247,12 @@ class ResidentPlan(NamedTuple):
     lanes_per_row: int  # lanes sharing a row's states
 
 
+def uses_resident_kernel(rows: int, length: int, state: int) -> bool:
+    """Whether the `cuda` backend's inference path runs the state-resident kernel (rather than the warp-scan kernel's
+    `default_inference_config`) for `rows` (batch * channels) rows of `length` steps with N = `state`."""
+    return bool(load_extension().uses_resident_kernel(rows, length, state))
+
+
 def resident_plan(batch: int, channels: int, groups: int, length: int) -> ResidentPlan:
     """The state-resident kernel's default plan for these shapes (N = 16)."""
     return ResidentPlan(*load_extension().resident_plan(batch, channels, groups, length))
@@ -266,9 +272,9 @@ def selective_scan_resident(
     lanes_per_row: int = 0,
 ) -> torch.Tensor:
     """The state-resident inference kernel (csrc/scan_fwd_resident.cu; what the `cuda` backend runs without autograd
-    at N >= 9) with rows cut into segments of `segment_len` steps (rounded up to whole 32-step tiles) and
-    `lanes_per_row` (1 or 2) lanes sharing a row's states (0: the default plan's), for benchmarks and tests: no
-    autograd. Same semantics as `selective_scan_reference`; float32 out. ValueError if N < 9."""
+    where `uses_resident_kernel`) with rows cut into segments of `segment_len` steps (rounded up to whole 32-step
+    tiles) and `lanes_per_row` (1 or 2) lanes sharing a row's states (0: the default plan's), for benchmarks and
+    tests: no autograd. Same semantics as `selective_scan_reference`; float32 out. ValueError if N < 9."""
     if not u.is_cuda:
         raise ValueError(f"the CUDA inference scan needs CUDA tensors, got u on {u.device}")
     u, delta, A, B, C, D, delta_bias = _kernel_inputs(u, delta, A, B, C, D, delta_bias, strided_bc=True)

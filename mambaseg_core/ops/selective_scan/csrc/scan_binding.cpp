@@ -150,7 +150,7 @@ struct InferKernel {
 };
 
 // Returns y (batch, channels, L) fp32; nothing is kept for a backward. Runs `kernel`, or the default if it names
-// none: the state-resident kernel for N >= kResidentMinState, else the warp-scan kernel's default configuration.
+// none: the state-resident kernel where uses_resident says so, else the warp-scan kernel's default configuration.
 at::Tensor run_forward_infer(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
                              const at::Tensor& C, const std::optional<at::Tensor>& D,
                              const std::optional<at::Tensor>& delta_bias, bool softplus, InferKernel kernel) {
@@ -169,7 +169,7 @@ at::Tensor run_forward_infer(const at::Tensor& u, const at::Tensor& delta, const
                                   ", states=", config->states, ") is not compiled for ", u.scalar_type(),
                                   " inputs with N=", p.state, "; compiled (items, warps, states):", names);
     }
-  } else if (!kernel.segment_len && p.state >= mambaseg::kResidentMinState) {
+  } else if (!kernel.segment_len && mambaseg::uses_resident(p.batch * p.channels, p.length, p.state)) {
     kernel.segment_len = 0;
   }
   if (kernel.segment_len) {
@@ -223,6 +223,14 @@ at::Tensor forward_infer_resident(const at::Tensor& u, const at::Tensor& delta, 
                                  "segment_len must be in [0, 2^31), got ", segment_len);
   return run_forward_infer(u, delta, A, B, C, D, delta_bias, softplus,
                            {std::nullopt, static_cast<int>(segment_len), static_cast<int>(lanes_per_row)});
+}
+
+// Whether the default inference launch takes the state-resident kernel for these shapes.
+bool uses_resident_kernel(int64_t rows, int64_t length, int64_t state) {
+  require<std::invalid_argument>(rows >= 1 && length >= 1 && state >= 1 && state <= 16,
+                                 "need rows, L >= 1 and N in 1..16, got ", rows, ", ", length, ", ", state);
+  const auto clamp = [](int64_t v) { return static_cast<int>(std::min<int64_t>(v, INT32_MAX)); };
+  return mambaseg::uses_resident(clamp(rows), clamp(length), static_cast<int>(state));
 }
 
 // (segment steps, segments, lanes a row) of the state-resident kernel's default plan for (batch, channels, groups, L).
@@ -291,6 +299,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "selective scan forward for inference in one compiled configuration (items, warps, states): y");
   m.def("forward_infer_resident", &forward_infer_resident,
         "selective scan forward for inference with the state-resident kernel (segment_len, lanes_per_row): y");
+  m.def("uses_resident_kernel", &uses_resident_kernel,
+        "whether the default inference launch takes the state-resident kernel for (rows, L, N)");
   m.def("resident_plan", &resident_plan,
         "(segment steps, segments, lanes a row) of the state-resident kernel's default plan");
   m.def("infer_configs", &infer_configs, "compiled inference configurations (items, warps, states) for (dtype, N)");

@@ -171,19 +171,27 @@ int resident_row_blocks(const ScanParams& p) {
   return (p.channels / p.groups + rows_per_warp - 1) / rows_per_warp;
 }
 
-// Segments of whole tiles, as many as bring the launch to about kResidentTargetWarps warps (a segment costs its
-// exp2 twice, so no more), or `segment_len` steps each if given (> 0, rounded up to whole tiles); lanes_per_row
-// (1 or 2) if given (> 0), else kResidentLanesPerRow.
+bool uses_resident(int rows, int length, int state) {
+  const int one_segment_warps = (rows + 32 / kResidentLanesPerRow - 1) / (32 / kResidentLanesPerRow);
+  return state >= kResidentMinState && (one_segment_warps >= kResidentOneSegmentWarps || length >= kResidentLongRow);
+}
+
+// Segments of `segment_len` steps if given (> 0, rounded up to whole tiles); else one segment a row where the rows
+// alone give kResidentOneSegmentWarps warps (a segment before the last costs its exp2 twice: compose, apply), and
+// otherwise as many as bring the launch to about kResidentTargetWarps warps. lanes_per_row (1 or 2) if given (> 0),
+// else kResidentLanesPerRow.
 void plan_resident(ScanParams& p, int segment_len, int lanes_per_row) {
   p.lanes_per_row = lanes_per_row > 0 ? lanes_per_row : kResidentLanesPerRow;
   const int tiles = (p.length + kResidentTile - 1) / kResidentTile;
-  int tiles_per_segment;
+  int tiles_per_segment = tiles;
   if (segment_len > 0) {
     tiles_per_segment = (segment_len + kResidentTile - 1) / kResidentTile;
   } else {
     const int row_warps = p.batch * p.groups * resident_row_blocks(p);
-    const int segments = std::max(1, std::min(tiles, (kResidentTargetWarps + row_warps - 1) / row_warps));
-    tiles_per_segment = (tiles + segments - 1) / segments;
+    if (row_warps < kResidentOneSegmentWarps) {
+      const int segments = std::min(tiles, (kResidentTargetWarps + row_warps - 1) / row_warps);
+      tiles_per_segment = (tiles + segments - 1) / segments;
+    }
   }
   tiles_per_segment = std::max(1, std::min(tiles_per_segment, tiles));
   p.tile_len = tiles_per_segment * kResidentTile;

@@ -30,12 +30,22 @@ std::vector<InferConfig> compiled_infer_configs(ScanDtype dtype, int state);
 // `dtype`.
 bool launch_scan_fwd_infer_config(const ScanParams& p, ScanDtype dtype, InferConfig config, cudaStream_t stream);
 
-// The state-resident inference kernel (scan_fwd_resident.cu): a lane per row holding all its states, rows cut into
-// segments of whole kResidentTile-step tiles. The default for N >= kResidentMinState.
+// The state-resident inference kernel (scan_fwd_resident.cu): a lane per row holding all its states (or 2 lanes of 8
+// states each), rows cut into segments of whole kResidentTile-step tiles.
 constexpr int kResidentTile = 32;
 constexpr int kResidentMinState = 9;
-constexpr int kResidentTargetWarps = 2048;  // segments per row: enough to bring a launch to about this many warps
-constexpr int kResidentLanesPerRow = 2;     // lanes sharing a row's states by default (1 or 2)
+constexpr int kResidentLanesPerRow = 2;           // lanes sharing a row's states by default (1 or 2)
+constexpr int kResidentOneSegmentWarps = 2048;    // rows that give this many warps run as one segment each
+constexpr int kResidentTargetWarps = 6144;        // else segments enough to bring a launch to about this many warps
+constexpr int kResidentLongRow = 8192;            // steps from which the default launch takes it for few rows
+
+// Whether the default inference launch takes the state-resident kernel for `rows` (batch * channels) rows of
+// `length` steps with N = `state`: at N >= kResidentMinState where its default plan beat the warp-scan kernel's
+// default in the H100 sweep (docs/benchmarks.md), that is rows that fill the GPU as one segment each (DSEC's stage-0
+// TSSM, 35,200 rows of 192 steps: 82 vs 115 µs) and rows of at least kResidentLongRow steps (DSEC's stage-0 CSIM,
+// 768 rows of 17,600 steps: 254 vs 334 µs). Elsewhere its second exp2 per step (segments) or its per-segment
+// launches cost more than the warp scan's shuffles (e.g. DDD17's stage-0 CSIM, 768 x 4,350: 98 vs 89 µs).
+bool uses_resident(int rows, int length, int state);
 
 // Warps per (batch, group): 32 / p.lanes_per_row of its channels each.
 int resident_row_blocks(const ScanParams& p);
