@@ -115,7 +115,11 @@ class EventRingBuffer:
         self.max_duration_us = int(max_duration_us)
         self.max_events = int(max_events)
         self.backwards_tolerance_us = int(backwards_tolerance_us)
-        self._store = {name: np.zeros(self.max_events, _DTYPES[name]) for name in _FIELDS}
+        # Written through once here: np.zeros maps pages lazily, and the first append into each page would take
+        # a page fault (4 KB at a time) until the ring had wrapped, minutes into a stream at the default size.
+        self._store = {name: np.empty(self.max_events, _DTYPES[name]) for name in _FIELDS}
+        for array in self._store.values():
+            array.fill(0)
         self._head = 0  # storage index of the oldest event
         self._count = 0
         self._lock = threading.Lock()
