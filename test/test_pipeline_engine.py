@@ -185,6 +185,20 @@ def test_cuda_graph_replay_equals_eager_and_recaptures_on_new_shapes(fixture, pr
 
 @pytest.mark.cuda
 @needs_cuda
+@pytest.mark.parametrize("cuda_graph", [False, True])
+def test_host_inputs_are_copied_to_the_device_first(fixture, cuda_graph):
+    """Pinned host inputs (what the Segmenter's FramePacker hands over) give the ids of the same inputs on the GPU."""
+    model, data = fixture
+    engine = InferenceEngine(copy.deepcopy(model).cuda(), precision="fp16", cuda_graph=cuda_graph)
+    image, events = data["image"].float(), data["events"].float()
+    expected = engine.class_ids(image.cuda(), events.cuda()).clone()
+    for _ in range(2):  # with cuda_graph: the graph captured for the GPU inputs replays with host ones
+        ids = engine.class_ids(image.pin_memory(), events.pin_memory())
+        assert ids.is_cuda and torch.equal(ids, expected)
+
+
+@pytest.mark.cuda
+@needs_cuda
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_parallel_branches_give_the_same_result_on_several_streams(precision):
     torch.manual_seed(0)

@@ -38,7 +38,7 @@ def packed_inputs(seg: Segmenter, packer: FramePacker, image: np.ndarray, stamp_
     events = seg.window(stamp_us, into=packer.events_into(image, fixed))
     layout = packer.pack_image(image)
     make_inputs = PackedFrame(layout, seg.image_channels, seg.event_bins, seg.network_size, seg.config.image_fit)
-    return make_inputs, packer.upload(), len(events)
+    return make_inputs, packer.packed(), len(events)
 
 
 CASES = {

@@ -156,13 +156,16 @@ class InferenceEngine:
     def class_ids_from(self, make_inputs: MakeInputs, **inputs: torch.Tensor) -> torch.Tensor:
         """As `class_ids`, of the network inputs (image, events) = make_inputs(**inputs), which must be a value
         (equal settings compare equal: the graph is recaptured when it or the inputs' shapes change) and, for
-        `cuda_graph`, capturable: no host synchronisation, shapes fixed by the inputs' shapes."""
+        `cuda_graph`, capturable: no host synchronisation, shapes fixed by the inputs' shapes. Inputs on the host are
+        copied to the model's device first (asynchronously from pinned memory; with `cuda_graph` straight into the
+        graph's input buffers): the caller keeps them unchanged until the result has been read."""
         if not self.cuda_graph:
-            return self._class_ids_eager(make_inputs, inputs)
+            on_device = {name: value.to(self.device, non_blocking=True) for name, value in inputs.items()}
+            return self._class_ids_eager(make_inputs, on_device)
         key = (make_inputs, tuple((name, tuple(value.shape), value.dtype) for name, value in sorted(inputs.items())))
         if self._graph is None or key != self._graph_key:
             self._capture(make_inputs, inputs, key)
-        for name, value in inputs.items():
+        for name, value in inputs.items():  # host inputs (pinned: asynchronously) go straight into the graph's
             self._static[name].copy_(value, non_blocking=True)
         assert self._graph is not None
         self._graph.replay()
@@ -170,7 +173,7 @@ class InferenceEngine:
 
     def _capture(self, make_inputs: MakeInputs, inputs: dict[str, torch.Tensor], key: tuple) -> None:
         self._graph = None
-        self._static = {name: value.detach().clone() for name, value in inputs.items()}
+        self._static = {name: value.detach().to(self.device, copy=True) for name, value in inputs.items()}
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):

@@ -3,7 +3,8 @@
 - `image_tensor` and `fit` are shared by both paths below.
 - CPU: the numba voxel grid (bit-exact with the official loader) and torch image ops, in the Segmenter.
 - CUDA: `FramePacker` writes the frame's image and its event window into one reused pinned host buffer, at the
-  places a `PackedLayout` fixes, and uploads it with one asynchronous copy. `PackedFrame` turns that byte buffer,
+  places a `PackedLayout` fixes; the InferenceEngine copies it, asynchronously, straight into the input of its
+  captured graph (one copy, no intermediate device buffer). `PackedFrame` turns that byte buffer,
   on the device, into the network inputs: the fused voxel-grid kernel over the window's `count` events, the image
   conversion and the fit. It never synchronises with the host and every shape follows from the layout, so the
   InferenceEngine captures it in the same CUDA graph as the forward: a frame costs the host one copy and one
@@ -139,17 +140,17 @@ class PackedFrame:
 
 
 class FramePacker:
-    """Packs frames into one reused host byte buffer (pinned for a CUDA device) and uploads it in one copy.
+    """Packs frames into one reused host byte buffer (pinned for a CUDA device), which the engine copies to the
+    device in one asynchronous copy.
 
     Per frame: `events_into(capacity)` is the ring buffer's destination for the window (it sizes the layout to the
-    window), then `pack_image` and `upload`. A new frame waits for the previous upload out of the buffer before
-    writing into it (normally long finished: the Segmenter waits for each frame's class ids).
+    window), then `pack_image` and `packed`. The buffer is rewritten by the next frame: the caller must have waited
+    for the copy out of it by then (the Segmenter waits for each frame's class ids, which come after it).
     """
 
     def __init__(self, device: torch.device | str):
         self.device = torch.device(device)
         self._host: torch.Tensor | None = None
-        self._uploaded: torch.cuda.Event | None = None
         self._layout: PackedLayout | None = None
         self._host_views: dict[str, np.ndarray] = {}  # of the layout in the buffer (made once per layout)
         self.capacity = 0  # event slots of the current layout (grows, never shrinks)
@@ -173,9 +174,6 @@ class FramePacker:
         return destination
 
     def _views(self, layout: PackedLayout) -> dict[str, np.ndarray]:
-        if self._uploaded is not None:
-            self._uploaded.synchronize()
-            self._uploaded = None
         if self._host is None or self._host.numel() < layout.nbytes:
             pinned = self.device.type == "cuda"
             self._host = torch.empty(layout.nbytes, dtype=torch.uint8, pin_memory=pinned)
@@ -192,13 +190,9 @@ class FramePacker:
         np.copyto(self._host_views["image"], image, casting="safe")
         return layout
 
-    def upload(self) -> torch.Tensor:
-        """The packed bytes on the device (on the CPU: the buffer itself, valid until the next frame)."""
+    def packed(self) -> torch.Tensor:
+        """The frame's packed bytes: a view of the host buffer (pinned for a CUDA device), valid until the next
+        frame is packed."""
         layout, host = self._layout, self._host
         assert layout is not None and host is not None
-        if self.device.type != "cuda":
-            return host[: layout.nbytes]
-        packed = host[: layout.nbytes].to(self.device, non_blocking=True)
-        self._uploaded = torch.cuda.Event()
-        self._uploaded.record()
-        return packed
+        return host[: layout.nbytes]

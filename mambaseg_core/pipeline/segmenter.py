@@ -154,10 +154,10 @@ class SegmentationResult:
 
     class_ids: np.ndarray  # (H', W') uint8, 255 = unlabeled
     events_used: int  # events in the voxel grid (0: image-only, `missing_events: zeros`)
-    # Per stage (STAGES), and "total". On CUDA devices the voxel grid and the image conversion run on the GPU
+    # Per stage (STAGES), and "total". On CUDA devices the upload, the voxel grid and the image conversion run
     # within forward: there window includes copying the events into the pinned upload buffer, preprocess is
-    # copying the image into it and voxel is queueing the upload. forward runs until the class ids are on the
-    # host; postprocess is the resizing back to the output size (not the renderings).
+    # copying the image into it and voxel is 0. forward runs until the class ids are on the host; postprocess is
+    # the resizing back to the output size (not the renderings).
     timings_ms: dict[str, float]
     overlay_base: np.ndarray  # (H', W', 3) uint8 RGB: the image under the overlay
     palette_lut: np.ndarray  # (256, 3) uint8: class id -> colour (colorize.palette_lut)
@@ -289,7 +289,8 @@ class Segmenter:
     ) -> tuple[MakeInputs, dict[str, torch.Tensor], int]:
         """The frame as (make_inputs, inputs, events used): the network inputs are make_inputs(**inputs), which the
         engine runs (on CUDA inside its graph). CPU: the network inputs themselves, the voxel grid by numba. CUDA:
-        the frame packed and uploaded in one copy, converted on the device by a PackedFrame."""
+        the frame packed into pinned host memory, which the engine copies to the device in one copy, and converted
+        there by a PackedFrame."""
         size = self.check_image(image)
         start = time.perf_counter()
         if self._packer is None:
@@ -314,13 +315,11 @@ class Segmenter:
         start = time.perf_counter()
         layout = self._packer.pack_image(image)
         timings["preprocess"] = _ms_since(start)
-        start = time.perf_counter()
-        packed = self._packer.upload()
-        timings["voxel"] = _ms_since(start)
+        timings["voxel"] = 0.0  # on the device, inside forward (the engine uploads the packed bytes)
         make_inputs = PackedFrame(
             layout, self.image_channels, self.event_bins, self.network_size, self.config.image_fit
         )
-        return make_inputs, {"packed": packed}, len(events)
+        return make_inputs, {"packed": self._packer.packed()}, len(events)
 
     def _unfit_ids(self, ids: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """(H, W) uint8 ids at the network size -> (H_in, W_in) at the input size, the inverse of `fit`."""
