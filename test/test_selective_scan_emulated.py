@@ -221,6 +221,30 @@ def test_default_launch_rule_under_emulation(drivers: dict[str, Path]) -> None:
         assert printed[shape] == want, f"rows,N,L = {shape}"
 
 
+# (channels, groups, L) of batch 1 at N = 16 -> (uses the state-resident kernel, its default plan: segment steps,
+# segments, lanes a row), as csrc/scan_infer.h's rule and plan_resident give them.
+RESIDENT_PLAN_CASES = {
+    (768, 4, 17600): (True, (160, 110, 2)),  # DSEC stage-0 CSIM: 48 row-warps, segments to about 6144 warps
+    (35200, 2, 192): (True, (192, 1, 2)),  # DSEC stage-0 TSSM: 2200 row-warps, one segment each
+    (768, 4, 4350): (False, (64, 68, 2)),  # DDD17 stage-0 CSIM: the warp scan (128 segments of its 136 tiles asked)
+    (8800, 2, 384): (False, (32, 12, 2)),  # DSEC stage-1 TSSM: 550 row-warps, one tile a segment
+    (70, 2, 301): (False, (32, 10, 2)),  # tiny (6 row-warps): segments down to one tile
+}
+
+
+def test_state_resident_rule_and_plan_under_emulation(drivers: dict[str, Path]) -> None:
+    """uses_resident and plan_resident, compiled for the host from the kernel source, give the launches the H100 sweep
+    chose (the GPU test checks the same through the extension)."""
+    shapes = [",".join(map(str, shape)) for shape in RESIDENT_PLAN_CASES]
+    result = subprocess.run(
+        [str(drivers["driver"]), "--resident-plan", *shapes], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    printed = dict(line.split(" ", 1) for line in result.stdout.splitlines())
+    for shape, (resident, plan) in zip(shapes, RESIDENT_PLAN_CASES.values()):
+        assert printed[shape] == f"uses_resident={int(resident)} plan={','.join(map(str, plan))}", shape
+
+
 def test_training_kernels_match_reference_under_emulation(drivers: dict[str, Path]) -> None:
     """The training forward then backward, buffers sized as scan_binding.cpp sizes them: y, du, ddelta, dA, dB, dC,
     dD and ddelta_bias close to float64 reference gradients of sum(y * dy), themselves checked against finite

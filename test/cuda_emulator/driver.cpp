@@ -6,6 +6,8 @@
 // (dtype: fp32, bf16, fp16; see harness.h)
 //        driver --default-config ROWS,N,L...   prints the default launch configuration of each shape per dtype:
 //        "ROWS,N,L fp32=I,W,S bf16=I,W,S fp16=I,W,S" (default_infer_config, compiled here for the host)
+//        driver --resident-plan CHANNELS,GROUPS,L...   prints, for batch 1 and N = 16, whether the default launch takes
+//        the state-resident kernel and its default plan: "C,G,L uses_resident=0|1 plan=STEPS,SEGMENTS,LANES"
 //
 // B and C are read from evenly spaced slabs with NaN gaps between them (ScanParams::bc_group_stride).
 // Checks per configuration: max |y - reference| / max |reference| <= kTolerance (every y written and finite,
@@ -148,8 +150,25 @@ int print_default_configs(int argc, char** argv) {
   return 0;
 }
 
+int print_resident_plans(int argc, char** argv) {
+  for (int i = 2; i < argc; ++i) {
+    ScanParams p{};
+    p.batch = 1, p.state = 16;
+    if (std::sscanf(argv[i], "%d,%d,%d", &p.channels, &p.groups, &p.length) != 3 || p.groups < 1 ||
+        p.channels % p.groups != 0) {
+      std::fprintf(stderr, "bad shape '%s': expected CHANNELS,GROUPS,L with groups dividing channels\n", argv[i]);
+      return 2;
+    }
+    mambaseg::plan_resident(p, 0, 0);
+    std::printf("%s uses_resident=%d plan=%d,%d,%d\n", argv[i], mambaseg::uses_resident(p.channels, p.length, 16),
+                p.tile_len, p.n_tiles, p.lanes_per_row);
+  }
+  return 0;
+}
+
 int main(int argc, char** argv) {
   if (argc > 1 && std::strcmp(argv[1], "--default-config") == 0) return print_default_configs(argc, argv);
+  if (argc > 1 && std::strcmp(argv[1], "--resident-plan") == 0) return print_resident_plans(argc, argv);
   std::vector<Case> cases;
   if (!harness::parse_cases(argc, argv, cases)) return 2;
   int failures = 0;
