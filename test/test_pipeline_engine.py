@@ -186,11 +186,13 @@ def test_cuda_graph_replay_equals_eager_and_recaptures_on_new_shapes(fixture, pr
 @pytest.mark.cuda
 @needs_cuda
 @pytest.mark.parametrize("cuda_graph", [False, True])
-def test_host_inputs_are_copied_to_the_device_first(fixture, cuda_graph):
+def test_host_inputs_are_copied_to_the_device_first(cuda_graph):
     """Pinned host inputs (what the Segmenter's FramePacker hands over) give the ids of the same inputs on the GPU."""
-    model, data = fixture
-    engine = InferenceEngine(copy.deepcopy(model).cuda(), precision="fp16", cuda_graph=cuda_graph)
-    image, events = data["image"].float(), data["events"].float()
+    torch.manual_seed(0)
+    model = MambaSeg(load_model_config(dict(TINY_MODEL))).eval().cuda()
+    engine = InferenceEngine(model, precision="fp16", cuda_graph=cuda_graph)
+    height, width = TINY_MODEL["image_size"]
+    image, events = torch.rand(1, 3, height, width), torch.randn(1, TINY_MODEL["event_bins"], height, width)
     expected = engine.class_ids(image.cuda(), events.cuda()).clone()
     for _ in range(2):  # with cuda_graph: the graph captured for the GPU inputs replays with host ones
         ids = engine.class_ids(image.pin_memory(), events.pin_memory())
