@@ -29,6 +29,14 @@ def _segment_length(batch: int, channels: int, state: int, length: int, device: 
     return max(16, min(length, budget // max(1, batch * channels * state)))
 
 
+def _chunk_length(length: int) -> int:
+    """Steps per chunk: about sqrt(L), which balances the two Python loops (chunk + L / chunk steps); a divisor of L
+    near it where there is one, which saves padding four tensors."""
+    root = max(1, math.isqrt(length))
+    divisors = [c for c in range(max(1, (3 * root) // 4), (3 * root) // 2 + 1) if length % c == 0]
+    return min(divisors, key=lambda c: c + length // c) if divisors else root
+
+
 def _scan_segment(
     u: torch.Tensor,
     dt: torch.Tensor,
@@ -45,7 +53,7 @@ def _scan_segment(
     in_place (only without autograd): reuse the segment's intermediates instead of allocating new ones.
     """
     length = u.shape[-1]
-    chunk = max(1, math.isqrt(length))
+    chunk = _chunk_length(length)
     n_chunks = -(-length // chunk)
     pad = n_chunks * chunk - length
     if pad:
@@ -137,7 +145,10 @@ def selective_scan_torch(
             grouped_u[..., part], grouped_dt[..., part], grouped_A, B[..., part], C[..., part], h, in_place
         )
         pieces.append(y_part)
-    y = torch.cat(pieces, dim=-1).reshape(batch, channels, length) if pieces else u.new_zeros(u.shape)
+    if not pieces:
+        y = u.new_zeros(u.shape)
+    else:
+        y = (pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=-1)).reshape(batch, channels, length)
     if D is not None:
         y = y + D.to(compute)[:, None] * u
     return y
