@@ -39,6 +39,7 @@ from mambaseg_core.ops.selective_scan.cuda_scan import (
     resident_plan,
     selective_scan_infer_config,
     selective_scan_resident,
+    uses_resident_kernel,
 )
 
 CHANNELS = (96, 192, 384, 768)
@@ -329,7 +330,8 @@ SWEEP_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.flo
 def bench_infer_configs(dtype_names: list[str]) -> tuple[str, str]:
     """Every compiled warp-scan configuration, and the state-resident kernel (N = 16) in its default plan and in
     RESIDENT_SEGMENTS, at every sweep shape and dtype: the table, and a summary of the default's (what the `cuda`
-    backend runs) and the fastest variant's time per shape."""
+    backend runs: the state-resident kernel where `uses_resident_kernel`, else the warp scan's default
+    configuration) and the fastest variant's time per shape."""
     rows, best = [], []
     for shape in sweep_shapes():
         for dtype_name in dtype_names:
@@ -340,10 +342,14 @@ def bench_infer_configs(dtype_names: list[str]) -> tuple[str, str]:
                 variants[f"warp scan {tuple(config)}"] = lambda c=config, i=inputs: selective_scan_infer_config(
                     **i, delta_softplus=True, config=c
                 )
+            config = default_inference_config(shape.channels, shape.length, dtype, shape.state)
+            default = f"warp scan {tuple(config)}"
             if shape.state >= 9:
                 plan = resident_plan(1, shape.channels, shape.groups, shape.length)
-                default = f"resident {plan.segment_len} x {plan.segments}, {plan.lanes_per_row} lanes"
-                variants[default] = lambda i=inputs: selective_scan_resident(**i, delta_softplus=True)
+                plan_label = f"resident {plan.segment_len} x {plan.segments}, {plan.lanes_per_row} lanes"
+                variants[plan_label] = lambda i=inputs: selective_scan_resident(**i, delta_softplus=True)
+                if uses_resident_kernel(shape.channels, shape.length, shape.state):
+                    default = plan_label
                 lengths = [n for n in RESIDENT_SEGMENTS if n < shape.length]
                 lengths += [shape.length] if shape.length <= RESIDENT_ONE_SEGMENT_MAX else []
                 for lanes in (1, 2):
@@ -356,9 +362,6 @@ def bench_infer_configs(dtype_names: list[str]) -> tuple[str, str]:
                                 **i, delta_softplus=True, segment_len=n, lanes_per_row=k
                             ),
                         )
-            else:
-                config = default_inference_config(shape.channels, shape.length, dtype, shape.state)
-                default = f"warp scan {tuple(config)}"
 
             def tiled(i: dict[str, torch.Tensor] = inputs) -> torch.Tensor:
                 # The training forward: rows split into tiles over many blocks (maps, carries, rescan launches).
