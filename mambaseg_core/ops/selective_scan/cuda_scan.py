@@ -153,6 +153,23 @@ def _kernel_inputs(
     return u, delta, _as(A, torch.float32), B, C, D, delta_bias
 
 
+def _direct_kernel_inputs(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    delta_bias: torch.Tensor | None,
+) -> tuple[
+    torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None
+]:
+    """_kernel_inputs for the inference kernels called directly (benchmarks, tests): B and C read in place."""
+    if not u.is_cuda:
+        raise ValueError(f"the CUDA inference scan needs CUDA tensors, got u on {u.device}")
+    return _kernel_inputs(u, delta, A, B, C, D, delta_bias, strided_bc=True)
+
+
 def make_cuda_scan(extension: ModuleType):
     """The `cuda` backend's scan function over a loaded extension: the training kernels (which keep the per-tile
     states for the backward) when a gradient is needed, the one-pass inference kernel otherwise."""
@@ -226,9 +243,7 @@ def selective_scan_infer_config(
     """The inference kernel in one explicit configuration, for benchmarks and tests (not a backend: no
     autograd, no shape checks beyond the kernel binding's). Same semantics as `selective_scan_reference`;
     float32 out. ValueError naming the compiled ones if `config` is not compiled for these inputs."""
-    if not u.is_cuda:
-        raise ValueError(f"the CUDA inference scan needs CUDA tensors, got u on {u.device}")
-    u, delta, A, B, C, D, delta_bias = _kernel_inputs(u, delta, A, B, C, D, delta_bias, strided_bc=True)
+    u, delta, A, B, C, D, delta_bias = _direct_kernel_inputs(u, delta, A, B, C, D, delta_bias)
     compiled = inference_configs(u.dtype, A.shape[1])
     if config not in compiled:
         raise ValueError(
@@ -275,9 +290,7 @@ def selective_scan_resident(
     where `uses_resident_kernel`) with rows cut into segments of `segment_len` steps (rounded up to whole 32-step
     tiles) and `lanes_per_row` (1 or 2) lanes sharing a row's states (0: the default plan's), for benchmarks and
     tests: no autograd. Same semantics as `selective_scan_reference`; float32 out. ValueError if N < 9."""
-    if not u.is_cuda:
-        raise ValueError(f"the CUDA inference scan needs CUDA tensors, got u on {u.device}")
-    u, delta, A, B, C, D, delta_bias = _kernel_inputs(u, delta, A, B, C, D, delta_bias, strided_bc=True)
+    u, delta, A, B, C, D, delta_bias = _direct_kernel_inputs(u, delta, A, B, C, D, delta_bias)
     return load_extension().forward_infer_resident(
         u, delta, A, B, C, D, delta_bias, delta_softplus, segment_len, lanes_per_row
     )

@@ -225,12 +225,14 @@ at::Tensor forward_infer_resident(const at::Tensor& u, const at::Tensor& delta, 
                            {std::nullopt, static_cast<int>(segment_len), static_cast<int>(lanes_per_row)});
 }
 
+// A launch rule's size argument as an int: sizes past INT32_MAX choose as INT32_MAX does.
+int saturated(int64_t size) { return static_cast<int>(std::min<int64_t>(size, INT32_MAX)); }
+
 // Whether the default inference launch takes the state-resident kernel for these shapes.
 bool uses_resident_kernel(int64_t rows, int64_t length, int64_t state) {
   require<std::invalid_argument>(rows >= 1 && length >= 1 && state >= 1 && state <= 16,
                                  "need rows, L >= 1 and N in 1..16, got ", rows, ", ", length, ", ", state);
-  const auto clamp = [](int64_t v) { return static_cast<int>(std::min<int64_t>(v, INT32_MAX)); };
-  return mambaseg::uses_resident(clamp(rows), clamp(length), static_cast<int>(state));
+  return mambaseg::uses_resident(saturated(rows), saturated(length), static_cast<int>(state));
 }
 
 // (segment steps, segments, lanes a row) of the state-resident kernel's default plan for (batch, channels, groups, L).
@@ -257,9 +259,8 @@ std::vector<ConfigTuple> infer_configs(at::ScalarType dtype, int64_t state) {
 ConfigTuple default_infer_config(int64_t rows, int64_t length, at::ScalarType dtype, int64_t state) {
   require<std::invalid_argument>(rows >= 1 && length >= 1, "rows and L must be >= 1, got ", rows, " and ", length);
   require<std::invalid_argument>(state >= 1 && state <= 16, "N must be in 1..16, got ", state);
-  const auto clamp = [](int64_t v) { return static_cast<int>(std::min<int64_t>(v, INT32_MAX)); };
   const InferConfig c =
-      mambaseg::default_infer_config(clamp(rows), clamp(length), scan_dtype(dtype), static_cast<int>(state));
+      mambaseg::default_infer_config(saturated(rows), saturated(length), scan_dtype(dtype), static_cast<int>(state));
   return {c.items, c.warps, c.states};
 }
 
