@@ -39,6 +39,41 @@ __device__ __forceinline__ WarpWork warp_work(const ScanParams& p, int row_block
   return {warp / per_segment, slab / p.groups, slab % p.groups, rest % row_blocks};
 }
 
+// kStepsPerLoad steps of a row's u and delta, loaded one block ahead of their use (a block's loads would otherwise
+// wait a full memory latency each, the warp having nothing else to issue): raw 16-byte vectors where the run is in
+// bounds and aligned, else read at use by load_items.
+template <typename T>
+struct StepBlock {
+  static constexpr int kVectors = kStepsPerLoad * static_cast<int>(sizeof(T)) / 16;
+  uint4 raw[2][kVectors];
+  bool vectorized;
+
+  __device__ __forceinline__ void issue(const T* u_row, const T* delta_row, int t0, int length) {
+    const uintptr_t addresses = reinterpret_cast<uintptr_t>(u_row + t0) | reinterpret_cast<uintptr_t>(delta_row + t0);
+    vectorized = t0 + kStepsPerLoad <= length && (addresses & 15) == 0;
+    if (vectorized) {
+#pragma unroll
+      for (int v = 0; v < kVectors; ++v) {
+        raw[0][v] = reinterpret_cast<const uint4*>(u_row + t0)[v];
+        raw[1][v] = reinterpret_cast<const uint4*>(delta_row + t0)[v];
+      }
+    }
+  }
+
+  __device__ __forceinline__ void get(const T* u_row, const T* delta_row, int t0, int length,
+                                      float (&u)[kStepsPerLoad], float (&delta)[kStepsPerLoad]) const {
+    if (!vectorized) {
+      load_items<kStepsPerLoad>(u_row, t0, length, u);
+      load_items<kStepsPerLoad>(delta_row, t0, length, delta);
+      return;
+    }
+    const T* u_items = reinterpret_cast<const T*>(raw[0]);
+    const T* delta_items = reinterpret_cast<const T*>(raw[1]);
+#pragma unroll
+    for (int i = 0; i < kStepsPerLoad; ++i) u[i] = to_float(u_items[i]), delta[i] = to_float(delta_items[i]);
+  }
+};
+
 // kSplit lanes share a row: lane `part * kRowsPerWarp + r` holds states [part * kLaneStates, +kLaneStates) of the
 // warp's row r.
 template <typename T, bool kCompose, int kSplit>
@@ -71,6 +106,8 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32) scan_fwd_resident_kernel(
   }
   const int begin = work.segment * p.tile_len, end = begin + p.tile_len < L ? begin + p.tile_len : L;
   float dt_sum = 0.f;
+  StepBlock<T> next;
+  next.issue(u_row, delta_row, begin, L);
   for (int tile = begin; tile < end; tile += kResidentTile) {
     // Staging: lane (state lane / 2, half lane % 2) loads 16 steps of its state's B (and C) row; states past N are
     // zero, so they add nothing to y and their h stays zero. Steps past L are zero as well.
@@ -94,15 +131,28 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32) scan_fwd_resident_kernel(
     __syncwarp();
     for (int step = 0; step < kResidentTile && tile + step < end; step += kStepsPerLoad) {
       const int t0 = tile + step;
-      float u[kStepsPerLoad], delta[kStepsPerLoad], y[kStepsPerLoad];
-      load_items<kStepsPerLoad>(u_row, t0, L, u);
-      load_items<kStepsPerLoad>(delta_row, t0, L, delta);
+      const StepBlock<T> current = next;
+      if (t0 + kStepsPerLoad < end) next.issue(u_row, delta_row, t0 + kStepsPerLoad, L);
+      float u[kStepsPerLoad], delta[kStepsPerLoad], dt[kStepsPerLoad], y[kStepsPerLoad];
+      current.get(u_row, delta_row, t0, L, u, delta);
+      // Steps past L get dt = 0: decay 1 and input 0, the identity. With 2 lanes a row each computes every other
+      // step's softplus (a select, not a branch: the parts are in one warp) and takes the rest from its partner.
+#pragma unroll
+      for (int i = 0; i < kStepsPerLoad; i += kSplit) {
+        const int mine = i + (kSplit == 2 ? part : 0);
+        const float d = kSplit == 2 && part == 1 ? delta[i + kSplit - 1] : delta[i];
+        const float value = t0 + mine < L ? delta_to_dt(d + bias, p.softplus) : 0.f;
+        if constexpr (kSplit == 2) {
+          const float partner = __shfl_xor_sync(0xffffffffu, value, kRowsPerWarp);
+          dt[i] = part == 0 ? value : partner, dt[i + 1] = part == 0 ? partner : value;
+        } else {
+          dt[i] = value;
+        }
+      }
 #pragma unroll
       for (int i = 0; i < kStepsPerLoad; ++i) {
-        // Steps past L get dt = 0: decay 1 and input 0, the identity.
-        const float dt = t0 + i < L ? delta_to_dt(delta[i] + bias, p.softplus) : 0.f;
-        const float du = dt * u[i];
-        dt_sum += dt;
+        const float du = dt[i] * u[i];
+        dt_sum += dt[i];
         y[i] = skip * u[i];
 #pragma unroll
         for (int q = 0; q < kLaneStates / 4; ++q) {
@@ -116,7 +166,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32) scan_fwd_resident_kernel(
 #pragma unroll
           for (int r = 0; r < 4; ++r) {
             const int k = 4 * q + r;
-            h[k] = fmaf(exp2f(dt * A2[k]), h[k], bq[r] * du);
+            h[k] = fmaf(exp2f(dt[i] * A2[k]), h[k], bq[r] * du);
             if constexpr (!kCompose) y[i] = fmaf(cq[r], h[k], y[i]);
           }
         }
