@@ -323,7 +323,7 @@ def graph_time_us(fn: Callable[[], object], repeats: int = 15, calls: int = 10) 
 
 
 RESIDENT_SEGMENTS = (32, 64, 128, 192, 256, 384, 512)  # steps per segment tried beside the default plan (and one
-RESIDENT_ONE_SEGMENT_MAX = 4096  # segment a row, up to this L), with 1 and 2 lanes a row
+RESIDENT_ONE_SEGMENT_MAX = 4096  # segment a row, up to this L), with 1, 2 and 4 lanes a row
 SWEEP_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -352,7 +352,7 @@ def bench_infer_configs(dtype_names: list[str]) -> tuple[str, str]:
                     default = plan_label
                 lengths = [n for n in RESIDENT_SEGMENTS if n < shape.length]
                 lengths += [shape.length] if shape.length <= RESIDENT_ONE_SEGMENT_MAX else []
-                for lanes in (1, 2):
+                for lanes in (1, 2, 4):
                     for segment_len in lengths:
                         tiles = -(-segment_len // 32)
                         label = f"resident {32 * tiles} x {-(-shape.length // (32 * tiles))}, {lanes} lanes"

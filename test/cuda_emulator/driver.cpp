@@ -37,12 +37,13 @@ using harness::kBatch;
 
 constexpr double kTolerance = 2e-5;  // relative to max |reference|; as the fp32 forward tolerance of the GPU tests
 
-// Runs the state-resident kernel on a case (p: its inputs) with its default plan, and with 1 and 2 lanes a row and
-// segments of one and three tiles (rows of several segments: the compose launch, the carry kernel, the apply
+// Runs the state-resident kernel on a case (p: its inputs) with its default plan, and with 1, 2 and 4 lanes a row and
+// segments of one to three tiles (rows of several segments: the compose launch, the carry kernel, the apply
 // launch); returns the number of failed checks.
 int run_resident(ScanParams p, ScanDtype dtype, const Case& c, const std::vector<double>& expected) {
   int failures = 0;
-  const std::pair<int, int> plans[] = {{0, 0}, {mambaseg::kResidentTile, 1}, {3 * mambaseg::kResidentTile, 2}};
+  const std::pair<int, int> plans[] = {
+      {0, 0}, {mambaseg::kResidentTile, 1}, {3 * mambaseg::kResidentTile, 2}, {2 * mambaseg::kResidentTile, 4}};
   for (const auto& [segment_len, lanes_per_row] : plans) {
     mambaseg::plan_resident(p, segment_len, lanes_per_row);
     const size_t rows = static_cast<size_t>(p.batch) * p.channels;

@@ -288,7 +288,7 @@ def selective_scan_resident(
 ) -> torch.Tensor:
     """The state-resident inference kernel (csrc/scan_fwd_resident.cu; what the `cuda` backend runs without autograd
     where `uses_resident_kernel`) with rows cut into segments of `segment_len` steps (rounded up to whole 32-step
-    tiles) and `lanes_per_row` (1 or 2) lanes sharing a row's states (0: the default plan's), for benchmarks and
+    tiles) and `lanes_per_row` (1, 2 or 4) lanes sharing a row's states (0: the default plan's), for benchmarks and
     tests: no autograd. Same semantics as `selective_scan_reference`; float32 out. ValueError if N < 9."""
     u, delta, A, B, C, D, delta_bias = _direct_kernel_inputs(u, delta, A, B, C, D, delta_bias)
     return load_extension().forward_infer_resident(

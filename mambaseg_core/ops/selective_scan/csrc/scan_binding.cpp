@@ -176,8 +176,9 @@ at::Tensor run_forward_infer(const at::Tensor& u, const at::Tensor& delta, const
     require<std::invalid_argument>(p.state >= mambaseg::kResidentMinState, "the state-resident kernel needs N >= ",
                                    mambaseg::kResidentMinState, ", got N=", p.state);
     require<std::invalid_argument>(*kernel.segment_len >= 0, "segment_len must be >= 0, got ", *kernel.segment_len);
-    require<std::invalid_argument>(kernel.lanes_per_row >= 0 && kernel.lanes_per_row <= 2,
-                                   "lanes_per_row must be 1 or 2 (0: the default), got ", kernel.lanes_per_row);
+    const int lanes = kernel.lanes_per_row;
+    require<std::invalid_argument>(lanes == 0 || lanes == 1 || lanes == 2 || lanes == 4,
+                                   "lanes_per_row must be 1, 2 or 4 (0: the default), got ", lanes);
     mambaseg::plan_resident(p, *kernel.segment_len, kernel.lanes_per_row);
   }
   const c10::cuda::CUDAGuard guard(u.device());

@@ -1,7 +1,7 @@
 // Inference forward of the selective scan with every state of a row resident in one lane (N in 9..16).
 //
-// Work split: a lane owns one (batch, channel) row and all its N states (or, with 2 lanes per row, half of them; the
-// halves' parts of y are added with one shuffle), and walks its steps in order; the rows of a warp are channels of one
+// Work split: a lane owns one (batch, channel) row and all its N states (or, with 2 or 4 lanes per row, a half or a
+// quarter of them; the parts of y are added with one or two shuffles), and walks its steps in order; the rows of a warp are channels of one
 // (batch, group), so that they read the same B and C. A row is cut into segments
 // of whole 32-step tiles, one warp per (segment, 32 rows), so that short-row shapes with many rows and long-row
 // shapes with few both fill the GPU:
@@ -135,18 +135,28 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32) scan_fwd_resident_kernel(
       if (t0 + kStepsPerLoad < end) next.issue(u_row, delta_row, t0 + kStepsPerLoad, L);
       float u[kStepsPerLoad], delta[kStepsPerLoad], dt[kStepsPerLoad], y[kStepsPerLoad];
       current.get(u_row, delta_row, t0, L, u, delta);
-      // Steps past L get dt = 0: decay 1 and input 0, the identity. With 2 lanes a row each computes every other
-      // step's softplus (a select, not a branch: the parts are in one warp) and takes the rest from its partner.
+      // Steps past L get dt = 0: decay 1 and input 0, the identity. With several lanes a row each computes the
+      // softplus of every kSplit-th step (selects, not branches: the parts are in one warp) and takes the others'
+      // from their lanes.
+      float mine[kStepsPerLoad / kSplit];
+#pragma unroll
+      for (int j = 0; j < kStepsPerLoad / kSplit; ++j) {
+        float d = delta[j * kSplit];
+#pragma unroll
+        for (int s = 1; s < kSplit; ++s) d = part == s ? delta[j * kSplit + s] : d;
+        mine[j] = t0 + j * kSplit + part < L ? delta_to_dt(d + bias, p.softplus) : 0.f;
+      }
 #pragma unroll
       for (int i = 0; i < kStepsPerLoad; i += kSplit) {
-        const int mine = i + (kSplit == 2 ? part : 0);
-        const float d = kSplit == 2 && part == 1 ? delta[i + kSplit - 1] : delta[i];
-        const float value = t0 + mine < L ? delta_to_dt(d + bias, p.softplus) : 0.f;
-        if constexpr (kSplit == 2) {
-          const float partner = __shfl_xor_sync(0xffffffffu, value, kRowsPerWarp);
-          dt[i] = part == 0 ? value : partner, dt[i + 1] = part == 0 ? partner : value;
+        if constexpr (kSplit == 1) {
+          dt[i] = mine[i];
+        } else if constexpr (kSplit == 2) {  // one exchange serves both lanes
+          const float partner = __shfl_xor_sync(0xffffffffu, mine[i / 2], kRowsPerWarp);
+          dt[i] = part == 0 ? mine[i / 2] : partner, dt[i + 1] = part == 0 ? partner : mine[i / 2];
         } else {
-          dt[i] = value;
+#pragma unroll
+          for (int s = 0; s < kSplit; ++s)
+            dt[i + s] = __shfl_sync(0xffffffffu, mine[i / kSplit], lane % kRowsPerWarp + s * kRowsPerWarp);
         }
       }
 #pragma unroll
@@ -172,9 +182,11 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32) scan_fwd_resident_kernel(
         }
       }
       if constexpr (!kCompose) {
-        if constexpr (kSplit == 2) {
+        // The parts' sums, added pairwise: every lane of the row ends with the same ((p0 + p1) + (p2 + p3)).
 #pragma unroll
-          for (int i = 0; i < kStepsPerLoad; ++i) y[i] += __shfl_xor_sync(0xffffffffu, y[i], kRowsPerWarp);
+        for (int offset = kRowsPerWarp; offset < 32; offset *= 2) {
+#pragma unroll
+          for (int i = 0; i < kStepsPerLoad; ++i) y[i] += __shfl_xor_sync(0xffffffffu, y[i], offset);
         }
         if (active && part == 0) store_items<kStepsPerLoad>(p.y + row * L, t0, end, y);
       }
@@ -208,7 +220,9 @@ void launch_resident(const ScanParams& p, cudaStream_t stream) {
 
 template <typename T>
 void launch_resident(const ScanParams& p, cudaStream_t stream) {
-  if (p.lanes_per_row == 2)
+  if (p.lanes_per_row == 4)
+    launch_resident<T, 4>(p, stream);
+  else if (p.lanes_per_row == 2)
     launch_resident<T, 2>(p, stream);
   else
     launch_resident<T, 1>(p, stream);
@@ -228,7 +242,7 @@ bool uses_resident(int rows, int length, int state) {
 
 // Segments of `segment_len` steps if given (> 0, rounded up to whole tiles); else one segment a row where the rows
 // alone give kResidentOneSegmentWarps warps (a segment before the last costs its exp2 twice: compose, apply), and
-// otherwise as many as bring the launch to about kResidentTargetWarps warps. lanes_per_row (1 or 2) if given (> 0),
+// otherwise as many as bring the launch to about kResidentTargetWarps warps. lanes_per_row (1, 2 or 4) if given (> 0),
 // else kResidentLanesPerRow.
 void plan_resident(ScanParams& p, int segment_len, int lanes_per_row) {
   p.lanes_per_row = lanes_per_row > 0 ? lanes_per_row : kResidentLanesPerRow;

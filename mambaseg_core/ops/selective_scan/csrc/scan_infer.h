@@ -30,11 +30,11 @@ std::vector<InferConfig> compiled_infer_configs(ScanDtype dtype, int state);
 // `dtype`.
 bool launch_scan_fwd_infer_config(const ScanParams& p, ScanDtype dtype, InferConfig config, cudaStream_t stream);
 
-// The state-resident inference kernel (scan_fwd_resident.cu): a lane per row holding all its states (or 2 lanes of 8
-// states each), rows cut into segments of whole kResidentTile-step tiles.
+// The state-resident inference kernel (scan_fwd_resident.cu): a lane per row holding all its states (or 2 or 4 lanes
+// sharing them), rows cut into segments of whole kResidentTile-step tiles.
 constexpr int kResidentTile = 32;
 constexpr int kResidentMinState = 9;
-constexpr int kResidentLanesPerRow = 2;           // lanes sharing a row's states by default (1 or 2)
+constexpr int kResidentLanesPerRow = 2;           // lanes sharing a row's states by default (1, 2 or 4)
 constexpr int kResidentOneSegmentWarps = 2048;    // rows that give this many warps run as one segment each
 constexpr int kResidentTargetWarps = 6144;        // else segments enough to bring a launch to about this many warps
 constexpr int kResidentLongRow = 8192;            // steps from which the default launch takes it for few rows
@@ -50,7 +50,7 @@ bool uses_resident(int rows, int length, int state);
 // Warps per (batch, group): 32 / p.lanes_per_row of its channels each.
 int resident_row_blocks(const ScanParams& p);
 
-// Sets p.lanes_per_row (`lanes_per_row`, 1 or 2, or the default if <= 0), p.tile_len and p.n_tiles: segments of
+// Sets p.lanes_per_row (`lanes_per_row`, 1, 2 or 4, or the default if <= 0), p.tile_len and p.n_tiles: segments of
 // `segment_len` steps rounded up to whole tiles, or (segment_len <= 0) the default count.
 void plan_resident(ScanParams& p, int segment_len, int lanes_per_row);
 

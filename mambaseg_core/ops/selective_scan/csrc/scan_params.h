@@ -17,7 +17,7 @@ enum class ScanDtype : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 struct ScanParams {
   int batch, channels, groups, state, length;  // state = N
   int items, threads, tile_len, n_tiles;        // n_tiles tiles of tile_len = threads * items steps per row
-  int lanes_per_row;  // state-resident inference kernel: lanes sharing a row's states (1 or 2)
+  int lanes_per_row;  // state-resident inference kernel: lanes sharing a row's states (1, 2 or 4)
   bool softplus;
   // Inputs: u, delta (B, C, L) and B, C (B, K, N, L) in the input dtype; A (C, N), D, bias (C,) fp32. All
   // contiguous, except that B and C may have any stride between their (batch, group) slabs of N * L contiguous
