@@ -496,7 +496,9 @@ def test_cuda_inference_runs_its_declared_default_configuration(dtype_name, rows
     [
         (768, 17600, 16, True, (160, 110, 2)),  # DSEC stage-0 CSIM: 48 row-warps, segments to about 6144 warps
         (35200, 192, 16, True, (192, 1, 2)),  # DSEC stage-0 TSSM: 2200 row-warps, one segment
-        (768, 4350, 16, False, None),  # DDD17 stage-0 CSIM: the warp scan
+        (1536, 4400, 16, True, (96, 46, 2)),  # DSEC stage-1 CSIM: 96 row-warps x 35 segments of 128 steps
+        (768, 4350, 16, False, None),  # DDD17 stage-0 CSIM: the warp scan (48 x 34 warps)
+        (3072, 1120, 16, False, None),  # DSEC stage-2 CSIM: the warp scan (192 x 9 warps)
         (8800, 384, 16, False, None),
         (35200, 192, 8, False, None),  # N < 9: never
     ],
@@ -504,7 +506,7 @@ def test_cuda_inference_runs_its_declared_default_configuration(dtype_name, rows
 def test_cuda_default_launch_takes_the_resident_kernel_where_the_sweep_says(rows, length, state, resident, plan):
     assert cuda_scan.uses_resident_kernel(rows, length, state) is resident
     if plan is not None:
-        assert tuple(cuda_scan.resident_plan(1, rows, 4 if rows == 768 else 2, length)) == plan
+        assert tuple(cuda_scan.resident_plan(1, rows, 2 if rows > 8192 else 4, length)) == plan
     inputs = make_inputs(1, 64, state, length if length < 5000 else 4096, 2, device="cuda")
     with torch.no_grad():  # the backend's launch is what the rule says (bit-identical to that kernel called directly)
         y = selective_scan(**inputs, delta_softplus=True, backend="cuda")

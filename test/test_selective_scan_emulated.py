@@ -226,7 +226,9 @@ def test_default_launch_rule_under_emulation(drivers: dict[str, Path]) -> None:
 RESIDENT_PLAN_CASES = {
     (768, 4, 17600): (True, (160, 110, 2)),  # DSEC stage-0 CSIM: 48 row-warps, segments to about 6144 warps
     (35200, 2, 192): (True, (192, 1, 2)),  # DSEC stage-0 TSSM: 2200 row-warps, one segment each
-    (768, 4, 4350): (False, (64, 68, 2)),  # DDD17 stage-0 CSIM: the warp scan (128 segments of its 136 tiles asked)
+    (1536, 4, 4400): (True, (96, 46, 2)),  # DSEC stage-1 CSIM: 96 row-warps x 35 segments of 128 steps >= 3072
+    (768, 4, 4350): (False, (64, 68, 2)),  # DDD17 stage-0 CSIM: the warp scan (48 x 34 < 3072)
+    (3072, 4, 1120): (False, (64, 18, 2)),  # DSEC stage-2 CSIM: the warp scan (192 x 9 < 3072)
     (8800, 2, 384): (False, (32, 12, 2)),  # DSEC stage-1 TSSM: 550 row-warps, one tile a segment
     (70, 2, 301): (False, (32, 10, 2)),  # tiny (6 row-warps): segments down to one tile
 }

@@ -237,7 +237,10 @@ int resident_row_blocks(const ScanParams& p) {
 
 bool uses_resident(int rows, int length, int state) {
   const int one_segment_warps = (rows + 32 / kResidentLanesPerRow - 1) / (32 / kResidentLanesPerRow);
-  return state >= kResidentMinState && (one_segment_warps >= kResidentOneSegmentWarps || length >= kResidentLongRow);
+  const long long segmented_warps =
+      static_cast<long long>(one_segment_warps) * ((length + kResidentRuleSegment - 1) / kResidentRuleSegment);
+  return state >= kResidentMinState &&
+         (one_segment_warps >= kResidentOneSegmentWarps || segmented_warps >= kResidentRuleWarps);
 }
 
 // Segments of `segment_len` steps if given (> 0, rounded up to whole tiles); else one segment a row where the rows

@@ -37,14 +37,17 @@ constexpr int kResidentMinState = 9;
 constexpr int kResidentLanesPerRow = 2;           // lanes sharing a row's states by default (1, 2 or 4)
 constexpr int kResidentOneSegmentWarps = 2048;    // rows that give this many warps run as one segment each
 constexpr int kResidentTargetWarps = 6144;        // else segments enough to bring a launch to about this many warps
-constexpr int kResidentLongRow = 8192;            // steps from which the default launch takes it for few rows
+constexpr int kResidentRuleSegment = 128;        // few rows: the default launch takes it where segments of this
+constexpr int kResidentRuleWarps = 3072;         // many steps give the rows' warps at least this many warps
 
 // Whether the default inference launch takes the state-resident kernel for `rows` (batch * channels) rows of
 // `length` steps with N = `state`: at N >= kResidentMinState where its default plan beat the warp-scan kernel's
-// default in the H100 sweep (docs/benchmarks.md), that is rows that fill the GPU as one segment each (DSEC's stage-0
-// TSSM, 35,200 rows of 192 steps: 82 vs 115 µs) and rows of at least kResidentLongRow steps (DSEC's stage-0 CSIM,
-// 768 rows of 17,600 steps: 254 vs 334 µs). Elsewhere its second exp2 per step (segments) or its per-segment
-// launches cost more than the warp scan's shuffles (e.g. DDD17's stage-0 CSIM, 768 x 4,350: 98 vs 89 µs).
+// default in the H100 sweep (docs/benchmarks.md, fp16): rows that fill the GPU as one segment each (DSEC's stage-0
+// TSSM, 35,200 rows of 192 steps: 69 vs 116 µs), and rows whose warps times their count of kResidentRuleSegment-step
+// segments reach kResidentRuleWarps (DSEC's stage-0 CSIM, 768 x 17,600: 218 vs 334 µs; stage-1 CSIM, 1,536 x 4,400:
+// 120 vs 135 µs). Below that its second exp2 per step (segments) and its per-segment launches cost more than the
+// warp scan's shuffles (DDD17's stage-0 CSIM, 768 x 4,350: 90 vs 89 µs; DSEC's stage-2 CSIM, 3,072 x 1,120: 69 vs 67;
+// DSEC's stage-1 TSSM, 8,800 x 384: 71 vs 52).
 bool uses_resident(int rows, int length, int state);
 
 // Warps per (batch, group): 32 / p.lanes_per_row of its channels each.
