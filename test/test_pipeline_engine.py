@@ -238,6 +238,41 @@ def test_side_streams_are_distinct_and_never_the_callers():
         distinct_streams(4, [FakeStream(2)], new_stream)
 
 
+def test_a_stream_given_back_by_a_nested_fork_is_lent_last():
+    """The DDIM's pattern: fork (CSIM on side A: fork (event path on side C)), then CTIM forks from the caller's stream.
+    C still holds the CSIM event path, which only A has joined: CTIM's side must not be C."""
+    from mambaseg_core.models.branches import _StreamPool
+
+    pool = _StreamPool(torch.device("cuda"), ["s1", "s2", "s3"])
+    (csim,) = pool.take(1)
+    (csim_event,) = pool.take(1)
+    pool.give_back([csim_event])
+    (ctim_event,) = pool.take(1)
+    assert (csim, csim_event, ctim_event) == ("s1", "s2", "s3")
+    pool.give_back([ctim_event])
+    pool.give_back([csim])
+    assert pool.free == ["s2", "s3", "s1"]
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_nested_forks_put_the_four_ddim_paths_on_four_streams():
+    """A DDIM-shaped fork (two branches, each forking two paths): the four paths run on four distinct streams, so no
+    path is queued behind another (the forks' waits are then the only order between them, also in a CUDA graph)."""
+    streams: list[int] = []
+
+    def path():
+        streams.append(torch.cuda.current_stream().cuda_stream)
+        torch.cuda._sleep(1000)
+
+    with parallel_branches("cuda"):
+        for _ in range(3):  # the pool's order after a few forward passes
+            streams.clear()
+            run_branches(lambda: run_branches(path, path), lambda: run_branches(path, path))
+            assert len(set(streams)) == 4, streams
+    torch.cuda.synchronize()
+
+
 @pytest.mark.cuda
 @needs_cuda
 def test_parallel_branches_never_lend_the_current_stream():

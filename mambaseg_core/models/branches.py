@@ -13,6 +13,12 @@ can be the stream already running the forward (e.g. the CUDA-graph capture strea
 branch put there runs in series with the others, and worse, orders the graph's paths through that stream. This
 made every sixth engine captured in one process replay ~0.9 ms slower (DDD17, H100; docs/benchmarks.md run H4).
 
+A side stream goes back to the pool behind the others: it still holds its branch's work, which a nested fork
+joined into its own stream but its caller's stream may not have reached yet. Enqueued behind that work, a sibling
+fork's branch would wait for it: the first pool handed the stream just given back out first, which put each DDIM's
+CTIM event path behind its CSIM event path (a CUDA-graph edge between them: in an H100 trace of the DSEC
+graph the stage-0 TSSM event path started 0.8 ms late, when the CSIM event path ended).
+
 Memory stays stream-ordered: the caching allocator reuses a block only for its own stream, every fork starts with
 its side streams waiting for the current stream and ends with them joined back, and a branch's inputs stay
 referenced by the caller until the join.
@@ -45,19 +51,18 @@ def distinct_streams(count: int, avoid: Sequence[Any], new_stream: Callable[[], 
 
 
 class _StreamPool:
-    """Side streams of one device, lent to forks (nested forks take more of them)."""
+    """Side streams of one device, lent to forks (nested forks take more of them), the longest-returned first."""
 
-    def __init__(self, device: torch.device, size: int):
+    def __init__(self, device: torch.device, streams: list[Any]):
         self.device = device
-        current = torch.cuda.current_stream(device)
-        self.free = distinct_streams(size, [current], lambda: torch.cuda.Stream(device))
+        self.free = list(streams)
 
-    def take(self, count: int) -> list[torch.cuda.Stream]:
+    def take(self, count: int) -> list[Any]:
         taken, self.free = self.free[:count], self.free[count:]
         return taken
 
-    def give_back(self, streams: list[torch.cuda.Stream]) -> None:
-        self.free = streams + self.free
+    def give_back(self, streams: list[Any]) -> None:
+        self.free = self.free + streams  # behind the others (module docstring)
 
 
 _POOL: contextvars.ContextVar[_StreamPool | None] = contextvars.ContextVar("mambaseg_branch_streams", default=None)
@@ -73,7 +78,8 @@ def parallel_branches(device: torch.device | str, streams: int = 6) -> Iterator[
     device = torch.device(device)
     if device.type != "cuda":
         raise ValueError(f"parallel branches need a CUDA device, got {device}")
-    token = _POOL.set(_StreamPool(device, streams))
+    current = torch.cuda.current_stream(device)
+    token = _POOL.set(_StreamPool(device, distinct_streams(streams, [current], lambda: torch.cuda.Stream(device))))
     try:
         yield
     finally:
