@@ -241,6 +241,12 @@ class DDIM(nn.Module):
         (image_temporal, event_temporal), (image_spatial, event_spatial) = run_branches(
             partial(self.ctim.__call__, image_norm, event_norm), partial(self.csim.__call__, image_norm, event_norm)
         )
-        image = image + conv1x1(self.image_out, torch.cat([image_temporal, image_spatial], dim=1))
-        events = events + conv1x1(self.event_out, torch.cat([event_temporal, event_spatial], dim=1))
-        return image, events
+        return run_branches(
+            partial(self._output, self.image_out, image, image_temporal, image_spatial),
+            partial(self._output, self.event_out, events, event_temporal, event_spatial),
+        )
+
+    @staticmethod
+    def _output(out: nn.Conv2d, a: torch.Tensor, temporal: torch.Tensor, spatial: torch.Tensor) -> torch.Tensor:
+        """f = a + Conv1x1([temporal, spatial]) of one modality."""
+        return a + conv1x1(out, torch.cat([temporal, spatial], dim=1))

@@ -14,6 +14,7 @@ from torch.utils.checkpoint import checkpoint
 from mambaseg_core.models.branches import run_branches
 from mambaseg_core.models.config import ModelConfig
 from mambaseg_core.models.ddim import DDIM
+from mambaseg_core.models.layers import conv1x1
 from mambaseg_core.models.segformer_head import SegFormerHead
 from mambaseg_core.models.ssm import DirectionalSSM
 from mambaseg_core.models.vmamba import VMambaEncoder
@@ -152,21 +153,38 @@ class MambaSeg(nn.Module):
         x_image, x_events = run_branches(
             partial(image_encoder.stem.__call__, image), partial(event_encoder.stem.__call__, events)
         )
+        # Nothing on the way to the next stage waits for a decoder input: F_i is made beside stage i+1's encoders
+        # (a third branch), the last one after the loop.
         decoder_inputs, fusion_outputs = [], []
+        decoder_input: Callable[[], torch.Tensor] | None = None
         for i, fusion in enumerate(self.fusion):
-            (o_image, a_image), (o_events, a_events) = run_branches(
+            stages = (
                 partial(self._encoder_stage, image_encoder, i, x_image),
                 partial(self._encoder_stage, event_encoder, i, x_events),
             )
+            previous = [decoder_input] if decoder_input is not None else []
+            (o_image, a_image), (o_events, a_events), *made = run_branches(*stages, *previous)
+            decoder_inputs.extend(made)
             f_image, f_events = self._run(fusion, a_image, a_events)
             fusion_outputs.append((f_image, f_events))
-            decoder_inputs.append(self.decoder_proj[i](torch.cat([f_image, f_events], dim=1)))
+            decoder_input = partial(self._decoder_input, i, f_image, f_events)
             if i < len(image_encoder.downsamples):
                 x_image, x_events = run_branches(
-                    partial(image_encoder.downsamples[i], o_image + f_image),
-                    partial(event_encoder.downsamples[i], o_events + f_events),
+                    partial(self._next_stage_input, image_encoder, i, o_image, f_image),
+                    partial(self._next_stage_input, event_encoder, i, o_events, f_events),
                 )
+        assert decoder_input is not None
+        decoder_inputs.append(decoder_input())
         return MambaSegFeatures(decoder_inputs, fusion_outputs)
+
+    def _decoder_input(self, i: int, f_image: torch.Tensor, f_events: torch.Tensor) -> torch.Tensor:
+        """F_i = decoder_proj[i](cat[f_I, f_E])."""
+        return conv1x1(self.decoder_proj[i], torch.cat([f_image, f_events], dim=1))
+
+    @staticmethod
+    def _next_stage_input(encoder: VMambaEncoder, i: int, o: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        """x = downsamples[i](o + f), within one branch."""
+        return encoder.downsamples[i](o + f)
 
     def forward(self, *, image: torch.Tensor, events: torch.Tensor, upsample: bool = True) -> torch.Tensor:
         """Logits (B, num_classes, H, W), bilinearly upsampled from 1/4 resolution; with upsample=False the decoder's
