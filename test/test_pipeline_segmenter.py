@@ -321,6 +321,7 @@ def test_cuda_segmenter_matches_cpu(model):
         seg.add_events(events)
     image = make_image(seed=5)
     cpu_inputs, gpu_inputs = cpu.prepare(image, 60_000), gpu.prepare(image, 60_000)
+    assert gpu_inputs.image.is_cuda and gpu_inputs.events.is_cuda  # the network inputs on the Segmenter's device
     voxel_diff = (cpu_inputs.events - gpu_inputs.events.cpu()).abs().max().item()
     print(f"max |voxel cpu - cuda| = {voxel_diff}")
     assert voxel_diff < 1e-4  # float32 sums in another order

@@ -356,10 +356,12 @@ class Segmenter:
         return _ms_since(start)
 
     def prepare(self, image: np.ndarray, stamp_us: int) -> NetworkInputs:
-        """Steps 1-4 of the module docstring: the network inputs for this frame (no skip policy applied)."""
+        """Steps 1-4 of the module docstring: the network inputs for this frame on the Segmenter's device (no skip
+        policy applied)."""
         make_inputs, inputs, events_used = self._stage(image, partial(self.window, stamp_us), {})
         with torch.inference_mode():
-            image_tensor, events = make_inputs(**inputs)
+            # On a GPU the staged inputs are the packed host bytes the engine would upload: convert on the device.
+            image_tensor, events = make_inputs(**{name: v.to(self.device) for name, v in inputs.items()})
         return NetworkInputs(image_tensor, events, events_used)
 
     def _network_view(self, image: np.ndarray) -> np.ndarray:
