@@ -72,6 +72,46 @@ def test_pixel_stats_fill_two_planes_of_a_strided_output(triton_device, dtype, l
     assert stats[:, [0, 3]].isnan().all()  # nothing written outside the two planes
 
 
+def spatial_gate_convs(units: int, device: str, dtype: torch.dtype) -> tuple[nn.Conv2d, nn.Conv2d]:
+    """The joint spatial gate's 1x1 projections 4 -> units -> 2 with biases, scaled to give logits of order 1."""
+    torch.manual_seed(3)
+    hidden, out = nn.Conv2d(4, units, 1), nn.Conv2d(units, 2, 1)
+    with torch.no_grad():
+        for conv, fan_in in ((hidden, 4), (out, units)):
+            conv.weight.normal_(0, fan_in**-0.5)
+            conv.bias.normal_(0, 0.1)
+    return hidden.to(device, dtype), out.to(device, dtype)
+
+
+@pytest.mark.parametrize(("dtype", "out_dtype"), [(torch.float32, torch.float32), (torch.float32, torch.bfloat16)])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "cropped"])
+@pytest.mark.parametrize(("channels", "height", "width"), [(96, 9, 11), (3, 20, 9), (200, 3, 5)])
+@torch.no_grad()
+def test_joint_spatial_gate(triton_device, dtype, out_dtype, layout, channels, height, width):
+    torch.manual_seed(4)
+    field = torch.randn(2, 1, height, width, device=triton_device) * 2  # per-pixel offsets: statistics that vary
+    image = as_layout((torch.randn(2, channels, height, width, device=triton_device) + field).to(dtype), layout)
+    events = as_layout((torch.randn(2, channels, height, width, device=triton_device) - field).to(dtype), "nchw")
+    hidden, out = spatial_gate_convs(16, triton_device, dtype)
+    reference = [copy.deepcopy(conv).double() for conv in (hidden, out)]
+    expected = gates.joint_spatial_gate_reference(image.double(), events.double(), *reference, torch.float64)
+    gated = gates.joint_spatial_gate(image, events, hidden, out, out_dtype)
+    for actual, wanted in zip(gated, expected, strict=True):
+        assert actual.shape == image.shape and actual.dtype == out_dtype
+        torch.testing.assert_close(actual.double(), wanted, **tolerance(out_dtype))
+    maps = [g.double() / x.double() for g, x in zip(expected, (image, events), strict=True)]
+    assert all(float(m[m.isfinite()].std()) > 0.02 for m in maps)  # gates that vary over the pixels
+
+
+def test_joint_spatial_gate_refuses_other_projections_and_shapes():
+    image = torch.randn(1, 8, 4, 4)
+    hidden, out = spatial_gate_convs(16, "cpu", torch.float32)
+    with pytest.raises(ValueError, match="4 -> units -> 2"):
+        gates.joint_spatial_gate(image, image, nn.Conv2d(3, 16, 1), out, torch.float32)
+    with pytest.raises(ValueError, match="one shape"):
+        gates.joint_spatial_gate(image, image[:, :4], hidden, out, torch.float32)
+
+
 def test_mismatched_projections_are_refused():
     x = torch.randn(1, 8, 4, 4)
     reduce, expand = convs(8, 2, "cpu")

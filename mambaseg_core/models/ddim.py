@@ -20,7 +20,7 @@ from mambaseg_core.models.ssm import DirectionalSSM
 from mambaseg_core.models.vmamba import SS2D, resolve_dt_rank
 from mambaseg_core.ops import cross_scan as scan_order
 from mambaseg_core.ops import fused_cross_scan
-from mambaseg_core.ops.attention_gates import channel_gate, pixel_stats
+from mambaseg_core.ops.attention_gates import channel_gate, joint_spatial_gate, pixel_stats
 
 
 class CrossChannelGate(nn.Module):
@@ -61,10 +61,12 @@ class SpatialAttention(nn.Module):
 
 
 class JointSpatialGate(nn.Module):
-    """Two spatial gates from both modalities' channel statistics: (B, C, H, W) x 2 -> (B, 1, H, W) x 2.
+    """Both modalities gated by two spatial maps from both modalities' channel statistics:
+    (B, C, H, W) x 2 -> (B, C, H, W) x 2.
 
-    m = sigma(Conv1x1(16->2)(ReLU(Conv1x1(4->16)([mean n_I, max n_I, mean n_E, max n_E])))).
-    Official naming swap: map 0 is called "att_img" there but gates the events; map 1 gates the image.
+    m = sigma(Conv1x1(16->2)(ReLU(Conv1x1(4->16)([mean n_I, max n_I, mean n_E, max n_E])))), then (n_I * m_1,
+    n_E * m_0). Official naming swap: map 0 is called "att_img" there but gates the events; map 1 gates the image.
+    One Triton kernel in CUDA inference (ops/attention_gates.joint_spatial_gate).
     """
 
     def __init__(self, hidden: int = 16):
@@ -72,14 +74,11 @@ class JointSpatialGate(nn.Module):
         self.hidden = nn.Conv2d(4, hidden, 1)
         self.out = nn.Conv2d(hidden, 2, 1)
 
-    def forward(self, image: torch.Tensor, events: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (gate applied to the image, gate applied to the events)."""
-        batch, _, height, width = image.shape
-        stats = image.new_empty(batch, 4, height, width, dtype=torch.promote_types(image.dtype, events.dtype))
-        pixel_stats(image, stats[:, 0:2])
-        pixel_stats(events, stats[:, 2:4])
-        maps = torch.sigmoid(self.out(torch.relu(self.hidden(stats))))
-        return maps[:, 1:2], maps[:, 0:1]
+    def forward(
+        self, image: torch.Tensor, events: torch.Tensor, out_dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(gated image, gated events) in out_dtype (the projections' dtype: their paths then need no cast)."""
+        return joint_spatial_gate(image, events, self.hidden, self.out, out_dtype)
 
 
 class TSSM(nn.Module):
@@ -201,9 +200,7 @@ class CSIM(_TwoPaths):
         self.event_attention = SpatialAttention()
 
     def forward(self, image: torch.Tensor, events: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        image_gate, event_gate = self.spatial_gate(image, events)
-        image, events = image * image_gate, events * event_gate
-        return self._run_paths(image, events)
+        return self._run_paths(*self.spatial_gate(image, events, projection_dtype(image)))
 
 
 class DDIM(nn.Module):

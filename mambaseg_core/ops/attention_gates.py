@@ -9,9 +9,13 @@
   is computed as W2 (relu(a) + relu(b)), the same sum in another rounding order. PyTorch takes about ten kernels,
   its spatial reductions of a channels-last map 10-20 µs each on an H100 at the model's sizes.
 - `pixel_stats`: the mean and the max over the channels of every pixel, written as two planes of a caller's
-  tensor (CBAM spatial attention and the joint spatial gate concatenate these before their convolution): one
-  kernel for the two reductions and the concatenation.
-Elsewhere (CPU, autograd, torch.compile) `channel_gate_reference` and `pixel_stats_reference` run.
+  tensor (CBAM spatial attention concatenates these before its convolution): one kernel for the two reductions and
+  the concatenation.
+- `joint_spatial_gate`: CSIM's joint spatial gate applied to both modalities, in the dtype of the projections that
+  follow: one kernel for what PyTorch runs as about ten (two pixel_stats, the two 1x1 convolutions with their ReLU
+  and sigmoid, the two products and two casts), all of them in series ahead of CSIM's paths. A program reads its
+  pixels' channels twice, for the statistics and for the products (the second read hits the cache).
+Elsewhere (CPU, autograd, torch.compile) the `*_reference` forms run.
 """
 
 from __future__ import annotations
@@ -47,6 +51,20 @@ def pixel_stats_reference(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     out[:, 0:1] = x.mean(dim=1, keepdim=True)
     out[:, 1:2] = x.amax(dim=1, keepdim=True)
     return out
+
+
+def joint_spatial_gate_reference(
+    image: torch.Tensor, events: torch.Tensor, hidden: nn.Conv2d, out: nn.Conv2d, out_dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image * m1, events * m0) in out_dtype for m = sigmoid(out(relu(hidden([mean_c image, max_c image, mean_c
+    events, max_c events])))), (B, 2, H, W): the official naming swap, map 0 gates the events (modules called as
+    modules, for mambaseg-info's MAC count)."""
+    batch, _, height, width = image.shape
+    stats = image.new_empty(batch, 4, height, width, dtype=torch.promote_types(image.dtype, events.dtype))
+    pixel_stats_reference(image, stats[:, 0:2])
+    pixel_stats_reference(events, stats[:, 2:4])
+    maps = torch.sigmoid(out(torch.relu(hidden(stats))))
+    return (image * maps[:, 1:2]).to(out_dtype), (events * maps[:, 0:1]).to(out_dtype)
 
 
 if triton is not None:
@@ -145,6 +163,63 @@ if triton is not None:
         tl.store(out, (total / C).to(out_ptr.dtype.element_ty), mask=pixels < HW)
         tl.store(out + o_sc, largest.to(out_ptr.dtype.element_ty), mask=pixels < HW)
 
+    @triton.jit
+    def _channel_stats(x_at, channels_stride, inside, C, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+        """Mean and max over the C channels of BLOCK_P pixels (x_at: their channel-0 addresses), float32."""
+        total = tl.zeros([BLOCK_P], dtype=tl.float32)
+        largest = tl.full([BLOCK_P], float("-inf"), dtype=tl.float32)
+        for c0 in range(0, C, BLOCK_C):
+            channels = c0 + tl.arange(0, BLOCK_C)
+            mask = inside[:, None] & (channels[None, :] < C)
+            x = tl.load(x_at[:, None] + channels[None, :] * channels_stride, mask=mask, other=0.0).to(tl.float32)
+            total += tl.sum(x, axis=1)
+            largest = tl.maximum(largest, tl.max(tl.where(mask, x, float("-inf")), axis=1))
+        return total / C, largest
+
+    @triton.jit
+    def _scale_channels(x_at, channels_stride, gate, out_ptr, out_offsets, inside, C, BLOCK_C: tl.constexpr):
+        """out[pixel, c] = x[pixel, c] * gate[pixel] for the C channels, stored at out_ptr + out_offsets[pixel] + c
+        in out's dtype."""
+        for c0 in range(0, C, BLOCK_C):
+            channels = c0 + tl.arange(0, BLOCK_C)
+            mask = inside[:, None] & (channels[None, :] < C)
+            x = tl.load(x_at[:, None] + channels[None, :] * channels_stride, mask=mask, other=0.0).to(tl.float32)
+            y = (x * gate[:, None]).to(out_ptr.dtype.element_ty)
+            tl.store(out_ptr + out_offsets[:, None] + channels[None, :], y, mask=mask)
+
+    @triton.jit
+    def _joint_spatial_gate_kernel(
+        img_ptr, ev_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, img_out_ptr, ev_out_ptr, C, W, HW,
+        i_sb, i_sc, i_sh, i_sw, e_sb, e_sc, e_sh, e_sw,
+        HIDDEN: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+    ):  # fmt: skip
+        # One program: BLOCK_P pixels of one image. Channel statistics of both modalities, the gate's two 1x1
+        # projections per pixel (4 -> HIDDEN -> 2, unrolled over the hidden units), then both products.
+        batch = tl.program_id(1).to(tl.int64)
+        pixels = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+        inside = pixels < HW
+        h, w = pixels // W, pixels % W
+        img_at = img_ptr + batch * i_sb + h * i_sh + w * i_sw
+        ev_at = ev_ptr + batch * e_sb + h * e_sh + w * e_sw
+        img_mean, img_max = _channel_stats(img_at, i_sc, inside, C, BLOCK_C, BLOCK_P)
+        ev_mean, ev_max = _channel_stats(ev_at, e_sc, inside, C, BLOCK_C, BLOCK_P)
+        img_max, ev_max = tl.where(inside, img_max, 0.0), tl.where(inside, ev_max, 0.0)  # no -inf in padding
+        to_events = tl.zeros([BLOCK_P], dtype=tl.float32) + tl.load(b2_ptr).to(tl.float32)
+        to_image = tl.zeros([BLOCK_P], dtype=tl.float32) + tl.load(b2_ptr + 1).to(tl.float32)
+        for j in tl.static_range(HIDDEN):
+            unit = tl.load(b1_ptr + j).to(tl.float32) + tl.load(w1_ptr + 4 * j).to(tl.float32) * img_mean
+            unit += tl.load(w1_ptr + 4 * j + 1).to(tl.float32) * img_max
+            unit += tl.load(w1_ptr + 4 * j + 2).to(tl.float32) * ev_mean
+            unit += tl.load(w1_ptr + 4 * j + 3).to(tl.float32) * ev_max
+            unit = tl.maximum(unit, 0.0)
+            to_events += tl.load(w2_ptr + j).to(tl.float32) * unit
+            to_image += tl.load(w2_ptr + HIDDEN + j).to(tl.float32) * unit
+        image_gate = 1.0 / (1.0 + tl.exp(-to_image))
+        events_gate = 1.0 / (1.0 + tl.exp(-to_events))
+        out = batch * HW * C + pixels * C
+        _scale_channels(img_at, i_sc, image_gate, img_out_ptr, out, inside, C, BLOCK_C)
+        _scale_channels(ev_at, e_sc, events_gate, ev_out_ptr, out, inside, C, BLOCK_C)
+
 
 def channel_gate(x: torch.Tensor, reduce: nn.Conv2d, expand: nn.Conv2d, with_max: bool) -> torch.Tensor:
     """(B, C, H, W) -> (B, C, 1, 1) in x's dtype: channel_gate_reference, by the kernels where they apply."""
@@ -208,4 +283,37 @@ def pixel_stats(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     return out
 
 
-__all__ = ["channel_gate", "channel_gate_reference", "pixel_stats", "pixel_stats_reference"]
+def joint_spatial_gate(
+    image: torch.Tensor, events: torch.Tensor, hidden: nn.Conv2d, out: nn.Conv2d, out_dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """joint_spatial_gate_reference (hidden: 1x1 4 -> units, out: 1x1 units -> 2, both with bias), by one kernel where
+    it applies; the kernel's results are channels-last."""
+    units = hidden.weight.shape[0]
+    if hidden.weight.shape != (units, 4, 1, 1) or out.weight.shape != (2, units, 1, 1):
+        raise ValueError(f"joint_spatial_gate needs 1x1 convolutions 4 -> units -> 2: {hidden} {out}")
+    if image.shape != events.shape:
+        raise ValueError(f"image and events must have one shape, got {tuple(image.shape)} and {tuple(events.shape)}")
+    weights = (hidden.weight, hidden.bias, out.weight, out.bias)
+    if any(w is None for w in weights) or not kernels_apply(image, events, *weights):
+        return joint_spatial_gate_reference(image, events, hidden, out, out_dtype)
+    batch, channels, height, width = image.shape
+    pixels = height * width
+    gated = [torch.empty(image.shape, dtype=out_dtype, device=image.device, memory_format=torch.channels_last)]
+    gated.append(torch.empty_like(gated[0]))
+    block_p = min(64, max(16, power_of_two_at_least(triton.cdiv(pixels * batch, POOL_PROGRAMS))))
+    block_c = min(power_of_two_at_least(channels), TILE_ELEMENTS // block_p, 128)
+    _joint_spatial_gate_kernel[(triton.cdiv(pixels, block_p), batch)](
+        image, events, *(w.contiguous() for w in weights), *gated, channels, width, pixels,
+        *image.stride(), *events.stride(), HIDDEN=units, BLOCK_C=block_c, BLOCK_P=block_p, num_warps=4,
+    )  # fmt: skip
+    return gated[0], gated[1]
+
+
+__all__ = [
+    "channel_gate",
+    "channel_gate_reference",
+    "joint_spatial_gate",
+    "joint_spatial_gate_reference",
+    "pixel_stats",
+    "pixel_stats_reference",
+]
