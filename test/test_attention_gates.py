@@ -72,6 +72,37 @@ def test_pixel_stats_fill_two_planes_of_a_strided_output(triton_device, dtype, l
     assert stats[:, [0, 3]].isnan().all()  # nothing written outside the two planes
 
 
+@pytest.mark.parametrize(("dtype", "out_dtype"), [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16)])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize(("channels", "height", "width"), [(96, 9, 11), (7, 40, 50), (70, 3, 2)])
+@torch.no_grad()
+def test_swapped_channel_gates(triton_device, dtype, out_dtype, layout, channels, height, width):
+    torch.manual_seed(5)
+    offsets = torch.randn(2, 1, channels, 1, 1, device=triton_device) * 2  # per modality and channel
+    image, events = (
+        as_layout((torch.randn(2, channels, height, width, device=triton_device) + offsets[k]).to(dtype), layout)
+        for k in range(2)
+    )
+    reduce, expand = convs(channels, max(1, channels // 4), triton_device, dtype)
+    reference = [copy.deepcopy(conv).double() for conv in (reduce, expand)]
+    expected = gates.swapped_channel_gates_reference(image.double(), events.double(), *reference, torch.float64)
+    gated = gates.swapped_channel_gates(image, events, reduce, expand, out_dtype)
+    for actual, wanted in zip(gated, expected, strict=True):
+        assert actual.shape == image.shape and actual.dtype == out_dtype
+        torch.testing.assert_close(actual.double(), wanted, **tolerance(out_dtype))
+    unswapped = image.double() * gates.channel_gate_reference(events.double(), *reference, with_max=False)
+    assert (unswapped - expected[0]).abs().max() > 0.1  # the swap changes the result: a missed swap shows
+
+
+def test_swapped_channel_gates_refuse_other_shapes():
+    image = torch.randn(1, 8, 4, 4)
+    reduce, expand = convs(8, 2, "cpu")
+    with pytest.raises(ValueError, match="one shape"):
+        gates.swapped_channel_gates(image, image[:, :, :2], reduce, expand, torch.float32)
+    with pytest.raises(ValueError, match="bias-free 1x1 convolutions 8 -> hidden -> 8"):
+        gates.swapped_channel_gates(image, image, expand, reduce, torch.float32)
+
+
 def spatial_gate_convs(units: int, device: str, dtype: torch.dtype) -> tuple[nn.Conv2d, nn.Conv2d]:
     """The joint spatial gate's 1x1 projections 4 -> units -> 2 with biases, scaled to give logits of order 1."""
     torch.manual_seed(3)

@@ -20,19 +20,24 @@ from mambaseg_core.models.ssm import DirectionalSSM
 from mambaseg_core.models.vmamba import SS2D, resolve_dt_rank
 from mambaseg_core.ops import cross_scan as scan_order
 from mambaseg_core.ops import fused_cross_scan
-from mambaseg_core.ops.attention_gates import channel_gate, joint_spatial_gate, pixel_stats
+from mambaseg_core.ops.attention_gates import channel_gate, joint_spatial_gate, pixel_stats, swapped_channel_gates
 
 
 class CrossChannelGate(nn.Module):
-    """Squeeze-excitation gate sigma(W2 ReLU(W1 GAP(z))): (B, C, H, W) -> (B, C, 1, 1); reduction 4, no biases."""
+    """CTIM's front: odd channels exchanged between the modalities, then each modality gated by the squeeze-excitation
+    gate sigma(W2 ReLU(W1 GAP(.))) of the other (one gate, shared): (B, C, H, W) x 2 -> (B, C, H, W) x 2; reduction
+    4, no biases. Four Triton kernels in CUDA inference (ops/attention_gates.swapped_channel_gates)."""
 
     def __init__(self, dim: int, reduction: int = 4):
         super().__init__()
         self.reduce = nn.Conv2d(dim, dim // reduction, 1, bias=False)
         self.expand = nn.Conv2d(dim // reduction, dim, 1, bias=False)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return channel_gate(z, self.reduce, self.expand, with_max=False)
+    def forward(
+        self, image: torch.Tensor, events: torch.Tensor, out_dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(gated image, gated events) in out_dtype (the projections' dtype: their paths then need no cast)."""
+        return swapped_channel_gates(image, events, self.reduce, self.expand, out_dtype)
 
 
 class ChannelAttention(nn.Module):
@@ -171,17 +176,8 @@ class CTIM(_TwoPaths):
         self.image_attention = ChannelAttention(dim)
         self.event_attention = ChannelAttention(dim)
 
-    @staticmethod
-    def swap_odd_channels(image: torch.Tensor, events: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Exchange channels 1, 3, 5, ... between the modalities; even channels stay put."""
-        odd = (torch.arange(image.shape[1], device=image.device) % 2 == 1).view(1, -1, 1, 1)
-        return torch.where(odd, events, image), torch.where(odd, image, events)
-
     def forward(self, image: torch.Tensor, events: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        image, events = self.swap_odd_channels(image, events)
-        # One gate shared by both modalities, each gated by the other's statistics.
-        image, events = image * self.channel_gate(events), events * self.channel_gate(image)
-        return self._run_paths(image, events)
+        return self._run_paths(*self.channel_gate(image, events, projection_dtype(image)))
 
 
 class CSIM(_TwoPaths):

@@ -11,6 +11,10 @@
 - `pixel_stats`: the mean and the max over the channels of every pixel, written as two planes of a caller's
   tensor (CBAM spatial attention concatenates these before its convolution): one kernel for the two reductions and
   the concatenation.
+- `swapped_channel_gates`: CTIM's front: the odd channels exchanged between the modalities, each gated by the
+  squeeze-excitation gate of the other, in the projections' dtype. Four kernels (the pooling of both swapped maps
+  in one launch, reading each channel from the modality it comes from; the gate's two projections for both; the
+  products), where PyTorch ran about twelve in series ahead of CTIM's paths.
 - `joint_spatial_gate`: CSIM's joint spatial gate applied to both modalities, in the dtype of the projections that
   follow: one kernel for what PyTorch runs as about ten (two pixel_stats, the two 1x1 convolutions with their ReLU
   and sigmoid, the two products and two casts), all of them in series ahead of CSIM's paths. A program reads its
@@ -53,6 +57,23 @@ def pixel_stats_reference(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def swap_odd_channels(image: torch.Tensor, events: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exchange channels 1, 3, 5, ... between the modalities; even channels stay put."""
+    odd = (torch.arange(image.shape[1], device=image.device) % 2 == 1).view(1, -1, 1, 1)
+    return torch.where(odd, events, image), torch.where(odd, image, events)
+
+
+def swapped_channel_gates_reference(
+    image: torch.Tensor, events: torch.Tensor, reduce: nn.Conv2d, expand: nn.Conv2d, out_dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(i * g(e), e * g(i)) in out_dtype, (i, e) = swap_odd_channels(image, events), g the squeeze-excitation gate
+    channel_gate_reference(., reduce, expand, with_max=False)."""
+    image, events = swap_odd_channels(image, events)
+    image_gate = channel_gate_reference(events, reduce, expand, with_max=False)
+    events_gate = channel_gate_reference(image, reduce, expand, with_max=False)
+    return (image * image_gate).to(out_dtype), (events * events_gate).to(out_dtype)
+
+
 def joint_spatial_gate_reference(
     image: torch.Tensor, events: torch.Tensor, hidden: nn.Conv2d, out: nn.Conv2d, out_dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,13 +92,26 @@ if triton is not None:
     import triton.language as tl
 
     @triton.jit
+    def _load_swapped(x_ptr, y_ptr, address, channels, mask, SWAPPED: tl.constexpr):
+        """x at `address`, or (SWAPPED) x for the even channels and y, laid out like x, for the odd ones."""
+        if SWAPPED:
+            odd = (channels % 2 == 1)[None, :]
+            even_values = tl.load(x_ptr + address, mask=mask & ~odd, other=0.0)
+            return tl.where(odd, tl.load(y_ptr + address, mask=mask & odd, other=0.0), even_values).to(tl.float32)
+        return tl.load(x_ptr + address, mask=mask, other=0.0).to(tl.float32)
+
+    @triton.jit
     def _pool_partials_kernel(
-        x_ptr, part_ptr, C, W, HW, PIXELS, x_sb, x_sc, x_sh, x_sw,
-        BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+        x_ptr, y_ptr, part_ptr, C, W, HW, PIXELS, IMAGES, x_sb, x_sc, x_sh, x_sw,
+        SWAPPED: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
     ):  # fmt: skip
         # One program: BLOCK_C channels of PIXELS consecutive pixels of one image -> their sum and max, stored at
-        # part[batch, slice, 0 / 1, channel] (float32).
-        batch = tl.program_id(2).to(tl.int64)
+        # part[image, slice, 0 / 1, channel] (float32). SWAPPED: images [0, IMAGES) are x with its odd channels
+        # taken from y, images [IMAGES, 2 IMAGES) are y with its odd channels taken from x.
+        image = tl.program_id(2).to(tl.int64)
+        first, second = x_ptr, y_ptr
+        if image >= IMAGES:  # only SWAPPED launches 2 IMAGES programs
+            first, second = y_ptr, x_ptr
         piece = tl.program_id(1)
         channels = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
         total = tl.zeros([BLOCK_C], dtype=tl.float32)
@@ -87,12 +121,12 @@ if triton is not None:
             pixels = start + offset + tl.arange(0, BLOCK_P)
             mask = (pixels[:, None] < tl.minimum(start + PIXELS, HW)) & (channels[None, :] < C)
             h, w = pixels // W, pixels % W
-            address = batch * x_sb + channels[None, :] * x_sc + h[:, None] * x_sh + w[:, None] * x_sw
-            x = tl.load(x_ptr + address, mask=mask, other=0.0).to(tl.float32)
+            address = (image % IMAGES) * x_sb + channels[None, :] * x_sc + h[:, None] * x_sh + w[:, None] * x_sw
+            x = _load_swapped(first, second, address, channels, mask, SWAPPED)
             total += tl.sum(x, axis=0)
             largest = tl.maximum(largest, tl.max(tl.where(mask, x, float("-inf")), axis=0))
         pieces = tl.num_programs(1)
-        out = part_ptr + ((batch * pieces + piece) * 2) * C + channels
+        out = part_ptr + ((image * pieces + piece) * 2) * C + channels
         tl.store(out, total, mask=channels < C)
         tl.store(out + C, largest, mask=channels < C)
 
@@ -164,6 +198,29 @@ if triton is not None:
         tl.store(out + o_sc, largest.to(out_ptr.dtype.element_ty), mask=pixels < HW)
 
     @triton.jit
+    def _swapped_scale_kernel(
+        x_ptr, y_ptr, gate_ptr, out_ptr, C, W, HW, IMAGES, x_sb, x_sc, x_sh, x_sw,
+        BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+    ):  # fmt: skip
+        # One program: BLOCK_P pixels x BLOCK_C channels of one swapped image (as in _pool_partials_kernel) times
+        # the gate of the other one, gate[(image + IMAGES) % (2 IMAGES), channel], stored channels-last at
+        # out[image] in out's dtype.
+        image = tl.program_id(2).to(tl.int64)
+        first, second = x_ptr, y_ptr
+        if image >= IMAGES:
+            first, second = y_ptr, x_ptr
+        pixels = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+        channels = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+        mask = (pixels[:, None] < HW) & (channels[None, :] < C)
+        h, w = pixels // W, pixels % W
+        address = (image % IMAGES) * x_sb + channels[None, :] * x_sc + h[:, None] * x_sh + w[:, None] * x_sw
+        x = _load_swapped(first, second, address, channels, mask, True)
+        other = (image + IMAGES) % (2 * IMAGES)
+        gate = tl.load(gate_ptr + other * C + channels, mask=channels < C, other=0.0).to(tl.float32)
+        y = (x * gate[None, :]).to(out_ptr.dtype.element_ty)
+        tl.store(out_ptr + (image * HW + pixels[:, None]) * C + channels[None, :], y, mask=mask)
+
+    @triton.jit
     def _channel_stats(x_at, channels_stride, inside, C, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
         """Mean and max over the C channels of BLOCK_P pixels (x_at: their channel-0 addresses), float32."""
         total = tl.zeros([BLOCK_P], dtype=tl.float32)
@@ -221,48 +278,85 @@ if triton is not None:
         _scale_channels(ev_at, e_sc, events_gate, ev_out_ptr, out, inside, C, BLOCK_C)
 
 
-def channel_gate(x: torch.Tensor, reduce: nn.Conv2d, expand: nn.Conv2d, with_max: bool) -> torch.Tensor:
-    """(B, C, H, W) -> (B, C, 1, 1) in x's dtype: channel_gate_reference, by the kernels where they apply."""
-    reduce_weight, expand_weight = reduce.weight, expand.weight
-    batch, channels, height, width = x.shape
-    hidden = reduce_weight.shape[0]
+def _check_gate_projections(channels: int, reduce: nn.Conv2d, expand: nn.Conv2d) -> None:
+    hidden = reduce.weight.shape[0]
     if (
-        reduce_weight.shape != (hidden, channels, 1, 1)
-        or expand_weight.shape != (channels, hidden, 1, 1)
+        reduce.weight.shape != (hidden, channels, 1, 1)
+        or expand.weight.shape != (channels, hidden, 1, 1)
         or reduce.bias is not None
         or expand.bias is not None
     ):
         raise ValueError(
             f"channel_gate needs bias-free 1x1 convolutions {channels} -> hidden -> {channels}: {reduce} {expand}"
         )
-    if not kernels_apply(x, reduce_weight, expand_weight):
-        return channel_gate_reference(x, reduce, expand, with_max)
+
+
+def _gates(
+    x: torch.Tensor, y: torch.Tensor | None, reduce: nn.Conv2d, expand: nn.Conv2d, with_max: bool, dtype: torch.dtype
+) -> torch.Tensor:
+    """The kernels' channel gates (images, C) of x, or (y given: x and y swapped, as swapped_channel_gates) of the
+    2B swapped images: pooling partials, the hidden units, the gates."""
+    batch, channels, height, width = x.shape
+    images = batch if y is None else 2 * batch
     pixels = height * width
     block_c = min(64, power_of_two_at_least(channels))
     channel_blocks = triton.cdiv(channels, block_c)
     pieces = max(1, min(triton.cdiv(POOL_PROGRAMS, channel_blocks), pixels // MIN_PIXELS))
     per_piece = triton.cdiv(pixels, pieces)
     pieces = triton.cdiv(pixels, per_piece)
-    partials = torch.empty(batch, pieces, 2, channels, dtype=torch.float32, device=x.device)
-    _pool_partials_kernel[(channel_blocks, pieces, batch)](
-        x, partials, channels, width, pixels, per_piece, *x.stride(),
-        BLOCK_C=block_c, BLOCK_P=min(64, power_of_two_at_least(per_piece)), num_warps=4,
+    partials = torch.empty(images, pieces, 2, channels, dtype=torch.float32, device=x.device)
+    _pool_partials_kernel[(channel_blocks, pieces, images)](
+        x, x if y is None else y, partials, channels, width, pixels, per_piece, batch, *x.stride(),
+        SWAPPED=y is not None, BLOCK_C=block_c, BLOCK_P=min(64, power_of_two_at_least(per_piece)), num_warps=4,
     )  # fmt: skip
+    hidden = reduce.weight.shape[0]
     block_pieces = power_of_two_at_least(pieces)
-    hidden_units = torch.empty(batch, hidden, dtype=torch.float32, device=x.device)
-    _gate_hidden_kernel[(triton.cdiv(hidden, GATE_UNITS), batch)](
-        partials, reduce_weight.contiguous(), hidden_units, channels, hidden, pixels, pieces, WITH_MAX=with_max,
+    hidden_units = torch.empty(images, hidden, dtype=torch.float32, device=x.device)
+    _gate_hidden_kernel[(triton.cdiv(hidden, GATE_UNITS), images)](
+        partials, reduce.weight.contiguous(), hidden_units, channels, hidden, pixels, pieces, WITH_MAX=with_max,
         BLOCK_C=max(16, min(64, TILE_ELEMENTS // block_pieces)), BLOCK_H=GATE_UNITS, BLOCK_PIECES=block_pieces,
         num_warps=4,
     )  # fmt: skip
-    gate = torch.empty(batch, channels, 1, 1, dtype=x.dtype, device=x.device)
+    gate = torch.empty(images, channels, dtype=dtype, device=x.device)
     block_h = power_of_two_at_least(hidden)
     block_c = max(1, min(64, TILE_ELEMENTS // block_h))
-    _gate_expand_kernel[(triton.cdiv(channels, block_c), batch)](
-        hidden_units, expand_weight.contiguous(), gate, channels, hidden, BLOCK_C=block_c, BLOCK_H=block_h,
+    _gate_expand_kernel[(triton.cdiv(channels, block_c), images)](
+        hidden_units, expand.weight.contiguous(), gate, channels, hidden, BLOCK_C=block_c, BLOCK_H=block_h,
         num_warps=4,
     )  # fmt: skip
     return gate
+
+
+def channel_gate(x: torch.Tensor, reduce: nn.Conv2d, expand: nn.Conv2d, with_max: bool) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, 1, 1) in x's dtype: channel_gate_reference, by the kernels where they apply."""
+    _check_gate_projections(x.shape[1], reduce, expand)
+    if not kernels_apply(x, reduce.weight, expand.weight):
+        return channel_gate_reference(x, reduce, expand, with_max)
+    return _gates(x, None, reduce, expand, with_max, x.dtype)[:, :, None, None]
+
+
+def swapped_channel_gates(
+    image: torch.Tensor, events: torch.Tensor, reduce: nn.Conv2d, expand: nn.Conv2d, out_dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """swapped_channel_gates_reference, by four kernels where they apply (image and events of one shape and one
+    layout); the kernels' results are channels-last."""
+    if image.shape != events.shape:
+        raise ValueError(f"image and events must have one shape, got {tuple(image.shape)} and {tuple(events.shape)}")
+    _check_gate_projections(image.shape[1], reduce, expand)
+    if image.stride() != events.stride() or not kernels_apply(image, events, reduce.weight, expand.weight):
+        return swapped_channel_gates_reference(image, events, reduce, expand, out_dtype)
+    batch, channels, height, width = image.shape
+    gates = _gates(image, events, reduce, expand, False, torch.float32)  # (2B, C): swapped image's, then events'
+    out = torch.empty(2 * batch, channels, height, width, dtype=out_dtype, device=image.device)
+    out = out.contiguous(memory_format=torch.channels_last)
+    block_p = min(64, power_of_two_at_least(height * width))
+    block_c = min(power_of_two_at_least(channels), TILE_ELEMENTS // block_p)
+    grid = (triton.cdiv(height * width, block_p), triton.cdiv(channels, block_c), 2 * batch)
+    _swapped_scale_kernel[grid](
+        image, events, gates, out, channels, width, height * width, batch, *image.stride(),
+        BLOCK_C=block_c, BLOCK_P=block_p, num_warps=4,
+    )  # fmt: skip
+    return out[:batch], out[batch:]
 
 
 def pixel_stats(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
@@ -316,4 +410,7 @@ __all__ = [
     "joint_spatial_gate_reference",
     "pixel_stats",
     "pixel_stats_reference",
+    "swap_odd_channels",
+    "swapped_channel_gates",
+    "swapped_channel_gates_reference",
 ]
