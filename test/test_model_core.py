@@ -17,7 +17,7 @@ from mambaseg_core.models import (
     load_vmamba_pretrained,
     save_checkpoint,
 )
-from mambaseg_core.models.layers import Linear2d, ProjectionLayout, conv1x1
+from mambaseg_core.models.layers import Linear2d, ProjectionLayout, conv1x1, project_and_add
 from mambaseg_core.models.official import ENCODER_KEYS
 from mambaseg_core.models.ssm import DirectionalSSM
 
@@ -304,6 +304,29 @@ def test_conv1x1_equals_the_convolution(device: str, bias: bool):
     assert channels_last.is_contiguous(memory_format=torch.channels_last)
     with pytest.raises(ValueError, match="1x1 convolution"):
         conv1x1(torch.nn.Conv2d(6, 5, 3, padding=1), x)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_project_and_add_equals_the_projection_plus_the_residual(device: str):
+    """On CUDA, channels-last x and residual take one GEMM that adds the residual; elsewhere the module runs, then
+    the sum. Either way the result is residual + projection(x), channels-last for channels-last inputs."""
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU: the addmm path runs on CUDA tensors")
+    torch.manual_seed(0)
+    layer = Linear2d(6, 5, bias=False).to(device)
+    x = torch.randn(2, 6, 4, 7, device=device).contiguous(memory_format=torch.channels_last)
+    residual = torch.randn(2, 5, 4, 7, device=device).contiguous(memory_format=torch.channels_last)
+    calls = []
+    handle = layer.register_forward_hook(lambda *_: calls.append(1))
+    with torch.no_grad():
+        expected = torch.einsum("oc,bchw->bohw", layer.weight, x) + residual
+        y = project_and_add(layer, layer.weight, x, residual)
+        y_nchw = project_and_add(layer, layer.weight, x.contiguous(), residual.contiguous())
+    handle.remove()
+    torch.testing.assert_close(y, expected, rtol=1e-4, atol=1e-4)  # TF32 on the GPU
+    torch.testing.assert_close(y_nchw, expected, rtol=1e-4, atol=1e-4)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert len(calls) == (1 if device == "cuda" else 2)  # the module runs except on the GPU's GEMM path
 
 
 class _CpuTunedLayout(ProjectionLayout):

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from mambaseg_core.models.branches import run_branches
-from mambaseg_core.models.layers import LayerNorm2d, conv1x1, per_pixel_linear, projection_dtype
+from mambaseg_core.models.layers import LayerNorm2d, conv1x1, per_pixel_linear, project_and_add, projection_dtype
 from mambaseg_core.models.ssm import DirectionalSSM
 from mambaseg_core.models.vmamba import SS2D, resolve_dt_rank
 from mambaseg_core.ops import cross_scan as scan_order
@@ -119,7 +119,8 @@ class TSSM(nn.Module):
         self.out_norm = LayerNorm2d(inner)
         self.out_proj = nn.Linear(inner, dim, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """TSSM(x), plus `residual` if given (added by the output projection's GEMM in CUDA inference)."""
         height, width = x.shape[-2:]
         if height * width != self.tokens:
             raise ValueError(
@@ -130,7 +131,8 @@ class TSSM(nn.Module):
         y = fused_cross_scan.channel_merge_norm(
             ys, height, width, self.channel_merge, self.out_norm, projection_dtype(x)
         )
-        return per_pixel_linear(self.out_proj, y)
+        project = partial(per_pixel_linear, self.out_proj)
+        return project(y) if residual is None else project_and_add(project, self.out_proj.weight, y, residual)
 
 
 class _TwoPaths(nn.Module):
@@ -143,7 +145,8 @@ class _TwoPaths(nn.Module):
     def _path(self, modality: str, x: torch.Tensor) -> torch.Tensor:
         # Cast once for both projections (autocast would cast x for each of them).
         x = x.to(projection_dtype(x))
-        x = getattr(self, f"{modality}_{self.MIXER}")(x) + conv1x1(getattr(self, f"{modality}_skip"), x)
+        # The skip term is added by the mixer's output projection (one GEMM in CUDA inference).
+        x = getattr(self, f"{modality}_{self.MIXER}")(x, residual=conv1x1(getattr(self, f"{modality}_skip"), x))
         return x * getattr(self, f"{modality}_attention")(x)
 
     def _image_path(self, image: torch.Tensor) -> torch.Tensor:

@@ -140,14 +140,38 @@ class Linear2d(nn.Linear):
         return y if y is not None else F.conv2d(x, self.weight[:, :, None, None], self.bias)
 
 
+def _is_channels_last(x: torch.Tensor) -> bool:
+    """A 4-D tensor stored channels-last (and not also NCHW-contiguous): its pixel rows are one (B*H*W, C) matrix."""
+    return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+def _pixel_rows(x: torch.Tensor) -> torch.Tensor:
+    return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+
+
 def _channels_last_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
     """F.linear over the (B*H*W, C_in) pixel rows of a channels-last (B, C_in, H, W) x, the bias inside the GEMM,
     as a channels-last (B, C_out, H, W); None for any other layout."""
-    if x.dim() != 4 or not x.is_contiguous(memory_format=torch.channels_last) or x.is_contiguous():
+    if not _is_channels_last(x):
         return None
-    batch, channels, height, width = x.shape
-    y = F.linear(x.permute(0, 2, 3, 1).reshape(-1, channels), weight, bias)
+    batch, _, height, width = x.shape
+    y = F.linear(_pixel_rows(x), weight, bias)
     return y.view(batch, height, width, -1).permute(0, 3, 1, 2)
+
+
+def project_and_add(
+    project: Callable[[torch.Tensor], torch.Tensor], weight: torch.Tensor, x: torch.Tensor, residual: torch.Tensor
+) -> torch.Tensor:
+    """residual + project(x) for `project` the bias-free per-pixel projection with `weight` (C_out, C_in). On a CUDA
+    device, for channels-last x and residual, one GEMM that adds the residual (addmm: the sum rounded once, no
+    separate add kernel); elsewhere project(x) + residual (the module itself runs: the CPU reference path, and
+    mambaseg-info's MAC count, which hooks it)."""
+    batch, _, height, width = x.shape
+    fits = residual.shape == (batch, weight.shape[0], height, width)
+    if x.is_cuda and fits and _is_channels_last(x) and _is_channels_last(residual):
+        y = torch.addmm(_pixel_rows(residual), _pixel_rows(x), weight.t())
+        return y.view(batch, height, width, -1).permute(0, 3, 1, 2)
+    return project(x) + residual
 
 
 def conv1x1(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-from mambaseg_core.models.layers import DropPath, LayerNorm2d, Linear2d, projection_dtype
+from mambaseg_core.models.layers import DropPath, LayerNorm2d, Linear2d, project_and_add, projection_dtype
 from mambaseg_core.models.ssm import DirectionalSSM
 from mambaseg_core.ops import fused_cross_scan
 
@@ -76,10 +76,14 @@ class SS2D(nn.Module):
         self.out_norm = LayerNorm2d(inner)
         self.out_proj = Linear2d(inner, dim, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """SS2D(x), plus `residual` if given (added by the output projection's GEMM in CUDA inference)."""
         height, width = x.shape[-2:]
         ys = self.scan(fused_cross_scan.conv_silu_cross_scan(self.in_proj(x), self.conv))
-        return self.out_proj(fused_cross_scan.cross_merge_norm(ys, height, width, self.out_norm, projection_dtype(x)))
+        y = fused_cross_scan.cross_merge_norm(ys, height, width, self.out_norm, projection_dtype(x))
+        if residual is None:
+            return self.out_proj(y)
+        return project_and_add(self.out_proj, self.out_proj.weight, y, residual)
 
 
 class Mlp(nn.Module):
