@@ -103,6 +103,41 @@ def test_swapped_channel_gates_refuse_other_shapes():
         gates.swapped_channel_gates(image, image, expand, reduce, torch.float32)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "cropped"])
+@pytest.mark.parametrize(("channels", "height", "width", "size"), [(96, 9, 11, 7), (5, 20, 9, 3), (70, 3, 2, 7)])
+@pytest.mark.parametrize("into", [False, True])
+@torch.no_grad()
+def test_spatial_attention(triton_device, dtype, layout, channels, height, width, size, into):
+    torch.manual_seed(6)
+    field = torch.randn(2, 1, height, width, device=triton_device)  # statistics that vary over the pixels
+    x = as_layout((torch.randn(2, channels, height, width, device=triton_device) + field).to(dtype), layout)
+    conv = nn.Conv2d(2, 1, size, padding=size // 2, bias=False)
+    with torch.no_grad():
+        conv.weight.normal_(0, 0.3)
+    conv = conv.to(triton_device, dtype)
+    expected = gates.spatial_attention_reference(x.double(), copy.deepcopy(conv).double())
+    # `into`: the second half of a channels-last concatenation, as the DDIM passes it.
+    both = torch.full((2, 2 * channels, height, width), float("nan"), dtype=dtype, device=triton_device)
+    both = both.contiguous(memory_format=torch.channels_last)
+    out = gates.spatial_attention(x, conv, both[:, channels:] if into else None)
+    assert out.shape == x.shape and out.dtype == dtype
+    torch.testing.assert_close(out.double(), expected, **tolerance(dtype))
+    if into:
+        assert out.data_ptr() == both[:, channels:].data_ptr() and both[:, :channels].isnan().all()
+    gate = expected / x.double()
+    assert float(gate[gate.isfinite()].std()) > 0.02  # a gate that varies over the pixels: a wrong tap shows
+
+
+def test_spatial_attention_refuses_other_convolutions():
+    x = torch.randn(1, 8, 5, 5)
+    for wrong in (nn.Conv2d(2, 1, 7, padding=2, bias=False), nn.Conv2d(2, 1, 7, padding=3), nn.Conv2d(3, 1, 3, 1, 1)):
+        with pytest.raises(ValueError, match="2 -> 1"):
+            gates.spatial_attention(x, wrong)
+    with pytest.raises(ValueError, match="out must have"):
+        gates.spatial_attention(x, nn.Conv2d(2, 1, 3, padding=1, bias=False), torch.empty(1, 8, 5, 4))
+
+
 def spatial_gate_convs(units: int, device: str, dtype: torch.dtype) -> tuple[nn.Conv2d, nn.Conv2d]:
     """The joint spatial gate's 1x1 projections 4 -> units -> 2 with biases, scaled to give logits of order 1."""
     torch.manual_seed(3)

@@ -17,6 +17,7 @@ from mambaseg_core.models import (
     load_vmamba_pretrained,
     save_checkpoint,
 )
+from mambaseg_core.models.ddim import DDIM
 from mambaseg_core.models.layers import Linear2d, ProjectionLayout, conv1x1, project_and_add
 from mambaseg_core.models.official import ENCODER_KEYS
 from mambaseg_core.models.ssm import DirectionalSSM
@@ -327,6 +328,51 @@ def test_project_and_add_equals_the_projection_plus_the_residual(device: str):
     torch.testing.assert_close(y_nchw, expected, rtol=1e-4, atol=1e-4)
     assert y.is_contiguous(memory_format=torch.channels_last)
     assert len(calls) == (1 if device == "cuda" else 2)  # the module runs except on the GPU's GEMM path
+
+
+def test_ddim_inference_writes_its_paths_into_the_concatenations_exactly():
+    """Without autograd the DDIM's four paths write into the halves of its two concatenations; with autograd they
+    return tensors that are concatenated. Both give the same outputs, bit for bit (the same operations; the scan
+    backend pinned: on the CPU `auto` takes numba without autograd)."""
+    torch.manual_seed(0)
+    ddim = DDIM(32, 6 * 5, d_state=4, ssm_ratio=2.0, conv_bias=True, scan_backend="torch").eval()
+    for module in ddim.modules():  # non-trivial gates and skips (the default init leaves some at zero)
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.normal_(module.weight, 0, 0.5)
+    image, events = torch.randn(2, 32, 6, 5), torch.randn(2, 32, 6, 5)
+    with torch.no_grad():
+        written = ddim(image, events)
+    with torch.enable_grad():
+        concatenated = ddim(image, events)
+    for a, b in zip(written, concatenated, strict=True):
+        assert torch.equal(a, b.detach())
+    assert not torch.equal(written[0], written[1])
+
+
+@torch.no_grad()
+def test_forward_with_the_triton_kernels_equals_the_pytorch_forward(triton_device, monkeypatch):
+    """Every Triton inference kernel of a forward (norms, scan glue, the DDIM's gates and attention writing into its
+    concatenations), on the GPU or in the interpreter, against the same forward in PyTorch on the CPU."""
+    from seg_harness import TINY_MODEL
+
+    from mambaseg_core.ops import triton_support
+
+    torch.manual_seed(0)
+    config = dict(TINY_MODEL, dims=[32, 32, 32, 64])  # channel attention reduces by 16
+    model = MambaSeg(load_model_config(config)).eval()
+    model.set_scan_backend("torch")
+    for module in model.modules():  # non-trivial gates and skips
+        if isinstance(module, torch.nn.Conv2d) and module.kernel_size == (1, 1):
+            torch.nn.init.normal_(module.weight, 0, module.weight.shape[1] ** -0.5)
+    height, width = config["image_size"]
+    image, events = torch.rand(1, 3, height, width), torch.randn(1, 10, height, width)
+    monkeypatch.setattr(triton_support, "RUN_ON_CPU", False)
+    expected = model(image=image, events=events)
+    monkeypatch.setattr(triton_support, "RUN_ON_CPU", triton_device == "cpu")
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    model.to(triton_device)
+    actual = model(image=image.to(triton_device), events=events.to(triton_device)).cpu()
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
 
 
 class _CpuTunedLayout(ProjectionLayout):

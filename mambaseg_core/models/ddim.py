@@ -20,7 +20,15 @@ from mambaseg_core.models.ssm import DirectionalSSM
 from mambaseg_core.models.vmamba import SS2D, resolve_dt_rank
 from mambaseg_core.ops import cross_scan as scan_order
 from mambaseg_core.ops import fused_cross_scan
-from mambaseg_core.ops.attention_gates import channel_gate, joint_spatial_gate, pixel_stats, swapped_channel_gates
+from mambaseg_core.ops.attention_gates import (
+    channel_gate,
+    joint_spatial_gate,
+    spatial_attention,
+    swapped_channel_gates,
+)
+
+# Where a cross-modal module's two paths write their results (inference), or None: fresh tensors.
+Outputs = tuple[torch.Tensor | None, torch.Tensor | None]
 
 
 class CrossChannelGate(nn.Module):
@@ -41,28 +49,34 @@ class CrossChannelGate(nn.Module):
 
 
 class ChannelAttention(nn.Module):
-    """CBAM channel attention sigma(M(GAP x) + M(GMP x)): (B, C, H, W) -> (B, C, 1, 1); reduction 16."""
+    """CBAM channel attention applied: x * sigma(M(GAP x) + M(GMP x)), (B, C, H, W) -> (B, C, H, W); reduction 16."""
 
     def __init__(self, dim: int, reduction: int = 16):
         super().__init__()
         self.reduce = nn.Conv2d(dim, dim // reduction, 1, bias=False)
         self.expand = nn.Conv2d(dim // reduction, dim, 1, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return channel_gate(x, self.reduce, self.expand, with_max=True)
+    def forward(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The gated x, written into `out` if given (inference only)."""
+        gate = channel_gate(x, self.reduce, self.expand, with_max=True)
+        if out is None:
+            return x * gate
+        if torch.compiler.is_compiling():
+            return out.copy_(x * gate)
+        return torch.mul(x, gate, out=out)
 
 
 class SpatialAttention(nn.Module):
-    """CBAM spatial attention sigma(conv7x7([mean_c x, max_c x])): (B, C, H, W) -> (B, 1, H, W)."""
+    """CBAM spatial attention applied: x * sigma(conv7x7([mean_c x, max_c x])), (B, C, H, W) -> (B, C, H, W).
+    Two Triton kernels in CUDA inference (ops/attention_gates.spatial_attention)."""
 
     def __init__(self, kernel_size: int = 7):
         super().__init__()
         self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, _, height, width = x.shape
-        pooled = pixel_stats(x, x.new_empty(batch, 2, height, width))  # [mean_c x, max_c x]
-        return torch.sigmoid(self.conv(pooled))
+    def forward(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The gated x, written into `out` if given (inference only)."""
+        return spatial_attention(x, self.conv, out)
 
 
 class JointSpatialGate(nn.Module):
@@ -138,25 +152,28 @@ class TSSM(nn.Module):
 class _TwoPaths(nn.Module):
     """A cross-modal module whose image and event paths run as two branches (models/branches.py) after a shared
     gate. Each path is x' = mixer(x) + skip(x), then x' * attention(x'), with the modules `<modality>_<MIXER>`,
-    `<modality>_skip` and `<modality>_attention` (the official state-dict names) of each subclass."""
+    `<modality>_skip` and `<modality>_attention` (the official state-dict names) of each subclass. In inference the
+    paths may write their results into given tensors (`outs`: the halves of the DDIM's concatenations)."""
 
     MIXER = ""
 
-    def _path(self, modality: str, x: torch.Tensor) -> torch.Tensor:
+    def _path(self, modality: str, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         # Cast once for both projections (autocast would cast x for each of them).
         x = x.to(projection_dtype(x))
         # The skip term is added by the mixer's output projection (one GEMM in CUDA inference).
         x = getattr(self, f"{modality}_{self.MIXER}")(x, residual=conv1x1(getattr(self, f"{modality}_skip"), x))
-        return x * getattr(self, f"{modality}_attention")(x)
+        return getattr(self, f"{modality}_attention")(x, out)
 
-    def _image_path(self, image: torch.Tensor) -> torch.Tensor:
-        return self._path("image", image)
+    def _image_path(self, image: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        return self._path("image", image, out)
 
-    def _event_path(self, events: torch.Tensor) -> torch.Tensor:
-        return self._path("event", events)
+    def _event_path(self, events: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        return self._path("event", events, out)
 
-    def _run_paths(self, image: torch.Tensor, events: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return run_branches(partial(self._image_path, image), partial(self._event_path, events))
+    def _run_paths(
+        self, image: torch.Tensor, events: torch.Tensor, outs: Outputs = (None, None)
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return run_branches(partial(self._image_path, image, outs[0]), partial(self._event_path, events, outs[1]))
 
     def compile_paths(self, **compile_kwargs: Any) -> None:
         """torch.compile each modality's path on its own (what runs inside one branch)."""
@@ -179,8 +196,11 @@ class CTIM(_TwoPaths):
         self.image_attention = ChannelAttention(dim)
         self.event_attention = ChannelAttention(dim)
 
-    def forward(self, image: torch.Tensor, events: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._run_paths(*self.channel_gate(image, events, projection_dtype(image)))
+    def forward(
+        self, image: torch.Tensor, events: torch.Tensor, outs: Outputs = (None, None)
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        image, events = self.channel_gate(image, events, projection_dtype(image))
+        return self._run_paths(image, events, outs)
 
 
 class CSIM(_TwoPaths):
@@ -198,8 +218,11 @@ class CSIM(_TwoPaths):
         self.image_attention = SpatialAttention()
         self.event_attention = SpatialAttention()
 
-    def forward(self, image: torch.Tensor, events: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._run_paths(*self.spatial_gate(image, events, projection_dtype(image)))
+    def forward(
+        self, image: torch.Tensor, events: torch.Tensor, outs: Outputs = (None, None)
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        image, events = self.spatial_gate(image, events, projection_dtype(image))
+        return self._run_paths(image, events, outs)
 
 
 class DDIM(nn.Module):
@@ -234,15 +257,31 @@ class DDIM(nn.Module):
 
     def forward(self, image: torch.Tensor, events: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         image_norm, event_norm = self.image_norm(image), self.event_norm(events)
-        (image_temporal, event_temporal), (image_spatial, event_spatial) = run_branches(
-            partial(self.ctim.__call__, image_norm, event_norm), partial(self.csim.__call__, image_norm, event_norm)
-        )
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
+            (image_temporal, event_temporal), (image_spatial, event_spatial) = run_branches(
+                partial(self.ctim.__call__, image_norm, event_norm),
+                partial(self.csim.__call__, image_norm, event_norm),
+            )
+            joined = [torch.cat([image_temporal, image_spatial], 1), torch.cat([event_temporal, event_spatial], 1)]
+        else:
+            # Inference: the four paths write into the halves of the two concatenations (no concatenating copies).
+            batch, channels, height, width = image.shape
+            joined = [
+                torch.empty(
+                    batch, 2 * channels, height, width, dtype=projection_dtype(image), device=image.device
+                ).contiguous(memory_format=torch.channels_last)
+                for _ in range(2)
+            ]
+            run_branches(
+                partial(self.ctim.__call__, image_norm, event_norm, (joined[0][:, :channels], joined[1][:, :channels])),
+                partial(self.csim.__call__, image_norm, event_norm, (joined[0][:, channels:], joined[1][:, channels:])),
+            )
         return run_branches(
-            partial(self._output, self.image_out, image, image_temporal, image_spatial),
-            partial(self._output, self.event_out, events, event_temporal, event_spatial),
+            partial(self._output, self.image_out, image, joined[0]),
+            partial(self._output, self.event_out, events, joined[1]),
         )
 
     @staticmethod
-    def _output(out: nn.Conv2d, a: torch.Tensor, temporal: torch.Tensor, spatial: torch.Tensor) -> torch.Tensor:
+    def _output(out: nn.Conv2d, a: torch.Tensor, joined: torch.Tensor) -> torch.Tensor:
         """f = a + Conv1x1([temporal, spatial]) of one modality."""
-        return a + conv1x1(out, torch.cat([temporal, spatial], dim=1))
+        return a + conv1x1(out, joined)

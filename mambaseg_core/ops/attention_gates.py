@@ -15,6 +15,9 @@
   squeeze-excitation gate of the other, in the projections' dtype. Four kernels (the pooling of both swapped maps
   in one launch, reading each channel from the modality it comes from; the gate's two projections for both; the
   products), where PyTorch ran about twelve in series ahead of CTIM's paths.
+- `spatial_attention`: CBAM spatial attention applied, x * sigmoid(conv7x7([mean_c x, max_c x])), into a caller's
+  tensor if given (the DDIM writes its paths' results into the halves of the concatenation its output projection
+  reads): pixel_stats, then one kernel for the convolution, the sigmoid and the product, where PyTorch ran four.
 - `joint_spatial_gate`: CSIM's joint spatial gate applied to both modalities, in the dtype of the projections that
   follow: one kernel for what PyTorch runs as about ten (two pixel_stats, the two 1x1 convolutions with their ReLU
   and sigmoid, the two products and two casts), all of them in series ahead of CSIM's paths. A program reads its
@@ -55,6 +58,13 @@ def pixel_stats_reference(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     out[:, 0:1] = x.mean(dim=1, keepdim=True)
     out[:, 1:2] = x.amax(dim=1, keepdim=True)
     return out
+
+
+def spatial_attention_reference(x: torch.Tensor, conv: nn.Conv2d, out: torch.Tensor | None = None) -> torch.Tensor:
+    """x * sigmoid(conv([mean_c x, max_c x])) for conv the bias-free 2 -> 1 convolution, copied into out if given."""
+    batch, _, height, width = x.shape
+    gated = x * torch.sigmoid(conv(pixel_stats_reference(x, x.new_empty(batch, 2, height, width))))
+    return gated if out is None else out.copy_(gated)
 
 
 def swap_odd_channels(image: torch.Tensor, events: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -221,6 +231,36 @@ if triton is not None:
         tl.store(out_ptr + (image * HW + pixels[:, None]) * C + channels[None, :], y, mask=mask)
 
     @triton.jit
+    def _spatial_attention_kernel(
+        x_ptr, s_ptr, w_ptr, out_ptr, C, H, W, x_sb, x_sc, x_sh, x_sw, s_sb, s_sc, s_sh, s_sw, o_sb, o_sc, o_sh, o_sw,
+        KS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+    ):  # fmt: skip
+        # One program: BLOCK_P pixels of one image. The KS x KS convolution (zero padding) of the two statistics
+        # planes at those pixels, unrolled over its taps; its sigmoid; then x times it over all channels.
+        batch = tl.program_id(1).to(tl.int64)
+        pixels = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+        inside = pixels < H * W
+        h, w = pixels // W, pixels % W
+        logit = tl.zeros([BLOCK_P], dtype=tl.float32)
+        for plane in tl.static_range(2):
+            for dy in tl.static_range(KS):
+                for dx in tl.static_range(KS):
+                    hh, ww = h + (dy - KS // 2), w + (dx - KS // 2)
+                    ok = inside & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
+                    address = s_ptr + batch * s_sb + plane * s_sc + hh * s_sh + ww * s_sw
+                    tap = tl.load(w_ptr + (plane * KS + dy) * KS + dx).to(tl.float32)
+                    logit += tap * tl.load(address, mask=ok, other=0.0).to(tl.float32)
+        gate = 1.0 / (1.0 + tl.exp(-logit))
+        x_at = x_ptr + batch * x_sb + h * x_sh + w * x_sw
+        out_at = batch * o_sb + h * o_sh + w * o_sw
+        for c0 in range(0, C, BLOCK_C):
+            channels = c0 + tl.arange(0, BLOCK_C)
+            mask = inside[:, None] & (channels[None, :] < C)
+            x = tl.load(x_at[:, None] + channels[None, :] * x_sc, mask=mask, other=0.0).to(tl.float32)
+            y = (x * gate[:, None]).to(out_ptr.dtype.element_ty)
+            tl.store(out_ptr + out_at[:, None] + channels[None, :] * o_sc, y, mask=mask)
+
+    @triton.jit
     def _channel_stats(x_at, channels_stride, inside, C, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
         """Mean and max over the C channels of BLOCK_P pixels (x_at: their channel-0 addresses), float32."""
         total = tl.zeros([BLOCK_P], dtype=tl.float32)
@@ -335,6 +375,30 @@ def channel_gate(x: torch.Tensor, reduce: nn.Conv2d, expand: nn.Conv2d, with_max
     return _gates(x, None, reduce, expand, with_max, x.dtype)[:, :, None, None]
 
 
+def spatial_attention(x: torch.Tensor, conv: nn.Conv2d, out: torch.Tensor | None = None) -> torch.Tensor:
+    """spatial_attention_reference (conv: bias-free 2 -> 1, k x k, stride 1, padding k // 2), by two kernels where
+    they apply; without `out` the kernels' result is channels-last in x's dtype."""
+    size = conv.kernel_size[0]
+    geometry = (conv.weight.shape, conv.stride, conv.padding, conv.dilation, conv.bias)
+    if geometry != ((1, 2, size, size), (1, 1), (size // 2, size // 2), (1, 1), None) or size % 2 == 0:
+        raise ValueError(f"spatial_attention needs a bias-free odd k x k convolution 2 -> 1 keeping the size: {conv}")
+    if out is not None and out.shape != x.shape:
+        raise ValueError(f"out must have x's shape {tuple(x.shape)}, got {tuple(out.shape)}")
+    if not kernels_apply(x, conv.weight, out):
+        return spatial_attention_reference(x, conv, out)
+    batch, channels, height, width = x.shape
+    stats = pixel_stats(x, torch.empty(batch, 2, height, width, dtype=torch.float32, device=x.device))
+    if out is None:
+        out = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+    block_p = min(64, max(16, power_of_two_at_least(triton.cdiv(height * width * batch, POOL_PROGRAMS))))
+    block_c = min(power_of_two_at_least(channels), TILE_ELEMENTS // block_p, 128)
+    _spatial_attention_kernel[(triton.cdiv(height * width, block_p), batch)](
+        x, stats, conv.weight.contiguous(), out, channels, height, width, *x.stride(), *stats.stride(), *out.stride(),
+        KS=size, BLOCK_C=block_c, BLOCK_P=block_p, num_warps=4,
+    )  # fmt: skip
+    return out
+
+
 def swapped_channel_gates(
     image: torch.Tensor, events: torch.Tensor, reduce: nn.Conv2d, expand: nn.Conv2d, out_dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -410,6 +474,8 @@ __all__ = [
     "joint_spatial_gate_reference",
     "pixel_stats",
     "pixel_stats_reference",
+    "spatial_attention",
+    "spatial_attention_reference",
     "swap_odd_channels",
     "swapped_channel_gates",
     "swapped_channel_gates_reference",
