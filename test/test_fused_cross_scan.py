@@ -15,7 +15,13 @@ from mambaseg_core.models.layers import LayerNorm2d
 from mambaseg_core.ops import cross_scan as scan_order
 from mambaseg_core.ops import fused_cross_scan as fused
 from mambaseg_core.ops import triton_support
-from mambaseg_core.ops.layer_norm import add_layer_norm_2d, layer_norm_2d, layer_norm_2d_reference, uses_kernel
+from mambaseg_core.ops.layer_norm import (
+    add_layer_norm_2d,
+    layer_norm_2d,
+    layer_norm_2d_reference,
+    norm_twice,
+    uses_kernel,
+)
 
 
 def tolerance(dtype: torch.dtype) -> dict:
@@ -180,6 +186,29 @@ def test_add_layer_norm_kernel_returns_the_residual_sum_and_its_norm(
     torch.testing.assert_close(total, expected_total, rtol=0, atol=0)
     expected = layer_norm_2d_reference(expected_total.double(), norm.weight.double(), norm.bias.double(), norm.eps)
     torch.testing.assert_close(y.double(), expected, **tolerance(torch.bfloat16))
+
+
+@pytest.mark.parametrize("with_delta", [False, True])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize(("channels", "height", "width"), [(48, 9, 11), (300, 2, 3)])
+@torch.no_grad()
+def test_norm_twice_returns_the_sum_its_norm_and_the_norm_of_that(
+    triton_device, with_delta, layout, channels, height, width
+):
+    """An encoder stage's end: s = x (+ delta), a = out_norm(s), n = ddim_norm(a), in one kernel."""
+    device = triton_device
+    first, second = norm_of(channels, device), norm_of(channels, device)
+    nn.init.uniform_(second.weight, 2.0, 3.0)  # a second norm unlike the first: swapping them shows
+    x = as_layout(torch.randn(2, channels, height, width, device=device) * 3 + 1, layout)
+    delta = torch.randn(2, channels, height, width, device=device).contiguous(memory_format=torch.channels_last)
+    total, a, n = norm_twice(x, delta if with_delta else None, first.params(), second.params())
+    expected_total = x + delta if with_delta else x
+    torch.testing.assert_close(total, expected_total, rtol=0, atol=0)
+    expected_a = layer_norm_2d_reference(expected_total.double(), first.weight.double(), first.bias.double(), 1e-5)
+    expected_n = layer_norm_2d_reference(expected_a, second.weight.double(), second.bias.double(), 1e-5)
+    for actual, expected in ((a, expected_a), (n, expected_n)):
+        assert actual.dtype == torch.float32 and actual.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(actual.double(), expected, **tolerance(torch.float32))
 
 
 def test_without_the_kernels_the_reference_chain_runs_and_autograd_flows():

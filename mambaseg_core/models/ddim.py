@@ -255,8 +255,17 @@ class DDIM(nn.Module):
         self.image_out = nn.Conv2d(2 * dim, dim, 1)
         self.event_out = nn.Conv2d(2 * dim, dim, 1)
 
-    def forward(self, image: torch.Tensor, events: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        image_norm, event_norm = self.image_norm(image), self.event_norm(events)
+    def forward(
+        self,
+        image: torch.Tensor,
+        events: torch.Tensor,
+        image_norm: torch.Tensor | None = None,
+        event_norm: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(f_I, f_E); image_norm and event_norm: the norms n = LN2d(a) if already made (MambaSeg makes them in its
+        encoders' last kernel, ops/layer_norm.norm_twice)."""
+        image_norm = self.image_norm(image) if image_norm is None else image_norm
+        event_norm = self.event_norm(events) if event_norm is None else event_norm
         if torch.is_grad_enabled() or torch.compiler.is_compiling():
             (image_temporal, event_temporal), (image_spatial, event_spatial) = run_branches(
                 partial(self.ctim.__call__, image_norm, event_norm),

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mambaseg_core.ops.layer_norm import add_layer_norm_2d, layer_norm_2d
+from mambaseg_core.ops.layer_norm import Norm, add_layer_norm_2d, layer_norm_2d
 
 T = TypeVar("T")
 
@@ -116,6 +116,10 @@ class LayerNorm2d(nn.LayerNorm):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(x + delta, self(x + delta, out_dtype)), fused into one kernel in CUDA inference."""
         return add_layer_norm_2d(x, delta, self.weight, self.bias, self.eps, out_dtype)
+
+    def params(self) -> Norm:
+        """The norm's parameters, for ops/layer_norm.norm_twice."""
+        return Norm(self.weight, self.bias, self.eps)
 
 
 def projection_dtype(x: torch.Tensor) -> torch.dtype:

@@ -14,10 +14,11 @@ from torch.utils.checkpoint import checkpoint
 from mambaseg_core.models.branches import run_branches
 from mambaseg_core.models.config import ModelConfig
 from mambaseg_core.models.ddim import DDIM
-from mambaseg_core.models.layers import conv1x1
+from mambaseg_core.models.layers import LayerNorm2d, conv1x1
 from mambaseg_core.models.segformer_head import SegFormerHead
 from mambaseg_core.models.ssm import DirectionalSSM
 from mambaseg_core.models.vmamba import VMambaEncoder
+from mambaseg_core.ops.layer_norm import norm_twice
 
 
 class MambaSegFeatures(NamedTuple):
@@ -133,16 +134,18 @@ class MambaSeg(nn.Module):
             fusion.csim.compile_paths(**compile_kwargs)
         self.decoder.compile(**compile_kwargs)
 
-    def _encoder_stage(self, encoder: VMambaEncoder, i: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Stage i of one encoder: (o, a) = (its blocks' output, out_norm(o))."""
+    def _encoder_stage(
+        self, encoder: VMambaEncoder, i: int, x: torch.Tensor, fusion_norm: LayerNorm2d
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Stage i of one encoder: (o, a, n) = (its blocks' output, out_norm(o), fusion_norm(a)), fusion_norm being
+        the DDIM's norm of this modality."""
         # Each residual sum is made by the norm that follows it (one kernel in CUDA inference): a block adds the
-        # previous block's last term together with its first norm, the stage's out-norm adds the last block's.
+        # previous block's last term together with its first norm, the stage's out-norm adds the last block's and
+        # normalises its result again with the DDIM's norm in the same kernel.
         pending = None
         for block in encoder.stages[i]:
             x, pending = self._run(block.forward_deferred, x, pending)
-        if pending is None:
-            return x, encoder.out_norms[i](x)
-        return encoder.out_norms[i].after_residual(x, pending)
+        return norm_twice(x, pending, encoder.out_norms[i].params(), fusion_norm.params())
 
     def forward_features(self, *, image: torch.Tensor, events: torch.Tensor) -> MambaSegFeatures:
         """Run both encoders and the fusion modules; see MambaSegFeatures for the shapes."""
@@ -159,13 +162,13 @@ class MambaSeg(nn.Module):
         decoder_input: Callable[[], torch.Tensor] | None = None
         for i, fusion in enumerate(self.fusion):
             stages = (
-                partial(self._encoder_stage, image_encoder, i, x_image),
-                partial(self._encoder_stage, event_encoder, i, x_events),
+                partial(self._encoder_stage, image_encoder, i, x_image, fusion.image_norm),
+                partial(self._encoder_stage, event_encoder, i, x_events, fusion.event_norm),
             )
             previous = [decoder_input] if decoder_input is not None else []
-            (o_image, a_image), (o_events, a_events), *made = run_branches(*stages, *previous)
+            (o_image, a_image, n_image), (o_events, a_events, n_events), *made = run_branches(*stages, *previous)
             decoder_inputs.extend(made)
-            f_image, f_events = self._run(fusion, a_image, a_events)
+            f_image, f_events = self._run(fusion, a_image, a_events, n_image, n_events)
             fusion_outputs.append((f_image, f_events))
             decoder_input = partial(self._decoder_input, i, f_image, f_events)
             if i < len(image_encoder.downsamples):
