@@ -52,6 +52,8 @@ def test_folded_head_computes_the_same_logits():
     torch.testing.assert_close(head._forward_folded(features), head(features), rtol=1e-4, atol=1e-4)
     head.fuse_norm.running_mean.add_(1.0)
     torch.testing.assert_close(head._forward_folded(features), head(features), rtol=1e-4, atol=1e-4)
+    head.classifier.weight.mul_(-2.0)  # the padded classifier follows its source too
+    torch.testing.assert_close(head._forward_folded(features), head(features), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.cuda
