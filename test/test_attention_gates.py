@@ -72,6 +72,17 @@ def test_pixel_stats_fill_two_planes_of_a_strided_output(triton_device, dtype, l
     assert stats[:, [0, 3]].isnan().all()  # nothing written outside the two planes
 
 
+def check_both_modalities(op, reference_op, image, events, projections, out_dtype) -> tuple[torch.Tensor, ...]:
+    """op(image, events, *projections, out_dtype) against reference_op in float64: shapes, dtypes, values; returns
+    the reference's (gated image, gated events)."""
+    reference = [copy.deepcopy(conv).double() for conv in projections]
+    expected = reference_op(image.double(), events.double(), *reference, torch.float64)
+    for actual, wanted in zip(op(image, events, *projections, out_dtype), expected, strict=True):
+        assert actual.shape == image.shape and actual.dtype == out_dtype
+        torch.testing.assert_close(actual.double(), wanted, **tolerance(out_dtype))
+    return expected
+
+
 @pytest.mark.parametrize(("dtype", "out_dtype"), [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16)])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize(("channels", "height", "width"), [(96, 9, 11), (7, 40, 50), (70, 3, 2)])
@@ -84,12 +95,10 @@ def test_swapped_channel_gates(triton_device, dtype, out_dtype, layout, channels
         for k in range(2)
     )
     reduce, expand = convs(channels, max(1, channels // 4), triton_device, dtype)
+    expected = check_both_modalities(
+        gates.swapped_channel_gates, gates.swapped_channel_gates_reference, image, events, (reduce, expand), out_dtype
+    )
     reference = [copy.deepcopy(conv).double() for conv in (reduce, expand)]
-    expected = gates.swapped_channel_gates_reference(image.double(), events.double(), *reference, torch.float64)
-    gated = gates.swapped_channel_gates(image, events, reduce, expand, out_dtype)
-    for actual, wanted in zip(gated, expected, strict=True):
-        assert actual.shape == image.shape and actual.dtype == out_dtype
-        torch.testing.assert_close(actual.double(), wanted, **tolerance(out_dtype))
     unswapped = image.double() * gates.channel_gate_reference(events.double(), *reference, with_max=False)
     assert (unswapped - expected[0]).abs().max() > 0.1  # the swap changes the result: a missed swap shows
 
@@ -158,13 +167,10 @@ def test_joint_spatial_gate(triton_device, dtype, out_dtype, layout, channels, h
     field = torch.randn(2, 1, height, width, device=triton_device) * 2  # per-pixel offsets: statistics that vary
     image = as_layout((torch.randn(2, channels, height, width, device=triton_device) + field).to(dtype), layout)
     events = as_layout((torch.randn(2, channels, height, width, device=triton_device) - field).to(dtype), "nchw")
-    hidden, out = spatial_gate_convs(16, triton_device, dtype)
-    reference = [copy.deepcopy(conv).double() for conv in (hidden, out)]
-    expected = gates.joint_spatial_gate_reference(image.double(), events.double(), *reference, torch.float64)
-    gated = gates.joint_spatial_gate(image, events, hidden, out, out_dtype)
-    for actual, wanted in zip(gated, expected, strict=True):
-        assert actual.shape == image.shape and actual.dtype == out_dtype
-        torch.testing.assert_close(actual.double(), wanted, **tolerance(out_dtype))
+    projections = spatial_gate_convs(16, triton_device, dtype)
+    expected = check_both_modalities(
+        gates.joint_spatial_gate, gates.joint_spatial_gate_reference, image, events, projections, out_dtype
+    )
     maps = [g.double() / x.double() for g, x in zip(expected, (image, events), strict=True)]
     assert all(float(m[m.isfinite()].std()) > 0.02 for m in maps)  # gates that vary over the pixels
 
