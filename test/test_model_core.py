@@ -349,23 +349,28 @@ def test_ddim_inference_writes_its_paths_into_the_concatenations_exactly():
     assert not torch.equal(written[0], written[1])
 
 
-@torch.no_grad()
-def test_forward_with_the_triton_kernels_equals_the_pytorch_forward(triton_device, monkeypatch):
-    """Every Triton inference kernel of a forward (norms, scan glue, the DDIM's gates and attention writing into its
-    concatenations), on the GPU or in the interpreter, against the same forward in PyTorch on the CPU."""
+def _kernel_test_model() -> tuple[MambaSeg, torch.Tensor, torch.Tensor]:
+    """A tiny model with non-trivial gates and skips (the default init leaves some at zero), and its inputs."""
     from seg_harness import TINY_MODEL
-
-    from mambaseg_core.ops import triton_support
 
     torch.manual_seed(0)
     config = dict(TINY_MODEL, dims=[32, 32, 32, 64])  # channel attention reduces by 16
     model = MambaSeg(load_model_config(config)).eval()
     model.set_scan_backend("torch")
-    for module in model.modules():  # non-trivial gates and skips
+    for module in model.modules():
         if isinstance(module, torch.nn.Conv2d) and module.kernel_size == (1, 1):
             torch.nn.init.normal_(module.weight, 0, module.weight.shape[1] ** -0.5)
     height, width = config["image_size"]
-    image, events = torch.rand(1, 3, height, width), torch.randn(1, 10, height, width)
+    return model, torch.rand(1, 3, height, width), torch.randn(1, 10, height, width)
+
+
+@torch.no_grad()
+def test_forward_with_the_triton_kernels_equals_the_pytorch_forward(triton_device, monkeypatch):
+    """Every Triton inference kernel of a forward (norms, scan glue, the DDIM's gates and attention writing into its
+    concatenations), on the GPU or in the interpreter, against the same forward in PyTorch on the CPU."""
+    from mambaseg_core.ops import triton_support
+
+    model, image, events = _kernel_test_model()
     monkeypatch.setattr(triton_support, "RUN_ON_CPU", False)
     expected = model(image=image, events=events)
     monkeypatch.setattr(triton_support, "RUN_ON_CPU", triton_device == "cpu")
@@ -373,6 +378,28 @@ def test_forward_with_the_triton_kernels_equals_the_pytorch_forward(triton_devic
     model.to(triton_device)
     actual = model(image=image.to(triton_device), events=events.to(triton_device)).cpu()
     torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
+
+
+@torch.no_grad()
+def test_half_precision_forward_with_the_triton_kernels_stays_close_to_fp32(triton_device, monkeypatch):
+    """The kernels' dtype handling in the engine's half-precision mode (matrix weights cast, autocast: fp16 on the
+    GPU, bf16 in the interpreter on the CPU): every kernel takes and returns the dtypes the forward hands it, and the
+    logits stay within half-precision error of the fp32 PyTorch forward."""
+    from mambaseg_core.ops import triton_support
+    from mambaseg_core.pipeline.engine import cast_matmul_weights
+
+    model, image, events = _kernel_test_model()
+    monkeypatch.setattr(triton_support, "RUN_ON_CPU", False)
+    expected = model(image=image, events=events)
+    half = torch.float16 if triton_device == "cuda" else torch.bfloat16
+    cast_matmul_weights(model, half)
+    model.to(triton_device, memory_format=torch.channels_last)
+    monkeypatch.setattr(triton_support, "RUN_ON_CPU", triton_device == "cpu")
+    with torch.autocast(triton_device, dtype=half, cache_enabled=False):
+        actual = model(image=image.to(triton_device), events=events.to(triton_device)).float().cpu()
+    error = float((actual - expected).norm() / expected.norm())
+    print(f"{half} kernels vs fp32: rel L2 {error:.2e}")
+    assert error < 2e-2
 
 
 class _CpuTunedLayout(ProjectionLayout):
