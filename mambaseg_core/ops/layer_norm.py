@@ -187,13 +187,13 @@ def _add_layer_norm_2d(
     out_dtype: torch.dtype | None,
     then: Norm | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """add_layer_norm_2d, and with `then` the second norm of its normalised result (else None)."""
+    """add_layer_norm_2d, and with `then` the kernel's second norm of its normalised result (None where the kernel
+    does not apply: norm_twice makes it then)."""
     usable = uses_kernel(x, weight, bias) and kernels_apply(delta) and x.shape == delta.shape
     x_strides, delta_strides = (pixel_strides(x), pixel_strides(delta)) if usable else (None, None)
     if x_strides is None or delta_strides is None:
         total = x + delta
-        y = layer_norm_2d(total, weight, bias, eps, out_dtype)
-        return total, y, None if then is None else layer_norm_2d(y, then.weight, then.bias, then.eps)
+        return total, layer_norm_2d(total, weight, bias, eps, out_dtype), None
     batch, channels, height, width = x.shape
     sum_dtype = torch.promote_types(x.dtype, delta.dtype)
     total = torch.empty(x.shape, dtype=sum_dtype, device=x.device, memory_format=torch.channels_last)
