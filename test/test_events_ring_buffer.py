@@ -6,6 +6,7 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -58,19 +59,68 @@ def test_queries_match_brute_force(seed: int, max_events: int, max_duration: int
         assert_same(buffer.window(t0, t1), expected)
         before = kept[kept.t < t1]
         assert_same(buffer.last_n(n, t1), before[max(0, len(before) - n) :])
-        # The same copies into caller-provided arrays (poisoned, longer than needed): views of their first entries.
-        spare = EventBatch.from_arrays(*(np.full(len(expected) + 3, 7) for _ in "xytp"))
-        copied = buffer.window(t0, t1, into=lambda count, spare=spare: spare)
-        assert_same(copied, expected)
-        assert len(copied) == 0 or np.shares_memory(copied.t, spare.t)
+        # The same events handed to a sink in place: at most two non-empty storage slices, oldest first.
+        received: list[EventBatch] = []
+        assert buffer.send_window(t0, t1, received.extend) == len(expected)
+        assert len(received) <= 2 and all(len(piece) for piece in received)
+        assert_same(EventBatch.concatenate(received), expected)
+        received.clear()
+        assert buffer.send_last_n(n, t1, received.extend) == min(n, len(before))
+        assert_same(EventBatch.concatenate(received), before[max(0, len(before) - n) :])
 
 
-def test_into_must_hold_every_event() -> None:
-    buffer = EventRingBuffer(10_000, 100)
+class RecordingFence:
+    def __init__(self, log: list[str], name: str, done: bool = False) -> None:
+        self.log, self.name, self.done = log, name, done
+
+    def query(self) -> bool:
+        return self.done
+
+    def synchronize(self) -> None:
+        self.log.append(self.name)
+
+
+def test_a_write_waits_for_the_fences_of_the_sinks_that_read_before_it() -> None:
+    buffer = EventRingBuffer(10_000, 4)
     buffer.append(EventBatch.from_arrays([1, 2, 3], [1, 2, 3], [10, 20, 30], [0, 1, 0]))
-    too_short = EventBatch.from_arrays(*(np.zeros(2) for _ in "xytp"))
-    with pytest.raises(ValueError, match="2 entries for 3 events"):
-        buffer.last_n(5, 100, into=lambda count: too_short)
+    log: list[str] = []
+    pieces: list[EventBatch] = []
+
+    def sink(name: str):
+        def read(slices: list[EventBatch]) -> RecordingFence:
+            pieces.extend(slices)  # the storage itself: what an asynchronous copy would still be reading
+            return RecordingFence(log, name)
+
+        return read
+
+    assert buffer.send_last_n(2, 100, sink("a")) == 2 and buffer.send_window(0, 100, sink("b")) == 3
+    buffer.window(0, 100)
+    assert log == []  # reading never waits
+    buffer.append(EventBatch.from_arrays([4, 5], [4, 5], [40, 50], [1, 1]))  # wraps onto the slots read above
+    assert log == ["a", "b"]
+    assert pieces[1].t.tolist() == [50, 20, 30]  # the views were of the storage: slot 0 is overwritten
+    buffer.append(EventBatch.from_arrays([6], [6], [60], [1]))
+    assert log == ["a", "b"]  # each fence is waited for once
+    slices: list[list[EventBatch]] = []
+    buffer.send_window(0, 100, lambda s: slices.append(s))  # 30, 40, 50, 60 over slots 2, 3, 0, 1: two slices
+    assert [piece.t.tolist() for piece in slices[0]] == [[30, 40], [50, 60]]
+    # Fences already passed are dropped when the next one comes (a stream without events piles none up).
+    fences = [RecordingFence(log, f"f{k}", done=k < 99) for k in range(100)]
+    for fence in fences:
+        buffer.send_window(0, 100, lambda s, fence=fence: fence)
+    log.clear()
+    buffer.append(EventBatch.from_arrays([7], [7], [70], [1]))
+    assert log == ["f99"]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: pinned host memory is page-locked by the driver")
+def test_pinned_storage_hands_page_locked_slices_to_the_sink() -> None:
+    buffer = EventRingBuffer(1000, 8, pinned=True)
+    buffer.append(EventBatch.from_arrays([1], [2], [3], [1]))
+    seen: list[bool] = []
+    buffer.send_window(0, 10, lambda slices: seen.append(torch.from_numpy(slices[0].t).is_pinned()))
+    assert seen == [True]
 
 
 def test_packet_larger_than_capacity_keeps_newest() -> None:

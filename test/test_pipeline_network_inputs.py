@@ -35,10 +35,10 @@ def make_events(n: int, height: int, width: int, seed: int = 0) -> EventBatch:
 def packed_inputs(seg: Segmenter, packer: FramePacker, image: np.ndarray, stamp_us: int):
     """The packed path, step by step as the Segmenter takes it on a CUDA device, here on the CPU."""
     fixed = seg.config.window_events if seg.config.window_mode == "count" else None
-    events = seg.window(stamp_us, into=packer.events_into(image, fixed))
+    used = seg._send_window(seg.buffer, stamp_us, packer.events_sink(image, fixed))
     layout = packer.pack_image(image)
     make_inputs = PackedFrame(layout, seg.image_channels, seg.event_bins, seg.network_size, seg.config.image_fit)
-    return make_inputs, packer.packed(), len(events)
+    return make_inputs, packer.packed(), used
 
 
 CASES = {
@@ -80,11 +80,16 @@ def test_no_events_give_an_all_zero_grid():
 def test_event_capacity_is_fixed_or_grows_in_powers_of_two():
     image = np.zeros((NET_H, NET_W, 3), np.uint8)
     packer = FramePacker("cpu")
-    grown = [len(packer.events_into(image, None)(count).t) for count in (0, 10, 20_000, 100, 70_000)]
+
+    def capacity_after(window: int, fixed: int | None) -> int:
+        packer.events_sink(image, fixed)([make_events(window, NET_H, NET_W)])
+        return packer.capacity
+
+    grown = [capacity_after(count, None) for count in (0, 10, 20_000, 100, 70_000)]
     assert grown == [MIN_CAPACITY, MIN_CAPACITY, 32_768, 32_768, 131_072]  # never shrinks: one layout per stream
-    assert len(packer.events_into(image, 500)(123).t) == 500
+    assert capacity_after(123, 500) == 500 and packer.packed().numel() == PackedLayout((NET_H, NET_W, 3), 8, 500).nbytes
     with pytest.raises(ValueError, match="501 events exceed the fixed capacity of 500"):
-        packer.events_into(image, 500)(501)
+        capacity_after(501, 500)
 
 
 def test_layout_sections_are_aligned_and_disjoint():
@@ -95,12 +100,14 @@ def test_layout_sections_are_aligned_and_disjoint():
     assert all(start % 128 == 0 for start, _ in spans)
     assert all(end <= next_start for (_, end), (next_start, _) in itertools.pairwise(spans))
     assert spans[-1][1] == layout.nbytes
+    assert layout.tail == layout.sections["count"][0] > layout.sections["p"][0]  # count and image come last
     buffer = torch.zeros(layout.nbytes, dtype=torch.uint8)
-    host = layout.host_views(buffer.numpy())
-    host["x"][:] = 40_000  # outside every sensor: negative as int16 on the device
+    host = layout.tail_views(buffer[layout.tail :].numpy())
+    assert set(host) == {"count", "image"}
+    host["count"][0] = 1001
     host["image"][:] = 65_535
     device = layout.device_views(buffer)
-    assert device["x"].dtype == torch.int16 and int(device["x"][0]) == 40_000 - 65_536
+    assert device["x"].dtype == torch.int16 and device["count"].dtype == torch.int64 and int(device["count"][0]) == 1001
     assert device["image"].dtype == torch.float32 and device["image"].shape == (5, 7, 3)
     assert float(device["image"].min()) == 65_535.0
 
@@ -116,10 +123,29 @@ def test_engine_runs_the_packed_conversion_with_the_forward():
     assert make_inputs == copy.deepcopy(make_inputs) and hash(make_inputs) == hash(copy.deepcopy(make_inputs))
 
 
-def test_pack_image_needs_the_events_of_a_frame_of_its_shape():
+def test_pack_image_needs_the_events_of_a_frame_of_its_shape_and_dtype():
     packer = FramePacker("cpu")
-    with pytest.raises(RuntimeError, match="no events_into destination"):
+    with pytest.raises(RuntimeError, match="no events_sink ran"):
         packer.pack_image(np.zeros((4, 4), np.uint8))
-    packer.events_into(np.zeros((4, 4), np.uint8), 10)(3)
-    with pytest.raises(RuntimeError, match="no events_into destination"):
+    packer.events_sink(np.zeros((4, 4), np.uint8), 10)([])
+    with pytest.raises(RuntimeError, match="no events_sink ran"):
         packer.pack_image(np.zeros((4, 5), np.uint8))
+    with pytest.raises(RuntimeError, match="no events_sink ran"):
+        packer.pack_image(np.zeros((4, 4), np.uint16))
+
+
+def test_a_window_that_wraps_the_ring_is_staged_from_both_slices():
+    """A small ring that has wrapped: the window comes in two storage slices, staged back to back."""
+    settings = {"window_events": 900, "buffer_max_events": 1000}
+    seg = Segmenter(make_model(), load_config(SegmenterConfig, settings), "cpu")
+    stream = make_events(2500, NET_H, NET_W, seed=3)
+    for start in range(0, 2500, 300):
+        seg.add_events(stream[start : start + 300])
+    slices: list[int] = []
+    seg._send_window(seg.buffer, 60_000, lambda pieces: slices.extend(len(piece) for piece in pieces))
+    assert len(slices) == 2 and sum(slices) == 900
+    image = np.random.default_rng(4).integers(0, 256, (NET_H, NET_W, 3), dtype=np.uint8)
+    expected = seg.prepare(image, 60_000)
+    make_inputs, packed, used = packed_inputs(seg, FramePacker("cpu"), image, 60_000)
+    _, voxels = make_inputs(packed)
+    assert used == 900 and float((voxels - expected.events).abs().max()) < 1e-5 and voxels.abs().sum() > 0

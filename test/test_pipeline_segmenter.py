@@ -311,22 +311,27 @@ def test_event_clock_as_is_keeps_times_and_flags_steps_back():
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: the torch voxel grid and device path")
-def test_cuda_segmenter_matches_cpu(model):
+@pytest.mark.parametrize("ring", [100_000, 1000], ids=["ring", "wrapped ring"])
+def test_cuda_segmenter_matches_cpu(model, ring):
+    """The GPU path (the window copied straight out of the pinned ring, in two slices once it has wrapped) gives the
+    CPU path's network inputs and ids."""
     gpu_model = copy.deepcopy(model)
     gpu_model.set_scan_backend("torch")  # no extension build inside a unit test
-    config = load_config(SegmenterConfig, {"window_events": 700})
+    config = load_config(SegmenterConfig, {"window_events": 700, "buffer_max_events": ring})
     cpu, gpu = Segmenter(model, config, "cpu"), Segmenter(gpu_model, config, "cuda")
-    events = make_events(3000, 0, 100_000)
+    events = make_events(2500, 0, 100_000)  # the wrapped ring's oldest slot is 500: the window's 700 wrap round
     for seg in (cpu, gpu):
-        seg.add_events(events)
+        for start in range(0, 2500, 250):
+            seg.add_events(events[start : start + 250])
     image = make_image(seed=5)
-    cpu_inputs, gpu_inputs = cpu.prepare(image, 60_000), gpu.prepare(image, 60_000)
+    cpu_inputs, gpu_inputs = cpu.prepare(image, 100_000), gpu.prepare(image, 100_000)
     assert gpu_inputs.image.is_cuda and gpu_inputs.events.is_cuda  # the network inputs on the Segmenter's device
+    assert gpu_inputs.events_used == cpu_inputs.events_used == 700
     voxel_diff = (cpu_inputs.events - gpu_inputs.events.cpu()).abs().max().item()
     print(f"max |voxel cpu - cuda| = {voxel_diff}")
     assert voxel_diff < 1e-4  # float32 sums in another order
     torch.testing.assert_close(gpu_inputs.image.cpu(), cpu_inputs.image, rtol=0, atol=1e-6)
-    cpu_ids, gpu_ids = cpu.segment(image, 60_000).class_ids, gpu.segment(image, 60_000).class_ids
+    cpu_ids, gpu_ids = cpu.segment(image, 100_000).class_ids, gpu.segment(image, 100_000).class_ids
     agreement = float((cpu_ids == gpu_ids).mean())
     print(f"ids agreeing between CPU and CUDA: {agreement:.4f}")
     assert agreement > 0.99  # TF32/cuDNN kernels may flip near-ties of random-weight logits

@@ -10,8 +10,10 @@ Policy:
 - Small disorder within the tolerance (USB packet reordering, EVT3 TIME_HIGH jitter) is clamped: such an
   event is stored with t = the newest stored time (so at most `backwards_tolerance_us` late), counted in
   `stats.clamped_out_of_order`.
-- Thread safety: one lock guards appends and queries (one writer and any readers); queries return copies,
-  into fresh arrays or, with `into`, into arrays the caller provides (e.g. pinned memory staged for a GPU upload).
+- Thread safety: one lock guards appends and queries (one writer and any readers). `window` and `last_n` return
+  copies. `send_window` and `send_last_n` hand the result, in place, to a `Sink`: the (at most two) storage slices
+  it spans, valid during the call. The sink may start asynchronous copies out of them (a GPU upload straight from
+  pinned storage, `pinned=True`) and return a `Fence`; the next write into the ring waits for it first.
 """
 
 from __future__ import annotations
@@ -19,16 +21,29 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numba
 import numpy as np
+import torch
 
 from mambaseg_core.events.batch import EventBatch
 
 _FIELDS = ("x", "y", "t", "p")
 _DTYPES = {"x": np.uint16, "y": np.uint16, "t": np.int64, "p": np.uint8}
-# A query's destination: event count -> a batch of at least that many entries (EventRingBuffer.window).
-Destination = Callable[[int], EventBatch]
+
+
+class Fence(Protocol):
+    """Something to wait for, e.g. a torch.cuda.Event recorded after asynchronous copies."""
+
+    def query(self) -> bool: ...  # done?
+
+    def synchronize(self) -> None: ...
+
+
+# A query's consumer: the result's storage slices (oldest first; views valid only during the call) -> a fence that
+# the next write into the ring waits for, or None (EventRingBuffer.send_window).
+Sink = Callable[[list[EventBatch]], Fence | None]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -104,9 +119,14 @@ class RingBufferStats:
 
 
 class EventRingBuffer:
-    """Holds the last `max_duration_us` µs (and at most `max_events` events) of an event stream."""
+    """Holds the last `max_duration_us` µs (and at most `max_events` events) of an event stream.
 
-    def __init__(self, max_duration_us: int, max_events: int, *, backwards_tolerance_us: int = 1000) -> None:
+    pinned: the storage is page-locked host memory, so that a sink can copy slices of it to a GPU asynchronously.
+    """
+
+    def __init__(
+        self, max_duration_us: int, max_events: int, *, backwards_tolerance_us: int = 1000, pinned: bool = False
+    ) -> None:
         if max_duration_us <= 0 or max_events <= 0 or backwards_tolerance_us < 0:
             raise ValueError(
                 f"EventRingBuffer needs max_duration_us > 0, max_events > 0, backwards_tolerance_us >= 0; got "
@@ -115,13 +135,10 @@ class EventRingBuffer:
         self.max_duration_us = int(max_duration_us)
         self.max_events = int(max_events)
         self.backwards_tolerance_us = int(backwards_tolerance_us)
-        # Written through once here: np.zeros maps pages lazily, and the first append into each page would take
-        # a page fault (4 KB at a time) until the ring had wrapped, minutes into a stream at the default size.
-        self._store = {name: np.empty(self.max_events, _DTYPES[name]) for name in _FIELDS}
-        for array in self._store.values():
-            array.fill(0)
+        self._store = {name: _storage(self.max_events, _DTYPES[name], pinned) for name in _FIELDS}
         self._head = 0  # storage index of the oldest event
         self._count = 0
+        self._fences: list[Fence] = []  # what sinks still read from the storage (waited for before the next write)
         self._lock = threading.Lock()
         self.stats = RingBufferStats()
 
@@ -148,6 +165,9 @@ class EventRingBuffer:
         if len(batch) == 0:
             return
         with self._lock:
+            for fence in self._fences:
+                fence.synchronize()
+            self._fences.clear()
             self.stats.appended += len(batch)
             start = 0
             while True:
@@ -164,23 +184,25 @@ class EventRingBuffer:
                 self._head = self._count = 0
                 start = end
 
-    def window(self, t0: int, t1: int, *, into: Destination | None = None) -> EventBatch:
-        """Copy of the stored events with t0 <= t < t1 (empty when t1 <= t0).
-
-        into: called with the number of events (lock held), returns a batch of at least that many entries to copy
-        them into; the result is then a view of its first entries. Without it the copy is into fresh arrays.
-        """
+    def window(self, t0: int, t1: int) -> EventBatch:
+        """Copy of the stored events with t0 <= t < t1 (empty when t1 <= t0)."""
         with self._lock:
-            i0, i1 = self._search(t0), self._search(t1)
-            return self._copy(i0, max(i0, i1), into)
+            return EventBatch.concatenate(self._slices(*self._window_range(t0, t1)))
 
-    def last_n(self, n: int, t_end: int, *, into: Destination | None = None) -> EventBatch:
-        """Copy of the last (up to) n stored events with t < t_end (`into` as in `window`)."""
-        if n < 0:
-            raise ValueError(f"last_n needs n >= 0, got {n}")
+    def last_n(self, n: int, t_end: int) -> EventBatch:
+        """Copy of the last (up to) n stored events with t < t_end."""
         with self._lock:
-            i1 = self._search(t_end)
-            return self._copy(max(0, i1 - n), i1, into)
+            return EventBatch.concatenate(self._slices(*self._last_n_range(n, t_end)))
+
+    def send_window(self, t0: int, t1: int, sink: Sink) -> int:
+        """`window`'s events handed to `sink` in place (module docstring); returns how many there are."""
+        with self._lock:
+            return self._send(*self._window_range(t0, t1), sink)
+
+    def send_last_n(self, n: int, t_end: int, sink: Sink) -> int:
+        """`last_n`'s events handed to `sink` in place; returns how many there are."""
+        with self._lock:
+            return self._send(*self._last_n_range(n, t_end), sink)
 
     # -- internals (lock held) -------------------------------------------------------------------------
 
@@ -191,22 +213,38 @@ class EventRingBuffer:
         """Logical index of the first stored event with t >= value."""
         return int(_search_ring(self._store["t"], self._head, self._count, value))
 
-    def _copy(self, i0: int, i1: int, into: Destination | None) -> EventBatch:
-        """Copy of logical [i0, i1) (at most two storage slices), into fresh arrays or into `into(length)`."""
-        length = max(0, i1 - i0)
-        if into is None:
-            if length == 0:
-                return EventBatch.empty()
-            destination = {name: np.empty(length, _DTYPES[name]) for name in _FIELDS}
-        else:
-            target = into(length)
-            destination = {name: getattr(target, name)[:length] for name in _FIELDS}
-            if len(destination["t"]) < length:
-                raise ValueError(f"EventRingBuffer: `into` returned {len(target)} entries for {length} events")
+    def _window_range(self, t0: int, t1: int) -> tuple[int, int]:
+        i0 = self._search(t0)
+        return i0, max(i0, self._search(t1))
+
+    def _last_n_range(self, n: int, t_end: int) -> tuple[int, int]:
+        if n < 0:
+            raise ValueError(f"last_n needs n >= 0, got {n}")
+        i1 = self._search(t_end)
+        return max(0, i1 - n), i1
+
+    def _slices(self, i0: int, i1: int) -> list[EventBatch]:
+        """Views of logical [i0, i1) in storage order: one slice, two where it wraps, none when empty."""
         start = (self._head + i0) % self.max_events
-        first = min(length, self.max_events - start)
-        for name in _FIELDS:
-            store, out = self._store[name], destination[name]
-            out[:first] = store[start : start + first]
-            out[first:] = store[: length - first]
-        return EventBatch(*(destination[name] for name in _FIELDS))
+        first = min(i1 - i0, self.max_events - start)
+        spans = [slice(start, start + first), slice(0, i1 - i0 - first)]
+        return [EventBatch(*(self._store[name][span] for name in _FIELDS)) for span in spans if span.stop > span.start]
+
+    def _send(self, i0: int, i1: int, sink: Sink) -> int:
+        fence = sink(self._slices(i0, i1))
+        if fence is not None:
+            # Finished fences go: frames without events in between (a stalled stream) must not pile them up.
+            self._fences = [*(pending for pending in self._fences if not pending.query()), fence]
+        return i1 - i0
+
+
+def _storage(length: int, dtype: type, pinned: bool) -> np.ndarray:
+    """One field's storage, written through: np.empty and torch map pages lazily, and the first append into each page
+    would take a page fault (4 KB at a time) until the ring had wrapped, minutes into a stream at the default size."""
+    if pinned:
+        # Page-locked through torch's host allocator; the array's base keeps the tensor, and so the memory, alive.
+        array = torch.empty(length * np.dtype(dtype).itemsize, dtype=torch.uint8, pin_memory=True).numpy().view(dtype)
+    else:
+        array = np.empty(length, dtype)
+    array.fill(0)
+    return array

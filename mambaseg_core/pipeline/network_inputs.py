@@ -2,13 +2,13 @@
 
 - `image_tensor` and `fit` are shared by both paths below.
 - CPU: the numba voxel grid (bit-exact with the official loader) and torch image ops, in the Segmenter.
-- CUDA: `FramePacker` writes the frame's image and its event window into one reused pinned host buffer, at the
-  places a `PackedLayout` fixes; the InferenceEngine copies it, asynchronously, straight into the input of its
-  captured graph (one copy, no intermediate device buffer). `PackedFrame` turns that byte buffer,
-  on the device, into the network inputs: the fused voxel-grid kernel over the window's `count` events, the image
-  conversion and the fit. It never synchronises with the host and every shape follows from the layout, so the
-  InferenceEngine captures it in the same CUDA graph as the forward: a frame costs the host one copy and one
-  graph launch, not the ~20 small launches and 5 copies of converting on the device step by step.
+- CUDA: `FramePacker` stages a frame in a device buffer laid out by a `PackedLayout`: the event window is copied
+  asynchronously straight out of the ring buffer's pinned storage (no host copy of the events), the event count
+  and the image through one reused pinned host buffer that holds the layout's tail. `PackedFrame` turns those
+  bytes, on the device, into the network inputs: the fused voxel-grid kernel over the window's `count` events, the
+  image conversion and the fit. It never synchronises with the host and every shape follows from the layout, so
+  the InferenceEngine captures it in the same CUDA graph as the forward: a frame costs the host a few copy calls
+  and one graph launch, not the ~20 small launches and 5 copies of converting on the device step by step.
   The event capacity is fixed by the window (`count` mode) or grows in powers of two (`duration` mode), so a
   stream settles on one layout, and one captured graph, after its first busy frames.
 """
@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from mambaseg_core.events import EventBatch, voxel_grid_torch
+from mambaseg_core.events.ring_buffer import Fence, Sink
 
 ImageFit = Literal["resize", "crop_bottom"]
 
@@ -62,8 +63,9 @@ def fit(tensor: torch.Tensor, size: tuple[int, int], image_fit: ImageFit) -> tor
 
 @dataclass(frozen=True)
 class PackedLayout:
-    """Where one frame's arrays lie in a packed byte buffer: the event count, the window's events (t, x, y, p, up
-    to `capacity` of them) and the image (`image_shape`, uint8, or 16-bit values widened to float32)."""
+    """Where one frame's arrays lie in a packed byte buffer: the window's events (t, x, y, p, up to `capacity` of
+    them), then the tail that comes through host memory: the event count and the image (`image_shape`, uint8, or
+    16-bit values widened to float32)."""
 
     image_shape: tuple[int, ...]  # (H, W) or (H, W, 3)
     image_bits: int  # 8 or 16
@@ -75,11 +77,11 @@ class PackedLayout:
         uint16 arithmetic; any coordinate >= 32768, negative there, is outside every sensor either way)."""
         image_dtype = np.dtype(np.uint8 if self.image_bits == 8 else np.float32)
         arrays = (
-            ("count", np.dtype(np.int64), (1,)),
             ("t", np.dtype(np.int64), (self.capacity,)),
             ("x", np.dtype(np.int16), (self.capacity,)),
             ("y", np.dtype(np.int16), (self.capacity,)),
             ("p", np.dtype(np.uint8), (self.capacity,)),
+            ("count", np.dtype(np.int64), (1,)),
             ("image", image_dtype, self.image_shape),
         )
         sections, offset = {}, 0
@@ -98,11 +100,17 @@ class PackedLayout:
         for name, (offset, dtype, shape) in self.sections.items():
             yield name, slice(offset, offset + math.prod(shape) * dtype.itemsize), dtype, shape
 
-    def host_views(self, buffer: np.ndarray) -> dict[str, np.ndarray]:
-        """The arrays as numpy views of a uint8 buffer of at least `nbytes` (x and y as uint16, for EventBatch)."""
+    @property
+    def tail(self) -> int:
+        """Byte offset of the tail (count, image)."""
+        return self.sections["count"][0]
+
+    def tail_views(self, buffer: np.ndarray) -> dict[str, np.ndarray]:
+        """The tail's arrays as numpy views of a uint8 buffer holding bytes tail.. of the layout."""
         return {
-            name: buffer[span].view(np.uint16 if name in ("x", "y") else dtype).reshape(shape)
+            name: buffer[span.start - self.tail : span.stop - self.tail].view(dtype).reshape(shape)
             for name, span, dtype, shape in self._spans()
+            if span.start >= self.tail
         }
 
     def device_views(self, buffer: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -140,59 +148,86 @@ class PackedFrame:
 
 
 class FramePacker:
-    """Packs frames into one reused host byte buffer (pinned for a CUDA device), which the engine copies to the
-    device in one asynchronous copy.
+    """Stages frames in a reused device buffer (module docstring): the events from the ring buffer's storage, the
+    event count and image through a reused host buffer (pinned for a CUDA device).
 
-    Per frame: `events_into(capacity)` is the ring buffer's destination for the window (it sizes the layout to the
-    window), then `pack_image` and `packed`. The buffer is rewritten by the next frame: the caller must have waited
-    for the copy out of it by then (the Segmenter waits for each frame's class ids, which come after it).
+    Per frame: `events_sink(image, capacity)` is the ring buffer's sink for the window (it sizes the layout to the
+    window and starts the events' copies), then `pack_image` (starts the tail's copy), then `packed`. The host buffer
+    is rewritten by the next frame: the caller must have waited for the copy out of it by then (the Segmenter waits
+    for each frame's class ids, which come after it).
     """
 
     def __init__(self, device: torch.device | str):
         self.device = torch.device(device)
-        self._host: torch.Tensor | None = None
         self._layout: PackedLayout | None = None
-        self._host_views: dict[str, np.ndarray] = {}  # of the layout in the buffer (made once per layout)
+        self._packed: torch.Tensor | None = None  # the whole layout, on the device
+        self._tail: torch.Tensor | None = None  # its tail, on the host
+        self._device_views: dict[str, torch.Tensor] = {}  # made once per layout
+        self._tail_views: dict[str, np.ndarray] = {}
         self.capacity = 0  # event slots of the current layout (grows, never shrinks)
 
-    def events_into(self, image: np.ndarray, fixed_capacity: int | None):
-        """A ring-buffer destination (event count -> EventBatch of host views) for a frame of `image`'s shape and
-        dtype: `fixed_capacity` slots, or the current capacity grown to the next power of two that holds them."""
+    def events_sink(self, image: np.ndarray, fixed_capacity: int | None) -> Sink:
+        """The ring-buffer sink (EventRingBuffer.send_window) of a frame of `image`'s shape and dtype: it sizes the
+        layout to `fixed_capacity` slots, or the current capacity grown to the next power of two that holds the
+        window, and copies the window's storage slices into the device buffer (asynchronously from pinned
+        storage: the returned fence is the copies' completion)."""
 
-        def destination(count: int) -> EventBatch:
-            if fixed_capacity is not None:
-                if count > fixed_capacity:
-                    raise ValueError(f"{count} events exceed the fixed capacity of {fixed_capacity}")
-                self.capacity = fixed_capacity
-            elif max(count, 1) > self.capacity:
-                self.capacity = max(MIN_CAPACITY, 1 << (count - 1).bit_length())
-            bits = 8 if image.dtype == np.uint8 else 16
-            views = self._views(PackedLayout(tuple(int(n) for n in image.shape), bits, self.capacity))
-            views["count"][0] = count
-            return EventBatch(views["x"], views["y"], views["t"], views["p"])
+        def sink(slices: list[EventBatch]) -> Fence | None:
+            count = sum(len(piece) for piece in slices)
+            self._use(self._layout_for(image, count, fixed_capacity))
+            self._tail_views["count"][0] = count
+            offset = 0
+            for piece in slices:
+                for name in ("t", "x", "y", "p"):
+                    values = getattr(piece, name)
+                    source = torch.from_numpy(values.view(np.int16) if name in ("x", "y") else values)
+                    self._device_views[name][offset : offset + len(piece)].copy_(source, non_blocking=True)
+                offset += len(piece)
+            if self.device.type != "cuda":
+                return None
+            copied = torch.cuda.Event()
+            copied.record(torch.cuda.current_stream(self.device))
+            return copied
 
-        return destination
+        return sink
 
-    def _views(self, layout: PackedLayout) -> dict[str, np.ndarray]:
-        if self._host is None or self._host.numel() < layout.nbytes:
-            pinned = self.device.type == "cuda"
-            self._host = torch.empty(layout.nbytes, dtype=torch.uint8, pin_memory=pinned)
-            self._layout = None
-        if layout != self._layout:
-            self._layout, self._host_views = layout, layout.host_views(self._host.numpy())
-        return self._host_views
+    def _layout_for(self, image: np.ndarray, count: int, fixed_capacity: int | None) -> PackedLayout:
+        if fixed_capacity is not None:
+            if count > fixed_capacity:
+                raise ValueError(f"{count} events exceed the fixed capacity of {fixed_capacity}")
+            self.capacity = fixed_capacity
+        elif max(count, 1) > self.capacity:
+            self.capacity = max(MIN_CAPACITY, 1 << (count - 1).bit_length())
+        bits = 8 if image.dtype == np.uint8 else 16
+        return PackedLayout(tuple(int(n) for n in image.shape), bits, self.capacity)
+
+    def _use(self, layout: PackedLayout) -> None:
+        if layout == self._layout:
+            return
+        if self._packed is None or self._packed.numel() < layout.nbytes:
+            self._packed = torch.empty(layout.nbytes, dtype=torch.uint8, device=self.device)
+        tail_bytes = layout.nbytes - layout.tail
+        if self._tail is None or self._tail.numel() < tail_bytes:
+            self._tail = torch.empty(tail_bytes, dtype=torch.uint8, pin_memory=self.device.type == "cuda")
+        self._layout = layout
+        self._device_views = layout.device_views(self._packed)
+        self._tail_views = layout.tail_views(self._tail.numpy())
 
     def pack_image(self, image: np.ndarray) -> PackedLayout:
-        """Copy the frame's pixels into the buffer (after `events_into`'s destination ran); returns the layout."""
+        """Copy the frame's pixels into the host buffer and start its upload (after `events_sink`'s sink ran);
+        returns the layout."""
         layout = self._layout
-        if layout is None or layout.image_shape != image.shape:
-            raise RuntimeError("FramePacker.pack_image: no events_into destination ran for an image of this shape")
-        np.copyto(self._host_views["image"], image, casting="safe")
+        bits = 8 if image.dtype == np.uint8 else 16
+        if layout is None or layout.image_shape != image.shape or layout.image_bits != bits:
+            raise RuntimeError("FramePacker.pack_image: no events_sink ran for an image of this shape and dtype")
+        assert self._packed is not None and self._tail is not None
+        np.copyto(self._tail_views["image"], image, casting="safe")
+        tail_bytes = layout.nbytes - layout.tail
+        self._packed[layout.tail : layout.nbytes].copy_(self._tail[:tail_bytes], non_blocking=True)
         return layout
 
     def packed(self) -> torch.Tensor:
-        """The frame's packed bytes: a view of the host buffer (pinned for a CUDA device), valid until the next
-        frame is packed."""
-        layout, host = self._layout, self._host
-        assert layout is not None and host is not None
-        return host[: layout.nbytes]
+        """The frame's packed bytes on the device, valid until the next frame is packed."""
+        layout, packed = self._layout, self._packed
+        assert layout is not None and packed is not None
+        return packed[: layout.nbytes]

@@ -19,18 +19,18 @@ Per frame (image (H_in, W_in[, 3]) at `stamp_us`, network input (H, W) = model.c
    (`resize`) or padded with 255 = unlabeled below the kept rows (`crop_bottom`); then palette + overlay.
 
 `add_events` and `reset` may be called from another thread while `segment` runs (the ring buffer locks).
-On CUDA devices steps 2-5 run on the GPU: the frame's image and event window are packed into one pinned buffer and
-uploaded in one asynchronous copy (pipeline/network_inputs.py); with `cuda_graph` the conversion to network inputs
-is part of the captured graph. The host waits for the GPU once per frame, when the class ids come back.
+On CUDA devices steps 2-5 run on the GPU: the event window is copied asynchronously straight out of the ring
+buffer's pinned storage into one device buffer, the image through a pinned staging buffer into the same buffer
+(pipeline/network_inputs.py); with `cuda_graph` the conversion to network inputs is part of the captured graph. The
+host waits for the GPU once per frame, when the class ids come back.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cached_property, partial
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from mambaseg_core.config import ConfigError
 from mambaseg_core.data.classes import CLASS_SETS, IGNORE_INDEX
 from mambaseg_core.events import EventBatch, EventRingBuffer, voxel_grid
-from mambaseg_core.events.ring_buffer import Destination
+from mambaseg_core.events.ring_buffer import Sink
 from mambaseg_core.ops.selective_scan import available_backends
 from mambaseg_core.pipeline.colorize import colorize, overlay, palette_lut, to_rgb8
 from mambaseg_core.pipeline.engine import PRECISIONS, InferenceEngine, MakeInputs, Precision, network_inputs_as_given
@@ -154,10 +154,10 @@ class SegmentationResult:
 
     class_ids: np.ndarray  # (H', W') uint8, 255 = unlabeled
     events_used: int  # events in the voxel grid (0: image-only, `missing_events: zeros`)
-    # Per stage (STAGES), and "total". On CUDA devices the upload, the voxel grid and the image conversion run
-    # within forward: there window includes copying the events into the pinned upload buffer, preprocess is
-    # copying the image into it and voxel is 0. forward runs until the class ids are on the host; postprocess is
-    # the resizing back to the output size (not the renderings).
+    # Per stage (STAGES), and "total". On CUDA devices the uploads, the voxel grid and the image conversion run
+    # within forward: there window is starting the events' copies out of the ring buffer, preprocess is copying
+    # the image into the pinned staging buffer and starting its upload, and voxel is 0. forward runs until the
+    # class ids are on the host; postprocess is the resizing back to the output size (not the renderings).
     timings_ms: dict[str, float]
     overlay_base: np.ndarray  # (H', W', 3) uint8 RGB: the image under the overlay
     palette_lut: np.ndarray  # (256, 3) uint8: class id -> colour (colorize.palette_lut)
@@ -211,7 +211,10 @@ class Segmenter:
         if config.sensor_size is not None:
             self._check_fit((config.sensor_size[0], config.sensor_size[1]), "sensor_size")
         self.stats = SegmenterStats()
-        self._buffer = EventRingBuffer(config.buffer_duration_us, config.buffer_max_events)
+        # Pinned on a GPU: the frames' event windows are uploaded straight from its storage.
+        self._buffer = EventRingBuffer(
+            config.buffer_duration_us, config.buffer_max_events, pinned=self.device.type == "cuda"
+        )
         use_graph = config.cuda_graph and self.device.type == "cuda"
         if config.cuda_graph and not use_graph:
             log.warning("cuda_graph ignored: the model runs on %s, not a CUDA device", self.device)
@@ -250,12 +253,20 @@ class Segmenter:
         self._buffer.clear()
         self.stats.resets += 1
 
-    def window(self, stamp_us: int, into: Destination | None = None) -> EventBatch:
-        """The events the frame at `stamp_us` uses (strictly before it), per `window_mode` (`into`: the ring
-        buffer's destination for the copy, EventRingBuffer.window)."""
+    def window(self, stamp_us: int) -> EventBatch:
+        """A copy of the events the frame at `stamp_us` uses (strictly before it), per `window_mode`."""
+        return self._window(self._buffer, stamp_us)
+
+    def _send_window(self, ring: EventRingBuffer, stamp_us: int, sink: Sink) -> int:
+        """The frame's window in `ring` handed to `sink` (EventRingBuffer.send_window); returns its event count."""
         if self.config.window_mode == "count":
-            return self._buffer.last_n(self.config.window_events, stamp_us, into=into)
-        return self._buffer.window(stamp_us - self.config.window_duration_us, stamp_us, into=into)
+            return ring.send_last_n(self.config.window_events, stamp_us, sink)
+        return ring.send_window(stamp_us - self.config.window_duration_us, stamp_us, sink)
+
+    def _window(self, ring: EventRingBuffer, stamp_us: int) -> EventBatch:
+        copies: list[EventBatch] = []
+        self._send_window(ring, stamp_us, lambda slices: copies.append(EventBatch.concatenate(slices)))
+        return copies[0]
 
     # ---- frames -------------------------------------------------------------------------------------
 
@@ -285,16 +296,16 @@ class Segmenter:
         return self.config.window_events if self.config.window_mode == "count" else None
 
     def _stage(
-        self, image: np.ndarray, window: Callable[[Destination | None], EventBatch], timings: dict[str, float]
+        self, image: np.ndarray, ring: EventRingBuffer, stamp_us: int, timings: dict[str, float]
     ) -> tuple[MakeInputs, dict[str, torch.Tensor], int]:
-        """The frame as (make_inputs, inputs, events used): the network inputs are make_inputs(**inputs), which the
-        engine runs (on CUDA inside its graph). CPU: the network inputs themselves, the voxel grid by numba. CUDA:
-        the frame packed into pinned host memory, which the engine copies to the device in one copy, and converted
-        there by a PackedFrame."""
+        """The frame at `stamp_us` (its events from `ring`) as (make_inputs, inputs, events used): the network inputs
+        are make_inputs(**inputs), which the engine runs (on CUDA inside its graph). CPU: the network inputs
+        themselves, the voxel grid by numba. CUDA: the frame staged in a device buffer by the FramePacker, converted
+        by a PackedFrame."""
         size = self.check_image(image)
         start = time.perf_counter()
         if self._packer is None:
-            events = window(None)
+            events = self._window(ring, stamp_us)
             timings["window"] = _ms_since(start)
             start = time.perf_counter()
             grid = voxel_grid(
@@ -310,16 +321,16 @@ class Segmenter:
             }
             timings["preprocess"] = _ms_since(start)
             return network_inputs_as_given, {name: v[None].contiguous() for name, v in inputs.items()}, len(events)
-        events = window(self._packer.events_into(image, self._capacity()))
+        events_used = self._send_window(ring, stamp_us, self._packer.events_sink(image, self._capacity()))
         timings["window"] = _ms_since(start)
         start = time.perf_counter()
         layout = self._packer.pack_image(image)
         timings["preprocess"] = _ms_since(start)
-        timings["voxel"] = 0.0  # on the device, inside forward (the engine uploads the packed bytes)
+        timings["voxel"] = 0.0  # on the device, inside forward
         make_inputs = PackedFrame(
             layout, self.image_channels, self.event_bins, self.network_size, self.config.image_fit
         )
-        return make_inputs, {"packed": self._packer.packed()}, len(events)
+        return make_inputs, {"packed": self._packer.packed()}, events_used
 
     def _unfit_ids(self, ids: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """(H, W) uint8 ids at the network size -> (H_in, W_in) at the input size, the inverse of `fit`."""
@@ -349,19 +360,16 @@ class Segmenter:
         start = time.perf_counter()
         throwaway = EventRingBuffer(1_000_000, max(2, self.config.window_events))
         throwaway.append(EventBatch.from_arrays([0, 1], [0, 1], [0, 1], [0, 1]))  # compiles the numba append
-        make_inputs, inputs, _ = self._stage(
-            np.zeros(image_shape, image_dtype), lambda into: throwaway.last_n(2, 2, into=into), {}
-        )
+        make_inputs, inputs, _ = self._stage(np.zeros(image_shape, image_dtype), throwaway, 2, {})
         self.engine.class_ids_from(make_inputs, **inputs).cpu()
         return _ms_since(start)
 
     def prepare(self, image: np.ndarray, stamp_us: int) -> NetworkInputs:
         """Steps 1-4 of the module docstring: the network inputs for this frame on the Segmenter's device (no skip
         policy applied)."""
-        make_inputs, inputs, events_used = self._stage(image, partial(self.window, stamp_us), {})
+        make_inputs, inputs, events_used = self._stage(image, self._buffer, stamp_us, {})
         with torch.inference_mode():
-            # On a GPU the staged inputs are the packed host bytes the engine would upload: convert on the device.
-            image_tensor, events = make_inputs(**{name: v.to(self.device) for name, v in inputs.items()})
+            image_tensor, events = make_inputs(**inputs)
         return NetworkInputs(image_tensor, events, events_used)
 
     def _network_view(self, image: np.ndarray) -> np.ndarray:
@@ -387,7 +395,7 @@ class Segmenter:
         """
         total_start = time.perf_counter()
         timings: dict[str, float] = {}
-        make_inputs, inputs, events_used = self._stage(image, partial(self.window, stamp_us), timings)
+        make_inputs, inputs, events_used = self._stage(image, self._buffer, stamp_us, timings)
         if events_used == 0:
             if self.config.missing_events == "skip":
                 self.stats.skipped_no_events += 1
