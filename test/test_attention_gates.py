@@ -49,7 +49,7 @@ def test_channel_gate(triton_device, dtype, layout, channels, hidden, height, wi
     offsets = torch.randn(channels, 1, 1, device=triton_device) * 2  # per-channel means for the gate to tell apart
     x = as_layout((torch.randn(2, channels, height, width, device=triton_device) + offsets).to(dtype), layout)
     reduce, expand = convs(channels, hidden, triton_device, dtype)
-    assert triton_support.kernels_apply(x, reduce.weight, expand.weight)
+    assert triton_support.kernels_apply("channel_gate", x, reduce.weight, expand.weight)
     reference = [copy.deepcopy(conv).double() for conv in (reduce, expand)]
     expected = gates.channel_gate_reference(x.double(), *reference, with_max)
     gate = gates.channel_gate(x, reduce, expand, with_max)
@@ -199,7 +199,7 @@ def test_mismatched_projections_are_refused():
 def test_without_the_kernels_the_reference_runs_with_autograd():
     x = torch.randn(1, 8, 5, 6, requires_grad=True)
     reduce, expand = convs(8, 2, "cpu")
-    assert not triton_support.kernels_apply(x, reduce.weight)
+    assert not triton_support.kernels_apply("channel_gate", x, reduce.weight)
     gate = gates.channel_gate(x, reduce, expand, with_max=True)
     stats = gates.pixel_stats(x, x.new_empty(1, 2, 5, 6))
     (gate.sum() + stats.sum()).backward()

@@ -58,7 +58,7 @@ def check_conv_silu_scan(fused_op, scan, device, dtype, layout, channels, height
     expected = scan(F.silu(conv(x).float()))
     if stored is not None:
         expected = F.pad(expected, (0, stored - expected.shape[-1]))
-    assert triton_support.kernels_apply(x, conv.weight)
+    assert triton_support.kernels_apply("conv_silu_cross_scan", x, conv.weight)
     out = fused_op(x, conv)
     assert out.shape == expected.shape and out.dtype == dtype
     torch.testing.assert_close(out.float(), expected, **tolerance(dtype))
@@ -214,7 +214,7 @@ def test_norm_twice_returns_the_sum_its_norm_and_the_norm_of_that(
 def test_without_the_kernels_the_reference_chain_runs_and_autograd_flows():
     conv = depthwise(4, True, "cpu", torch.float32)
     x = torch.randn(1, 4, 5, 6, requires_grad=True)
-    assert not triton_support.kernels_apply(x, conv.weight)
+    assert not triton_support.kernels_apply("conv_silu_cross_scan", x, conv.weight)
     xs = fused.conv_silu_cross_scan(x, conv)
     torch.testing.assert_close(xs, scan_order.cross_scan(F.silu(conv(x))))
     norm = norm_of(4, "cpu")

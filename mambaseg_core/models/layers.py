@@ -11,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mambaseg_core.ops.layer_norm import Norm, add_layer_norm_2d, layer_norm_2d
+from mambaseg_core.ops.triton_support import fast_path
 
 T = TypeVar("T")
 
@@ -172,7 +173,7 @@ def project_and_add(
     mambaseg-info's MAC count, which hooks it)."""
     batch, _, height, width = x.shape
     fits = residual.shape == (batch, weight.shape[0], height, width)
-    if x.is_cuda and fits and _is_channels_last(x) and _is_channels_last(residual):
+    if x.is_cuda and fits and _is_channels_last(x) and _is_channels_last(residual) and fast_path("project_and_add"):
         y = torch.addmm(_pixel_rows(residual), _pixel_rows(x), weight.t())
         return y.view(batch, height, width, -1).permute(0, 3, 1, 2)
     return project(x) + residual

@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mambaseg_core.models.layers import DerivedWeights, per_pixel_linear, projection_dtype
-from mambaseg_core.ops.triton_support import kernels_apply
+from mambaseg_core.ops.triton_support import fast_path, kernels_apply
 from mambaseg_core.ops.upsample_sum import MAX_SOURCES, upsample_sum_relu
 
 # The classifier's output rows, padded to a multiple of this many classes in CUDA inference (16-byte rows in fp16).
@@ -41,7 +41,11 @@ class SegFormerHead(nn.Module):
         self._padded_classifier: DerivedWeights[tuple[torch.Tensor, torch.Tensor | None]] = DerivedWeights()
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
-        if not self.training and len(features) <= MAX_SOURCES + 1 and kernels_apply(*features, self.fuse_conv.weight):
+        if (
+            not self.training
+            and len(features) <= MAX_SOURCES + 1
+            and kernels_apply("folded_head", *features, self.fuse_conv.weight)
+        ):
             return self._forward_folded(features)
         size = features[0].shape[-2:]
         maps = []
@@ -81,7 +85,7 @@ class SegFormerHead(nn.Module):
         for (weight, bias), feature in zip(self.folded_projections(), features, strict=True):
             maps.append(F.linear(feature.permute(0, 2, 3, 1), weight, bias).permute(0, 3, 1, 2))
         fused = upsample_sum_relu(maps[0], maps[1:], projection_dtype(features[0]))
-        return self._classify(fused)
+        return self._classify(fused) if fast_path("padded_classifier") else self.classifier(fused)
 
     def _classify(self, fused: torch.Tensor) -> torch.Tensor:
         """classifier(fused) for a channels-last fused map: one GEMM over its pixel rows with the classes padded to a

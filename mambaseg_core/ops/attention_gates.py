@@ -370,7 +370,7 @@ def _gates(
 def channel_gate(x: torch.Tensor, reduce: nn.Conv2d, expand: nn.Conv2d, with_max: bool) -> torch.Tensor:
     """(B, C, H, W) -> (B, C, 1, 1) in x's dtype: channel_gate_reference, by the kernels where they apply."""
     _check_gate_projections(x.shape[1], reduce, expand)
-    if not kernels_apply(x, reduce.weight, expand.weight):
+    if not kernels_apply("channel_gate", x, reduce.weight, expand.weight):
         return channel_gate_reference(x, reduce, expand, with_max)
     return _gates(x, None, reduce, expand, with_max, x.dtype)[:, :, None, None]
 
@@ -384,7 +384,7 @@ def spatial_attention(x: torch.Tensor, conv: nn.Conv2d, out: torch.Tensor | None
         raise ValueError(f"spatial_attention needs a bias-free odd k x k convolution 2 -> 1 keeping the size: {conv}")
     if out is not None and out.shape != x.shape:
         raise ValueError(f"out must have x's shape {tuple(x.shape)}, got {tuple(out.shape)}")
-    if not kernels_apply(x, conv.weight, out):
+    if not kernels_apply("spatial_attention", x, conv.weight, out):
         return spatial_attention_reference(x, conv, out)
     batch, channels, height, width = x.shape
     stats = pixel_stats(x, torch.empty(batch, 2, height, width, dtype=torch.float32, device=x.device))
@@ -407,7 +407,9 @@ def swapped_channel_gates(
     if image.shape != events.shape:
         raise ValueError(f"image and events must have one shape, got {tuple(image.shape)} and {tuple(events.shape)}")
     _check_gate_projections(image.shape[1], reduce, expand)
-    if image.stride() != events.stride() or not kernels_apply(image, events, reduce.weight, expand.weight):
+    if image.stride() != events.stride() or not kernels_apply(
+        "swapped_channel_gates", image, events, reduce.weight, expand.weight
+    ):
         return swapped_channel_gates_reference(image, events, reduce, expand, out_dtype)
     batch, channels, height, width = image.shape
     gates = _gates(image, events, reduce, expand, False, torch.float32)  # (2B, C): swapped image's, then events'
@@ -425,7 +427,7 @@ def swapped_channel_gates(
 
 def pixel_stats(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """pixel_stats_reference(x, out) (out: (B, 2, H, W), any strides), by the kernel where it applies."""
-    if not kernels_apply(x, out):
+    if not kernels_apply("pixel_stats", x, out):
         return pixel_stats_reference(x, out)
     batch, channels, height, width = x.shape
     if out.shape != (batch, 2, height, width):
@@ -452,7 +454,7 @@ def joint_spatial_gate(
     if image.shape != events.shape:
         raise ValueError(f"image and events must have one shape, got {tuple(image.shape)} and {tuple(events.shape)}")
     weights = (hidden.weight, hidden.bias, out.weight, out.bias)
-    if any(w is None for w in weights) or not kernels_apply(image, events, *weights):
+    if any(w is None for w in weights) or not kernels_apply("joint_spatial_gate", image, events, *weights):
         return joint_spatial_gate_reference(image, events, hidden, out, out_dtype)
     batch, channels, height, width = image.shape
     pixels = height * width

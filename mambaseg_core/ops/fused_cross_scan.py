@@ -192,7 +192,7 @@ def conv_silu_cross_scan(x: torch.Tensor, conv: nn.Conv2d, block: tuple[int, int
     L' = H*W in the reference chain, padded_length(H*W) from the kernel (module docstring). `block` (channels,
     sequence positions per program) overrides the kernel's tile, for tuning."""
     weight = _depthwise_weight(x, conv)
-    if not kernels_apply(x, weight, conv.bias):
+    if not kernels_apply("conv_silu_cross_scan", x, weight, conv.bias):
         return scan_order.cross_scan(F.silu(conv(x)))
     batch, channels, height, width = x.shape
     length = height * width
@@ -212,7 +212,7 @@ def conv_silu_cross_scan(x: torch.Tensor, conv: nn.Conv2d, block: tuple[int, int
 def conv_silu_channel_scan(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     """(B, D, H, W) -> (B, 2, H*W, D): channel_scan(SiLU(conv(x))) for conv a depthwise 3x3 convolution."""
     weight = _depthwise_weight(x, conv)
-    if not kernels_apply(x, weight, conv.bias):
+    if not kernels_apply("conv_silu_channel_scan", x, weight, conv.bias):
         return scan_order.channel_scan(F.silu(conv(x)))
     batch, channels, height, width = x.shape
     out = torch.empty(batch, 2, height * width, channels, dtype=x.dtype, device=x.device)
@@ -241,7 +241,7 @@ def cross_merge_norm(
     length = height * width
     if ys.shape[:2] != (batch, 4) or stored not in (length, padded_length(length)):
         raise ValueError(f"ys must be (B, 4, D, L) with L = {length} or {padded_length(length)}, got {tuple(ys.shape)}")
-    if not kernels_apply(ys, norm.weight, norm.bias):
+    if not kernels_apply("cross_merge_norm", ys, norm.weight, norm.bias):
         return norm(scan_order.cross_merge(ys[..., :length], height, width)).to(out_dtype)
     merged = torch.empty(batch, channels, height, width, dtype=ys.dtype, device=ys.device)
     block_h, block_w = block or (_tile(height, 16), _tile(width, 32))
@@ -263,7 +263,7 @@ def channel_merge_norm(
     """(B, 2, P, D) -> (B, D, H, W) channels-last in out_dtype: norm(channel_merge(ys, mode)) for norm a
     LayerNorm2d."""
     batch, _, _, channels = ys.shape
-    if not kernels_apply(ys, norm.weight, norm.bias):
+    if not kernels_apply("channel_merge_norm", ys, norm.weight, norm.bias):
         return norm(scan_order.channel_merge(ys, height, width, mode)).to(out_dtype)
     pixels = height * width
     if ys.shape != (batch, 2, pixels, channels):

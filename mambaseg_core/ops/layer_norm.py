@@ -15,7 +15,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from mambaseg_core.ops.triton_support import kernels_apply, pixel_strides, power_of_two_at_least, triton
+from mambaseg_core.ops.triton_support import fast_path, kernels_apply, pixel_strides, power_of_two_at_least, triton
 
 # Elements of x one program holds in registers: all C channels of up to BLOCK_P pixels.
 ELEMENTS_PER_PROGRAM = 8192
@@ -102,7 +102,7 @@ def uses_kernel(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor
         and weight is not None
         and bias is not None
         and x.shape[1] <= MAX_CHANNELS
-        and kernels_apply(x, weight, bias)
+        and kernels_apply("layer_norm", x, weight, bias)
     )
 
 
@@ -189,7 +189,7 @@ def _add_layer_norm_2d(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """add_layer_norm_2d, and with `then` the kernel's second norm of its normalised result (None where the kernel
     does not apply: norm_twice makes it then)."""
-    usable = uses_kernel(x, weight, bias) and kernels_apply(delta) and x.shape == delta.shape
+    usable = uses_kernel(x, weight, bias) and kernels_apply("layer_norm", delta) and x.shape == delta.shape
     x_strides, delta_strides = (pixel_strides(x), pixel_strides(delta)) if usable else (None, None)
     if x_strides is None or delta_strides is None:
         total = x + delta
@@ -214,10 +214,11 @@ def norm_twice(
     """(s, y, z): s = x + delta (x without delta), y = first(s), z = second(y), each norm in the dtype
     layer_norm_2d gives by default; one kernel where it applies (a norm that feeds straight into another, as the
     encoders' out-norms feed the DDIM's norms), else the PyTorch steps."""
+    then = second if fast_path("norm_twice") else None  # else the kernel of each norm on its own
     if delta is not None:
-        total, y, z = _add_layer_norm_2d(x, delta, first.weight, first.bias, first.eps, None, second)
+        total, y, z = _add_layer_norm_2d(x, delta, first.weight, first.bias, first.eps, None, then)
     elif uses_kernel(x, first.weight, first.bias):
-        total, (y, z) = x, _layer_norm_2d(x, first, None, second)
+        total, (y, z) = x, _layer_norm_2d(x, first, None, then)
     else:
         total, y, z = x, layer_norm_2d(x, first.weight, first.bias, first.eps), None
     if z is None:

@@ -52,7 +52,7 @@ def upsample_argmax(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor
     if logits.dim() != 4 or not 0 < logits.shape[1] <= MAX_CLASSES:
         raise ValueError(f"logits must be (B, K, h, w) with 1 <= K <= {MAX_CLASSES}, got {tuple(logits.shape)}")
     strides = pixel_strides(logits)
-    if strides is None or not kernels_apply(logits):
+    if strides is None or not kernels_apply("upsample_argmax", logits):
         return upsample_argmax_reference(logits, size)
     batch, classes, h_in, w_in = logits.shape
     height, width = size

@@ -62,7 +62,7 @@ def upsample_sum_relu(
     base's dtype); base (B, E, H, W), sources (B, E, h_i, w_i). The Triton kernel in CUDA inference for up to
     MAX_SOURCES sources, else the reference."""
     out_dtype = out_dtype or base.dtype
-    if len(sources) > MAX_SOURCES or not kernels_apply(base, *sources):
+    if len(sources) > MAX_SOURCES or not kernels_apply("upsample_sum_relu", base, *sources):
         return upsample_sum_relu_reference(base, sources).to(out_dtype)
     batch, channels, height, width = base.shape
     for source in sources:
