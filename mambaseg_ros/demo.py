@@ -90,6 +90,10 @@ def node_parameters(checkpoint: Path | None, model_config: Path, device: str, pi
         "class_set": "dsec11",
         "image_reliability": "reliable",
         "events_reliability": "reliable",
+        # The player sends a frame's events before its image, so the wait ends as soon as they are in; the long bound
+        # covers the first packets, which DDS may deliver late while the node's reader is still matching the
+        # player's writer (seen once: frame 0's events came after the default 50 ms, and the frame was skipped).
+        "max_event_latency_ms": 2000.0,
     }
     if checkpoint is not None:
         params["checkpoint"] = str(checkpoint)
