@@ -325,6 +325,7 @@ def test_cuda_segmenter_matches_cpu(model, ring):
             seg.add_events(events[start : start + 250])
     image = make_image(seed=5)
     cpu_inputs, gpu_inputs = cpu.prepare(image, 100_000), gpu.prepare(image, 100_000)
+    gpu.prepare(make_image(seed=6), 100_000)  # restages at once: must not overwrite what the first still uploads
     assert gpu_inputs.image.is_cuda and gpu_inputs.events.is_cuda  # the network inputs on the Segmenter's device
     assert gpu_inputs.events_used == cpu_inputs.events_used == 700
     voxel_diff = (cpu_inputs.events - gpu_inputs.events.cpu()).abs().max().item()

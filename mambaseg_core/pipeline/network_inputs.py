@@ -152,9 +152,8 @@ class FramePacker:
     event count and image through a reused host buffer (pinned for a CUDA device).
 
     Per frame: `events_sink(image, capacity)` is the ring buffer's sink for the window (it sizes the layout to the
-    window and starts the events' copies), then `pack_image` (starts the tail's copy), then `packed`. The host buffer
-    is rewritten by the next frame: the caller must have waited for the copy out of it by then (the Segmenter waits
-    for each frame's class ids, which come after it).
+    window and starts the events' copies), then `pack_image` (starts the tail's copy), then `packed`. The next frame
+    rewrites the host buffer only once the last copy out of it is done.
     """
 
     def __init__(self, device: torch.device | str):
@@ -164,6 +163,7 @@ class FramePacker:
         self._tail: torch.Tensor | None = None  # its tail, on the host
         self._device_views: dict[str, torch.Tensor] = {}  # made once per layout
         self._tail_views: dict[str, np.ndarray] = {}
+        self._tail_copied: torch.cuda.Event | None = None  # the last copy out of the host buffer
         self.capacity = 0  # event slots of the current layout (grows, never shrinks)
 
     def events_sink(self, image: np.ndarray, fixed_capacity: int | None) -> Sink:
@@ -173,6 +173,8 @@ class FramePacker:
         storage: the returned fence is the copies' completion)."""
 
         def sink(slices: list[EventBatch]) -> Fence | None:
+            if self._tail_copied is not None:  # e.g. Segmenter.prepare twice: nothing waited for the GPU in between
+                self._tail_copied.synchronize()
             count = sum(len(piece) for piece in slices)
             self._use(self._layout_for(image, count, fixed_capacity))
             self._tail_views["count"][0] = count
@@ -183,11 +185,7 @@ class FramePacker:
                     source = torch.from_numpy(values.view(np.int16) if name in ("x", "y") else values)
                     self._device_views[name][offset : offset + len(piece)].copy_(source, non_blocking=True)
                 offset += len(piece)
-            if self.device.type != "cuda":
-                return None
-            copied = torch.cuda.Event()
-            copied.record(torch.cuda.current_stream(self.device))
-            return copied
+            return self._copies_done()
 
         return sink
 
@@ -224,7 +222,16 @@ class FramePacker:
         np.copyto(self._tail_views["image"], image, casting="safe")
         tail_bytes = layout.nbytes - layout.tail
         self._packed[layout.tail : layout.nbytes].copy_(self._tail[:tail_bytes], non_blocking=True)
+        self._tail_copied = self._copies_done()
         return layout
+
+    def _copies_done(self) -> torch.cuda.Event | None:
+        """An event after the copies started so far on a CUDA device (None elsewhere: the copies were synchronous)."""
+        if self.device.type != "cuda":
+            return None
+        done = torch.cuda.Event()
+        done.record(torch.cuda.current_stream(self.device))
+        return done
 
     def packed(self) -> torch.Tensor:
         """The frame's packed bytes on the device, valid until the next frame is packed."""
