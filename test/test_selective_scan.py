@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -262,6 +263,20 @@ def test_missing_mamba_ssm_raises_install_hint():
         selective_scan(**make_inputs(1, 2, 1, 5, 1), backend="mamba_ssm")
 
 
+def test_mamba_ssm_installed_without_its_kernel_is_unavailable_saying_how_to_fix_it(monkeypatch):
+    """mamba_ssm >= 2.3 imports without its compiled kernel (selective_scan_cuda = None) and fails only when called:
+    the backend must count as unavailable, not be picked by `auto` and fail mid-forward."""
+    interface = types.ModuleType("mamba_ssm.ops.selective_scan_interface")
+    interface.selective_scan_cuda = None
+    interface.selective_scan_fn = lambda *args, **kwargs: None
+    package, ops = types.ModuleType("mamba_ssm"), types.ModuleType("mamba_ssm.ops")
+    ops.selective_scan_interface = interface
+    for name, module in (("mamba_ssm", package), ("mamba_ssm.ops", ops), (interface.__name__, interface)):
+        monkeypatch.setitem(sys.modules, name, module)
+    with pytest.raises(BackendUnavailableError, match="MAMBA_KEEP_CUDA_BUILD=TRUE"):
+        mamba_ssm_scan.load_mamba_ssm()
+
+
 @pytest.mark.parametrize(("with_d", "with_bias", "softplus"), [(True, True, True), (False, False, False)])
 def test_mamba_ssm_adapter_passes_every_argument_through(with_d, with_bias, softplus):
     """The adapter around mamba_ssm's selective_scan_fn, with a stand-in that has its signature and computes the
@@ -277,6 +292,29 @@ def test_mamba_ssm_adapter_passes_every_argument_through(with_d, with_bias, soft
     expected = selective_scan_reference(**inputs, delta_softplus=softplus)
     torch.testing.assert_close(scan(**inputs, delta_softplus=softplus), expected, rtol=0, atol=0)
     assert calls == [(None, torch.float32, torch.float32 if with_d else None)]
+
+
+def _mamba_ssm_unavailable() -> str | None:
+    """Why the real mamba_ssm backend cannot run here, or None when it can."""
+    if not torch.cuda.is_available():
+        return "needs a CUDA GPU: mamba_ssm's kernels run on one"
+    try:
+        mamba_ssm_scan.load_mamba_ssm()
+    except BackendUnavailableError as exc:
+        return f"mamba_ssm is not usable here: {exc}"
+    return None
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(_mamba_ssm_unavailable() is not None, reason=str(_mamba_ssm_unavailable()))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize(("state", "length", "groups"), [(1, 77, 1), (16, 286, 4), (16, 1025, 2)])
+def test_mamba_ssm_backend_matches_reference(dtype, state, length, groups):
+    """The real mamba_ssm package, where it is installed and works: forward and gradients against the reference,
+    and `auto` prefers our cuda backend to it."""
+    inputs = make_inputs(2, 8, state, length, groups, dtype=dtype, device="cuda", seed=state + length)
+    compare_backends(inputs, "mamba_ssm", "reference", True, dtype)
+    assert available_backends("cuda").index("mamba_ssm") > available_backends("cuda").index("cuda")
 
 
 def test_unknown_backend_raises():

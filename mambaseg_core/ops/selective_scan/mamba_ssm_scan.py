@@ -12,15 +12,23 @@ from mambaseg_core.ops.selective_scan.errors import BackendUnavailableError
 def load_mamba_ssm() -> Callable[..., torch.Tensor]:
     """mamba_ssm's `selective_scan_fn`, or BackendUnavailableError saying how to get it."""
     try:
-        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
-    except ImportError as exc:  # not installed, or installed without its compiled kernels
+        from mamba_ssm.ops import selective_scan_interface
+    except ImportError as exc:  # not installed, or (before 2.3) installed without its compiled kernels
         raise BackendUnavailableError(
             f"selective-scan backend 'mamba_ssm' is not importable ({exc}); install it with "
             "`pip install mamba-ssm` (the [cuda] extra of this package)"
         ) from exc
+    # Since 2.3 the package imports without its compiled kernel (a build without it, or one whose binary does not
+    # match this torch) and fails only when called.
+    if getattr(selective_scan_interface, "selective_scan_cuda", None) is None:
+        raise BackendUnavailableError(
+            "selective-scan backend 'mamba_ssm' is installed without a loadable selective_scan_cuda kernel (not built, "
+            "or built for another torch/CUDA); reinstall with `MAMBA_KEEP_CUDA_BUILD=TRUE pip install mamba-ssm "
+            "--no-build-isolation`"
+        )
     if not torch.cuda.is_available():
         raise BackendUnavailableError("selective-scan backend 'mamba_ssm' needs a CUDA GPU, and torch sees none")
-    return selective_scan_fn
+    return selective_scan_interface.selective_scan_fn
 
 
 def make_mamba_ssm_scan(selective_scan_fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
