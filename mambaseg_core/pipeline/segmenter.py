@@ -63,7 +63,7 @@ class SegmenterConfig:
     window_duration_us: int = 50_000  # span for `duration`, µs
     sensor_size: tuple[int, int] | None = None  # (H, W) of the event sensor; None = each image's size
     buffer_duration_us: int = 2_000_000  # history kept in the ring buffer, µs
-    buffer_max_events: int = 4_000_000  # hard cap on buffered events (13 B each): bounds memory in floods
+    buffer_max_events: int = 4_000_000  # cap on buffered events (13 B each, page-locked on a GPU): bounds memory
     missing_events: Literal["skip", "zeros"] = "skip"  # no event in the window: drop the frame or run image-only
     image_fit: Literal["resize", "crop_bottom"] = "resize"  # image size -> network size (module docstring)
     output_resolution: Literal["input", "network"] = "input"  # masks at the image's size or the network's
