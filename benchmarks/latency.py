@@ -330,9 +330,8 @@ def bench_breakdown(dataset: str, modes: list[str], frames: int, top: int = 20) 
 
 
 def graph_timeline(engine: InferenceEngine, image: torch.Tensor, events: torch.Tensor) -> dict[str, object]:
-    """The kernels of one profiled call of a warmed-up engine (one CUDA-graph replay): their count, summed GPU
-    time, the time at least one of them runs (union over streams), the span from the first start to the last
-    end, the streams used, and the kernels by summed time."""
+    """The kernels of one profiled call of a warmed-up engine (one CUDA-graph replay), summed by
+    `timeline_summary`."""
     import json
     import tempfile
 
@@ -345,33 +344,55 @@ def graph_timeline(engine: InferenceEngine, image: torch.Tensor, events: torch.T
     with tempfile.NamedTemporaryFile(suffix=".json") as trace:
         prof.export_chrome_trace(trace.name)
         trace_events = json.loads(Path(trace.name).read_text())["traceEvents"]
-    spans = [e for e in trace_events if e.get("cat") == "kernel"]
+    spans = [
+        (e["name"], e["args"].get("stream"), float(e["ts"]), float(e["ts"]) + float(e["dur"]))
+        for e in trace_events
+        if e.get("cat") == "kernel"
+    ]
     if not spans:
         raise RuntimeError("the profiler saw no kernels in the replay")
-    intervals = sorted((float(e["ts"]), float(e["ts"]) + float(e["dur"])) for e in spans)
-    union, (begin, end) = 0.0, intervals[0]
-    for start, stop in intervals[1:]:
-        if start > end:
-            union, begin = union + end - begin, start
-        end = max(end, stop)
-    union += end - begin
+    return timeline_summary(spans)
+
+
+def timeline_summary(spans: list[tuple[str, object, float, float]]) -> dict[str, object]:
+    """Kernel spans (name, stream, start µs, end µs) -> their count, summed time, the time at least one runs (union
+    over streams), the time exactly one runs (`alone`: nothing beside it, so its whole duration is on the critical
+    path), the span from the first start to the last end (ms), the streams used, and per kernel name (count, summed
+    ms, alone ms), largest summed time first. A kernel ending when another starts does not overlap it."""
+    boundaries = sorted(
+        [(start, 1, i) for i, (_, _, start, _) in enumerate(spans)]
+        + [(end, 0, i) for i, (_, _, _, end) in enumerate(spans)]
+    )  # at equal times the ends (0) come first
+    active: set[int] = set()
+    union, alone, last = 0.0, defaultdict(float), boundaries[0][0]
+    for moment, is_start, index in boundaries:
+        if active:
+            union += moment - last
+            if len(active) == 1:
+                alone[spans[next(iter(active))][0]] += moment - last
+        last = moment
+        if is_start:
+            active.add(index)
+        else:
+            active.discard(index)
     by_name: dict[str, list[float]] = defaultdict(list)
-    for e in spans:
-        by_name[e["name"]].append(float(e["dur"]))
+    for name, _, start, end in spans:
+        by_name[name].append(end - start)
     return {
         "count": len(spans),
-        "sum": sum(float(e["dur"]) for e in spans) / 1e3,
+        "sum": sum(end - start for _, _, start, end in spans) / 1e3,
         "union": union / 1e3,
-        "span": (max(stop for _, stop in intervals) - intervals[0][0]) / 1e3,
-        "streams": len({e["args"].get("stream") for e in spans}),
-        "kernels": sorted(((n, len(d), sum(d) / 1e3) for n, d in by_name.items()), key=lambda k: -k[2]),
+        "alone": sum(alone.values()) / 1e3,
+        "span": (max(end for *_, end in spans) - min(start for _, _, start, _ in spans)) / 1e3,
+        "streams": len({stream for _, stream, _, _ in spans}),
+        "kernels": sorted(((n, len(d), sum(d) / 1e3, alone[n] / 1e3) for n, d in by_name.items()), key=lambda k: -k[2]),
     }
 
 
 # Kernel name fragments per category, first match wins. Inductor's fused kernels ("triton_...") are element-wise
 # or reduction code around what their names list, so they never count as matrix products or scans.
 KERNEL_CATEGORIES = (
-    ("selective scan", ("scan_fwd_infer", "scan_fwd_kernel"), False),
+    ("selective scan", ("scan_fwd_infer", "scan_fwd_kernel", "scan_fwd_resident", "carry_kernel"), False),
     (
         "fused scan orders / merges",
         ("cross_scan_kernel", "channel_scan_kernel", "merge_kernel", "merge_official", "merge_intended"),
@@ -379,6 +400,11 @@ KERNEL_CATEGORIES = (
     ),
     ("matmul / conv", ("gemm", "cutlass", "cublas", "xmma", "fprop", "cudnn", "conv2d_", "depthwise", "nvjet"), False),
     ("layer norm", ("layer_norm",), True),
+    (
+        "attention gates",
+        ("gate_hidden", "pool_partials", "pixel_stats", "spatial_attention", "joint_spatial_gate", "swapped_scale"),
+        False,
+    ),
     (
         "layout: flip / copy / cat / permute",
         ("flip", "copy", "catarray", "cat_", "clone", "permute", "transpose", "index_elementwise"),
@@ -412,15 +438,18 @@ def stage_floors_ms(dataset: str) -> dict[str, float]:
     return {"matmul / conv": 2 * macs / flops_per_s * 1e3, "selective scan": scan_bytes / copy_bandwidth() * 1e3}
 
 
-def category_rows(kernels: list[tuple[str, int, float]], floors: dict[str, float]) -> list[list[object]]:
-    """Per category of kernel_category: kernels, summed GPU ms, share of the summed time, floor and the ratio."""
-    totals: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
-    for name, count, ms in kernels:
-        totals[kernel_category(name)][0] += count
-        totals[kernel_category(name)][1] += ms
-    total_ms = sum(ms for _, _, ms in kernels)
+def category_rows(kernels: list[tuple[str, int, float, float]], floors: dict[str, float]) -> list[list[object]]:
+    """Per category of kernel_category: kernels, summed GPU ms, share of the summed time, the ms they ran alone,
+    floor and the ratio."""
+    totals: dict[str, list[float]] = defaultdict(lambda: [0, 0.0, 0.0])
+    for name, count, ms, alone_ms in kernels:
+        total = totals[kernel_category(name)]
+        total[0] += count
+        total[1] += ms
+        total[2] += alone_ms
+    total_ms = sum(ms for _, _, ms, _ in kernels)
     rows: list[list[object]] = []
-    for category, (count, ms) in sorted(totals.items(), key=lambda item: -item[1][1]):
+    for category, (count, ms, alone_ms) in sorted(totals.items(), key=lambda item: -item[1][1]):
         floor = floors.get(category)
         rows.append(
             [
@@ -428,6 +457,7 @@ def category_rows(kernels: list[tuple[str, int, float]], floors: dict[str, float
                 int(count),
                 f"{ms:.2f}",
                 f"{100 * ms / total_ms:.1f}",
+                f"{alone_ms:.2f}",
                 f"{floor:.3f}" if floor else "n/a",
                 f"{ms / floor:.1f}x" if floor else "n/a",
             ]
@@ -453,23 +483,24 @@ def bench_graph(dataset: str, modes: list[str], top: int = 15) -> str:
                 f"{union:.2f}",
                 f"{span:.2f}",
                 f"{span - union:.2f}",
+                f"{timeline['alone']:.2f}",
                 f"{timeline['sum'] / union:.2f}",
             ]
         )
         print(rows[-1], flush=True)
         kernel_rows = [
-            [name[:100].replace("|", "/"), count, f"{ms:.3f}", f"{100 * ms / timeline['sum']:.1f}"]
-            for name, count, ms in timeline["kernels"][:top]
+            [name[:100].replace("|", "/"), count, f"{ms:.3f}", f"{100 * ms / timeline['sum']:.1f}", f"{alone:.3f}"]
+            for name, count, ms, alone in timeline["kernels"][:top]
         ]
         parts += [
             f"By stage, {mode} (summed kernel time; floors: matrix products at the measured bf16 matmul rate, scans "
             "at their compulsory traffic over the measured copy bandwidth):",
             table(
-                ["stage", "kernels", "GPU ms (sum)", "% of kernel time", "floor ms", "x floor"],
+                ["stage", "kernels", "GPU ms (sum)", "% of kernel time", "alone ms", "floor ms", "x floor"],
                 category_rows(timeline["kernels"], floors),
             ),
             f"Top {top} kernels, {mode}:",
-            table(["kernel", "calls", "GPU ms", "% of kernel time"], kernel_rows),
+            table(["kernel", "calls", "GPU ms", "% of kernel time", "alone ms"], kernel_rows),
         ]
         del engine
         torch.cuda.empty_cache()
@@ -481,12 +512,14 @@ def bench_graph(dataset: str, modes: list[str], top: int = 15) -> str:
         "GPU busy ms (union)",
         "span ms",
         "idle in span ms",
+        "one kernel alone ms",
         "mean kernels in flight",
     ]
     intro = (
         f"{dataset} size, batch 1, random weights: the kernels of one warmed-up call (one CUDA-graph replay) as the "
         "profiler saw them. `idle in span`: time between the first kernel's start and the last one's end with no "
-        "kernel running (dependency and launch gaps between graph nodes)."
+        "kernel running (dependency and launch gaps between graph nodes). `alone`: time a kernel ran with no other "
+        "beside it: all of it is on the critical path, so it is where a faster kernel shortens the replay one for one."
     )
     return "\n\n".join([intro, table(headers, rows), *parts])
 

@@ -42,6 +42,15 @@ NAMES = {
         "matmul / conv"
     ),
     "conv2d_c1_k1_nhwc": "matmul / conv",
+    "void mambaseg::(anonymous namespace)::scan_fwd_resident_kernel<__half, false, 2>(mambaseg::ScanParams, int)": (
+        "selective scan"
+    ),
+    "void mambaseg::carry_kernel<false>(float const*, float*, int, int, int)": "selective scan",
+    "_conv_silu_cross_scan_kernel": "fused scan orders / merges",
+    "_add_layer_norm_2d_kernel": "layer norm",
+    "_gate_hidden_kernel": "attention gates",
+    "_joint_spatial_gate_kernel": "attention gates",
+    "nvjet_sm90_hsh_64x56_64x14_2x4_h_bz_TNT": "matmul / conv",
     "triton_red_fused_add_flip_native_layer_norm_permute_select_slice_transpose_view_6": "layer norm",
     "triton_poi_fused_convolution_copy_flip_select_silu_slice_transpose_view_1": "layout: flip / copy / cat / permute",
     "triton_poi_fused_clone_exp_neg_permute_selective_scan_infer_split_with_sizes_view_2": (
@@ -63,14 +72,30 @@ def test_kernel_category(latency, name, category):
 
 def test_category_rows_sum_per_stage_largest_first_with_floor_ratios(latency):
     kernels = [
-        ("void mambaseg::scan_fwd_infer_kernel<float, 16, 8, 1, 2>(mambaseg::ScanParams)", 10, 3.0),
-        ("void mambaseg::scan_fwd_infer_kernel<float, 1, 8, 8, 1>(mambaseg::ScanParams)", 24, 1.0),
-        ("vectorized_layer_norm_kernel<float, float, false>", 126, 2.0),
-        ("some_elementwise_kernel", 5, 0.5),
+        ("void mambaseg::scan_fwd_infer_kernel<float, 16, 8, 1, 2>(mambaseg::ScanParams)", 10, 3.0, 1.0),
+        ("void mambaseg::scan_fwd_infer_kernel<float, 1, 8, 8, 1>(mambaseg::ScanParams)", 24, 1.0, 0.25),
+        ("vectorized_layer_norm_kernel<float, float, false>", 126, 2.0, 0.0),
+        ("some_elementwise_kernel", 5, 0.5, 0.5),
     ]
     rows = latency.category_rows(kernels, {"selective scan": 0.5, "matmul / conv": 0.1})
     assert rows == [
-        ["selective scan", 34, "4.00", "61.5", "0.500", "8.0x"],
-        ["layer norm", 126, "2.00", "30.8", "n/a", "n/a"],
-        ["element-wise and other", 5, "0.50", "7.7", "n/a", "n/a"],
+        ["selective scan", 34, "4.00", "61.5", "1.25", "0.500", "8.0x"],
+        ["layer norm", 126, "2.00", "30.8", "0.00", "n/a", "n/a"],
+        ["element-wise and other", 5, "0.50", "7.7", "0.50", "n/a", "n/a"],
+    ]
+
+
+def test_timeline_summary_counts_union_and_the_time_each_kernel_ran_alone(latency):
+    # stream 1: a [0, 10), b [10, 14) back to back (no overlap); stream 2: c [5, 12); idle 14-20; a again [20, 23).
+    spans = [("a", 1, 0.0, 10.0), ("b", 1, 10.0, 14.0), ("c", 2, 5.0, 12.0), ("a", 1, 20.0, 23.0)]
+    summary = latency.timeline_summary(spans)
+    assert summary["count"] == 4 and summary["streams"] == 2
+    assert summary["sum"] == pytest.approx(0.024) and summary["span"] == pytest.approx(0.023)
+    assert summary["union"] == pytest.approx(0.017)  # 0-14 and 20-23
+    # alone: a 0-5 and 20-23, b 12-14, c never (a until 10, then b from 10)
+    assert summary["alone"] == pytest.approx(0.010)
+    assert summary["kernels"] == [
+        ("a", 2, pytest.approx(0.013), pytest.approx(0.008)),
+        ("c", 1, pytest.approx(0.007), pytest.approx(0.0)),
+        ("b", 1, pytest.approx(0.004), pytest.approx(0.002)),
     ]
