@@ -63,6 +63,9 @@ def test_packed_frame_gives_the_network_inputs_of_the_cpu_path(case):
     assert used == expected.events_used > 0
     assert image_tensor.shape == expected.image.shape and voxels.shape == expected.events.shape
     torch.testing.assert_close(image_tensor, expected.image, rtol=0, atol=0)
+    if case == "rgb count crop":  # an RGB frame's pixels are channels-last: no copy to NCHW before the stem
+        assert image_tensor.is_contiguous(memory_format=torch.channels_last)
+    assert image_tensor.is_contiguous() or image_tensor.is_contiguous(memory_format=torch.channels_last)
     voxel_diff = float((voxels - expected.events).abs().max())
     print(f"{case}: max |packed voxel grid - numba| = {voxel_diff:.2e}, |grid| max {float(voxels.abs().max()):.2f}")
     assert voxel_diff < 1e-5  # float32 sums in another order

@@ -41,7 +41,7 @@ def image_tensor(raw: torch.Tensor, bits: int, channels: int) -> torch.Tensor:
     """(H, W) or (H, W, 3) camera pixels -> (channels, H, W) float32 in [0, 1]: divided by 2**bits - 1 (uint8
     frames as uint8, 16-bit ones widened to float32: torch has no general uint16 arithmetic); RGB -> gray by the
     601 luma weights, gray -> RGB by repeating the channel."""
-    tensor = raw.float() / float((1 << bits) - 1)
+    tensor = raw / float((1 << bits) - 1)  # float32, one pass (uint8 / float promotes to the default float)
     tensor = tensor[None] if tensor.dim() == 2 else tensor.permute(2, 0, 1)
     if channels == 1 and tensor.shape[0] == 3:
         # Python-scalar weights: a weight tensor built here would be a host->device copy inside graph capture.
@@ -142,9 +142,15 @@ class PackedFrame:
             count=views["count"][0],
         )  # fmt: skip
         return (
-            fit(image, self.network_size, self.image_fit)[None].contiguous(),
-            fit(voxels, self.network_size, self.image_fit)[None].contiguous(),
+            _dense(fit(image, self.network_size, self.image_fit)[None]),
+            _dense(fit(voxels, self.network_size, self.image_fit)[None]),
         )
+
+
+def _dense(x: torch.Tensor) -> torch.Tensor:
+    """x itself where it is NCHW- or channels-last-contiguous, else an NCHW copy. An RGB frame's (H, W, 3) pixels
+    are a channels-last image: the stem's convolution wants that layout, so copying it to NCHW was a wasted pass."""
+    return x if x.is_contiguous(memory_format=torch.channels_last) else x.contiguous()
 
 
 class FramePacker:
