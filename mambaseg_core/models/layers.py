@@ -10,7 +10,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mambaseg_core.ops import linear_gelu as linear_gelu_op
 from mambaseg_core.ops.layer_norm import Norm, add_layer_norm_2d, bias_layer_norm_2d, layer_norm_2d
 from mambaseg_core.ops.triton_support import fast_path, kernels_apply
 
@@ -163,18 +162,6 @@ def _channels_last_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
     batch, _, height, width = x.shape
     y = F.linear(_pixel_rows(x), weight, bias)
     return y.view(batch, height, width, -1).permute(0, 3, 1, 2)
-
-
-def linear_gelu(linear: Linear2d, x: torch.Tensor) -> torch.Tensor:
-    """GELU(linear(x)), the exact GELU. For channels-last x in half-precision CUDA inference, one kernel with the
-    bias and the GELU applied to the product's accumulator (ops/linear_gelu); elsewhere the module, then F.gelu."""
-    if _is_channels_last(x):
-        rows = _pixel_rows(x)
-        if linear_gelu_op.uses_kernel(rows, linear.weight, linear.bias):
-            batch, _, height, width = x.shape
-            y = linear_gelu_op.linear_gelu(rows, linear.weight, linear.bias)
-            return y.view(batch, height, width, -1).permute(0, 3, 1, 2)
-    return F.gelu(linear(x))
 
 
 def project_and_add(

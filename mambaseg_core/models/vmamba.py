@@ -18,7 +18,6 @@ from mambaseg_core.models.layers import (
     LayerNorm2d,
     Linear2d,
     conv_norm,
-    linear_gelu,
     project_and_add,
     projection_dtype,
 )
@@ -102,10 +101,11 @@ class Mlp(nn.Module):
     def __init__(self, dim: int, hidden: int):
         super().__init__()
         self.fc1 = Linear2d(dim, hidden)
+        self.act = nn.GELU()
         self.fc2 = Linear2d(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(linear_gelu(self.fc1, x))
+        return self.fc2(self.act(self.fc1(x)))
 
 
 class VSSBlock(nn.Module):

@@ -41,7 +41,6 @@ FAST_PATHS = frozenset(
         "conv_norm",  # models/layers: a convolution's bias (and a GELU) added by the norm kernel after it
         "padded_channels",  # models/layers: the stems' inputs zero-padded to a multiple of 8 channels
         "norm_twice",  # ops/layer_norm: a norm's kernel also making the norm that follows it
-        "linear_gelu",  # ops/linear_gelu
         "upsample_sum_relu",  # ops/upsample_sum
         "upsample_argmax",  # ops/upsample_argmax
         "folded_head",  # models/segformer_head: the folded SegFormer head
