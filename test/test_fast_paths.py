@@ -53,36 +53,3 @@ def test_norm_twice_off_makes_each_norm_on_its_own_with_the_same_result(triton_d
     assert seconds == [False, False]  # the sum and first norm, then the second norm: two launches
     for a, b in zip(fused, separate, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
-
-
-@torch.no_grad()
-def test_conv_norm_and_padded_channels_give_the_modules_result(triton_device, monkeypatch):
-    from mambaseg_core.models.vmamba import Downsample, PatchEmbed
-
-    torch.manual_seed(0)
-    stem, down = PatchEmbed(3, 16).to(triton_device), Downsample(16, 32).to(triton_device)
-    for norm in (stem.norm1, stem.norm2, down.norm):
-        norm.weight.normal_()
-        norm.bias.normal_()
-    x = torch.randn(1, 3, 17, 23, device=triton_device)
-    conv2d = torch.nn.functional.conv2d
-    convs: list[tuple[int, bool]] = []  # per convolution: (input channels, with its bias)
-
-    def recording(input, weight, bias=None, *args):
-        convs.append((input.shape[1], bias is not None))
-        return conv2d(input, weight, bias, *args)
-
-    monkeypatch.setattr(torch.nn.functional, "conv2d", recording)
-    results = {}
-    for off, expected in [
-        ("", [(8, False), (8, False), (16, False)]),  # 3 channels padded to 8; every bias added by its norm
-        ("padded_channels", [(3, False), (8, False), (16, False)]),
-        ("conv_norm", [(3, True), (8, True), (16, True)]),  # the modules themselves
-    ]:
-        monkeypatch.setattr(triton_support, "PYTORCH_OPS", triton_support.pytorch_ops_from(off))
-        convs.clear()
-        results[off] = down(stem(x))
-        assert convs == expected, off
-    for off in ("padded_channels", "conv_norm"):
-        torch.testing.assert_close(results[""], results[off], rtol=1e-5, atol=1e-5)
-    assert stem._padded_conv1.get([stem.conv1.weight], lambda: None).shape == (8, 8, 3, 3)  # cached, not rebuilt

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mambaseg_core.models.layers import LayerNorm2d
-from mambaseg_core.ops.layer_norm import Norm, bias_layer_norm_2d, layer_norm_2d, layer_norm_2d_reference, uses_kernel
+from mambaseg_core.ops.layer_norm import layer_norm_2d, layer_norm_2d_reference, uses_kernel
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: the Triton kernel")
 
@@ -74,34 +74,3 @@ def test_cuda_kernel_in_a_cuda_graph_and_autograd_keeps_the_reference():
     assert not uses_kernel(x, norm.weight, norm.bias)
     norm(x).sum().backward()
     assert norm.weight.grad is not None
-
-
-@torch.no_grad()
-@pytest.mark.parametrize("gelu", [False, True])
-def test_bias_layer_norm_adds_the_input_bias_then_normalises_then_gelu(triton_device, gelu):
-    x, weight, bias = random_case(48, 9, 11, torch.float32, triton_device, seed=5)
-    input_bias = torch.randn(48, generator=torch.Generator().manual_seed(6)).to(triton_device) * 2
-    assert uses_kernel(x, weight, bias)  # the interpreter or the GPU runs the kernel
-    y = bias_layer_norm_2d(x, input_bias, Norm(weight, bias, 1e-5), gelu=gelu)
-    expected = by_formula(x + input_bias.view(1, -1, 1, 1), weight, bias, 1e-5)
-    if gelu:
-        expected = torch.nn.functional.gelu(expected)  # exact (erf), as nn.GELU()
-    assert y.is_contiguous(memory_format=torch.channels_last) and y.dtype == torch.float32
-    torch.testing.assert_close(y.double(), expected, rtol=1e-5, atol=1e-5)
-    # Without the kernel: the PyTorch steps, the same values.
-    plain = bias_layer_norm_2d(x.cpu(), input_bias.cpu(), Norm(weight.cpu(), bias.cpu(), 1e-5), gelu=gelu)
-    torch.testing.assert_close(plain.double(), expected.cpu(), rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.cuda
-@needs_cuda
-@torch.no_grad()
-def test_bias_layer_norm_gelu_in_half_precision_rounds_once():
-    x, weight, bias = random_case(96, 20, 30, torch.float16, "cuda", seed=7)
-    input_bias = torch.randn(96, device="cuda")
-    y = bias_layer_norm_2d(x, input_bias, Norm(weight, bias, 1e-5), torch.float16, gelu=True)
-    expected = torch.nn.functional.gelu(
-        by_formula(x.double() + input_bias.double().view(1, -1, 1, 1), weight, bias, 1e-5)
-    )
-    assert y.dtype == torch.float16
-    torch.testing.assert_close(y.double(), expected, rtol=1e-3, atol=1e-3)  # one fp16 rounding of the result

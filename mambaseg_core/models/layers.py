@@ -10,8 +10,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mambaseg_core.ops.layer_norm import Norm, add_layer_norm_2d, bias_layer_norm_2d, layer_norm_2d
-from mambaseg_core.ops.triton_support import fast_path, kernels_apply
+from mambaseg_core.ops.layer_norm import Norm, add_layer_norm_2d, layer_norm_2d
+from mambaseg_core.ops.triton_support import fast_path
 
 T = TypeVar("T")
 
@@ -188,55 +188,6 @@ def conv1x1(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"conv1x1 needs a 1x1 convolution with stride 1, no padding and one group, got {conv}")
     y = _channels_last_linear(x, conv.weight.flatten(1), conv.bias) if x.is_cuda else None
     return y if y is not None else conv(x)
-
-
-# cuDNN's tensor-core convolutions take half-precision inputs in multiples of this many channels.
-CHANNEL_MULTIPLE = 8
-
-
-def conv_norm(
-    conv: nn.Conv2d,
-    norm: LayerNorm2d,
-    x: torch.Tensor,
-    out_dtype: torch.dtype | None = None,
-    *,
-    gelu: bool = False,
-    padded_weight: DerivedWeights[torch.Tensor] | None = None,
-) -> torch.Tensor:
-    """norm(conv(x), out_dtype), then the exact GELU if `gelu`. In CUDA inference the convolution runs without its
-    bias, which the norm's kernel adds (with the GELU): cuDNN adds a bias in a pass of its own, and these chains
-    (the stems, the downsamples) lie on the critical path of both encoders. With `padded_weight` (the cache of the
-    padded weight), an input whose channels are not a multiple of CHANNEL_MULTIPLE is zero-padded to one: cuDNN
-    ran the image stem's 3-channel convolution on a kernel without tensor cores. Elsewhere the modules run."""
-    if conv.bias is None or not kernels_apply("conv_norm", x, conv.weight, conv.bias):
-        y = norm(conv(x), out_dtype)
-        return F.gelu(y) if gelu else y
-    weight = conv.weight
-    if padded_weight is not None and x.shape[1] % CHANNEL_MULTIPLE and fast_path("padded_channels"):
-        x, weight = _zero_padded_channels(x, weight, padded_weight)
-    y = F.conv2d(x, weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
-    return bias_layer_norm_2d(y, conv.bias, norm.params(), out_dtype, gelu)
-
-
-def _zero_padded_channels(
-    x: torch.Tensor, weight: torch.Tensor, padded_weight: DerivedWeights[torch.Tensor]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x, weight) with zero input channels appended up to a multiple of CHANNEL_MULTIPLE: the same convolution.
-    x comes channels-last in the convolution's compute dtype (the layout and cast cuDNN would make anyway)."""
-    batch, channels, height, width = x.shape
-    padded = -(-channels // CHANNEL_MULTIPLE) * CHANNEL_MULTIPLE
-    x_padded = torch.empty(
-        (batch, padded, height, width), dtype=projection_dtype(x), device=x.device, memory_format=torch.channels_last
-    )
-    x_padded[:, channels:].zero_()
-    x_padded[:, :channels].copy_(x)
-    weight = padded_weight.get(
-        [weight],
-        lambda: F.pad(weight.detach(), (0, 0, 0, 0, 0, padded - channels)).contiguous(
-            memory_format=torch.channels_last
-        ),
-    )
-    return x_padded, weight
 
 
 def per_pixel_linear(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:

@@ -12,15 +12,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-from mambaseg_core.models.layers import (
-    DerivedWeights,
-    DropPath,
-    LayerNorm2d,
-    Linear2d,
-    conv_norm,
-    project_and_add,
-    projection_dtype,
-)
+from mambaseg_core.models.layers import DropPath, LayerNorm2d, Linear2d, project_and_add, projection_dtype
 from mambaseg_core.models.ssm import DirectionalSSM
 from mambaseg_core.ops import fused_cross_scan
 
@@ -37,14 +29,13 @@ class PatchEmbed(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, dim // 2, kernel_size=3, stride=2, padding=1)
         self.norm1 = LayerNorm2d(dim // 2)
+        self.act = nn.GELU()
         self.conv2 = nn.Conv2d(dim // 2, dim, kernel_size=3, stride=2, padding=1)
         self.norm2 = LayerNorm2d(dim)
-        self._padded_conv1: DerivedWeights[torch.Tensor] = DerivedWeights()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # norm1 returns conv2's compute dtype: the GELU between them then needs no cast of its own.
-        y = conv_norm(self.conv1, self.norm1, x, projection_dtype(x), gelu=True, padded_weight=self._padded_conv1)
-        return conv_norm(self.conv2, self.norm2, y)
+        return self.norm2(self.conv2(self.act(self.norm1(self.conv1(x), projection_dtype(x)))))
 
 
 class Downsample(nn.Module):
@@ -56,7 +47,7 @@ class Downsample(nn.Module):
         self.norm = LayerNorm2d(out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return conv_norm(self.conv, self.norm, x)
+        return self.norm(self.conv(x))
 
 
 class SS2D(nn.Module):

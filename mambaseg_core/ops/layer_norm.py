@@ -55,24 +55,17 @@ if triton is not None:
 
     @triton.jit
     def _layer_norm_2d_kernel(
-        x_ptr, ib_ptr, w_ptr, b_ptr, y_ptr, w2_ptr, b2_ptr, z_ptr, C, HW, x_sb, x_sc, x_sp, eps, eps2,
-        INPUT_BIAS: tl.constexpr, GELU: tl.constexpr, SECOND: tl.constexpr, BLOCK_C: tl.constexpr,
-        BLOCK_P: tl.constexpr,
+        x_ptr, w_ptr, b_ptr, y_ptr, w2_ptr, b2_ptr, z_ptr, C, HW, x_sb, x_sc, x_sp, eps, eps2,
+        SECOND: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
     ):  # fmt: skip
         # One program: all channels of BLOCK_P consecutive pixels of one image, loaded once, normalised in
-        # registers, one store (SECOND: normalised again by a second norm, a second store). INPUT_BIAS: a
-        # per-channel bias added to x first (a convolution's); GELU: the exact (erf) GELU of the result.
+        # registers, one store (SECOND: normalised again by a second norm, a second store).
         batch = tl.program_id(1).to(tl.int64)
         channels = tl.arange(0, BLOCK_C)[:, None]
         pixels = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)[None, :]
         mask = (channels < C) & (pixels < HW)
         x = tl.load(x_ptr + batch * x_sb + channels * x_sc + pixels * x_sp, mask=mask, other=0.0).to(tl.float32)
-        if INPUT_BIAS:
-            x_bias = tl.load(ib_ptr + channels, mask=channels < C, other=0.0).to(tl.float32)
-            x = tl.where(mask, x + x_bias, 0.0)  # _normalise needs 0 outside the mask
         y = _normalise(x, mask, channels, C, w_ptr, b_ptr, eps)
-        if GELU:
-            y = 0.5 * y * (1.0 + tl.math.erf(y * 0.7071067811865476))
         out = batch * HW * C + pixels * C + channels
         _store_norms(y, mask, channels, C, out, y_ptr, w2_ptr, b2_ptr, z_ptr, eps2, SECOND)
 
@@ -137,15 +130,9 @@ def _block(channels: int) -> tuple[int, int]:
 
 
 def _layer_norm_2d(
-    x: torch.Tensor,
-    norm: Norm,
-    out_dtype: torch.dtype | None,
-    then: Norm | None,
-    input_bias: torch.Tensor | None = None,
-    gelu: bool = False,
+    x: torch.Tensor, norm: Norm, out_dtype: torch.dtype | None, then: Norm | None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The kernel's layer_norm_2d of x (+ input_bias per channel; then GELU), and with `then` the second norm of its
-    result (else None)."""
+    """The kernel's layer_norm_2d of x, and with `then` the second norm of its result (else None)."""
     strides = pixel_strides(x)
     if strides is None:  # no single pixel stride: read an NCHW copy
         x = x.contiguous()
@@ -155,8 +142,7 @@ def _layer_norm_2d(
     z, second = _second_norm_args(y, then)
     block_c, block_p = _block(channels)
     _layer_norm_2d_kernel[(triton.cdiv(height * width, block_p), batch)](
-        x, norm.weight if input_bias is None else input_bias, norm.weight, norm.bias, y, *second[:3], channels,
-        height * width, *strides, norm.eps, second[3], INPUT_BIAS=input_bias is not None, GELU=gelu,
+        x, norm.weight, norm.bias, y, *second[:3], channels, height * width, *strides, norm.eps, second[3],
         SECOND=then is not None, BLOCK_C=block_c, BLOCK_P=block_p, num_warps=8,
     )  # fmt: skip
     return y, z
@@ -176,22 +162,6 @@ def layer_norm_2d(
         return y if out_dtype is None else y.to(out_dtype)
     assert weight is not None and bias is not None
     return _layer_norm_2d(x, Norm(weight, bias, eps), out_dtype, None)[0]
-
-
-def bias_layer_norm_2d(
-    x: torch.Tensor,
-    input_bias: torch.Tensor,
-    norm: Norm,
-    out_dtype: torch.dtype | None = None,
-    gelu: bool = False,
-) -> torch.Tensor:
-    """layer_norm_2d(x + input_bias per channel), then the exact GELU if `gelu`: a convolution's bias (which cuDNN
-    adds in a pass of its own), the norm after it and an activation in one kernel where `uses_kernel`; else the
-    PyTorch steps. Returns a channels-last tensor, in out_dtype if given."""
-    if not (uses_kernel(x, norm.weight, norm.bias) and kernels_apply("layer_norm", input_bias)):
-        y = layer_norm_2d(x + input_bias[:, None, None], norm.weight, norm.bias, norm.eps, out_dtype)
-        return F.gelu(y) if gelu else y
-    return _layer_norm_2d(x, norm, out_dtype, None, input_bias, gelu)[0]
 
 
 def add_layer_norm_2d(
@@ -256,12 +226,4 @@ def norm_twice(
     return total, y, z
 
 
-__all__ = [
-    "Norm",
-    "add_layer_norm_2d",
-    "bias_layer_norm_2d",
-    "layer_norm_2d",
-    "layer_norm_2d_reference",
-    "norm_twice",
-    "uses_kernel",
-]
+__all__ = ["Norm", "add_layer_norm_2d", "layer_norm_2d", "layer_norm_2d_reference", "norm_twice", "uses_kernel"]

@@ -38,8 +38,6 @@ FAST_PATHS = frozenset(
         "cross_merge_norm",
         "channel_merge_norm",
         "layer_norm",  # ops/layer_norm: every LayerNorm2d kernel
-        "conv_norm",  # models/layers: a convolution's bias (and a GELU) added by the norm kernel after it
-        "padded_channels",  # models/layers: the stems' inputs zero-padded to a multiple of 8 channels
         "norm_twice",  # ops/layer_norm: a norm's kernel also making the norm that follows it
         "upsample_sum_relu",  # ops/upsample_sum
         "upsample_argmax",  # ops/upsample_argmax
