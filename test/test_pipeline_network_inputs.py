@@ -12,7 +12,7 @@ import torch
 from seg_harness import TINY_MODEL
 
 from mambaseg_core.config import load_config
-from mambaseg_core.events import EventBatch
+from mambaseg_core.events import EventBatch, EventRingBuffer
 from mambaseg_core.models import MambaSeg, load_model_config
 from mambaseg_core.pipeline import InferenceEngine, Segmenter, SegmenterConfig
 from mambaseg_core.pipeline.network_inputs import MIN_CAPACITY, FramePacker, PackedFrame, PackedLayout
@@ -152,3 +152,32 @@ def test_a_window_that_wraps_the_ring_is_staged_from_both_slices():
     make_inputs, packed, used = packed_inputs(seg, FramePacker("cpu"), image, 60_000)
     _, voxels = make_inputs(packed)
     assert used == 900 and float((voxels - expected.events).abs().max()) < 1e-5 and voxels.abs().sum() > 0
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: asynchronous staging from pinned memory")
+def test_cuda_packer_stages_frame_after_frame_as_the_cpu_packer_does():
+    """Frames staged back to back without waiting for the GPU (a ring that wraps, the packer's CUDA events reused
+    every frame): each frame's staged arrays, kept by a device copy queued after its staging, equal the CPU
+    packer's."""
+    rings = {device: EventRingBuffer(10**9, 5000, pinned=device == "cuda") for device in ("cpu", "cuda")}
+    packers = {device: FramePacker(device) for device in ("cpu", "cuda")}
+    rng = np.random.default_rng(7)
+    staged: dict[str, list[dict[str, torch.Tensor]]] = {"cpu": [], "cuda": []}
+    for frame in range(6):
+        events = make_events(1800, 48, 64, seed=frame)
+        events = EventBatch(events.x, events.y, events.t + frame * 50_000, events.p)
+        image = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+        for device in ("cpu", "cuda"):
+            rings[device].append(events)
+            count = rings[device].send_last_n(1500, (frame + 1) * 50_000, packers[device].events_sink(image, 1500))
+            layout = packers[device].pack_image(image)
+            views = layout.device_views(packers[device].packed())
+            staged[device].append(
+                {name: (view[:count] if name in ("t", "x", "y", "p") else view).clone() for name, view in views.items()}
+            )
+    torch.cuda.synchronize()
+    for cpu_frame, cuda_frame in zip(staged["cpu"], staged["cuda"], strict=True):
+        assert int(cpu_frame["count"][0]) == 1500
+        for name, value in cpu_frame.items():
+            assert torch.equal(cuda_frame[name].cpu(), value), name

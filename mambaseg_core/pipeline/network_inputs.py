@@ -169,7 +169,11 @@ class FramePacker:
         self._tail: torch.Tensor | None = None  # its tail, on the host
         self._device_views: dict[str, torch.Tensor] = {}  # made once per layout
         self._tail_views: dict[str, np.ndarray] = {}
-        self._tail_copied: torch.cuda.Event | None = None  # the last copy out of the host buffer
+        # CUDA events recorded after the window's copies and after the last copy out of the host buffer: two events
+        # re-recorded every frame (creating and destroying events per frame cost the host more than recording them).
+        cuda = self.device.type == "cuda"
+        self._events_copied = torch.cuda.Event() if cuda else None
+        self._tail_copied = torch.cuda.Event() if cuda else None
         self.capacity = 0  # event slots of the current layout (grows, never shrinks)
 
     def events_sink(self, image: np.ndarray, fixed_capacity: int | None) -> Sink:
@@ -180,7 +184,7 @@ class FramePacker:
 
         def sink(slices: list[EventBatch]) -> Fence | None:
             if self._tail_copied is not None:  # e.g. Segmenter.prepare twice: nothing waited for the GPU in between
-                self._tail_copied.synchronize()
+                self._tail_copied.synchronize()  # returns at once before the first record
             count = sum(len(piece) for piece in slices)
             self._use(self._layout_for(image, count, fixed_capacity))
             self._tail_views["count"][0] = count
@@ -191,7 +195,7 @@ class FramePacker:
                     source = torch.from_numpy(values.view(np.int16) if name in ("x", "y") else values)
                     self._device_views[name][offset : offset + len(piece)].copy_(source, non_blocking=True)
                 offset += len(piece)
-            return self._copies_done()
+            return self._copies_done(self._events_copied)
 
         return sink
 
@@ -228,16 +232,15 @@ class FramePacker:
         np.copyto(self._tail_views["image"], image, casting="safe")
         tail_bytes = layout.nbytes - layout.tail
         self._packed[layout.tail : layout.nbytes].copy_(self._tail[:tail_bytes], non_blocking=True)
-        self._tail_copied = self._copies_done()
+        self._copies_done(self._tail_copied)
         return layout
 
-    def _copies_done(self) -> torch.cuda.Event | None:
-        """An event after the copies started so far on a CUDA device (None elsewhere: the copies were synchronous)."""
-        if self.device.type != "cuda":
-            return None
-        done = torch.cuda.Event()
-        done.record(torch.cuda.current_stream(self.device))
-        return done
+    def _copies_done(self, event: torch.cuda.Event | None) -> torch.cuda.Event | None:
+        """`event` recorded after the copies started so far on a CUDA device (None elsewhere: the copies were
+        synchronous)."""
+        if event is not None:
+            event.record(torch.cuda.current_stream(self.device))
+        return event
 
     def packed(self) -> torch.Tensor:
         """The frame's packed bytes on the device, valid until the next frame is packed."""
