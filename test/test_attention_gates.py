@@ -125,6 +125,9 @@ def test_spatial_attention(triton_device, dtype, layout, channels, height, width
     with torch.no_grad():
         conv.weight.normal_(0, 0.3)
     conv = conv.to(triton_device, dtype)
+    if layout == "channels_last":  # the weight as the engine stores it: read through its strides, not copied
+        conv = conv.to(memory_format=torch.channels_last)
+        assert not conv.weight.is_contiguous()
     expected = gates.spatial_attention_reference(x.double(), copy.deepcopy(conv).double())
     # `into`: the second half of a channels-last concatenation, as the DDIM passes it.
     both = torch.full((2, 2 * channels, height, width), float("nan"), dtype=dtype, device=triton_device)

@@ -277,8 +277,11 @@ class DDIM(nn.Module):
             batch, channels, height, width = image.shape
             joined = [
                 torch.empty(
-                    batch, 2 * channels, height, width, dtype=projection_dtype(image), device=image.device
-                ).contiguous(memory_format=torch.channels_last)
+                    (batch, 2 * channels, height, width),
+                    dtype=projection_dtype(image),
+                    device=image.device,
+                    memory_format=torch.channels_last,
+                )
                 for _ in range(2)
             ]
             run_branches(

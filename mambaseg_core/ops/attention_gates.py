@@ -233,7 +233,7 @@ if triton is not None:
     @triton.jit
     def _spatial_attention_kernel(
         x_ptr, s_ptr, w_ptr, out_ptr, C, H, W, x_sb, x_sc, x_sh, x_sw, s_sb, s_sc, s_sh, s_sw, o_sb, o_sc, o_sh, o_sw,
-        KS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+        w_sc, w_sh, w_sw, KS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
     ):  # fmt: skip
         # One program: BLOCK_P pixels of one image. The KS x KS convolution (zero padding) of the two statistics
         # planes at those pixels, unrolled over its taps; its sigmoid; then x times it over all channels.
@@ -248,7 +248,7 @@ if triton is not None:
                     hh, ww = h + (dy - KS // 2), w + (dx - KS // 2)
                     ok = inside & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
                     address = s_ptr + batch * s_sb + plane * s_sc + hh * s_sh + ww * s_sw
-                    tap = tl.load(w_ptr + (plane * KS + dy) * KS + dx).to(tl.float32)
+                    tap = tl.load(w_ptr + plane * w_sc + dy * w_sh + dx * w_sw).to(tl.float32)
                     logit += tap * tl.load(address, mask=ok, other=0.0).to(tl.float32)
         gate = 1.0 / (1.0 + tl.exp(-logit))
         x_at = x_ptr + batch * x_sb + h * x_sh + w * x_sw
@@ -393,8 +393,8 @@ def spatial_attention(x: torch.Tensor, conv: nn.Conv2d, out: torch.Tensor | None
     block_p = min(64, max(16, power_of_two_at_least(triton.cdiv(height * width * batch, POOL_PROGRAMS))))
     block_c = min(power_of_two_at_least(channels), TILE_ELEMENTS // block_p, 128)
     _spatial_attention_kernel[(triton.cdiv(height * width, block_p), batch)](
-        x, stats, conv.weight.contiguous(), out, channels, height, width, *x.stride(), *stats.stride(), *out.stride(),
-        KS=size, BLOCK_C=block_c, BLOCK_P=block_p, num_warps=4,
+        x, stats, conv.weight, out, channels, height, width, *x.stride(), *stats.stride(), *out.stride(),
+        *conv.weight.stride()[1:], KS=size, BLOCK_C=block_c, BLOCK_P=block_p, num_warps=4,
     )  # fmt: skip
     return out
 
@@ -413,8 +413,9 @@ def swapped_channel_gates(
         return swapped_channel_gates_reference(image, events, reduce, expand, out_dtype)
     batch, channels, height, width = image.shape
     gates = _gates(image, events, reduce, expand, False, torch.float32)  # (2B, C): swapped image's, then events'
-    out = torch.empty(2 * batch, channels, height, width, dtype=out_dtype, device=image.device)
-    out = out.contiguous(memory_format=torch.channels_last)
+    out = torch.empty(
+        2 * batch, channels, height, width, dtype=out_dtype, device=image.device, memory_format=torch.channels_last
+    )
     block_p = min(64, power_of_two_at_least(height * width))
     block_c = min(power_of_two_at_least(channels), TILE_ELEMENTS // block_p)
     grid = (triton.cdiv(height * width, block_p), triton.cdiv(channels, block_c), 2 * batch)
