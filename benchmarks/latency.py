@@ -13,7 +13,8 @@ Sections of the report:
 4. The kernels of one CUDA-graph replay (profiler timeline): summed kernel time, GPU busy time over all streams,
    the span and the idle gaps inside it, the kernels by summed time.
 5. Accuracy of each optimised mode against fp32 eager: logits relative L2 error and argmax agreement on DSEC-size
-   random inputs (random weights), and on synthetic frames with the trained demo model.
+   random inputs (random weights), on the official reference fixture (its weights and inputs, found through
+   $MAMBASEG_SHARED_DIR or the ../shared beside the checkout), and on synthetic frames with the trained demo model.
 Usage: python benchmarks/latency.py [--datasets DSEC DDD17] [--batches 1 8] [--frames 100] [--no-write]
 """
 
@@ -22,8 +23,10 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
+import os
 import statistics
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -42,10 +45,13 @@ from mambaseg_core.config import load_config
 from mambaseg_core.data.dsec import scaled_num_events
 from mambaseg_core.events import EventBatch
 from mambaseg_core.events.evt3 import Evt3Decoder, encode_evt3
-from mambaseg_core.models import MambaSeg, load_model, load_model_config
+from mambaseg_core.models import MambaSeg, load_model, load_model_config, load_official_checkpoint
 from mambaseg_core.pipeline import ENGINE_MODES, STAGES, InferenceEngine, Segmenter, SegmenterConfig
 
 ROOT = Path(__file__).resolve().parents[1]
+# The official implementation's reference fixture (../shared/reference/README.md): a small gray model, 64x96 inputs.
+SHARED_DIR = Path(os.environ.get("MAMBASEG_SHARED_DIR", ROOT.parent / "shared"))
+REFERENCE_FIXTURE = SHARED_DIR / "reference" / "official_small_gray.pt"
 # dataset -> (model config, sensor (H, W), Segmenter settings, events per second)
 DATASETS = {
     "DSEC": (
@@ -549,6 +555,17 @@ def demo_inputs(model: MambaSeg, frames: int = 12) -> list[tuple[torch.Tensor, t
     return inputs
 
 
+def official_fixture_case() -> tuple[str, MambaSeg, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """The official fixture's model (through the official-checkpoint converter) and its two inputs."""
+    data = torch.load(REFERENCE_FIXTURE, weights_only=False)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "best_model.pth"
+        torch.save({"epoch": 1, "state_dict": data["state_dict"]}, path)
+        model = load_official_checkpoint(path, image_size=tuple(data["image"].shape[-2:])).cuda().eval()
+    inputs = [(data[f"image{k}"].float().cuda(), data[f"events{k}"].float().cuda()) for k in ("", "2")]
+    return "official reference fixture (64x96 gray), its 2 inputs (3 frames)", model, inputs
+
+
 def bench_accuracy(datasets: list[str], modes: list[str]) -> str:
     rows = []
     cases: list[tuple[str, MambaSeg, list[tuple[torch.Tensor, torch.Tensor]]]] = []
@@ -557,6 +574,8 @@ def bench_accuracy(datasets: list[str], modes: list[str]) -> str:
         cases.append(
             (f"{dataset} random weights, 4 random inputs", model, [random_inputs(model, 1, s) for s in range(4)])
         )
+    if REFERENCE_FIXTURE.exists():
+        cases.append(official_fixture_case())
     demo = ROOT / "models" / "demo" / "mambaseg_demo.pt"
     if demo.exists():
         model = load_model(str(demo), device="cuda").eval()

@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mambaseg_core.events import EventBatch, EventRingBuffer
+from mambaseg_core.events import EventBatch, EventRingBuffer, RingWindow
 
 
 def packets(rng: np.random.Generator, count: int, start: int = 0, *, max_size: int = 40, step: int = 1000):
@@ -59,14 +59,16 @@ def test_queries_match_brute_force(seed: int, max_events: int, max_duration: int
         assert_same(buffer.window(t0, t1), expected)
         before = kept[kept.t < t1]
         assert_same(buffer.last_n(n, t1), before[max(0, len(before) - n) :])
-        # The same events handed to a sink in place: at most two non-empty storage slices, oldest first.
-        received: list[EventBatch] = []
-        assert buffer.send_window(t0, t1, received.extend) == len(expected)
-        assert len(received) <= 2 and all(len(piece) for piece in received)
-        assert_same(EventBatch.concatenate(received), expected)
-        received.clear()
-        assert buffer.send_last_n(n, t1, received.extend) == min(n, len(before))
-        assert_same(EventBatch.concatenate(received), before[max(0, len(before) - n) :])
+        # The same events handed to a sink in place: `count` storage slots from `first` on, wrapping; at most two
+        # non-empty storage slices, oldest first.
+        windows: list[RingWindow] = []
+        assert buffer.send_window(t0, t1, windows.append) == len(expected)
+        assert buffer.send_last_n(n, t1, windows.append) == min(n, len(before))
+        for window, wanted in zip(windows, (expected, before[max(0, len(before) - n) :]), strict=True):
+            assert len(window.slices) <= 2 and all(len(piece) for piece in window.slices)
+            assert_same(EventBatch.concatenate(window.slices), wanted)
+            slots = (window.first + np.arange(window.count)) % max_events
+            assert window.count == len(wanted) and window.storage.t[slots].tolist() == wanted.t.tolist()
 
 
 class RecordingFence:
@@ -87,8 +89,8 @@ def test_a_write_waits_for_the_fences_of_the_sinks_that_read_before_it() -> None
     pieces: list[EventBatch] = []
 
     def sink(name: str):
-        def read(slices: list[EventBatch]) -> RecordingFence:
-            pieces.extend(slices)  # the storage itself: what an asynchronous copy would still be reading
+        def read(window: RingWindow) -> RecordingFence:
+            pieces.extend(window.slices)  # the storage itself: what an asynchronous copy would still be reading
             return RecordingFence(log, name)
 
         return read
@@ -102,7 +104,7 @@ def test_a_write_waits_for_the_fences_of_the_sinks_that_read_before_it() -> None
     buffer.append(EventBatch.from_arrays([6], [6], [60], [1]))
     assert log == ["a", "b"]  # each fence is waited for once
     slices: list[list[EventBatch]] = []
-    buffer.send_window(0, 100, lambda s: slices.append(s))  # 30, 40, 50, 60 over slots 2, 3, 0, 1: two slices
+    buffer.send_window(0, 100, lambda w: slices.append(w.slices))  # 30, 40, 50, 60 over slots 2, 3, 0, 1: two slices
     assert [piece.t.tolist() for piece in slices[0]] == [[30, 40], [50, 60]]
     # Fences already passed are dropped when the next one comes (a stream without events piles none up).
     fences = [RecordingFence(log, f"f{k}", done=k < 99) for k in range(100)]
@@ -119,7 +121,7 @@ def test_pinned_storage_hands_page_locked_slices_to_the_sink() -> None:
     buffer = EventRingBuffer(1000, 8, pinned=True)
     buffer.append(EventBatch.from_arrays([1], [2], [3], [1]))
     seen: list[bool] = []
-    buffer.send_window(0, 10, lambda slices: seen.append(torch.from_numpy(slices[0].t).is_pinned()))
+    buffer.send_window(0, 10, lambda window: seen.append(torch.from_numpy(window.slices[0].t).is_pinned()))
     assert seen == [True]
 
 

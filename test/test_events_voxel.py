@@ -328,6 +328,86 @@ def test_torch_cuda_graph_replay_with_count_matches_numpy(backend: str) -> None:
         assert diff < 1e-4
 
 
+def _ring(rng: np.random.Generator, slots: int, height: int, width: int, pinned: bool = False) -> list[torch.Tensor]:
+    """A ring buffer's storage as the Segmenter hands it over: int16 x/y bits, int64 t, uint8 p (pinned or not)."""
+    x, y = (rng.integers(0, size, slots).astype(np.int16) for size in (width, height))
+    t, p = np.sort(rng.integers(0, 10**6, slots)), rng.integers(0, 2, slots).astype(np.uint8)
+    return [torch.from_numpy(a).pin_memory() if pinned else torch.from_numpy(a) for a in (x, y, t, p)]
+
+
+def _ring_window_grid(ring: list[torch.Tensor], first: int, count: int, bins: int, height: int, width: int):
+    """The numba grid of `count` ring slots from `first` on, wrapping: the events copied out in order."""
+    slots = (first + np.arange(count)) % ring[0].shape[0]
+    x, y, t, p = (v.numpy()[slots] for v in ring)
+    return voxel_grid(x.view(np.uint16), y.view(np.uint16), t, p, bins=bins, height=height, width=width)
+
+
+CPU_BACKENDS = [
+    "torch",
+    pytest.param("triton", marks=pytest.mark.skipif(voxel_module.triton is None, reason="no triton: the fused kernel")),
+]
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_ring_window_in_place_matches_the_window_copied_out(backend: str) -> None:
+    """first + count + capacity over a ring's whole storage (wrapping or not, shorter than capacity) = the grid of the
+    window's events copied out; the time span runs from slot first to the window's last slot."""
+    rng = np.random.default_rng(21)
+    slots, capacity, bins, height, width = 1000, 700, 10, 30, 40
+    ring = _ring(rng, slots, height, width)
+    ring[2][:] = torch.arange(slots) * 7 + 100  # sorted from slot 0: a window from slot 600 wraps onto earlier times
+    ring[2][:300] += 7 * slots  # ... so make slots 0..299 the newest, as after a wrap
+    for first, count in ((600, 700), (0, 700), (950, 60), (123, 1)):
+        expected = _ring_window_grid(ring, first, count, bins, height, width)
+        got = voxel_grid_torch(
+            *ring, bins=bins, height=height, width=width, count=torch.tensor(count), first=torch.tensor(first),
+            capacity=capacity, backend=backend,
+        )  # fmt: skip
+        diff = float((got - torch.from_numpy(expected)).abs().max())
+        print(f"first {first} count {count}: max abs diff {diff:.2e}")
+        assert diff < 1e-4 and float(got.abs().sum()) > 0
+    with pytest.raises(ValueError, match="needs count, capacity"):
+        voxel_grid_torch(*ring, bins=bins, height=height, width=width, first=torch.tensor(0), capacity=10)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: pinned host memory read by a kernel")
+@pytest.mark.skipif(voxel_module.triton is None, reason="no triton: the fused kernel reads host memory in place")
+def test_cuda_graph_reads_a_pinned_ring_in_place() -> None:
+    """Captured once over a pinned host ring that the fused kernel reads where it lies, replayed after the ring and
+    (first, count) change: each replay sees the storage as it is then."""
+    rng = np.random.default_rng(22)
+    slots, capacity, bins, height, width = 4000, 3000, 10, 30, 40
+    ring = _ring(rng, slots, height, width, pinned=True)
+    window = torch.zeros(2, dtype=torch.int64, device="cuda")  # (first, count), as in a PackedLayout
+    out = torch.empty(bins, height, width, device="cuda")
+
+    def grid() -> torch.Tensor:
+        return voxel_grid_torch(
+            *ring, bins=bins, height=height, width=width, device="cuda", count=window[1], first=window[0],
+            capacity=capacity, out=out, backend="triton",
+        )  # fmt: skip
+
+    window.copy_(torch.tensor([3500, 3000]))
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        grid()  # warm-up outside the capture
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        grid()
+    for first, count in ((3500, 3000), (10, 2500), (3999, 2)):
+        ring[0].copy_(torch.from_numpy(rng.integers(0, width, slots).astype(np.int16)))  # new events, same memory
+        window.copy_(torch.tensor([first, count]))
+        graph.replay()
+        torch.cuda.synchronize()
+        expected = _ring_window_grid(ring, first, count, bins, height, width)
+        diff = float((out.cpu() - torch.from_numpy(expected)).abs().max())
+        print(f"first {first} count {count}: max abs diff {diff:.2e}")
+        assert diff < 1e-4
+
+
 def test_crop_bottom() -> None:
     grid = np.arange(2 * 5 * 3).reshape(2, 5, 3)
     assert crop_bottom(grid, 2).shape == (2, 3, 3) and np.array_equal(crop_bottom(grid, 2), grid[:, :3])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import threading
 
 import numpy as np
 import pytest
@@ -12,10 +13,10 @@ import torch
 from seg_harness import TINY_MODEL
 
 from mambaseg_core.config import load_config
-from mambaseg_core.events import EventBatch, EventRingBuffer
+from mambaseg_core.events import EventBatch, EventRingBuffer, RingWindow
 from mambaseg_core.models import MambaSeg, load_model_config
 from mambaseg_core.pipeline import InferenceEngine, Segmenter, SegmenterConfig
-from mambaseg_core.pipeline.network_inputs import MIN_CAPACITY, FramePacker, PackedFrame, PackedLayout
+from mambaseg_core.pipeline.network_inputs import MIN_CAPACITY, FramePacker, PackedLayout
 
 NET_H, NET_W = TINY_MODEL["image_size"]
 BINS = TINY_MODEL["event_bins"]
@@ -36,8 +37,8 @@ def packed_inputs(seg: Segmenter, packer: FramePacker, image: np.ndarray, stamp_
     """The packed path, step by step as the Segmenter takes it on a CUDA device, here on the CPU."""
     fixed = seg.config.window_events if seg.config.window_mode == "count" else None
     used = seg._send_window(seg.buffer, stamp_us, packer.events_sink(image, fixed))
-    layout = packer.pack_image(image)
-    make_inputs = PackedFrame(layout, seg.image_channels, seg.event_bins, seg.network_size, seg.config.image_fit)
+    packer.pack_image(image)
+    make_inputs = packer.frame(seg.image_channels, seg.event_bins, seg.network_size, seg.config.image_fit)
     return make_inputs, packer.packed(), used
 
 
@@ -51,14 +52,18 @@ CASES = {
 }  # fmt: skip
 
 
+@pytest.mark.parametrize("in_place", [False, True], ids=["copied", "in place"])
 @pytest.mark.parametrize("case", CASES)
-def test_packed_frame_gives_the_network_inputs_of_the_cpu_path(case):
+def test_packed_frame_gives_the_network_inputs_of_the_cpu_path(case, in_place):
+    """Events copied into the packed buffer, or read in the ring buffer's storage (as on a CUDA device)."""
     channels, shape, dtype, settings = CASES[case]
     seg = Segmenter(make_model(channels), load_config(SegmenterConfig, settings), "cpu")
     seg.add_events(make_events(3000, shape[0], shape[1]))
     image = np.random.default_rng(1).integers(0, np.iinfo(dtype).max, shape, dtype=dtype, endpoint=True)
     expected = seg.prepare(image, 40_000)
-    make_inputs, packed, used = packed_inputs(seg, FramePacker("cpu"), image, 40_000)
+    packer = FramePacker("cpu", in_place=in_place)
+    make_inputs, packed, used = packed_inputs(seg, packer, image, 40_000)
+    assert make_inputs.layout.events_in_place == in_place and (make_inputs.ring is not None) == in_place
     image_tensor, voxels = make_inputs(packed)
     assert used == expected.events_used > 0
     assert image_tensor.shape == expected.image.shape and voxels.shape == expected.events.shape
@@ -85,7 +90,7 @@ def test_event_capacity_is_fixed_or_grows_in_powers_of_two():
     packer = FramePacker("cpu")
 
     def capacity_after(window: int, fixed: int | None) -> int:
-        packer.events_sink(image, fixed)([make_events(window, NET_H, NET_W)])
+        packer.events_sink(image, fixed)(RingWindow(make_events(window, NET_H, NET_W), 0, window))
         return packer.capacity
 
     grown = [capacity_after(count, None) for count in (0, 10, 20_000, 100, 70_000)]
@@ -103,16 +108,20 @@ def test_layout_sections_are_aligned_and_disjoint():
     assert all(start % 128 == 0 for start, _ in spans)
     assert all(end <= next_start for (_, end), (next_start, _) in itertools.pairwise(spans))
     assert spans[-1][1] == layout.nbytes
-    assert layout.tail == layout.sections["count"][0] > layout.sections["p"][0]  # count and image come last
+    assert layout.tail == layout.sections["window"][0] > layout.sections["p"][0]  # window and image come last
     buffer = torch.zeros(layout.nbytes, dtype=torch.uint8)
     host = layout.tail_views(buffer[layout.tail :].numpy())
-    assert set(host) == {"count", "image"}
-    host["count"][0] = 1001
+    assert set(host) == {"window", "image"}
+    host["window"][:] = (17, 1001)
     host["image"][:] = 65_535
     device = layout.device_views(buffer)
-    assert device["x"].dtype == torch.int16 and device["count"].dtype == torch.int64 and int(device["count"][0]) == 1001
+    assert device["x"].dtype == torch.int16 and device["window"].dtype == torch.int64
+    assert device["window"].tolist() == [17, 1001]
     assert device["image"].dtype == torch.float32 and device["image"].shape == (5, 7, 3)
     assert float(device["image"].min()) == 65_535.0
+    in_place = PackedLayout((5, 7, 3), 16, 1001, events_in_place=True)  # the events stay in the ring buffer
+    assert set(in_place.sections) == {"window", "image"} and in_place.tail == 0
+    assert in_place.nbytes == layout.nbytes - layout.tail
 
 
 def test_engine_runs_the_packed_conversion_with_the_forward():
@@ -130,28 +139,52 @@ def test_pack_image_needs_the_events_of_a_frame_of_its_shape_and_dtype():
     packer = FramePacker("cpu")
     with pytest.raises(RuntimeError, match="no events_sink ran"):
         packer.pack_image(np.zeros((4, 4), np.uint8))
-    packer.events_sink(np.zeros((4, 4), np.uint8), 10)([])
+    packer.events_sink(np.zeros((4, 4), np.uint8), 10)(RingWindow(EventBatch.empty(), 0, 0))
     with pytest.raises(RuntimeError, match="no events_sink ran"):
         packer.pack_image(np.zeros((4, 5), np.uint8))
     with pytest.raises(RuntimeError, match="no events_sink ran"):
         packer.pack_image(np.zeros((4, 4), np.uint16))
 
 
-def test_a_window_that_wraps_the_ring_is_staged_from_both_slices():
-    """A small ring that has wrapped: the window comes in two storage slices, staged back to back."""
+@pytest.mark.parametrize("in_place", [False, True], ids=["copied", "in place"])
+def test_a_window_that_wraps_the_ring_is_staged_from_both_slices(in_place):
+    """A small ring that has wrapped: the window comes in two storage slices, staged back to back, or read in place
+    across the wrap."""
     settings = {"window_events": 900, "buffer_max_events": 1000}
     seg = Segmenter(make_model(), load_config(SegmenterConfig, settings), "cpu")
     stream = make_events(2500, NET_H, NET_W, seed=3)
     for start in range(0, 2500, 300):
         seg.add_events(stream[start : start + 300])
     slices: list[int] = []
-    seg._send_window(seg.buffer, 60_000, lambda pieces: slices.extend(len(piece) for piece in pieces))
+    seg._send_window(seg.buffer, 60_000, lambda window: slices.extend(len(piece) for piece in window.slices))
     assert len(slices) == 2 and sum(slices) == 900
     image = np.random.default_rng(4).integers(0, 256, (NET_H, NET_W, 3), dtype=np.uint8)
     expected = seg.prepare(image, 60_000)
-    make_inputs, packed, used = packed_inputs(seg, FramePacker("cpu"), image, 60_000)
+    make_inputs, packed, used = packed_inputs(seg, FramePacker("cpu", in_place=in_place), image, 60_000)
     _, voxels = make_inputs(packed)
     assert used == 900 and float((voxels - expected.events).abs().max()) < 1e-5 and voxels.abs().sum() > 0
+
+
+def test_a_window_read_in_place_holds_the_ring_until_released():
+    """In place, the ring's next append (here from another thread, as the node's event callback) waits until the
+    frame's GPU work is over and the window is released; the stored events stay as the frame saw them."""
+    ring = EventRingBuffer(10**9, 100)
+    ring.append(make_events(60, NET_H, NET_W))
+    packer = FramePacker("cpu", in_place=True)
+    image = np.zeros((NET_H, NET_W, 3), np.uint8)
+    assert ring.send_last_n(40, 10**9, packer.events_sink(image, 40)) == 40 and packer.window_held
+    seen = ring.last_n(40, 10**9).t.copy()
+    later = make_events(60, NET_H, NET_W, seed=1)
+    later = EventBatch(later.x, later.y, later.t + 60_000, later.p)  # overwrites the window's slots
+    appended = threading.Event()
+    writer = threading.Thread(target=lambda: (ring.append(later), appended.set()))
+    writer.start()
+    assert not appended.wait(0.3)  # the append waits for the window
+    np.testing.assert_array_equal(ring.last_n(40, 10**9).t, seen)
+    packer.release_window()
+    assert appended.wait(10) and not packer.window_held
+    writer.join()
+    assert int(ring.latest_time) == int(later.t[-1])
 
 
 @pytest.mark.cuda
@@ -161,7 +194,7 @@ def test_cuda_packer_stages_frame_after_frame_as_the_cpu_packer_does():
     every frame): each frame's staged arrays, kept by a device copy queued after its staging, equal the CPU
     packer's."""
     rings = {device: EventRingBuffer(10**9, 5000, pinned=device == "cuda") for device in ("cpu", "cuda")}
-    packers = {device: FramePacker(device) for device in ("cpu", "cuda")}
+    packers = {device: FramePacker(device, in_place=False) for device in ("cpu", "cuda")}
     rng = np.random.default_rng(7)
     staged: dict[str, list[dict[str, torch.Tensor]]] = {"cpu": [], "cuda": []}
     for frame in range(6):
@@ -178,6 +211,6 @@ def test_cuda_packer_stages_frame_after_frame_as_the_cpu_packer_does():
             )
     torch.cuda.synchronize()
     for cpu_frame, cuda_frame in zip(staged["cpu"], staged["cuda"], strict=True):
-        assert int(cpu_frame["count"][0]) == 1500
+        assert cpu_frame["window"].tolist() == [0, 1500]
         for name, value in cpu_frame.items():
             assert torch.equal(cuda_frame[name].cpu(), value), name

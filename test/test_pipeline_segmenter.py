@@ -14,6 +14,7 @@ from seg_harness import TINY_MODEL, write_tiny_model_config
 from mambaseg_core.config import ConfigError, load_config
 from mambaseg_core.data.classes import IGNORE_INDEX
 from mambaseg_core.events import EventBatch, voxel_grid
+from mambaseg_core.events import voxel as voxel_module
 from mambaseg_core.models import MambaSeg, load_model_config
 from mambaseg_core.pipeline import EventClock, Segmenter, SegmenterConfig, build_model
 from mambaseg_core.pipeline.colorize import colorize, palette_lut
@@ -313,8 +314,8 @@ def test_event_clock_as_is_keeps_times_and_flags_steps_back():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: the torch voxel grid and device path")
 @pytest.mark.parametrize("ring", [100_000, 1000], ids=["ring", "wrapped ring"])
 def test_cuda_segmenter_matches_cpu(model, ring):
-    """The GPU path (the window copied straight out of the pinned ring, in two slices once it has wrapped) gives the
-    CPU path's network inputs and ids."""
+    """The GPU path (the window read in place in the pinned ring by the voxel kernel, across the wrap once it has
+    wrapped) gives the CPU path's network inputs and ids, and hands the window back after each frame."""
     gpu_model = copy.deepcopy(model)
     gpu_model.set_scan_backend("torch")  # no extension build inside a unit test
     config = load_config(SegmenterConfig, {"window_events": 700, "buffer_max_events": ring})
@@ -327,12 +328,15 @@ def test_cuda_segmenter_matches_cpu(model, ring):
     cpu_inputs, gpu_inputs = cpu.prepare(image, 100_000), gpu.prepare(image, 100_000)
     gpu.prepare(make_image(seed=6), 100_000)  # restages at once: must not overwrite what the first still uploads
     assert gpu_inputs.image.is_cuda and gpu_inputs.events.is_cuda  # the network inputs on the Segmenter's device
+    assert gpu._packer is not None and gpu._packer.in_place == (voxel_module.triton is not None)
+    assert not gpu._packer.window_held
     assert gpu_inputs.events_used == cpu_inputs.events_used == 700
     voxel_diff = (cpu_inputs.events - gpu_inputs.events.cpu()).abs().max().item()
     print(f"max |voxel cpu - cuda| = {voxel_diff}")
     assert voxel_diff < 1e-4  # float32 sums in another order
     torch.testing.assert_close(gpu_inputs.image.cpu(), cpu_inputs.image, rtol=0, atol=1e-6)
     cpu_ids, gpu_ids = cpu.segment(image, 100_000).class_ids, gpu.segment(image, 100_000).class_ids
+    assert not gpu._packer.window_held  # the ring's next append does not wait
     agreement = float((cpu_ids == gpu_ids).mean())
     print(f"ids agreeing between CPU and CUDA: {agreement:.4f}")
     assert agreement > 0.99  # TF32/cuDNN kernels may flip near-ties of random-weight logits

@@ -277,21 +277,26 @@ def test_mamba_ssm_installed_without_its_kernel_is_unavailable_saying_how_to_fix
         mamba_ssm_scan.load_mamba_ssm()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize(("with_d", "with_bias", "softplus"), [(True, True, True), (False, False, False)])
-def test_mamba_ssm_adapter_passes_every_argument_through(with_d, with_bias, softplus):
+def test_mamba_ssm_adapter_passes_every_argument_through(with_d, with_bias, softplus, dtype):
     """The adapter around mamba_ssm's selective_scan_fn, with a stand-in that has its signature and computes the
-    reference: the same result, so every argument reaches its parameter (mamba_ssm itself is not installed here)."""
+    reference: the same result, so every argument reaches its parameter (mamba_ssm itself is not installed here).
+    Half-precision inputs reach it widened to float32: mamba_ssm writes y in its inputs' dtype, and on an H200 its
+    bf16 outputs were 3e-3 off the float32 reference."""
     calls = []
 
     def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
-        calls.append((z, A.dtype, None if D is None else D.dtype))
+        calls.append((z, {x.dtype for x in (u, delta, A, B, C)}, None if D is None else D.dtype))
         return selective_scan_reference(u, delta, A, B, C, D, delta_bias, delta_softplus)
 
     scan = mamba_ssm_scan.make_mamba_ssm_scan(selective_scan_fn)
-    inputs = make_inputs(2, 4, 3, 9, 2, with_d=with_d, with_bias=with_bias)
+    inputs = make_inputs(2, 4, 3, 9, 2, with_d=with_d, with_bias=with_bias, dtype=dtype)
     expected = selective_scan_reference(**inputs, delta_softplus=softplus)
-    torch.testing.assert_close(scan(**inputs, delta_softplus=softplus), expected, rtol=0, atol=0)
-    assert calls == [(None, torch.float32, torch.float32 if with_d else None)]
+    y = scan(**inputs, delta_softplus=softplus)
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, expected, rtol=0, atol=0)
+    assert calls == [(None, {torch.float32}, torch.float32 if with_d else None)]
 
 
 def _mamba_ssm_unavailable() -> str | None:

@@ -8,8 +8,8 @@ from mambaseg_core.events.event_array import decode_event_array
 from mambaseg_core.events.evt3 import Evt3Decoder, Evt3Stats, encode_evt3
 from mambaseg_core.events.mono import decode_mono, encode_mono
 from mambaseg_core.events.packets import SUPPORTED_ENCODINGS, UnsupportedEncodingError, decode_packet
-from mambaseg_core.events.ring_buffer import EventRingBuffer, RingBufferStats
-from mambaseg_core.events.voxel import crop_bottom, voxel_grid, voxel_grid_torch
+from mambaseg_core.events.ring_buffer import EventRingBuffer, RingBufferStats, RingWindow
+from mambaseg_core.events.voxel import crop_bottom, reads_host_memory_in_place, voxel_grid, voxel_grid_torch
 
 __all__ = [
     "SUPPORTED_ENCODINGS",
@@ -22,6 +22,7 @@ __all__ = [
     "Evt3Decoder",
     "Evt3Stats",
     "RingBufferStats",
+    "RingWindow",
     "UnsupportedEncodingError",
     "crop_bottom",
     "decode_event_array",
@@ -30,6 +31,7 @@ __all__ = [
     "encode_evt3",
     "encode_mono",
     "load_rectify_map",
+    "reads_host_memory_in_place",
     "rectify",
     "voxel_grid",
     "voxel_grid_torch",

@@ -11,9 +11,10 @@ Policy:
   event is stored with t = the newest stored time (so at most `backwards_tolerance_us` late), counted in
   `stats.clamped_out_of_order`.
 - Thread safety: one lock guards appends and queries (one writer and any readers). `window` and `last_n` return
-  copies. `send_window` and `send_last_n` hand the result, in place, to a `Sink`: the (at most two) storage slices
-  it spans, valid during the call. The sink may start asynchronous copies out of them (a GPU upload straight from
-  pinned storage, `pinned=True`) and return a `Fence`; the next write into the ring waits for it first.
+  copies. `send_window` and `send_last_n` hand the result, in place, to a `Sink` as a `RingWindow`: where it lies
+  in the storage, valid during the call. The sink may leave asynchronous reads of it running (a GPU upload straight
+  from pinned storage, `pinned=True`, or a GPU kernel reading that storage in place) and return a `Fence`; the next
+  write into the ring waits for it first.
 """
 
 from __future__ import annotations
@@ -41,9 +42,27 @@ class Fence(Protocol):
     def synchronize(self) -> None: ...
 
 
-# A query's consumer: the result's storage slices (oldest first; views valid only during the call) -> a fence that
-# the next write into the ring waits for, or None (EventRingBuffer.send_window).
-Sink = Callable[[list[EventBatch]], Fence | None]
+@dataclass(frozen=True)
+class RingWindow:
+    """A query's result in place: `count` events from storage slot `first` on, oldest first, wrapping from the
+    storage's last slot to slot 0. Valid only during the sink's call (the storage is the ring's own)."""
+
+    storage: EventBatch  # the whole storage: max_events slots of x, y, t and p
+    first: int
+    count: int
+
+    @property
+    def slices(self) -> list[EventBatch]:
+        """The window as storage views in order: one, two where it wraps, none when empty."""
+        capacity = len(self.storage)
+        head = min(self.count, capacity - self.first)
+        spans = [slice(self.first, self.first + head), slice(0, self.count - head)]
+        return [self.storage[span] for span in spans if span.stop > span.start]
+
+
+# A query's consumer: the result in place -> a fence that the next write into the ring waits for, or None
+# (EventRingBuffer.send_window).
+Sink = Callable[[RingWindow], Fence | None]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -135,7 +154,7 @@ class EventRingBuffer:
         self.max_duration_us = int(max_duration_us)
         self.max_events = int(max_events)
         self.backwards_tolerance_us = int(backwards_tolerance_us)
-        self._store = {name: _storage(self.max_events, _DTYPES[name], pinned) for name in _FIELDS}
+        self._storage = EventBatch(**{name: _storage(self.max_events, _DTYPES[name], pinned) for name in _FIELDS})
         self._head = 0  # storage index of the oldest event
         self._count = 0
         self._fences: list[Fence] = []  # what sinks still read from the storage (waited for before the next write)
@@ -164,35 +183,47 @@ class EventRingBuffer:
         """Add a packet (in stream order); applies the time-backwards and capacity policies above."""
         if len(batch) == 0:
             return
-        with self._lock:
-            for fence in self._fences:
+        waited: list[Fence] = []
+        while True:
+            with self._lock:
+                self._fences = [f for f in self._fences if all(f is not w for w in waited) and not f.query()]
+                if not self._fences:
+                    self._write(batch)
+                    return
+                pending = self._fences
+            # Wait without the lock: queries (and the reader that will release a fence) go on meanwhile; then look
+            # again, for fences of reads made in the meantime.
+            for fence in pending:
                 fence.synchronize()
-            self._fences.clear()
-            self.stats.appended += len(batch)
-            start = 0
-            while True:
-                store = self._store
-                end, self._head, self._count, clamped, dropped, expired = _append_run(
-                    store["x"], store["y"], store["t"], store["p"], self._head, self._count,
-                    batch.x, batch.y, batch.t, batch.p, start, self.backwards_tolerance_us, self.max_duration_us,
-                )  # fmt: skip
-                self.stats.clamped_out_of_order += clamped
-                self.stats.dropped_overflow += dropped + expired
-                if end == len(batch):
-                    break
-                self.stats.resets_time_backwards += 1
-                self._head = self._count = 0
-                start = end
+            waited += pending
+
+    def _write(self, batch: EventBatch) -> None:
+        """append's writing, lock held and no reader's fence pending."""
+        self.stats.appended += len(batch)
+        start = 0
+        while True:
+            store = self._storage
+            end, self._head, self._count, clamped, dropped, expired = _append_run(
+                store.x, store.y, store.t, store.p, self._head, self._count,
+                batch.x, batch.y, batch.t, batch.p, start, self.backwards_tolerance_us, self.max_duration_us,
+            )  # fmt: skip
+            self.stats.clamped_out_of_order += clamped
+            self.stats.dropped_overflow += dropped + expired
+            if end == len(batch):
+                break
+            self.stats.resets_time_backwards += 1
+            self._head = self._count = 0
+            start = end
 
     def window(self, t0: int, t1: int) -> EventBatch:
         """Copy of the stored events with t0 <= t < t1 (empty when t1 <= t0)."""
         with self._lock:
-            return EventBatch.concatenate(self._slices(*self._window_range(t0, t1)))
+            return EventBatch.concatenate(self._in_place(*self._window_range(t0, t1)).slices)
 
     def last_n(self, n: int, t_end: int) -> EventBatch:
         """Copy of the last (up to) n stored events with t < t_end."""
         with self._lock:
-            return EventBatch.concatenate(self._slices(*self._last_n_range(n, t_end)))
+            return EventBatch.concatenate(self._in_place(*self._last_n_range(n, t_end)).slices)
 
     def send_window(self, t0: int, t1: int, sink: Sink) -> int:
         """`window`'s events handed to `sink` in place (module docstring); returns how many there are."""
@@ -207,11 +238,11 @@ class EventRingBuffer:
     # -- internals (lock held) -------------------------------------------------------------------------
 
     def _time_at(self, logical: int) -> int:
-        return int(self._store["t"][(self._head + logical) % self.max_events])
+        return int(self._storage.t[(self._head + logical) % self.max_events])
 
     def _search(self, value: int) -> int:
         """Logical index of the first stored event with t >= value."""
-        return int(_search_ring(self._store["t"], self._head, self._count, value))
+        return int(_search_ring(self._storage.t, self._head, self._count, value))
 
     def _window_range(self, t0: int, t1: int) -> tuple[int, int]:
         i0 = self._search(t0)
@@ -223,15 +254,12 @@ class EventRingBuffer:
         i1 = self._search(t_end)
         return max(0, i1 - n), i1
 
-    def _slices(self, i0: int, i1: int) -> list[EventBatch]:
-        """Views of logical [i0, i1) in storage order: one slice, two where it wraps, none when empty."""
-        start = (self._head + i0) % self.max_events
-        first = min(i1 - i0, self.max_events - start)
-        spans = [slice(start, start + first), slice(0, i1 - i0 - first)]
-        return [EventBatch(*(self._store[name][span] for name in _FIELDS)) for span in spans if span.stop > span.start]
+    def _in_place(self, i0: int, i1: int) -> RingWindow:
+        """Logical [i0, i1) where it lies in the storage."""
+        return RingWindow(self._storage, (self._head + i0) % self.max_events, i1 - i0)
 
     def _send(self, i0: int, i1: int, sink: Sink) -> int:
-        fence = sink(self._slices(i0, i1))
+        fence = sink(self._in_place(i0, i1))
         if fence is not None:
             # Finished fences go: frames without events in between (a stalled stream) must not pile them up.
             self._fences = [*(pending for pending in self._fences if not pending.query()), fence]

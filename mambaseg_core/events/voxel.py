@@ -228,31 +228,42 @@ def voxel_grid(
 
 if triton is not None:
 
-    @triton.jit(do_not_specialize=["n"])  # one compilation for every event count
+    @triton.jit(do_not_specialize=["n", "ring"])  # one compilation for every event count and ring size
     def _voxel_kernel(  # pragma: no cover - GPU
-        x_ptr, y_ptr, t_ptr, p_ptr, count_ptr, grid_ptr, n, bins, height, width,
-        HAS_COUNT: tl.constexpr, BLOCK: tl.constexpr,
+        x_ptr, y_ptr, t_ptr, p_ptr, count_ptr, first_ptr, grid_ptr, n, ring, bins, height, width,
+        HAS_COUNT: tl.constexpr, RING: tl.constexpr, BLOCK: tl.constexpr,
     ):  # fmt: skip
         """One program per BLOCK events: τ, b, δ exactly as on the CPU (float64), then float32 atomic adds of
-        both terms into the zeroed (B*H*W,) grid; invalid events and the last bin's right term are masked."""
+        both terms into the zeroed (B*H*W,) grid; invalid events and the last bin's right term are masked.
+        RING: event k is at slot first + k of a `ring`-slot storage, wrapping to slot 0."""
         offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         if HAS_COUNT:
             count = tl.load(count_ptr).to(tl.int64)
         else:
             count = tl.zeros([], tl.int64) + n
         in_range = (offsets < n) & (offsets < count)
-        t0 = tl.load(t_ptr)
-        span = (tl.load(t_ptr + tl.maximum(count - 1, 0)) - t0).to(tl.float64)
+        last = tl.maximum(count - 1, 0)
+        if RING:
+            first = tl.load(first_ptr).to(tl.int64)
+            slots = first + offsets
+            slots = tl.where(slots >= ring, slots - ring, slots)
+            last = first + last
+            last = tl.where(last >= ring, last - ring, last)
+        else:
+            first = tl.zeros([], tl.int64)
+            slots = offsets
+        t0 = tl.load(t_ptr + first)
+        span = (tl.load(t_ptr + last) - t0).to(tl.float64)
         span = tl.where(span == 0.0, 1.0, span)
-        t = tl.load(t_ptr + offsets, mask=in_range, other=0)
+        t = tl.load(t_ptr + slots, mask=in_range, other=0)
         tau = ((t - t0) * (bins - 1)).to(tl.float64) / span  # int64 product, then an IEEE float64 division
-        x = tl.load(x_ptr + offsets, mask=in_range, other=-1).to(tl.float64)
-        y = tl.load(y_ptr + offsets, mask=in_range, other=-1).to(tl.float64)
+        x = tl.load(x_ptr + slots, mask=in_range, other=-1).to(tl.float64)
+        y = tl.load(y_ptr + slots, mask=in_range, other=-1).to(tl.float64)
         # -1 < v < W  <=>  0 <= trunc(v) < W, and false for NaN
         valid = in_range & (x > -1.0) & (x < width) & (y > -1.0) & (y < height) & (tau >= 0.0) & (tau < bins)
         b = tl.where(valid, tau, 0.0).to(tl.int64)
         right_weight = tau - b.to(tl.float64)
-        sign = tl.where(tl.load(p_ptr + offsets, mask=in_range, other=0).to(tl.float64) == 1.0, 1.0, -1.0)
+        sign = tl.where(tl.load(p_ptr + slots, mask=in_range, other=0).to(tl.float64) == 1.0, 1.0, -1.0)
         left = (
             b * (height * width) + tl.where(valid, y, 0.0).to(tl.int64) * width + tl.where(valid, x, 0.0).to(tl.int64)
         )
@@ -264,18 +275,33 @@ if triton is not None:
 
 
 def _voxel_grid_triton(
-    x: torch.Tensor, y: torch.Tensor, t: torch.Tensor, p: torch.Tensor, count: torch.Tensor | None, out: torch.Tensor
+    x: torch.Tensor,
+    y: torch.Tensor,
+    t: torch.Tensor,
+    p: torch.Tensor,
+    count: torch.Tensor | None,
+    out: torch.Tensor,
+    first: torch.Tensor | None = None,
+    capacity: int | None = None,
 ) -> torch.Tensor:
-    """The fused kernel: out.zero_() and one launch (inputs already on out's device, t int64 or float64)."""
+    """The fused kernel: out.zero_() and one launch (t int64 or float64; inputs on out's device, or pinned host
+    memory that the kernel reads in place). With `first`, x, y, t, p are a ring's storage (voxel_grid_torch)."""
     bins, height, width = out.shape
-    n = t.shape[0]
+    ring = t.shape[0]
+    n = capacity if first is not None and capacity is not None else ring
     out.zero_()
     block = 1024
     _voxel_kernel[(triton.cdiv(n, block),)](
-        x, y, t, p, count if count is not None else t, out, n, bins, height, width,
-        HAS_COUNT=count is not None, BLOCK=block,
+        x, y, t, p, count if count is not None else t, first if first is not None else t, out, n, ring,
+        bins, height, width, HAS_COUNT=count is not None, RING=first is not None, BLOCK=block,
     )  # fmt: skip
     return out
+
+
+def reads_host_memory_in_place(device: torch.device | str) -> bool:
+    """Whether voxel_grid_torch on `device` reads a ring's pinned host storage where it lies (the fused kernel on a
+    CUDA device), rather than needing it on the device."""
+    return triton is not None and torch.device(device).type == "cuda"
 
 
 def _torch_voxel_backend(backend: str, device: torch.device) -> str:
@@ -306,6 +332,8 @@ def voxel_grid_torch(
     width: int,
     device: torch.device | str | None = None,
     count: torch.Tensor | None = None,
+    first: torch.Tensor | None = None,
+    capacity: int | None = None,
     out: torch.Tensor | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
@@ -318,6 +346,10 @@ def voxel_grid_torch(
     `device` to overwrite and return. With integer t there is no host synchronisation and every shape depends
     on N only, so the call can be captured in a CUDA graph once and replayed for any count (float t costs one
     sync for its NaN check).
+    first (0-d integer tensor) with count and capacity: x, y, t, p (integer t) are a ring buffer's whole storage
+    and the events are the `count` <= `capacity` slots from `first` on, wrapping from the last slot to slot 0;
+    `capacity` fixes the work, so a CUDA graph replays for any first and count. On a CUDA device the fused kernel
+    reads pinned host storage in place (reads_host_memory_in_place); elsewhere the storage is moved to `device`.
     backend: "triton" (one fused kernel plus the zeroing of out; CUDA, or TRITON_INTERPRET=1), "torch" (about
     30 small kernels, any device), "auto" (triton on CUDA when the package is importable, else torch).
     The torch path does no filtering: coordinates are clamped into a grid padded by one cell on each side of
@@ -330,6 +362,11 @@ def voxel_grid_torch(
     for name, values in (("x", x), ("y", y), ("t", t), ("p", p)):
         if values.dim() != 1 or values.shape[0] != n:
             raise ValueError(f"voxel_grid_torch {name} must be 1-D with {n} entries like t, got {tuple(values.shape)}")
+    if first is not None and (count is None or capacity is None or capacity < 0 or t.is_floating_point()):
+        raise ValueError(
+            "voxel_grid_torch first (a ring's storage) needs count, capacity >= 0 and integer t, got "
+            f"count={count}, capacity={capacity}, t {t.dtype}"
+        )
     if out is None:
         out = torch.empty(bins, height, width, dtype=torch.float32, device=target)
     elif (
@@ -342,9 +379,14 @@ def voxel_grid_torch(
             f"voxel_grid_torch out must be float32 ({bins}, {height}, {width}) on {target}, "
             f"got {out.dtype} {tuple(out.shape)} on {out.device}"
         )
-    if n == 0:
+    if n == 0 or capacity == 0:
         return out.zero_()
-    x, y, t, p = (v.to(target) for v in (x, y, t, p))
+    fused = _torch_voxel_backend(backend, target) == "triton"
+    in_place = (
+        fused and first is not None and target.type == "cuda" and all(v.is_pinned() for v in (x, y, t, p))
+    )  # pinned host storage: read where it lies
+    if not in_place:
+        x, y, t, p = (v.to(target) for v in (x, y, t, p))
     if t.is_floating_point():
         t = t.to(torch.float64)
         if not bool(torch.isfinite(t if count is None else t[: int(count)]).all()):
@@ -353,8 +395,16 @@ def voxel_grid_torch(
         t = t.to(torch.int64)
     if count is not None:
         count = count.to(device=target, dtype=torch.int64)
-    if _torch_voxel_backend(backend, target) == "triton":
-        return _voxel_grid_triton(x.contiguous(), y.contiguous(), t.contiguous(), p.contiguous(), count, out)
+    if first is not None:
+        first = first.to(device=target, dtype=torch.int64)
+    if fused:
+        return _voxel_grid_triton(
+            x.contiguous(), y.contiguous(), t.contiguous(), p.contiguous(), count, out, first, capacity
+        )
+    if first is not None:  # the window's slots, in order: then the padded-buffer path below
+        slots = torch.arange(int(capacity), device=target).add_(first).remainder_(n)  # type: ignore[arg-type]
+        x, y, t, p = (v[slots] for v in (x, y, t, p))
+        n = int(capacity)  # type: ignore[arg-type]
 
     since_first = t - t[0]
     if count is None:

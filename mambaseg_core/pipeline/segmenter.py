@@ -27,8 +27,10 @@ host waits for the GPU once per frame, when the class ids come back.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -46,7 +48,7 @@ from mambaseg_core.events.ring_buffer import Sink
 from mambaseg_core.ops.selective_scan import available_backends
 from mambaseg_core.pipeline.colorize import colorize, overlay, palette_lut, to_rgb8
 from mambaseg_core.pipeline.engine import PRECISIONS, InferenceEngine, MakeInputs, Precision, network_inputs_as_given
-from mambaseg_core.pipeline.network_inputs import FramePacker, PackedFrame, fit, image_tensor
+from mambaseg_core.pipeline.network_inputs import FramePacker, fit, image_tensor
 
 log = logging.getLogger(__name__)
 
@@ -265,7 +267,7 @@ class Segmenter:
 
     def _window(self, ring: EventRingBuffer, stamp_us: int) -> EventBatch:
         copies: list[EventBatch] = []
-        self._send_window(ring, stamp_us, lambda slices: copies.append(EventBatch.concatenate(slices)))
+        self._send_window(ring, stamp_us, lambda window: copies.append(EventBatch.concatenate(window.slices)))
         return copies[0]
 
     # ---- frames -------------------------------------------------------------------------------------
@@ -324,12 +326,10 @@ class Segmenter:
         events_used = self._send_window(ring, stamp_us, self._packer.events_sink(image, self._capacity()))
         timings["window"] = _ms_since(start)
         start = time.perf_counter()
-        layout = self._packer.pack_image(image)
+        self._packer.pack_image(image)
         timings["preprocess"] = _ms_since(start)
         timings["voxel"] = 0.0  # on the device, inside forward
-        make_inputs = PackedFrame(
-            layout, self.image_channels, self.event_bins, self.network_size, self.config.image_fit
-        )
+        make_inputs = self._packer.frame(self.image_channels, self.event_bins, self.network_size, self.config.image_fit)
         return make_inputs, {"packed": self._packer.packed()}, events_used
 
     def _unfit_ids(self, ids: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -354,23 +354,40 @@ class Segmenter:
         no JIT compilation, kernel selection, lazy CUDA init, extension loading or CUDA-graph capture; returns the
         milliseconds it took. The dummy frame is (H, W, 3) `image_dtype` at sensor_size (else the network size)
         unless `image_shape` says otherwise: a real frame of another shape or dtype recaptures the CUDA graph.
-        The Segmenter's own state is left untouched."""
+        The append goes to a throwaway buffer; the frame reads an empty window of the Segmenter's own buffer (the
+        storage a CUDA graph reads in place must be the one real frames use). The Segmenter's state is left
+        untouched."""
         if image_shape is None:
             image_shape = (*(self.config.sensor_size or self.network_size), 3)
         start = time.perf_counter()
-        throwaway = EventRingBuffer(1_000_000, max(2, self.config.window_events))
+        throwaway = EventRingBuffer(1_000_000, 2)
         throwaway.append(EventBatch.from_arrays([0, 1], [0, 1], [0, 1], [0, 1]))  # compiles the numba append
-        make_inputs, inputs, _ = self._stage(np.zeros(image_shape, image_dtype), throwaway, 2, {})
-        self.engine.class_ids_from(make_inputs, **inputs).cpu()
+        before_any_event = self._buffer.earliest_time or 0  # events strictly before it: none
+        with self._frame():
+            make_inputs, inputs, _ = self._stage(np.zeros(image_shape, image_dtype), self._buffer, before_any_event, {})
+            self.engine.class_ids_from(make_inputs, **inputs).cpu()
         return _ms_since(start)
 
     def prepare(self, image: np.ndarray, stamp_us: int) -> NetworkInputs:
         """Steps 1-4 of the module docstring: the network inputs for this frame on the Segmenter's device (no skip
         policy applied)."""
-        make_inputs, inputs, events_used = self._stage(image, self._buffer, stamp_us, {})
-        with torch.inference_mode():
-            image_tensor, events = make_inputs(**inputs)
+        with self._frame():
+            make_inputs, inputs, events_used = self._stage(image, self._buffer, stamp_us, {})
+            with torch.inference_mode():  # not around _stage: its reused buffers must stay normal tensors
+                image_tensor, events = make_inputs(**inputs)
         return NetworkInputs(image_tensor, events, events_used)
+
+    @contextlib.contextmanager
+    def _frame(self) -> Iterator[None]:
+        """Around a frame's staging and GPU work: a window that the GPU reads in the ring buffer's storage
+        (FramePacker) goes back to the ring, whose next append waits for it, only once that work is done, however
+        the frame ends. A caller that has waited for the GPU releases it itself."""
+        try:
+            yield
+        finally:
+            if self._packer is not None and self._packer.window_held:
+                torch.cuda.current_stream(self.device).synchronize()
+                self._packer.release_window()
 
     def _network_view(self, image: np.ndarray) -> np.ndarray:
         """The frame as the network sees it, for the overlay at the network resolution: fitted on the host (OpenCV's
@@ -395,17 +412,20 @@ class Segmenter:
         """
         total_start = time.perf_counter()
         timings: dict[str, float] = {}
-        make_inputs, inputs, events_used = self._stage(image, self._buffer, stamp_us, timings)
-        if events_used == 0:
-            if self.config.missing_events == "skip":
-                self.stats.skipped_no_events += 1
-                return None
-            if self.stats.image_only == 0:
-                log.warning("no events before frame at %d us: running image-only (zero voxel grid)", stamp_us)
-            self.stats.image_only += 1
-        start = time.perf_counter()
-        ids = self.engine.class_ids_from(make_inputs, **inputs)[0].cpu()  # the one wait for the GPU
-        timings["forward"] = _ms_since(start)
+        with self._frame():
+            make_inputs, inputs, events_used = self._stage(image, self._buffer, stamp_us, timings)
+            if events_used == 0:
+                if self.config.missing_events == "skip":
+                    self.stats.skipped_no_events += 1
+                    return None
+                if self.stats.image_only == 0:
+                    log.warning("no events before frame at %d us: running image-only (zero voxel grid)", stamp_us)
+                self.stats.image_only += 1
+            start = time.perf_counter()
+            ids = self.engine.class_ids_from(make_inputs, **inputs)[0].cpu()  # the one wait for the GPU
+            if self._packer is not None:
+                self._packer.release_window()  # the GPU is done with the window
+            timings["forward"] = _ms_since(start)
         start = time.perf_counter()
         if self.config.output_resolution == "input":
             ids = self._unfit_ids(ids, (int(image.shape[0]), int(image.shape[1])))

@@ -44,11 +44,14 @@ def make_mamba_ssm_scan(selective_scan_fn: Callable[..., torch.Tensor]) -> Calla
         delta_bias: torch.Tensor | None = None,
         delta_softplus: bool = False,
     ) -> torch.Tensor:
-        """Same semantics and shapes as `selective_scan_reference`; returns float32."""
-        D, delta_bias = (x.float() if x is not None else None for x in (D, delta_bias))
-        y = selective_scan_fn(
-            u, delta, A.float(), B, C, D, z=None, delta_bias=delta_bias, delta_softplus=delta_softplus
+        """Same semantics and shapes as `selective_scan_reference`; returns float32.
+
+        mamba_ssm writes y in the inputs' dtype: half-precision u, delta, B and C are widened to float32 first (the
+        values its kernel computes with either way), so that y is not rounded to half precision as ours is not;
+        their gradients come back in their own dtype through the casts."""
+        u, delta, A, B, C, D, delta_bias = (
+            x.float() if x is not None else None for x in (u, delta, A, B, C, D, delta_bias)
         )
-        return y.float()
+        return selective_scan_fn(u, delta, A, B, C, D, z=None, delta_bias=delta_bias, delta_softplus=delta_softplus)
 
     return selective_scan_mamba_ssm
