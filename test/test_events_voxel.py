@@ -288,6 +288,19 @@ def test_torch_backend_errors() -> None:
             voxel_grid_torch(*events, bins=2, height=2, width=2, backend="triton")
 
 
+def captured(fn) -> torch.cuda.CUDAGraph:
+    """A CUDA graph of fn(), after one warm-up call outside the capture (on a side stream, as torch asks)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: CUDA-graph capture")
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
@@ -311,14 +324,7 @@ def test_torch_cuda_graph_replay_with_count_matches_numpy(backend: str) -> None:
         return voxel_grid_torch(*buffers, bins=bins, height=height, width=width, count=count, out=out, backend=backend)
 
     refill(capacity)
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        grid()  # warm-up outside the capture
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        grid()
+    graph = captured(grid)
     for n in (capacity, 1234, 1):
         expected = refill(n)
         graph.replay()
@@ -389,14 +395,7 @@ def test_cuda_graph_reads_a_pinned_ring_in_place() -> None:
         )  # fmt: skip
 
     window.copy_(torch.tensor([3500, 3000]))
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        grid()  # warm-up outside the capture
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        grid()
+    graph = captured(grid)
     for first, count in ((3500, 3000), (10, 2500), (3999, 2)):
         ring[0].copy_(torch.from_numpy(rng.integers(0, width, slots).astype(np.int16)))  # new events, same memory
         window.copy_(torch.tensor([first, count]))
