@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mambaseg_core.events import EventBatch, EventRingBuffer, RingWindow
+from mambaseg_core.events import EventBatch, EventRingBuffer, RingWindow, ring_buffer
 
 
 def packets(rng: np.random.Generator, count: int, start: int = 0, *, max_size: int = 40, step: int = 1000):
@@ -113,6 +113,47 @@ def test_a_write_waits_for_the_fences_of_the_sinks_that_read_before_it() -> None
     log.clear()
     buffer.append(EventBatch.from_arrays([7], [7], [70], [1]))
     assert log == ["f99"]
+
+
+@given(st.integers(1, 12), st.integers(0, 11), st.integers(0, 14), st.integers(0, 11), st.integers(0, 14))
+def test_slot_runs_overlap_as_sets_of_slots(capacity, first_a, length_a, first_b, length_b) -> None:
+    def slots(first: int, length: int) -> set[int]:
+        return {(first + k) % capacity for k in range(length)}
+
+    expected = bool(slots(first_a, length_a) & slots(first_b, length_b))
+    assert ring_buffer._overlap(first_a % capacity, length_a, first_b % capacity, length_b, capacity) == expected
+
+
+class HeldFence:
+    """A reader that has not finished until released (a GPU reading the ring in place)."""
+
+    def __init__(self) -> None:
+        self.released = threading.Event()
+
+    def query(self) -> bool:
+        return self.released.is_set()
+
+    def synchronize(self) -> None:
+        self.released.wait()
+
+
+def test_an_append_waits_only_for_readers_of_the_slots_it_may_write() -> None:
+    buffer = EventRingBuffer(10**9, 1000)
+    buffer.append(EventBatch.from_arrays(np.zeros(300), np.zeros(300), np.arange(300), np.ones(300)))
+    fence = HeldFence()
+    assert buffer.send_last_n(100, 10**9, lambda window: fence) == 100  # slots 200..299
+
+    def append_in_thread(t0: int, n: int) -> threading.Event:
+        done = threading.Event()
+        batch = EventBatch.from_arrays(np.zeros(n), np.zeros(n), np.arange(t0, t0 + n), np.ones(n))
+        threading.Thread(target=lambda: (buffer.append(batch), done.set()), daemon=True).start()
+        return done
+
+    assert append_in_thread(300, 50).wait(10)  # slots 300..349 (or 0..49 after a reset): no wait
+    blocked = append_in_thread(350, 900)  # wraps round onto slots 200..299
+    assert not blocked.wait(0.3)
+    fence.released.set()
+    assert blocked.wait(10) and buffer.latest_time == 1249
 
 
 @pytest.mark.cuda

@@ -166,7 +166,8 @@ def test_a_window_that_wraps_the_ring_is_staged_from_both_slices(in_place):
 
 
 def test_a_window_read_in_place_holds_the_ring_until_released():
-    """In place, the ring's next append (here from another thread, as the node's event callback) waits until the
+    """In place, an append that may write the window's slots (here from another thread, as the node's event
+    callback) waits until the
     frame's GPU work is over and the window is released; the stored events stay as the frame saw them."""
     ring = EventRingBuffer(10**9, 100)
     ring.append(make_events(60, NET_H, NET_W))

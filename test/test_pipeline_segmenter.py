@@ -336,7 +336,7 @@ def test_cuda_segmenter_matches_cpu(model, ring):
     assert voxel_diff < 1e-4  # float32 sums in another order
     torch.testing.assert_close(gpu_inputs.image.cpu(), cpu_inputs.image, rtol=0, atol=1e-6)
     cpu_ids, gpu_ids = cpu.segment(image, 100_000).class_ids, gpu.segment(image, 100_000).class_ids
-    assert not gpu._packer.window_held  # the ring's next append does not wait
+    assert not gpu._packer.window_held  # appends into the window's slots do not wait
     agreement = float((cpu_ids == gpu_ids).mean())
     print(f"ids agreeing between CPU and CUDA: {agreement:.4f}")
     assert agreement > 0.99  # TF32/cuDNN kernels may flip near-ties of random-weight logits

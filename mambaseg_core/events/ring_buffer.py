@@ -13,8 +13,8 @@ Policy:
 - Thread safety: one lock guards appends and queries (one writer and any readers). `window` and `last_n` return
   copies. `send_window` and `send_last_n` hand the result, in place, to a `Sink` as a `RingWindow`: where it lies
   in the storage, valid during the call. The sink may leave asynchronous reads of it running (a GPU upload straight
-  from pinned storage, `pinned=True`, or a GPU kernel reading that storage in place) and return a `Fence`; the next
-  write into the ring waits for it first.
+  from pinned storage, `pinned=True`, or a GPU kernel reading that storage in place) and return a `Fence`; a later
+  append that may write into the window's slots waits for it first (one that writes elsewhere in the ring does not).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ class RingWindow:
         return [self.storage[span] for span in spans if span.stop > span.start]
 
 
-# A query's consumer: the result in place -> a fence that the next write into the ring waits for, or None
+# A query's consumer: the result in place -> a fence that appends into its slots wait for, or None
 # (EventRingBuffer.send_window).
 Sink = Callable[[RingWindow], Fence | None]
 
@@ -157,7 +157,8 @@ class EventRingBuffer:
         self._storage = EventBatch(**{name: _storage(self.max_events, _DTYPES[name], pinned) for name in _FIELDS})
         self._head = 0  # storage index of the oldest event
         self._count = 0
-        self._fences: list[Fence] = []  # what sinks still read from the storage (waited for before the next write)
+        # What sinks may still read: (fence, first slot, slots), waited for by appends that may write there.
+        self._fences: list[tuple[Fence, int, int]] = []
         self._lock = threading.Lock()
         self.stats = RingBufferStats()
 
@@ -186,16 +187,23 @@ class EventRingBuffer:
         waited: list[Fence] = []
         while True:
             with self._lock:
-                self._fences = [f for f in self._fences if all(f is not w for w in waited) and not f.query()]
-                if not self._fences:
+                self._fences = [entry for entry in self._fences if all(entry[0] is not w for w in waited)]
+                # The slots this batch may write: on from the newest event, or on from slot 0 after a reset.
+                start, n = (self._head + self._count) % self.max_events, len(batch)
+                blocking = [
+                    fence
+                    for fence, first, slots in self._fences
+                    if any(_overlap(written, n, first, slots, self.max_events) for written in (start, 0))
+                    and not fence.query()
+                ]
+                if not blocking:
                     self._write(batch)
                     return
-                pending = self._fences
             # Wait without the lock: queries (and the reader that will release a fence) go on meanwhile; then look
             # again, for fences of reads made in the meantime.
-            for fence in pending:
+            for fence in blocking:
                 fence.synchronize()
-            waited += pending
+            waited += blocking
 
     def _write(self, batch: EventBatch) -> None:
         """append's writing, lock held and no reader's fence pending."""
@@ -259,11 +267,21 @@ class EventRingBuffer:
         return RingWindow(self._storage, (self._head + i0) % self.max_events, i1 - i0)
 
     def _send(self, i0: int, i1: int, sink: Sink) -> int:
-        fence = sink(self._in_place(i0, i1))
+        window = self._in_place(i0, i1)
+        fence = sink(window)
         if fence is not None:
             # Finished fences go: frames without events in between (a stalled stream) must not pile them up.
-            self._fences = [*(pending for pending in self._fences if not pending.query()), fence]
-        return i1 - i0
+            pending = [entry for entry in self._fences if not entry[0].query()]
+            self._fences = [*pending, (fence, window.first, window.count)]
+        return window.count
+
+
+def _overlap(first_a: int, length_a: int, first_b: int, length_b: int, capacity: int) -> bool:
+    """Whether two runs of ring slots, [first, first + length) wrapping at `capacity`, share a slot: one holds the
+    other's first slot."""
+    if length_a <= 0 or length_b <= 0:
+        return False
+    return (first_b - first_a) % capacity < length_a or (first_a - first_b) % capacity < length_b
 
 
 def _storage(length: int, dtype: type, pinned: bool) -> np.ndarray:

@@ -5,15 +5,15 @@
 - CUDA: `FramePacker` stages a frame in a device buffer laid out by a `PackedLayout`: the window's place in the
   ring buffer (first slot, count) and the image go through one reused pinned host buffer that holds the layout's
   tail, in one copy. The events are not copied: the fused voxel-grid kernel reads them where they lie, in the ring
-  buffer's pinned storage (`RingStorage`), and the ring's next write waits until the frame's GPU work is done
-  (`WindowRead`, released by the Segmenter). Without Triton (or with `in_place=False`) the window's storage slices
-  are copied into the device buffer instead. `PackedFrame` turns those bytes, on the device, into the network
-  inputs: the voxel grid over the window's `count` events, the image conversion and the fit. It never
-  synchronises with the host and every shape follows from the layout, so the InferenceEngine captures it in the
-  same CUDA graph as the forward: a frame costs the host one copy call and one graph launch, not the ~20 small
-  launches and 5 copies of converting on the device step by step. The event capacity is fixed by the window
-  (`count` mode) or grows in powers of two (`duration` mode), so a stream settles on one layout, and one captured
-  graph, after its first busy frames.
+  buffer's pinned storage (`RingStorage`), and an append into the window's slots waits until the frame's GPU work
+  is done (`WindowRead`, released by the Segmenter). Without Triton (or with `in_place=False`) the window's storage
+  slices are copied into the device buffer instead. `PackedFrame` turns those bytes, on the device, into the
+  network inputs: the voxel grid over the window's `count` events, the image conversion and the fit. It never
+  synchronises with the host and every shape follows from the layout, so the InferenceEngine captures it in the same
+  CUDA graph as the forward: a frame costs the host a handful of calls (the tail's upload, the graph launch, the ids'
+  download), not the ~20 small launches and 5 copies of converting on the device step by step. The event capacity is
+  fixed by the window (`count` mode) or grows in powers of two (`duration` mode), so a stream settles on one layout,
+  and one captured graph, after its first busy frames.
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ class RingStorage:
 
 class WindowRead:
     """The Fence of a window that the GPU reads in the ring buffer's storage: done once released, which its holder
-    does when the frame's GPU work is over. The ring's next write waits for it."""
+    does when the frame's GPU work is over. Appends that may write the window's slots wait for it."""
 
     def __init__(self) -> None:
         self._released = threading.Event()
@@ -206,7 +206,7 @@ class FramePacker:
 
     Per frame: `events_sink(image, capacity)` is the ring buffer's sink for the window (it sizes the layout to the
     window; copying, it starts the events' copies), then `pack_image` (starts the tail's copy), then `packed` and
-    `frame`; once the frame's GPU work is done, `release_window` (reading in place, the ring's next write waits for
+    `frame`; once the frame's GPU work is done, `release_window` (reading in place, appends into the window wait for
     it). The next frame rewrites the host buffer only once the last copy out of it is done.
     in_place: read the events in the ring's storage (default: where voxel_grid_torch can, on a CUDA device with
     Triton; the storage must then be pinned).

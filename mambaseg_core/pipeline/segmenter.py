@@ -380,8 +380,8 @@ class Segmenter:
     @contextlib.contextmanager
     def _frame(self) -> Iterator[None]:
         """Around a frame's staging and GPU work: a window that the GPU reads in the ring buffer's storage
-        (FramePacker) goes back to the ring, whose next append waits for it, only once that work is done, however
-        the frame ends. A caller that has waited for the GPU releases it itself."""
+        (FramePacker) goes back to the ring, whose appends into its slots wait for it, only once that work is done,
+        however the frame ends. A caller that has waited for the GPU releases it itself."""
         try:
             yield
         finally:
