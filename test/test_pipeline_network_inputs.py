@@ -186,6 +186,9 @@ def test_a_window_read_in_place_holds_the_ring_until_released():
     assert appended.wait(10) and not packer.window_held
     writer.join()
     assert int(ring.latest_time) == int(later.t[-1])
+    ring.send_last_n(40, 10**9, packer.events_sink(image, 40))
+    with pytest.raises(RuntimeError, match="not released"):  # a second window before the first is released
+        ring.send_last_n(40, 10**9, packer.events_sink(image, 40))
 
 
 @pytest.mark.cuda

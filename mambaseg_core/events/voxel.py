@@ -401,10 +401,10 @@ def voxel_grid_torch(
         return _voxel_grid_triton(
             x.contiguous(), y.contiguous(), t.contiguous(), p.contiguous(), count, out, first, capacity
         )
-    if first is not None:  # the window's slots, in order: then the padded-buffer path below
-        slots = torch.arange(int(capacity), device=target).add_(first).remainder_(n)  # type: ignore[arg-type]
+    if first is not None and capacity is not None:  # the window's slots in order, then the padded-buffer path below
+        slots = torch.arange(capacity, device=target).add_(first).remainder_(n)
         x, y, t, p = (v[slots] for v in (x, y, t, p))
-        n = int(capacity)  # type: ignore[arg-type]
+        n = capacity
 
     since_first = t - t[0]
     if count is None:

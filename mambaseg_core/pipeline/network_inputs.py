@@ -240,6 +240,8 @@ class FramePacker:
                 self._tail_copied.synchronize()  # returns at once before the first record
             self._use(self._layout_for(image, window.count, fixed_capacity))
             if self.in_place:
+                if self._window_read is not None:  # its appends would wait forever: say so now
+                    raise RuntimeError("FramePacker: the last window read in place was not released (release_window)")
                 if self._ring is None or self._ring.storage is not window.storage:
                     self._ring = RingStorage(window.storage)
                 self._tail_views["window"][:] = (window.first, window.count)
