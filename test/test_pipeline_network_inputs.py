@@ -135,6 +135,18 @@ def test_engine_runs_the_packed_conversion_with_the_forward():
     assert make_inputs == copy.deepcopy(make_inputs) and hash(make_inputs) == hash(copy.deepcopy(make_inputs))
 
 
+def test_buffers_first_staged_under_inference_mode_take_later_frames_outside_it():
+    seg = Segmenter(make_model(), load_config(SegmenterConfig, {"window_events": 500}), "cpu")
+    seg.add_events(make_events(1000, NET_H, NET_W))
+    image = np.zeros((NET_H, NET_W, 3), np.uint8)
+    packer = FramePacker("cpu", in_place=True)
+    with torch.inference_mode():
+        packed_inputs(seg, packer, image, 45_000)
+    packer.release_window()
+    _, packed, used = packed_inputs(seg, packer, image + 1, 45_000)  # in-place writes into the reused buffers
+    assert used == 500 and not packed.is_inference()
+
+
 def test_pack_image_needs_the_events_of_a_frame_of_its_shape_and_dtype():
     packer = FramePacker("cpu")
     with pytest.raises(RuntimeError, match="no events_sink ran"):

@@ -294,13 +294,15 @@ class FramePacker:
     def _use(self, layout: PackedLayout) -> None:
         if layout == self._layout:
             return
-        if self._packed is None or self._packed.numel() < layout.nbytes:
-            self._packed = torch.empty(layout.nbytes, dtype=torch.uint8, device=self.device)
-        tail_bytes = layout.nbytes - layout.tail
-        if self._tail is None or self._tail.numel() < tail_bytes:
-            self._tail = torch.empty(tail_bytes, dtype=torch.uint8, pin_memory=self.device.type == "cuda")
+        # Normal tensors even when staged under a caller's inference mode: later frames write into them outside it.
+        with torch.inference_mode(False):
+            if self._packed is None or self._packed.numel() < layout.nbytes:
+                self._packed = torch.empty(layout.nbytes, dtype=torch.uint8, device=self.device)
+            tail_bytes = layout.nbytes - layout.tail
+            if self._tail is None or self._tail.numel() < tail_bytes:
+                self._tail = torch.empty(tail_bytes, dtype=torch.uint8, pin_memory=self.device.type == "cuda")
+            self._device_views = layout.device_views(self._packed)
         self._layout = layout
-        self._device_views = layout.device_views(self._packed)
         self._tail_views = layout.tail_views(self._tail.numpy())
 
     def pack_image(self, image: np.ndarray) -> PackedLayout:

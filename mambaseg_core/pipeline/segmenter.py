@@ -373,7 +373,7 @@ class Segmenter:
         policy applied)."""
         with self._frame():
             make_inputs, inputs, events_used = self._stage(image, self._buffer, stamp_us, {})
-            with torch.inference_mode():  # not around _stage: its reused buffers must stay normal tensors
+            with torch.inference_mode():
                 image_tensor, events = make_inputs(**inputs)
         return NetworkInputs(image_tensor, events, events_used)
 
