@@ -63,7 +63,8 @@ def test_packed_frame_gives_the_network_inputs_of_the_cpu_path(case, in_place):
     expected = seg.prepare(image, 40_000)
     packer = FramePacker("cpu", in_place=in_place)
     make_inputs, packed, used = packed_inputs(seg, packer, image, 40_000)
-    assert make_inputs.layout.events_in_place == in_place and (make_inputs.ring is not None) == in_place
+    assert make_inputs.layout.in_place == in_place and (make_inputs.ring is not None) == in_place
+    assert make_inputs.reads_inputs_in_place == in_place  # in place the engine hands the host buffer over as it is
     image_tensor, voxels = make_inputs(packed)
     assert used == expected.events_used > 0
     assert image_tensor.shape == expected.image.shape and voxels.shape == expected.events.shape
@@ -119,7 +120,7 @@ def test_layout_sections_are_aligned_and_disjoint():
     assert device["window"].tolist() == [17, 1001]
     assert device["image"].dtype == torch.float32 and device["image"].shape == (5, 7, 3)
     assert float(device["image"].min()) == 65_535.0
-    in_place = PackedLayout((5, 7, 3), 16, 1001, events_in_place=True)  # the events stay in the ring buffer
+    in_place = PackedLayout((5, 7, 3), 16, 1001, in_place=True)  # the events stay in the ring buffer
     assert set(in_place.sections) == {"window", "image"} and in_place.tail == 0
     assert in_place.nbytes == layout.nbytes - layout.tail
 

@@ -393,9 +393,10 @@ def voxel_grid_torch(
             raise ValueError("voxel_grid_torch t contains NaN or inf")
     else:
         t = t.to(torch.int64)
-    if count is not None:
+    # In place, a window's (first, count) in pinned host memory are read there too (a frame's packed host buffer).
+    if count is not None and not (in_place and count.is_pinned() and count.dtype == torch.int64):
         count = count.to(device=target, dtype=torch.int64)
-    if first is not None:
+    if first is not None and not (in_place and first.is_pinned() and first.dtype == torch.int64):
         first = first.to(device=target, dtype=torch.int64)
     if fused:
         return _voxel_grid_triton(

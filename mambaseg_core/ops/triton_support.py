@@ -28,6 +28,7 @@ RUN_ON_CPU = False  # with INTERPRETED: take the kernels for CPU tensors too (te
 # The inference fast paths by name: the Triton kernels of ops/ and the GEMM forms of models/layers and the head.
 FAST_PATHS = frozenset(
     {
+        "camera_image",  # ops/camera_image
         "channel_gate",  # ops/attention_gates
         "spatial_attention",
         "pixel_stats",
@@ -67,14 +68,19 @@ def fast_path(op: str) -> bool:
     return op not in PYTORCH_OPS
 
 
-def kernels_apply(op: str, *tensors: torch.Tensor | None) -> bool:
-    """Whether the Triton inference kernel of `op` takes these arguments: the fast path on, all on a CUDA device
-    (or RUN_ON_CPU in the interpreter), none needing a gradient, not under torch.compile tracing, Triton
-    installed."""
+def kernels_run_on(op: str, device: torch.device) -> bool:
+    """Whether the Triton inference kernel of `op` runs on `device`: the fast path on, a CUDA device (or RUN_ON_CPU
+    in the interpreter), not under torch.compile tracing, Triton installed."""
     if triton is None or not fast_path(op) or torch.compiler.is_compiling():
         return False
+    return device.type == "cuda" or (INTERPRETED and RUN_ON_CPU)
+
+
+def kernels_apply(op: str, *tensors: torch.Tensor | None) -> bool:
+    """Whether the Triton inference kernel of `op` takes these arguments: kernels_run_on the device of each, none
+    needing a gradient."""
     present = [t for t in tensors if t is not None]
-    if not all(t.is_cuda for t in present) and not (INTERPRETED and RUN_ON_CPU):
+    if not present or not all(kernels_run_on(op, t.device) for t in present):
         return False
     return not (torch.is_grad_enabled() and any(t.requires_grad for t in present))
 

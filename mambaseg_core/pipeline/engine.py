@@ -13,8 +13,9 @@ compiled, optionally as one CUDA graph replayed per frame.
 - `cuda_graph`: the first frame of a given input shape is run twice eagerly on a side stream (kernel selection,
   allocator warm-up), then the forward and the argmax are captured; every later frame copies its inputs into the
   captured buffers and replays the graph (one launch instead of ~2,000, no host work in between). A new input
-  shape recaptures. `class_ids_from` captures the making of the network inputs too (e.g. the voxel grid from a
-  packed upload, pipeline/network_inputs.py): the graph is then kept per input-making function and input shapes.
+  shape recaptures. `class_ids_from` captures the making of the network inputs too (e.g. the voxel grid and the
+  image of a packed frame, pipeline/network_inputs.py, read in place in pinned host memory): the graph is then kept
+  per input-making function and input shapes (and, read in place, the inputs' addresses).
 The engine owns the model: a half-precision engine casts the model's weights in place.
 """
 
@@ -158,22 +159,36 @@ class InferenceEngine:
         (equal settings compare equal: the graph is recaptured when it or the inputs' shapes change) and, for
         `cuda_graph`, capturable: no host synchronisation, shapes fixed by the inputs' shapes. Inputs on the host are
         copied to the model's device first (asynchronously from pinned memory; with `cuda_graph` straight into the
-        graph's input buffers): the caller keeps them unchanged until the result has been read."""
+        graph's input buffers): the caller keeps them unchanged until the result has been read. A make_inputs whose
+        `reads_inputs_in_place` is true reads them where they lie (e.g. pinned host memory, by Triton kernels): no
+        copy, and the CUDA graph binds their addresses, so the caller refills the same buffers every frame."""
+        in_place = bool(getattr(make_inputs, "reads_inputs_in_place", False))
         if not self.cuda_graph:
-            on_device = {name: value.to(self.device, non_blocking=True) for name, value in inputs.items()}
-            return self._class_ids_eager(make_inputs, on_device)
-        key = (make_inputs, tuple((name, tuple(value.shape), value.dtype) for name, value in sorted(inputs.items())))
+            if not in_place:
+                inputs = {name: value.to(self.device, non_blocking=True) for name, value in inputs.items()}
+            return self._class_ids_eager(make_inputs, inputs)
+        key = (
+            make_inputs,
+            tuple(
+                (name, tuple(value.shape), value.dtype, value.data_ptr() if in_place else None)
+                for name, value in sorted(inputs.items())
+            ),
+        )
         if self._graph is None or key != self._graph_key:
-            self._capture(make_inputs, inputs, key)
-        for name, value in inputs.items():  # host inputs (pinned: asynchronously) go straight into the graph's
-            self._static[name].copy_(value, non_blocking=True)
+            self._capture(make_inputs, inputs, key, in_place)
+        if not in_place:
+            for name, value in inputs.items():  # host inputs (pinned: asynchronously) go straight into the graph's
+                self._static[name].copy_(value, non_blocking=True)
         assert self._graph is not None
         self._graph.replay()
         return self._static_ids
 
-    def _capture(self, make_inputs: MakeInputs, inputs: dict[str, torch.Tensor], key: tuple) -> None:
+    def _capture(self, make_inputs: MakeInputs, inputs: dict[str, torch.Tensor], key: tuple, in_place: bool) -> None:
         self._graph = None
-        self._static = {name: value.detach().to(self.device, copy=True) for name, value in inputs.items()}
+        if in_place:
+            self._static = dict(inputs)
+        else:
+            self._static = {name: value.detach().to(self.device, copy=True) for name, value in inputs.items()}
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):

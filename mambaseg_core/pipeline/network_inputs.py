@@ -1,19 +1,21 @@
 """How a camera frame and its event window become the network's inputs (the Segmenter's steps 2-4), on any device.
 
-- `image_tensor` and `fit` are shared by both paths below.
+- `fit` (and ops/camera_image) are shared by both paths below.
 - CPU: the numba voxel grid (bit-exact with the official loader) and torch image ops, in the Segmenter.
-- CUDA: `FramePacker` stages a frame in a device buffer laid out by a `PackedLayout`: the window's place in the
-  ring buffer (first slot, count) and the image go through one reused pinned host buffer that holds the layout's
-  tail, in one copy. The events are not copied: the fused voxel-grid kernel reads them where they lie, in the ring
-  buffer's pinned storage (`RingStorage`), and an append into the window's slots waits until the frame's GPU work
-  is done (`WindowRead`, released by the Segmenter). Without Triton (or with `in_place=False`) the window's storage
-  slices are copied into the device buffer instead. `PackedFrame` turns those bytes, on the device, into the
-  network inputs: the voxel grid over the window's `count` events, the image conversion and the fit. It never
-  synchronises with the host and every shape follows from the layout, so the InferenceEngine captures it in the same
-  CUDA graph as the forward: a frame costs the host a handful of calls (the tail's upload, the graph launch, the ids'
-  download), not the ~20 small launches and 5 copies of converting on the device step by step. The event capacity is
-  fixed by the window (`count` mode) or grows in powers of two (`duration` mode), so a stream settles on one layout,
-  and one captured graph, after its first busy frames.
+- CUDA: `FramePacker` stages a frame in one reused byte buffer laid out by a `PackedLayout`, and `PackedFrame`
+  turns those bytes into the network inputs on the device: the voxel grid over the window's `count` events, the
+  image conversion and the fit. With Triton (the default) nothing is copied to the device: the buffer is pinned host
+  memory holding the window's place in the ring buffer (first slot, count) and the image, and the Triton kernels of
+  the voxel grid and the image read it, and the events in the ring buffer's pinned storage (`RingStorage`), where
+  they lie. The host must leave all of it alone until the frame's GPU work is done: the Segmenter releases the frame
+  then (`WindowRead`; appends into the window's slots wait for it, a next frame before it raises). Without Triton
+  (or with `in_place=False`) the window's storage slices and the tail of the buffer (window, image) are copied into
+  a device buffer of the same layout instead. PackedFrame never synchronises with the host and every shape follows
+  from the layout, so the InferenceEngine captures it in the same CUDA graph as the forward: a frame costs the host
+  the copy of its pixels into the pinned buffer, the graph launch and the ids' download, not the ~20 small launches
+  and 5 copies of converting on the device step by step. The event capacity is fixed by the window (`count` mode)
+  or grows in powers of two (`duration` mode), so a stream settles on one layout, and one captured graph, after its
+  first busy frames.
 """
 
 from __future__ import annotations
@@ -31,28 +33,14 @@ import torch.nn.functional as F
 
 from mambaseg_core.events import EventBatch, RingWindow, reads_host_memory_in_place, voxel_grid_torch
 from mambaseg_core.events.ring_buffer import Fence, Sink
+from mambaseg_core.ops.camera_image import camera_image
+from mambaseg_core.ops.triton_support import kernels_run_on
 
 ImageFit = Literal["resize", "crop_bottom"]
 
-# ITU-R 601-2 luma, the weights of PIL's convert("L") (torchvision Grayscale).
-LUMA = (0.299, 0.587, 0.114)
 # Smallest event capacity of a growing (duration-mode) layout; every layout section starts on this many bytes.
 MIN_CAPACITY = 1 << 14
 _ALIGN = 128
-
-
-def image_tensor(raw: torch.Tensor, bits: int, channels: int) -> torch.Tensor:
-    """(H, W) or (H, W, 3) camera pixels -> (channels, H, W) float32 in [0, 1]: divided by 2**bits - 1 (uint8
-    frames as uint8, 16-bit ones widened to float32: torch has no general uint16 arithmetic); RGB -> gray by the
-    601 luma weights, gray -> RGB by repeating the channel."""
-    tensor = raw / float((1 << bits) - 1)  # float32, one pass (uint8 / float promotes to the default float)
-    tensor = tensor[None] if tensor.dim() == 2 else tensor.permute(2, 0, 1)
-    if channels == 1 and tensor.shape[0] == 3:
-        # Python-scalar weights: a weight tensor built here would be a host->device copy inside graph capture.
-        tensor = (tensor[0] * LUMA[0] + tensor[1] * LUMA[1] + tensor[2] * LUMA[2])[None]
-    elif channels == 3 and tensor.shape[0] == 1:
-        tensor = tensor.expand(3, -1, -1)
-    return tensor
 
 
 def fit(tensor: torch.Tensor, size: tuple[int, int], image_fit: ImageFit) -> torch.Tensor:
@@ -68,14 +56,14 @@ def fit(tensor: torch.Tensor, size: tuple[int, int], image_fit: ImageFit) -> tor
 @dataclass(frozen=True)
 class PackedLayout:
     """Where one frame's arrays lie in a packed byte buffer: the window's events (t, x, y, p, up to `capacity` of
-    them; none where they are read in the ring buffer), then the tail that comes through host memory: the window
+    them; none `in_place`, where they are read in the ring buffer), then the tail that the host writes: the window
     (its first ring slot, read in place, and its event count) and the image (`image_shape`, uint8, or 16-bit values
     widened to float32)."""
 
     image_shape: tuple[int, ...]  # (H, W) or (H, W, 3)
     image_bits: int  # 8 or 16
     capacity: int  # events of a window at most
-    events_in_place: bool = False  # the events stay in the ring buffer's storage
+    in_place: bool = False  # the frame read where it lies: the events in the ring buffer's storage, no device copy
 
     @cached_property
     def sections(self) -> dict[str, tuple[int, np.dtype, tuple[int, ...]]]:
@@ -84,7 +72,7 @@ class PackedLayout:
         image_dtype = np.dtype(np.uint8 if self.image_bits == 8 else np.float32)
         events = (
             ()
-            if self.events_in_place
+            if self.in_place
             else (
                 ("t", np.dtype(np.int64), (self.capacity,)),
                 ("x", np.dtype(np.int16), (self.capacity,)),
@@ -159,8 +147,8 @@ class WindowRead:
 
 @dataclass(frozen=True)
 class PackedFrame:
-    """packed (uint8 bytes of `layout` on the device) -> (image (1, C, H, W), voxel grid (1, bins, H, W)) float32;
-    the events read from `ring` where the layout keeps them there.
+    """packed (uint8 bytes of `layout`: on `device`, or in pinned host memory read in place) -> (image (1, C, H, W),
+    voxel grid (1, bins, H, W)) float32 on `device`; the events read from `ring` where the layout keeps them there.
 
     A value (equal settings, equal objects): the InferenceEngine keeps one CUDA graph per PackedFrame and inputs."""
 
@@ -169,14 +157,26 @@ class PackedFrame:
     event_bins: int
     network_size: tuple[int, int]
     image_fit: ImageFit
+    device: torch.device
     ring: RingStorage | None = None
+
+    @property
+    def reads_inputs_in_place(self) -> bool:
+        """Whether `packed` is read where it lies, host memory included (InferenceEngine.class_ids_from)."""
+        return self.layout.in_place
 
     def __call__(self, packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         views = self.layout.device_views(packed)
         height, width = self.layout.image_shape[:2]
-        image = image_tensor(views["image"], self.layout.image_bits, self.image_channels)
+        cropped = self.image_fit == "crop_bottom" or (height, width) == self.network_size  # same width: top rows
+        image = camera_image(
+            views["image"], self.layout.image_bits, self.image_channels,
+            rows=self.network_size[0] if cropped else None, device=self.device,
+        )  # fmt: skip
+        if not cropped:
+            image = fit(image[0], self.network_size, self.image_fit)[None]
         first, count = views["window"]
-        if self.layout.events_in_place:
+        if self.layout.in_place:
             if self.ring is None:
                 raise ValueError("PackedFrame: the layout keeps the events in a ring buffer, but no ring was given")
             x, y, t, p = self.ring.x, self.ring.y, self.ring.t, self.ring.p
@@ -185,13 +185,10 @@ class PackedFrame:
             x, y, t, p = (views[name] for name in ("x", "y", "t", "p"))
             placement = {}
         voxels = voxel_grid_torch(
-            x, y, t, p, bins=self.event_bins, height=height, width=width, device=packed.device, count=count,
+            x, y, t, p, bins=self.event_bins, height=height, width=width, device=self.device, count=count,
             **placement,
         )  # fmt: skip
-        return (
-            _dense(fit(image, self.network_size, self.image_fit)[None]),
-            _dense(fit(voxels, self.network_size, self.image_fit)[None]),
-        )
+        return _dense(image), _dense(fit(voxels, self.network_size, self.image_fit)[None])
 
 
 def _dense(x: torch.Tensor) -> torch.Tensor:
@@ -201,32 +198,36 @@ def _dense(x: torch.Tensor) -> torch.Tensor:
 
 
 class FramePacker:
-    """Stages frames in a reused device buffer (module docstring): the window (in place in the ring buffer's
-    storage, or copied from it) and the image through a reused host buffer (pinned for a CUDA device).
+    """Stages frames in a reused buffer (module docstring): in place, pinned host memory that the frame's kernels
+    read (on a CPU device, plain host memory); copying, a device buffer filled from the ring buffer's storage and
+    a reused host buffer (pinned for a CUDA device) that holds the layout's tail.
 
     Per frame: `events_sink(image, capacity)` is the ring buffer's sink for the window (it sizes the layout to the
-    window; copying, it starts the events' copies), then `pack_image` (starts the tail's copy), then `packed` and
-    `frame`; once the frame's GPU work is done, `release_window` (reading in place, appends into the window wait for
-    it). The next frame rewrites the host buffer only once the last copy out of it is done.
-    in_place: read the events in the ring's storage (default: where voxel_grid_torch can, on a CUDA device with
-    Triton; the storage must then be pinned).
+    window and records where the window lies; copying, it starts the events' copies), then `pack_image` (copying, it
+    starts the tail's copy), then `packed` and `frame`; in place, once the frame's GPU work is done,
+    `release_window` (appends into the window wait for it, and the next frame may not rewrite the buffer before).
+    Copying, the next frame rewrites the host buffer only once the last copy out of it is done.
+    in_place: read the frame where it lies (default: where voxel_grid_torch and camera_image can, on a CUDA device
+    with Triton, unless MAMBASEG_PYTORCH_OPS names camera_image; the ring buffer's storage must then be pinned).
     """
 
     def __init__(self, device: torch.device | str, in_place: bool | None = None):
         self.device = torch.device(device)
-        self.in_place = reads_host_memory_in_place(self.device) if in_place is None else in_place
+        if in_place is None:  # both kernels that read a frame where it lies run on this device
+            in_place = reads_host_memory_in_place(self.device) and kernels_run_on("camera_image", self.device)
+        self.in_place = in_place
         self._layout: PackedLayout | None = None
-        self._packed: torch.Tensor | None = None  # the whole layout, on the device
-        self._tail: torch.Tensor | None = None  # its tail, on the host
+        self._packed: torch.Tensor | None = None  # copying: the whole layout, on the device
+        self._host: torch.Tensor | None = None  # the layout's tail (in place: all of it), on the host
         self._device_views: dict[str, torch.Tensor] = {}  # made once per layout
-        self._tail_views: dict[str, np.ndarray] = {}
+        self._host_views: dict[str, np.ndarray] = {}
         self._ring: RingStorage | None = None  # the storage of the last window read in place
-        self._window_read: WindowRead | None = None  # the window the GPU may still read, until released
-        # CUDA events recorded after the window's copies and after the last copy out of the host buffer: two events
-        # re-recorded every frame, none created and destroyed per frame.
-        cuda = self.device.type == "cuda"
-        self._events_copied = torch.cuda.Event() if cuda else None
-        self._tail_copied = torch.cuda.Event() if cuda else None
+        self._window_read: WindowRead | None = None  # the frame the GPU may still read, until released
+        # Copying: CUDA events recorded after the window's copies and after the last copy out of the host buffer, two
+        # events re-recorded every frame, none created and destroyed per frame.
+        copies = self.device.type == "cuda" and not self.in_place
+        self._events_copied = torch.cuda.Event() if copies else None
+        self._tail_copied = torch.cuda.Event() if copies else None
         self.capacity = 0  # event slots of the current layout (grows, never shrinks)
 
     def events_sink(self, image: np.ndarray, fixed_capacity: int | None) -> Sink:
@@ -236,18 +237,18 @@ class FramePacker:
         copies it into the device buffer (asynchronously from pinned storage: the fence is the copies' end)."""
 
         def sink(window: RingWindow) -> Fence | None:
+            if self._window_read is not None:  # its appends would wait forever, and the GPU may read the buffer
+                raise RuntimeError("FramePacker: the last frame read in place was not released (release_window)")
             if self._tail_copied is not None:  # e.g. Segmenter.prepare twice: nothing waited for the GPU in between
                 self._tail_copied.synchronize()  # returns at once before the first record
             self._use(self._layout_for(image, window.count, fixed_capacity))
             if self.in_place:
-                if self._window_read is not None:  # its appends would wait forever: say so now
-                    raise RuntimeError("FramePacker: the last window read in place was not released (release_window)")
                 if self._ring is None or self._ring.storage is not window.storage:
                     self._ring = RingStorage(window.storage)
-                self._tail_views["window"][:] = (window.first, window.count)
+                self._host_views["window"][:] = (window.first, window.count)
                 self._window_read = WindowRead()
                 return self._window_read
-            self._tail_views["window"][:] = (0, window.count)
+            self._host_views["window"][:] = (0, window.count)
             offset = 0
             for piece in window.slices:
                 for name in ("t", "x", "y", "p"):
@@ -261,12 +262,12 @@ class FramePacker:
 
     @property
     def window_held(self) -> bool:
-        """Whether the last window read in place waits for `release_window`."""
+        """Whether the last frame read in place waits for `release_window`."""
         return self._window_read is not None
 
     def release_window(self) -> None:
-        """Hand the last window read in place back to the ring buffer: call once the GPU work that reads it (the
-        frame's voxel grid) is done, or will never run."""
+        """Hand the last frame read in place back: its window to the ring buffer, its buffer to the next frame. Call
+        once the GPU work that reads them (the frame's voxel grid and image) is done, or will never run."""
         if self._window_read is not None:
             self._window_read.release()
             self._window_read = None
@@ -278,8 +279,8 @@ class FramePacker:
         layout = self._layout
         if layout is None:
             raise RuntimeError("FramePacker.frame: no frame was packed")
-        ring = self._ring if layout.events_in_place else None
-        return PackedFrame(layout, image_channels, event_bins, network_size, image_fit, ring)
+        ring = self._ring if layout.in_place else None
+        return PackedFrame(layout, image_channels, event_bins, network_size, image_fit, self.device, ring)
 
     def _layout_for(self, image: np.ndarray, count: int, fixed_capacity: int | None) -> PackedLayout:
         if fixed_capacity is not None:
@@ -296,27 +297,30 @@ class FramePacker:
             return
         # Normal tensors even when staged under a caller's inference mode: later frames write into them outside it.
         with torch.inference_mode(False):
-            if self._packed is None or self._packed.numel() < layout.nbytes:
+            if not self.in_place and (self._packed is None or self._packed.numel() < layout.nbytes):
                 self._packed = torch.empty(layout.nbytes, dtype=torch.uint8, device=self.device)
-            tail_bytes = layout.nbytes - layout.tail
-            if self._tail is None or self._tail.numel() < tail_bytes:
-                self._tail = torch.empty(tail_bytes, dtype=torch.uint8, pin_memory=self.device.type == "cuda")
-            self._device_views = layout.device_views(self._packed)
+            host_bytes = layout.nbytes - layout.tail
+            if self._host is None or self._host.numel() < host_bytes:
+                self._host = torch.empty(host_bytes, dtype=torch.uint8, pin_memory=self.device.type == "cuda")
+            if self._packed is not None:
+                self._device_views = layout.device_views(self._packed)
         self._layout = layout
-        self._tail_views = layout.tail_views(self._tail.numpy())
+        self._host_views = layout.tail_views(self._host.numpy())
 
     def pack_image(self, image: np.ndarray) -> PackedLayout:
-        """Copy the frame's pixels into the host buffer and start its upload (after `events_sink`'s sink ran);
-        returns the layout."""
+        """Copy the frame's pixels into the host buffer (copying, and start the tail's upload), after
+        `events_sink`'s sink ran; returns the layout."""
         layout = self._layout
         bits = 8 if image.dtype == np.uint8 else 16
         if layout is None or layout.image_shape != image.shape or layout.image_bits != bits:
             raise RuntimeError("FramePacker.pack_image: no events_sink ran for an image of this shape and dtype")
-        assert self._packed is not None and self._tail is not None
-        np.copyto(self._tail_views["image"], image, casting="safe")
-        tail_bytes = layout.nbytes - layout.tail
-        self._packed[layout.tail : layout.nbytes].copy_(self._tail[:tail_bytes], non_blocking=True)
-        self._copies_done(self._tail_copied)
+        assert self._host is not None
+        np.copyto(self._host_views["image"], image, casting="safe")
+        if self._packed is not None:
+            self._packed[layout.tail : layout.nbytes].copy_(
+                self._host[: layout.nbytes - layout.tail], non_blocking=True
+            )
+            self._copies_done(self._tail_copied)
         return layout
 
     def _copies_done(self, event: torch.cuda.Event | None) -> torch.cuda.Event | None:
@@ -327,7 +331,10 @@ class FramePacker:
         return event
 
     def packed(self) -> torch.Tensor:
-        """The frame's packed bytes on the device, valid until the next frame is packed."""
-        layout, packed = self._layout, self._packed
-        assert layout is not None and packed is not None
-        return packed[: layout.nbytes]
+        """The frame's packed bytes, valid until the next frame is packed: in place, the host buffer (pinned on a
+        CUDA device); copying, on the device."""
+        layout = self._layout
+        assert layout is not None
+        buffer = self._host if layout.in_place else self._packed
+        assert buffer is not None
+        return buffer[: layout.nbytes]

@@ -45,10 +45,11 @@ from mambaseg_core.config import ConfigError
 from mambaseg_core.data.classes import CLASS_SETS, IGNORE_INDEX
 from mambaseg_core.events import EventBatch, EventRingBuffer, voxel_grid
 from mambaseg_core.events.ring_buffer import Sink
+from mambaseg_core.ops.camera_image import image_tensor
 from mambaseg_core.ops.selective_scan import available_backends
 from mambaseg_core.pipeline.colorize import colorize, overlay, palette_lut, to_rgb8
 from mambaseg_core.pipeline.engine import PRECISIONS, InferenceEngine, MakeInputs, Precision, network_inputs_as_given
-from mambaseg_core.pipeline.network_inputs import FramePacker, fit, image_tensor
+from mambaseg_core.pipeline.network_inputs import FramePacker, fit
 
 log = logging.getLogger(__name__)
 
