@@ -78,6 +78,25 @@ def test_packed_frame_gives_the_network_inputs_of_the_cpu_path(case, in_place):
     assert float(voxels.abs().sum()) > 0
 
 
+@pytest.mark.parametrize("in_place", [False, True], ids=["copied", "in place"])
+def test_staging_only_the_rows_a_crop_keeps_gives_the_inputs_of_the_whole_frame(in_place):
+    """What the Segmenter stages on a GPU with crop_bottom: the top rows only; the events in the dropped rows, which
+    the CPU path bins and then crops away, fall outside the smaller grid."""
+    seg = Segmenter(
+        make_model(), load_config(SegmenterConfig, {"image_fit": "crop_bottom", "window_events": 900}), "cpu"
+    )
+    events = make_events(3000, NET_H + 8, NET_W)
+    assert (events.y >= NET_H).sum() > 100  # events in the rows the crop drops
+    seg.add_events(events)
+    image = np.random.default_rng(1).integers(0, 256, (NET_H + 8, NET_W, 3), dtype=np.uint8)
+    expected = seg.prepare(image, 40_000)
+    make_inputs, packed, used = packed_inputs(seg, FramePacker("cpu", in_place=in_place), image[:NET_H], 40_000)
+    image_tensor, voxels = make_inputs(packed)
+    assert make_inputs.layout.image_shape == (NET_H, NET_W, 3) and used == expected.events_used == 900
+    torch.testing.assert_close(image_tensor, expected.image, rtol=0, atol=0)
+    assert float((voxels - expected.events).abs().max()) < 1e-5 and float(voxels.abs().sum()) > 0
+
+
 def test_no_events_give_an_all_zero_grid():
     seg = Segmenter(make_model(), load_config(SegmenterConfig, {"missing_events": "zeros"}), "cpu")
     image = np.zeros((NET_H, NET_W, 3), np.uint8)

@@ -19,8 +19,8 @@ Per frame (image (H_in, W_in[, 3]) at `stamp_us`, network input (H, W) = model.c
    (`resize`) or padded with 255 = unlabeled below the kept rows (`crop_bottom`); then palette + overlay.
 
 `add_events` and `reset` may be called from another thread while `segment` runs (the ring buffer locks).
-On CUDA devices steps 2-5 run on the GPU: the event window is copied asynchronously straight out of the ring
-buffer's pinned storage into one device buffer, the image through a pinned staging buffer into the same buffer
+On CUDA devices steps 2-5 run on the GPU, reading the frame where it lies: the event window in the ring buffer's
+pinned storage, the image in a pinned buffer that its pixels (with `crop_bottom` only the rows kept) are copied into
 (pipeline/network_inputs.py); with `cuda_graph` the conversion to network inputs is part of the captured graph. The
 host waits for the GPU once per frame, when the class ids come back.
 """
@@ -324,6 +324,8 @@ class Segmenter:
             }
             timings["preprocess"] = _ms_since(start)
             return network_inputs_as_given, {name: v[None].contiguous() for name, v in inputs.items()}, len(events)
+        if self.config.image_fit == "crop_bottom":  # the rows dropped are never staged: the same inputs, less to copy
+            image = image[: self.network_size[0]]
         events_used = self._send_window(ring, stamp_us, self._packer.events_sink(image, self._capacity()))
         timings["window"] = _ms_since(start)
         start = time.perf_counter()
