@@ -15,6 +15,7 @@ import torch.nn as nn
 from mambaseg_core.models.layers import DropPath, LayerNorm2d, Linear2d, project_and_add, projection_dtype
 from mambaseg_core.models.ssm import DirectionalSSM
 from mambaseg_core.ops import fused_cross_scan
+from mambaseg_core.ops.stem_conv import stem_conv
 
 
 def resolve_dt_rank(dt_rank: int | str, features: int) -> int:
@@ -28,14 +29,14 @@ class PatchEmbed(nn.Module):
     def __init__(self, in_channels: int, dim: int):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, dim // 2, kernel_size=3, stride=2, padding=1)
-        self.norm1 = LayerNorm2d(dim // 2)
-        self.act = nn.GELU()
+        self.norm1 = LayerNorm2d(dim // 2)  # then the exact GELU (no module: no parameters)
         self.conv2 = nn.Conv2d(dim // 2, dim, kernel_size=3, stride=2, padding=1)
         self.norm2 = LayerNorm2d(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # norm1 returns conv2's compute dtype: the GELU between them then needs no cast of its own.
-        return self.norm2(self.conv2(self.act(self.norm1(self.conv1(x), projection_dtype(x)))))
+        # norm1 returns conv2's compute dtype: the GELU between them then needs no cast of its own. conv1, norm1
+        # and the GELU are one kernel in CUDA inference (ops/stem_conv).
+        return self.norm2(self.conv2(stem_conv(x, self.conv1, self.norm1, projection_dtype(x))))
 
 
 class Downsample(nn.Module):
