@@ -264,6 +264,18 @@ class DDIM(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(f_I, f_E); image_norm and event_norm: the norms n = LN2d(a) if already made (MambaSeg makes them in its
         encoders' last kernel, ops/layer_norm.norm_twice)."""
+        image_delta, event_delta = self.forward_deferred(image, events, image_norm, event_norm)
+        return image + image_delta, events + event_delta
+
+    def forward_deferred(
+        self,
+        image: torch.Tensor,
+        events: torch.Tensor,
+        image_norm: torch.Tensor | None = None,
+        event_norm: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`forward` with its residual sums left to the caller: (delta_I, delta_E) with f = a + delta, so that the
+        caller makes them together with the sums that follow (ops/stage_residuals)."""
         image_norm = self.image_norm(image) if image_norm is None else image_norm
         event_norm = self.event_norm(events) if event_norm is None else event_norm
         if torch.is_grad_enabled() or torch.compiler.is_compiling():
@@ -288,12 +300,4 @@ class DDIM(nn.Module):
                 partial(self.ctim.__call__, image_norm, event_norm, (joined[0][:, :channels], joined[1][:, :channels])),
                 partial(self.csim.__call__, image_norm, event_norm, (joined[0][:, channels:], joined[1][:, channels:])),
             )
-        return run_branches(
-            partial(self._output, self.image_out, image, joined[0]),
-            partial(self._output, self.event_out, events, joined[1]),
-        )
-
-    @staticmethod
-    def _output(out: nn.Conv2d, a: torch.Tensor, joined: torch.Tensor) -> torch.Tensor:
-        """f = a + Conv1x1([temporal, spatial]) of one modality."""
-        return a + conv1x1(out, joined)
+        return run_branches(partial(conv1x1, self.image_out, joined[0]), partial(conv1x1, self.event_out, joined[1]))

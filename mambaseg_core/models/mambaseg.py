@@ -14,11 +14,12 @@ from torch.utils.checkpoint import checkpoint
 from mambaseg_core.models.branches import run_branches
 from mambaseg_core.models.config import ModelConfig
 from mambaseg_core.models.ddim import DDIM
-from mambaseg_core.models.layers import LayerNorm2d, conv1x1
+from mambaseg_core.models.layers import LayerNorm2d, conv1x1, projection_dtype
 from mambaseg_core.models.segformer_head import SegFormerHead
 from mambaseg_core.models.ssm import DirectionalSSM
 from mambaseg_core.models.vmamba import VMambaEncoder
 from mambaseg_core.ops.layer_norm import norm_twice
+from mambaseg_core.ops.stage_residuals import stage_residuals
 
 
 class MambaSegFeatures(NamedTuple):
@@ -168,14 +169,16 @@ class MambaSeg(nn.Module):
             previous = [decoder_input] if decoder_input is not None else []
             (o_image, a_image, n_image), (o_events, a_events, n_events), *made = run_branches(*stages, *previous)
             decoder_inputs.extend(made)
-            f_image, f_events = self._run(fusion, a_image, a_events, n_image, n_events)
+            delta_image, delta_events = self._run(fusion.forward_deferred, a_image, a_events, n_image, n_events)
+            if i < len(image_encoder.downsamples):
+                (f_image, x_image), (f_events, x_events) = run_branches(
+                    partial(self._next_stage_input, image_encoder, i, o_image, a_image, delta_image),
+                    partial(self._next_stage_input, event_encoder, i, o_events, a_events, delta_events),
+                )
+            else:
+                f_image, f_events = a_image + delta_image, a_events + delta_events
             fusion_outputs.append((f_image, f_events))
             decoder_input = partial(self._decoder_input, i, f_image, f_events)
-            if i < len(image_encoder.downsamples):
-                x_image, x_events = run_branches(
-                    partial(self._next_stage_input, image_encoder, i, o_image, f_image),
-                    partial(self._next_stage_input, event_encoder, i, o_events, f_events),
-                )
         assert decoder_input is not None
         decoder_inputs.append(decoder_input())
         return MambaSegFeatures(decoder_inputs, fusion_outputs)
@@ -185,9 +188,13 @@ class MambaSeg(nn.Module):
         return conv1x1(self.decoder_proj[i], torch.cat([f_image, f_events], dim=1))
 
     @staticmethod
-    def _next_stage_input(encoder: VMambaEncoder, i: int, o: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-        """x = downsamples[i](o + f), within one branch."""
-        return encoder.downsamples[i](o + f)
+    def _next_stage_input(
+        encoder: VMambaEncoder, i: int, o: torch.Tensor, a: torch.Tensor, delta: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(f, x) = (a + delta, downsamples[i](o + f)), within one branch; the two sums are one kernel in CUDA
+        inference."""
+        f, total = stage_residuals(a, delta, o, projection_dtype(o))
+        return f, encoder.downsamples[i](total)
 
     def forward(self, *, image: torch.Tensor, events: torch.Tensor, upsample: bool = True) -> torch.Tensor:
         """Logits (B, num_classes, H, W), bilinearly upsampled from 1/4 resolution; with upsample=False the decoder's

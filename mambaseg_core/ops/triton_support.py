@@ -45,6 +45,7 @@ FAST_PATHS = frozenset(
         "folded_head",  # models/segformer_head: the folded SegFormer head
         "padded_classifier",  # models/segformer_head: its classifier as a padded GEMM
         "project_and_add",  # models/layers: a residual added by the output projection's GEMM
+        "stage_residuals",  # ops/stage_residuals
         "stem_conv",  # ops/stem_conv
     }
 )
@@ -110,6 +111,7 @@ __all__ = [
     "RUN_ON_CPU",
     "fast_path",
     "kernels_apply",
+    "kernels_run_on",
     "pixel_strides",
     "power_of_two_at_least",
     "pytorch_ops_from",
