@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from seg_harness import TINY_MODEL
 
+from mambaseg_core.models import MambaSeg, load_model_config
 from mambaseg_core.models.segformer_head import SegFormerHead
 from mambaseg_core.ops.upsample_sum import upsample_sum_relu, upsample_sum_relu_reference
 
@@ -68,3 +70,23 @@ def test_head_takes_the_folded_path_in_cuda_inference_only():
     with torch.no_grad():
         training_logits = head(features)  # batch statistics: the folded path must not run
     assert not torch.allclose(training_logits, expected, atol=1e-3)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: the folded path runs in CUDA inference")
+@torch.no_grad()
+def test_mambaseg_projects_each_level_for_the_head_as_soon_as_it_is_made():
+    """In CUDA inference MambaSeg hands the head its four folded projections, made beside the later stages; the
+    logits are the head's own on the decoder inputs. On the CPU there are none."""
+    torch.manual_seed(0)
+    model = MambaSeg(load_model_config(dict(TINY_MODEL))).eval()
+    model.set_scan_backend("torch")  # no extension build inside a unit test
+    height, width = TINY_MODEL["image_size"]
+    image, events = torch.rand(1, 3, height, width), torch.randn(1, TINY_MODEL["event_bins"], height, width)
+    assert model.forward_features(image=image, events=events).head_maps is None
+    model.cuda()
+    features = model.forward_features(image=image.cuda(), events=events.cuda())
+    assert features.head_maps is not None and len(features.head_maps) == len(features.decoder_inputs)
+    torch.testing.assert_close(
+        model.decoder.forward_projected(features.head_maps), model.decoder(features.decoder_inputs)
+    )

@@ -27,10 +27,13 @@ class MambaSegFeatures(NamedTuple):
 
     decoder_inputs[i]: F_i = decoder_proj[i](cat[f_I, f_E]), (B, C_i, H_i, W_i).
     fusion_outputs[i]: (f_I, f_E), the DDIM outputs, each (B, C_i, H_i, W_i).
+    head_maps[i]: the head's projection of F_i (SegFormerHead.project), made as soon as F_i was; None where the
+    head does not run folded (training, CPU).
     """
 
     decoder_inputs: list[torch.Tensor]
     fusion_outputs: list[tuple[torch.Tensor, torch.Tensor]]
+    head_maps: list[torch.Tensor] | None = None
 
 
 class MambaSeg(nn.Module):
@@ -157,10 +160,11 @@ class MambaSeg(nn.Module):
         x_image, x_events = run_branches(
             partial(image_encoder.stem.__call__, image), partial(event_encoder.stem.__call__, events)
         )
-        # Nothing on the way to the next stage waits for a decoder input: F_i is made beside stage i+1's encoders
-        # (a third branch), the last one after the loop.
-        decoder_inputs, fusion_outputs = [], []
-        decoder_input: Callable[[], torch.Tensor] | None = None
+        # Nothing on the way to the next stage waits for a decoder input: F_i, and in CUDA inference the head's
+        # projection of it, are made beside stage i+1's encoders (a third branch), the last ones after the loop.
+        decoder_inputs: list[tuple[torch.Tensor, torch.Tensor | None]] = []  # (F_i, its head projection or None)
+        fusion_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        decoder_input: Callable[[], tuple[torch.Tensor, torch.Tensor | None]] | None = None
         for i, fusion in enumerate(self.fusion):
             stages = (
                 partial(self._encoder_stage, image_encoder, i, x_image, fusion.image_norm),
@@ -181,11 +185,19 @@ class MambaSeg(nn.Module):
             decoder_input = partial(self._decoder_input, i, f_image, f_events)
         assert decoder_input is not None
         decoder_inputs.append(decoder_input())
-        return MambaSegFeatures(decoder_inputs, fusion_outputs)
+        head_maps = [head_map for _, head_map in decoder_inputs if head_map is not None]
+        return MambaSegFeatures(
+            [made for made, _ in decoder_inputs],
+            fusion_outputs,
+            head_maps if len(head_maps) == len(decoder_inputs) else None,
+        )
 
-    def _decoder_input(self, i: int, f_image: torch.Tensor, f_events: torch.Tensor) -> torch.Tensor:
-        """F_i = decoder_proj[i](cat[f_I, f_E])."""
-        return conv1x1(self.decoder_proj[i], torch.cat([f_image, f_events], dim=1))
+    def _decoder_input(
+        self, i: int, f_image: torch.Tensor, f_events: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(F_i = decoder_proj[i](cat[f_I, f_E]), the head's projection of it or None: SegFormerHead.project)."""
+        made = conv1x1(self.decoder_proj[i], torch.cat([f_image, f_events], dim=1))
+        return made, self.decoder.project(i, made)
 
     @staticmethod
     def _next_stage_input(
@@ -200,7 +212,10 @@ class MambaSeg(nn.Module):
         """Logits (B, num_classes, H, W), bilinearly upsampled from 1/4 resolution; with upsample=False the decoder's
         1/4-resolution logits (what ops/upsample_argmax turns into full-resolution class ids in one pass)."""
         features = self.forward_features(image=image, events=events)
-        logits = self.decoder(features.decoder_inputs)
+        if features.head_maps is not None:
+            logits = self.decoder.forward_projected(features.head_maps)
+        else:
+            logits = self.decoder(features.decoder_inputs)
         if not upsample:
             return logits
         return F.interpolate(logits, size=tuple(image.shape[-2:]), mode="bilinear", align_corners=False)

@@ -40,12 +40,16 @@ class SegFormerHead(nn.Module):
         self._folded: DerivedWeights[list[tuple[torch.Tensor, torch.Tensor | None]]] = DerivedWeights()
         self._padded_classifier: DerivedWeights[tuple[torch.Tensor, torch.Tensor | None]] = DerivedWeights()
 
-    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
-        if (
+    def _folds(self, *features: torch.Tensor) -> bool:
+        """Whether the head runs folded for these features (CUDA inference)."""
+        return (
             not self.training
-            and len(features) <= MAX_SOURCES + 1
+            and len(self.proj) <= MAX_SOURCES + 1
             and kernels_apply("folded_head", *features, self.fuse_conv.weight)
-        ):
+        )
+
+    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        if self._folds(*features):
             return self._forward_folded(features)
         size = features[0].shape[-2:]
         maps = []
@@ -80,11 +84,22 @@ class SegFormerHead(nn.Module):
         dtype = self.proj[0].weight.dtype
         return [(w.to(dtype), bias.to(dtype) if i == 0 else None) for i, w in enumerate(folded)]
 
+    def project(self, level: int, feature: torch.Tensor) -> torch.Tensor | None:
+        """The folded projection W_level F_level (+ the folded bias at level 0), or None where the head does not run
+        folded: a caller that makes the levels one after another (MambaSeg) projects each as soon as it is made,
+        beside the later stages, and hands them all to `forward_projected`."""
+        return self._project(level, feature) if self._folds(feature) else None
+
+    def _project(self, level: int, feature: torch.Tensor) -> torch.Tensor:
+        weight, bias = self.folded_projections()[level]
+        return F.linear(feature.permute(0, 2, 3, 1), weight, bias).permute(0, 3, 1, 2)
+
     def _forward_folded(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
-        maps = []
-        for (weight, bias), feature in zip(self.folded_projections(), features, strict=True):
-            maps.append(F.linear(feature.permute(0, 2, 3, 1), weight, bias).permute(0, 3, 1, 2))
-        fused = upsample_sum_relu(maps[0], maps[1:], projection_dtype(features[0]))
+        return self.forward_projected([self._project(level, feature) for level, feature in enumerate(features)])
+
+    def forward_projected(self, maps: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The logits from every level's `project`ion."""
+        fused = upsample_sum_relu(maps[0], maps[1:], projection_dtype(maps[0]))
         return self._classify(fused) if fast_path("padded_classifier") else self.classifier(fused)
 
     def _classify(self, fused: torch.Tensor) -> torch.Tensor:
