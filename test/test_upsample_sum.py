@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from seg_harness import TINY_MODEL
 
 from mambaseg_core.models import MambaSeg, load_model_config
 from mambaseg_core.models.segformer_head import SegFormerHead
-from mambaseg_core.ops.upsample_sum import upsample_sum_relu, upsample_sum_relu_linear, upsample_sum_relu_reference
+from mambaseg_core.ops.upsample_sum import upsample_sum_relu, upsample_sum_relu_reference
 
 
 def channels_last(x: torch.Tensor) -> torch.Tensor:
@@ -45,26 +44,6 @@ def random_head() -> tuple[SegFormerHead, list[torch.Tensor]]:
     sizes = [(20, 30), (10, 15), (5, 8), (3, 4)]
     features = [torch.randn(2, c, h, w) for c, (h, w) in zip([8, 16, 24, 32], sizes, strict=True)]
     return head, features
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize(("outputs", "sizes"), [(11, [(25, 44), (13, 22), (7, 11)]), (16, [(4, 6)]), (3, [])])
-@torch.no_grad()
-def test_upsample_sum_relu_linear_kernel_matches_the_two_steps(triton_device, dtype, outputs, sizes):
-    """The summed map multiplied in the kernel, never stored: the two steps' logits, the map rounded to `dtype`
-    before the product in both."""
-    gen = torch.Generator().manual_seed(outputs)
-    base = channels_last(torch.randn(2, 70, 11, 17, generator=gen).to(triton_device, dtype))
-    sources = [channels_last(torch.randn(2, 70, h, w, generator=gen).to(triton_device, dtype)) for h, w in sizes]
-    weight = (torch.randn(outputs, 70, generator=gen) / 8).to(triton_device, dtype)
-    bias = torch.randn(outputs, generator=gen).to(triton_device, dtype) if outputs != 16 else None
-    logits = upsample_sum_relu_linear(base, sources, weight, bias)
-    fused = upsample_sum_relu_reference(base.float(), [s.float() for s in sources]).to(dtype).float()
-    expected = F.linear(fused.permute(0, 2, 3, 1), weight.float(), None if bias is None else bias.float())
-    assert logits.shape == (2, outputs, 11, 17) and logits.dtype == dtype
-    assert logits.is_contiguous(memory_format=torch.channels_last)
-    tolerance = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-2)
-    torch.testing.assert_close(logits.float(), expected.permute(0, 3, 1, 2), **tolerance)
 
 
 @torch.no_grad()

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from mambaseg_core.models.layers import DerivedWeights, per_pixel_linear, projection_dtype
 from mambaseg_core.ops.triton_support import fast_path, kernels_apply
-from mambaseg_core.ops.upsample_sum import MAX_SOURCES, upsample_sum_relu, upsample_sum_relu_linear
+from mambaseg_core.ops.upsample_sum import MAX_SOURCES, upsample_sum_relu
 
 # The classifier's output rows, padded to a multiple of this many classes in CUDA inference (16-byte rows in fp16).
 CLASS_ALIGN = 8
@@ -98,16 +98,20 @@ class SegFormerHead(nn.Module):
         return self.forward_projected([self._project(level, feature) for level, feature in enumerate(features)])
 
     def forward_projected(self, maps: Sequence[torch.Tensor]) -> torch.Tensor:
-        """The logits from every level's `project`ion: the upsampled sum, ReLU and classifier, one kernel in CUDA
-        inference (ops/upsample_sum.upsample_sum_relu_linear). The classifier's classes are padded to a multiple of
-        CLASS_ALIGN (zero rows: cuBLAS ran an unaligned half-precision GEMM on slow fallback kernels, 25 µs for DSEC's
-        11 classes on an H100); the logits are a channels-last view of the first `classes`."""
-        dtype = projection_dtype(maps[0])
-        if not fast_path("padded_classifier"):
-            return self.classifier(upsample_sum_relu(maps[0], maps[1:], dtype))
+        """The logits from every level's `project`ion."""
+        fused = upsample_sum_relu(maps[0], maps[1:], projection_dtype(maps[0]))
+        return self._classify(fused) if fast_path("padded_classifier") else self.classifier(fused)
+
+    def _classify(self, fused: torch.Tensor) -> torch.Tensor:
+        """classifier(fused) for a channels-last fused map: one GEMM over its pixel rows with the classes padded to a
+        multiple of CLASS_ALIGN (zero rows; cuBLAS runs an unaligned half-precision GEMM on slow fallback kernels,
+        25 µs for DSEC's 11 classes on an H100), the bias inside; a channels-last view of the first `classes`."""
         weight, bias = self._padded_classifier.get(list(self.classifier.parameters()), self._pad_classifier)
-        logits = upsample_sum_relu_linear(maps[0], maps[1:], weight.to(dtype), None if bias is None else bias.to(dtype))
-        return logits[:, : self.classifier.out_channels]
+        batch, channels, height, width = fused.shape
+        rows = fused.permute(0, 2, 3, 1).reshape(-1, channels)
+        logits = F.linear(rows, weight.to(rows.dtype), None if bias is None else bias.to(rows.dtype))
+        classes = self.classifier.out_channels
+        return logits.view(batch, height, width, -1).permute(0, 3, 1, 2)[:, :classes]
 
     @torch.no_grad()
     def _pad_classifier(self) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from mambaseg_core.ops.triton_support import kernels_apply, power_of_two_at_least, triton
+from mambaseg_core.ops.triton_support import kernels_apply, triton
 
 MAX_SOURCES = 3
 
@@ -54,68 +54,6 @@ if triton is not None:
             acc += bilinear_sample(z3_ptr + batch * h3 * w3 * E + channel, y, x, h3, w3, sy3, sx3, w3 * E, E, valid)
         tl.store(out_ptr + offsets, tl.maximum(acc, 0.0).to(out_ptr.dtype.element_ty), mask=valid)
 
-    @triton.jit
-    def _upsample_sum_relu_linear_kernel(
-        base_ptr, z1_ptr, z2_ptr, z3_ptr, w_ptr, bias_ptr, out_ptr, H, W, N,
-        h1, w1, sy1, sx1, h2, w2, sy2, sx2, h3, w3, sy3, sx3,
-        E: tl.constexpr, HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, SOURCES: tl.constexpr,
-        BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr,
-    ):  # fmt: skip
-        # One program: BLOCK_P output pixels of one image; the summed map, BLOCK_C channels at a time, rounded to the
-        # weight's dtype (as the map would be stored) and multiplied into the BLOCK_N outputs. E (the head's width) is
-        # a compile-time constant: one value per model.
-        batch = tl.program_id(1).to(tl.int64)
-        pixel = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)[:, None]
-        y, x = pixel // W, pixel % W
-        row = tl.arange(0, BLOCK_C)[:, None]
-        output = tl.arange(0, BLOCK_N)[None, :]
-        acc = tl.zeros([BLOCK_P, BLOCK_N], dtype=tl.float32)
-        for start in range(0, E, BLOCK_C):
-            channel = start + tl.arange(0, BLOCK_C)[None, :]
-            valid = (pixel < H * W) & (channel < E)
-            total = tl.load(base_ptr + (batch * H * W + pixel) * E + channel, mask=valid, other=0.0).to(tl.float32)
-            if SOURCES >= 1:
-                total += bilinear_sample(z1_ptr + batch * h1 * w1 * E + channel, y, x, h1, w1, sy1, sx1, w1 * E, E,
-                                         valid)  # fmt: skip
-            if SOURCES >= 2:
-                total += bilinear_sample(z2_ptr + batch * h2 * w2 * E + channel, y, x, h2, w2, sy2, sx2, w2 * E, E,
-                                         valid)  # fmt: skip
-            if SOURCES >= 3:
-                total += bilinear_sample(z3_ptr + batch * h3 * w3 * E + channel, y, x, h3, w3, sy3, sx3, w3 * E, E,
-                                         valid)  # fmt: skip
-            fused = tl.maximum(total, 0.0).to(w_ptr.dtype.element_ty)
-            weight = tl.load(w_ptr + output * E + start + row, mask=(start + row < E) & (output < N), other=0.0)
-            if IEEE:
-                acc += tl.dot(fused, weight, input_precision="ieee")
-            else:
-                acc += tl.dot(fused, weight)
-        if HAS_BIAS:
-            acc += tl.load(bias_ptr + output, mask=output < N, other=0.0).to(tl.float32)
-        out = out_ptr + (batch * H * W + pixel) * N + output
-        tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=(pixel < H * W) & (output < N))
-
-
-def _check_maps(base: torch.Tensor, sources: Sequence[torch.Tensor]) -> None:
-    batch, channels = base.shape[:2]
-    for source in sources:
-        if source.shape[:2] != (batch, channels):
-            raise ValueError(f"every map must be (B={batch}, E={channels}, h, w), got {tuple(source.shape)}")
-
-
-def _kernel_maps(
-    base: torch.Tensor, sources: Sequence[torch.Tensor]
-) -> tuple[list[torch.Tensor], list[torch.Tensor], list[float]]:
-    """The maps channels-last, the kernels' MAX_SOURCES source pointers (unused slots: any valid map) and each
-    source's (h, w, h / H, w / W)."""
-    height, width = base.shape[-2:]
-    maps = [z.contiguous(memory_format=torch.channels_last) for z in (base, *sources)]
-    pointers = maps[1:] + [maps[0]] * (MAX_SOURCES - len(sources))
-    geometry: list[float] = []
-    for z in pointers:
-        h, w = z.shape[-2:]
-        geometry += [h, w, h / height, w / width]
-    return maps, pointers, geometry
-
 
 def upsample_sum_relu(
     base: torch.Tensor, sources: Sequence[torch.Tensor], out_dtype: torch.dtype | None = None
@@ -126,10 +64,17 @@ def upsample_sum_relu(
     out_dtype = out_dtype or base.dtype
     if len(sources) > MAX_SOURCES or not kernels_apply("upsample_sum_relu", base, *sources):
         return upsample_sum_relu_reference(base, sources).to(out_dtype)
-    _check_maps(base, sources)
     batch, channels, height, width = base.shape
-    maps, pointers, geometry = _kernel_maps(base, sources)
+    for source in sources:
+        if source.shape[:2] != (batch, channels):
+            raise ValueError(f"every map must be (B={batch}, E={channels}, h, w), got {tuple(source.shape)}")
+    maps = [z.contiguous(memory_format=torch.channels_last) for z in (base, *sources)]
     out = torch.empty(base.shape, dtype=out_dtype, device=base.device, memory_format=torch.channels_last)
+    pointers = maps[1:] + [maps[0]] * (MAX_SOURCES - len(sources))  # unused slots: any valid map
+    geometry: list[float] = []
+    for z in pointers:
+        h, w = z.shape[-2:]
+        geometry += [h, w, h / height, w / width]
     block_p, block_c = 32, 64
     grid = (triton.cdiv(height * width, block_p), triton.cdiv(channels, block_c), batch)
     _upsample_sum_relu_kernel[grid](
@@ -139,31 +84,4 @@ def upsample_sum_relu(
     return out
 
 
-def upsample_sum_relu_linear(
-    base: torch.Tensor, sources: Sequence[torch.Tensor], weight: torch.Tensor, bias: torch.Tensor | None
-) -> torch.Tensor:
-    """F.linear over the channels of upsample_sum_relu(base, sources, weight's dtype), for weight (N, E) and bias
-    (N,) or None: (B, N, H, W) channels-last in weight's dtype (the SegFormer head's classifier on its fused map).
-    In CUDA inference one Triton kernel: the summed map (B x E x H x W, 27 MB at DSEC's 1/4 resolution in half
-    precision) is never written out and read back; float32 weights multiply in IEEE float32. Else the two steps."""
-    out_dtype = weight.dtype
-    outputs = weight.shape[0]
-    if len(sources) > MAX_SOURCES or not kernels_apply("upsample_sum_relu", base, *sources, weight, bias):
-        fused = upsample_sum_relu(base, sources, out_dtype)
-        return F.linear(fused.permute(0, 2, 3, 1), weight, bias).permute(0, 3, 1, 2)
-    _check_maps(base, sources)
-    batch, channels, height, width = base.shape
-    if weight.shape[1] != channels:
-        raise ValueError(f"weight must be (N, E={channels}), got {tuple(weight.shape)}")
-    maps, pointers, geometry = _kernel_maps(base, sources)
-    out = torch.empty(batch, height, width, outputs, dtype=out_dtype, device=base.device)
-    block_p = 32
-    _upsample_sum_relu_linear_kernel[(triton.cdiv(height * width, block_p), batch)](
-        maps[0], *pointers, weight.contiguous(), bias if bias is not None else weight, out, height, width, outputs,
-        *geometry, E=channels, HAS_BIAS=bias is not None, IEEE=out_dtype == torch.float32, SOURCES=len(sources),
-        BLOCK_P=block_p, BLOCK_C=64, BLOCK_N=max(16, power_of_two_at_least(outputs)), num_warps=4,
-    )  # fmt: skip
-    return out.permute(0, 3, 1, 2)
-
-
-__all__ = ["MAX_SOURCES", "upsample_sum_relu", "upsample_sum_relu_linear", "upsample_sum_relu_reference"]
+__all__ = ["MAX_SOURCES", "upsample_sum_relu", "upsample_sum_relu_reference"]
