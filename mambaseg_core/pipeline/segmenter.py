@@ -382,9 +382,10 @@ class Segmenter:
 
     @contextlib.contextmanager
     def _frame(self) -> Iterator[None]:
-        """Around a frame's staging and GPU work: a window that the GPU reads in the ring buffer's storage
-        (FramePacker) goes back to the ring, whose appends into its slots wait for it, only once that work is done,
-        however the frame ends. A caller that has waited for the GPU releases it itself."""
+        """Around a frame's staging and GPU work: a frame that the GPU reads in place (FramePacker: the window in the
+        ring buffer's storage, whose appends into its slots wait for it, and the pinned frame buffer) is released
+        only once that work is done, however the frame ends. A caller that has waited for the GPU releases it
+        itself."""
         try:
             yield
         finally:
