@@ -6,7 +6,10 @@ import pytest
 import torch
 
 from mambaseg_core.models.layers import LayerNorm2d
-from mambaseg_core.ops.layer_norm import layer_norm_2d, layer_norm_2d_reference, uses_kernel
+from mambaseg_core.models.vmamba import Downsample, PatchEmbed
+from mambaseg_core.ops import layer_norm
+from mambaseg_core.ops.layer_norm import bias_layer_norm_2d, layer_norm_2d, layer_norm_2d_reference, uses_kernel
+from mambaseg_core.ops.stem_conv import stem_conv_reference
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: the Triton kernel")
 
@@ -74,3 +77,31 @@ def test_cuda_kernel_in_a_cuda_graph_and_autograd_keeps_the_reference():
     assert not uses_kernel(x, norm.weight, norm.bias)
     norm(x).sum().backward()
     assert norm.weight.grad is not None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@torch.no_grad()
+def test_a_bias_added_by_the_kernel_is_the_sum_normalised(triton_device, dtype):
+    x, weight, bias = random_case(40, 6, 9, dtype, triton_device, seed=4)
+    x_bias = torch.randn(40, device=triton_device).to(dtype) * 3
+    y = bias_layer_norm_2d(x, x_bias, weight, bias)
+    expected = by_formula(x.double() + x_bias.double()[:, None, None], weight, bias, 1e-5)
+    assert y.dtype == dtype and y.is_contiguous(memory_format=torch.channels_last)
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-2  # the output's rounding
+    torch.testing.assert_close(y.double(), expected, rtol=tolerance, atol=tolerance)
+
+
+@torch.no_grad()
+def test_downsample_and_stem_add_their_convolutions_bias_in_the_norm(triton_device):
+    torch.manual_seed(0)
+    downsample, stem = Downsample(16, 32).to(triton_device), PatchEmbed(3, 16).to(triton_device)
+    for conv in (downsample.conv, stem.conv2):
+        torch.nn.init.normal_(conv.bias)  # a bias the result depends on
+    x = torch.randn(2, 16, 9, 12, device=triton_device)
+    assert layer_norm.uses_kernel(x, downsample.norm.weight, downsample.norm.bias)
+    expected = layer_norm_2d_reference(downsample.conv(x), downsample.norm.weight, downsample.norm.bias, 1e-5)
+    torch.testing.assert_close(downsample(x), expected, rtol=1e-4, atol=1e-4)
+    image = torch.randn(1, 3, 20, 26, device=triton_device)
+    hidden = stem_conv_reference(image, stem.conv1, stem.norm1, torch.float32)
+    expected = layer_norm_2d_reference(stem.conv2(hidden), stem.norm2.weight, stem.norm2.bias, 1e-5)
+    torch.testing.assert_close(stem(image), expected, rtol=1e-4, atol=1e-4)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mambaseg_core.config import ConfigError
 from mambaseg_core.models import (
@@ -18,7 +19,7 @@ from mambaseg_core.models import (
     save_checkpoint,
 )
 from mambaseg_core.models.ddim import DDIM
-from mambaseg_core.models.layers import Linear2d, ProjectionLayout, conv1x1, project_and_add
+from mambaseg_core.models.layers import Linear2d, ProjectionLayout, conv1x1, linear_gelu, project_and_add
 from mambaseg_core.models.official import ENCODER_KEYS
 from mambaseg_core.models.ssm import DirectionalSSM
 
@@ -309,8 +310,9 @@ def test_conv1x1_equals_the_convolution(device: str, bias: bool):
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 def test_project_and_add_equals_the_projection_plus_the_residual(device: str):
-    """On CUDA, channels-last x and residual take one GEMM that adds the residual; elsewhere the module runs, then
-    the sum. Either way the result is residual + projection(x), channels-last for channels-last inputs."""
+    """On CUDA, channels-last x and residual take one GEMM that adds into the residual in place; elsewhere the
+    module runs, then the sum. Either way the result is residual + projection(x), channels-last for channels-last
+    inputs."""
     if device == "cuda" and not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU: the addmm path runs on CUDA tensors")
     torch.manual_seed(0)
@@ -321,13 +323,44 @@ def test_project_and_add_equals_the_projection_plus_the_residual(device: str):
     handle = layer.register_forward_hook(lambda *_: calls.append(1))
     with torch.no_grad():
         expected = torch.einsum("oc,bchw->bohw", layer.weight, x) + residual
-        y = project_and_add(layer, layer.weight, x, residual)
+        given = residual.clone()
+        y = project_and_add(layer, layer.weight, x, given)
         y_nchw = project_and_add(layer, layer.weight, x.contiguous(), residual.contiguous())
     handle.remove()
+    assert (y.data_ptr() == given.data_ptr()) == (device == "cuda")  # in place: no copy of the residual
     torch.testing.assert_close(y, expected, rtol=1e-4, atol=1e-4)  # TF32 on the GPU
     torch.testing.assert_close(y_nchw, expected, rtol=1e-4, atol=1e-4)
     assert y.is_contiguous(memory_format=torch.channels_last)
     assert len(calls) == (1 if device == "cuda" else 2)  # the module runs except on the GPU's GEMM path
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+@torch.no_grad()
+def test_linear_gelu_in_half_precision_is_one_gemm_with_the_tanh_gelu(device: str):
+    """On CUDA a half-precision channels-last input takes one GEMM with the tanh GELU in its epilogue; elsewhere the
+    module runs, then the exact GELU. Both are channels-last for channels-last inputs."""
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU: the cuBLASLt epilogue runs on CUDA tensors")
+    torch.manual_seed(0)
+    dtype = torch.float16 if device == "cuda" else torch.float32
+    layer = Linear2d(64, 96).to(device)
+    torch.nn.init.normal_(layer.bias)
+    layer.to(dtype)
+    x = (torch.randn(2, 64, 5, 7, device=device) * 2).to(dtype).contiguous(memory_format=torch.channels_last)
+    calls = []
+    handle = layer.register_forward_hook(lambda *_: calls.append(1))
+    y = linear_gelu(layer, x)
+    handle.remove()
+    pre = torch.einsum("oc,bchw->bohw", layer.weight.double(), x.double()) + layer.bias.double()[:, None, None]
+    exact, tanh_form = F.gelu(pre), F.gelu(pre, approximate="tanh")
+    assert y.dtype == dtype and y.is_contiguous(memory_format=torch.channels_last)
+    assert len(calls) == (0 if device == "cuda" else 1)
+    if device == "cuda":
+        torch.testing.assert_close(y.double(), tanh_form, rtol=2e-3, atol=2e-3)  # fp16 rounding
+        assert (y.double() - exact).abs().max() < 3e-3  # the tanh form's own error is under 5e-4
+    else:
+        torch.testing.assert_close(y.double(), exact, rtol=1e-5, atol=1e-5)
+        assert (y.double() - tanh_form).abs().max() > 1e-5  # the exact GELU, not the tanh form
 
 
 def test_ddim_inference_writes_its_paths_into_the_concatenations_exactly():

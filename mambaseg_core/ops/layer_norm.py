@@ -55,16 +55,19 @@ if triton is not None:
 
     @triton.jit
     def _layer_norm_2d_kernel(
-        x_ptr, w_ptr, b_ptr, y_ptr, w2_ptr, b2_ptr, z_ptr, C, HW, x_sb, x_sc, x_sp, eps, eps2,
-        SECOND: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+        x_ptr, xb_ptr, w_ptr, b_ptr, y_ptr, w2_ptr, b2_ptr, z_ptr, C, HW, x_sb, x_sc, x_sp, eps, eps2,
+        X_BIAS: tl.constexpr, SECOND: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
     ):  # fmt: skip
-        # One program: all channels of BLOCK_P consecutive pixels of one image, loaded once, normalised in
-        # registers, one store (SECOND: normalised again by a second norm, a second store).
+        # One program: all channels of BLOCK_P consecutive pixels of one image, loaded once (X_BIAS: plus a
+        # per-channel bias of x), normalised in registers, one store (SECOND: normalised again by a second norm, a
+        # second store).
         batch = tl.program_id(1).to(tl.int64)
         channels = tl.arange(0, BLOCK_C)[:, None]
         pixels = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)[None, :]
         mask = (channels < C) & (pixels < HW)
         x = tl.load(x_ptr + batch * x_sb + channels * x_sc + pixels * x_sp, mask=mask, other=0.0).to(tl.float32)
+        if X_BIAS:  # 0 past C, as _normalise needs; pixels past HW are not stored
+            x += tl.load(xb_ptr + channels, mask=channels < C, other=0.0).to(tl.float32)
         y = _normalise(x, mask, channels, C, w_ptr, b_ptr, eps)
         out = batch * HW * C + pixels * C + channels
         _store_norms(y, mask, channels, C, out, y_ptr, w2_ptr, b2_ptr, z_ptr, eps2, SECOND)
@@ -130,9 +133,14 @@ def _block(channels: int) -> tuple[int, int]:
 
 
 def _layer_norm_2d(
-    x: torch.Tensor, norm: Norm, out_dtype: torch.dtype | None, then: Norm | None
+    x: torch.Tensor,
+    norm: Norm,
+    out_dtype: torch.dtype | None,
+    then: Norm | None,
+    x_bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The kernel's layer_norm_2d of x, and with `then` the second norm of its result (else None)."""
+    """The kernel's layer_norm_2d of x (plus x_bias, per channel, if given), and with `then` the second norm of its
+    result (else None)."""
     strides = pixel_strides(x)
     if strides is None:  # no single pixel stride: read an NCHW copy
         x = x.contiguous()
@@ -142,8 +150,9 @@ def _layer_norm_2d(
     z, second = _second_norm_args(y, then)
     block_c, block_p = _block(channels)
     _layer_norm_2d_kernel[(triton.cdiv(height * width, block_p), batch)](
-        x, norm.weight, norm.bias, y, *second[:3], channels, height * width, *strides, norm.eps, second[3],
-        SECOND=then is not None, BLOCK_C=block_c, BLOCK_P=block_p, num_warps=8,
+        x, x if x_bias is None else x_bias, norm.weight, norm.bias, y, *second[:3], channels, height * width,
+        *strides, norm.eps, second[3], X_BIAS=x_bias is not None, SECOND=then is not None, BLOCK_C=block_c,
+        BLOCK_P=block_p, num_warps=8,
     )  # fmt: skip
     return y, z
 
@@ -162,6 +171,17 @@ def layer_norm_2d(
         return y if out_dtype is None else y.to(out_dtype)
     assert weight is not None and bias is not None
     return _layer_norm_2d(x, Norm(weight, bias, eps), out_dtype, None)[0]
+
+
+def bias_layer_norm_2d(
+    x: torch.Tensor, x_bias: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float = 1e-5
+) -> torch.Tensor:
+    """layer_norm_2d(x + x_bias) for a per-channel x_bias (C,): a convolution's bias added by the norm's kernel where
+    `uses_kernel` (the sum not rounded to x's dtype before the norm), else the two PyTorch steps."""
+    if not (uses_kernel(x, weight, bias) and kernels_apply("layer_norm", x_bias)):
+        return layer_norm_2d(x + x_bias[:, None, None], weight, bias, eps)
+    assert weight is not None and bias is not None
+    return _layer_norm_2d(x, Norm(weight, bias, eps), None, None, x_bias)[0]
 
 
 def add_layer_norm_2d(
@@ -226,4 +246,12 @@ def norm_twice(
     return total, y, z
 
 
-__all__ = ["Norm", "add_layer_norm_2d", "layer_norm_2d", "layer_norm_2d_reference", "norm_twice", "uses_kernel"]
+__all__ = [
+    "Norm",
+    "add_layer_norm_2d",
+    "bias_layer_norm_2d",
+    "layer_norm_2d",
+    "layer_norm_2d_reference",
+    "norm_twice",
+    "uses_kernel",
+]

@@ -45,6 +45,7 @@ FAST_PATHS = frozenset(
         "folded_head",  # models/segformer_head: the folded SegFormer head
         "padded_classifier",  # models/segformer_head: its classifier as a padded GEMM
         "project_and_add",  # models/layers: a residual added by the output projection's GEMM
+        "linear_gelu",  # models/layers: the MLP's GELU in its first GEMM's epilogue
         "stage_residuals",  # ops/stage_residuals
         "stem_conv",  # ops/stem_conv
     }
