@@ -104,7 +104,8 @@ class SS2D(nn.Module):
 
 
 class Mlp(nn.Module):
-    """Per-pixel MLP: Linear2d(C -> hidden) -> exact GELU -> Linear2d(hidden -> C)."""
+    """Per-pixel MLP: Linear2d(C -> hidden) -> GELU -> Linear2d(hidden -> C); the exact GELU, but its tanh form in
+    half-precision CUDA inference (models/layers.linear_gelu)."""
 
     def __init__(self, dim: int, hidden: int):
         super().__init__()
