@@ -119,6 +119,26 @@ __device__ __forceinline__ float delta_to_dt(float delta, bool softplus) {
   return delta <= 20.f ? log1pf(__expf(delta)) : delta;
 }
 
+// delta_to_dt for the inference kernels: for fp16/bf16 inputs the softplus costs ~12 instructions instead of
+// log1pf's ~35 (a sixth of the state-resident kernel's instructions at N = 16, more at N = 1), adding a relative
+// error below 4e-6, far under the 2^-11 rounding of the delta it is given: log1p(z) of z = e^x by its series up to
+// z^6 where z <= 0.05 (float32 rounding only: 1.5e-7), else by the hardware log of 1 + z (log(1 + z) >= 0.049, so
+// the approximate log's absolute error of ~2^-22.6 stays below 2.5e-6 relative, the rounding of 1 + z below 1.3e-6).
+// Float32 inputs keep log1pf: that path is the accuracy reference.
+template <typename T>
+__device__ __forceinline__ float delta_to_dt_inference(float delta, bool softplus) {
+  if constexpr (std::is_same_v<T, float>) {
+    return delta_to_dt(delta, softplus);
+  } else {
+    if (!softplus) return delta;
+    const float z = __expf(delta);
+    const float series =
+        z * fmaf(z, fmaf(z, fmaf(z, fmaf(z, fmaf(z, -1.f / 6, 0.2f), -0.25f), 1.f / 3), -0.5f), 1.f);
+    const float logarithm = __logf(1.f + z);
+    return delta > 20.f ? delta : (z <= 0.05f ? series : logarithm);
+  }
+}
+
 // This thread's kItems forward steps from step t0, composed into one affine map per state n < N (identity for
 // n >= N): h -> decay[n] * h + h_out[n], with h_t = exp2(dt_t A2_n) h_{t-1} + dt_t u_t B_t. The training forward
 // and the backward (which recomputes the forward states) both start from it.

@@ -59,7 +59,7 @@ __global__ void __launch_bounds__(kWarps * 32) scan_fwd_infer_kernel(ScanParams 
 #pragma unroll
     for (int i = 0; i < kItems; ++i) {
       // Padded steps get dt = 0: decay 1 and input 0, the identity map.
-      dt[i] = t0 + i < L ? delta_to_dt(u_delta[1][i] + bias, p.softplus) : 0.f;
+      dt[i] = t0 + i < L ? delta_to_dt_inference<T>(u_delta[1][i] + bias, p.softplus) : 0.f;
       y[i] = skip * u_delta[0][i];
       du[i] = u_delta[0][i] * dt[i];
       dt_sum += dt[i];

@@ -144,7 +144,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32) scan_fwd_resident_kernel(
         float d = delta[j * kSplit];
 #pragma unroll
         for (int s = 1; s < kSplit; ++s) d = part == s ? delta[j * kSplit + s] : d;
-        mine[j] = t0 + j * kSplit + part < L ? delta_to_dt(d + bias, p.softplus) : 0.f;
+        mine[j] = t0 + j * kSplit + part < L ? delta_to_dt_inference<T>(d + bias, p.softplus) : 0.f;
       }
 #pragma unroll
       for (int i = 0; i < kStepsPerLoad; i += kSplit) {
