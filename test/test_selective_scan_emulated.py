@@ -207,6 +207,15 @@ def test_inference_kernel_matches_reference_under_emulation(drivers: dict[str, P
         assert warp_scan >= DEFAULT_CONFIG_COUNT + tuned, f"{case}: only {warp_scan} configurations ran"
 
 
+def test_inference_softplus_reads_out_exactly_under_emulation(drivers: dict[str, Path]) -> None:
+    """dt = softplus(delta) read out of the warp-scan kernel and the state-resident kernel (2 and 4 lanes a row), deltas
+    from -14 to 26: the half-precision form (a series where e^x <= 0.05, else the log of 1 + e^x; exact exp and log
+    here) and fp32's log1pf within 2e-6 relative of float64 on every branch."""
+    readouts = [f"{dtype},{state}" for dtype in ("fp32", "bf16", "fp16") for state in (16, 1)]
+    lines = run_driver(drivers["driver"], ["--softplus-readout", "--softplus-tolerance=2e-6", *readouts])
+    assert len(lines) == 3 * (3 + 1), lines  # per dtype: N = 16 through 3 launches, N = 1 through the warp scan
+
+
 def test_default_launch_rule_under_emulation(drivers: dict[str, Path]) -> None:
     """default_infer_config, compiled for the host from the same source, picks the configuration scan_launch_rule.py
     names for every shape and dtype (the GPU test checks the same table through the extension)."""

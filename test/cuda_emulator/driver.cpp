@@ -8,6 +8,8 @@
 //        "ROWS,N,L fp32=I,W,S bf16=I,W,S fp16=I,W,S" (default_infer_config, compiled here for the host)
 //        driver --resident-plan CHANNELS,GROUPS,L...   prints, for batch 1 and N = 16, whether the default launch takes
 //        the state-resident kernel and its default plan: "C,G,L uses_resident=0|1 plan=STEPS,SEGMENTS,LANES"
+//        driver --softplus-readout DTYPE,N...   reads dt = softplus(delta) out of both inference kernels and checks it
+//        against float64 to --softplus-tolerance (see softplus_readout)
 //
 // B and C are read from evenly spaced slabs with NaN gaps between them (ScanParams::bc_group_stride).
 // Checks per configuration: max |y - reference| / max |reference| <= kTolerance (every y written and finite,
@@ -167,7 +169,74 @@ int print_resident_plans(int argc, char** argv) {
   return 0;
 }
 
+// dt = softplus(delta) read out of the warp-scan kernel (its default configuration) and, at N >= 9, the
+// state-resident kernel (its default plan and 4 lanes a row): with A -> -inf every step forgets the state, and with
+// u = 1, B = 1 and C = 1/N (exact in every dtype) y = dt. Deltas from -14 to 26 over 1280 steps cover every branch
+// of the half-precision softplus (series, log, x > 20). Returns the number of failed checks.
+template <typename T>
+int softplus_readout(const std::string& label, ScanDtype dtype, int state, double tolerance) {
+  constexpr int kLength = 1280;
+  ScanParams p{};
+  p.batch = 1, p.channels = 2, p.groups = 1, p.state = state, p.length = kLength, p.softplus = true;
+  harness::GuardedBuffer<T> u(p.channels * kLength, 1.f), delta(p.channels * kLength),
+      B(static_cast<size_t>(state) * kLength, 1.f), C(static_cast<size_t>(state) * kLength, 1.f / state);
+  harness::GuardedBuffer<float> A(static_cast<size_t>(p.channels) * state, -1e30f);
+  for (size_t i = 0; i < delta.size(); ++i)
+    delta[i] = harness::from_host_float<T>(-14.f + 40.f * static_cast<float>(i % kLength) / (kLength - 1));
+  p.u = u.data(), p.delta = delta.data(), p.A = A.data(), p.Bm = B.data(), p.Cm = C.data();
+  p.bc_group_stride = static_cast<int64_t>(state) * kLength;
+  auto check = [&](const char* kernel, const harness::GuardedBuffer<float>& y) {
+    double worst = y.intact() ? 0.0 : INFINITY;
+    for (size_t i = 0; i < y.size(); ++i) {
+      const double x = harness::to_host_float(delta[i]);
+      const double expected = x > 20.0 ? x : std::log1p(std::exp(x));
+      worst = std::max(worst, std::isfinite(y[i]) ? std::fabs(y[i] - expected) / expected : INFINITY);
+    }
+    const bool ok = worst <= tolerance;
+    std::printf("%s softplus %s,%d %s max_rel_err=%.2e\n", ok ? "ok" : "FAIL", label.c_str(), state, kernel, worst);
+    return ok ? 0 : 1;
+  };
+  int failures = 0;
+  harness::GuardedBuffer<float> y(p.channels * kLength);
+  p.y = y.data();
+  const InferConfig config = mambaseg::default_infer_config(p.channels, kLength, dtype, state);
+  failures += mambaseg::launch_scan_fwd_infer_config(p, dtype, config, nullptr) ? check("warp-scan", y) : 1;
+  if (state >= mambaseg::kResidentMinState) {
+    for (const int lanes_per_row : {0, 4}) {
+      mambaseg::plan_resident(p, 0, lanes_per_row);
+      harness::GuardedBuffer<float> y_resident(p.channels * kLength), maps(p.channels * p.n_tiles * 2 * state),
+          carries(p.channels * p.n_tiles * state);
+      p.y = y_resident.data(), p.tile_maps = maps.data(), p.tile_carries = carries.data();
+      mambaseg::launch_scan_fwd_resident(p, dtype, nullptr);
+      failures += check(lanes_per_row ? "resident-4-lanes" : "resident", y_resident);
+    }
+  }
+  return failures;
+}
+
+int run_softplus_readouts(int argc, char** argv) {
+  double tolerance = 0.0;
+  int failures = 0;
+  for (int i = 2; i < argc; ++i) {
+    if (std::sscanf(argv[i], "--softplus-tolerance=%lf", &tolerance) == 1) continue;
+    Case c{};
+    char dtype[8];
+    int end = 0;
+    if (std::sscanf(argv[i], "%7[a-z0-9],%d%n", dtype, &c.state, &end) != 2 || argv[i][end] != '\0' ||
+        c.state < 1 || c.state > 16 || tolerance <= 0.0) {
+      std::fprintf(stderr, "bad read-out '%s': expected --softplus-tolerance=X first, then DTYPE,N\n", argv[i]);
+      return 2;
+    }
+    c.dtype = dtype;
+    failures += harness::run_in_dtype(c, [&](auto element, ScanDtype scan_dtype) {
+      return softplus_readout<decltype(element)>(c.dtype, scan_dtype, c.state, tolerance);
+    });
+  }
+  return failures == 0 ? 0 : 1;
+}
+
 int main(int argc, char** argv) {
+  if (argc > 1 && std::strcmp(argv[1], "--softplus-readout") == 0) return run_softplus_readouts(argc, argv);
   if (argc > 1 && std::strcmp(argv[1], "--default-config") == 0) return print_default_configs(argc, argv);
   if (argc > 1 && std::strcmp(argv[1], "--resident-plan") == 0) return print_resident_plans(argc, argv);
   std::vector<Case> cases;

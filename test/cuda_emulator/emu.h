@@ -217,8 +217,9 @@ inline float atomicAdd(float* address, float value) {
   return old;
 }
 
-// Device-only intrinsic: the exact host function (the GPU's is an approximation within a few ulp).
+// Device-only intrinsics: the exact host functions (the GPU's are approximations within a few ulp).
 inline float __expf(float x) { return std::exp(x); }
+inline float __logf(float x) { return std::log(x); }
 
 // Runs a rewritten launch: the grid's blocks one after another, each block's threads as fibers.
 template <typename Kernel>
