@@ -120,11 +120,11 @@ __device__ __forceinline__ float delta_to_dt(float delta, bool softplus) {
 }
 
 // delta_to_dt for the inference kernels: for fp16/bf16 inputs the softplus costs ~12 instructions instead of
-// log1pf's ~35 (a sixth of the state-resident kernel's instructions at N = 16, more at N = 1), adding a relative
-// error below 4e-6, far under the 2^-11 rounding of the delta it is given: log1p(z) of z = e^x by its series up to
-// z^6 where z <= 0.05 (float32 rounding only: 1.5e-7), else by the hardware log of 1 + z (log(1 + z) >= 0.049, so
-// the approximate log's absolute error of ~2^-22.6 stays below 2.5e-6 relative, the rounding of 1 + z below 1.3e-6).
-// Float32 inputs keep log1pf: that path is the accuracy reference.
+// log1pf's ~35 (by PTX count about a fifth of the state-resident kernel's instructions at N = 16, more at N = 1),
+// adding a relative error below 4e-6, far under the 2^-11 rounding of the delta it is given: log1p(z) of z = e^x by
+// its series up to z^6 where z <= 0.05 (float32 rounding only: 1.5e-7), else by the hardware log of 1 + z
+// (log(1 + z) >= 0.049, so the approximate log's absolute error of ~2^-22.6 stays below 2.5e-6 relative, the
+// rounding of 1 + z below 1.3e-6). Float32 inputs keep log1pf: that path is the accuracy reference.
 template <typename T>
 __device__ __forceinline__ float delta_to_dt_inference(float delta, bool softplus) {
   if constexpr (std::is_same_v<T, float>) {
