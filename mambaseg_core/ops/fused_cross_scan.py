@@ -36,12 +36,15 @@ if triton is not None:
         """SiLU(depthwise 3x3 conv, padding 1) at pixels (h, w) of the planes at offsets `plane`, accumulated
         into acc (which holds the bias) in float32; channel indexes the (D, 1, 3, 3) weight (every index in
         range: the weight is read unmasked), valid says which (h, w) of acc are wanted."""
-        for tap in tl.static_range(9):
-            hh = h + (tap // 3 - 1)
-            ww = w + (tap % 3 - 1)
-            inside = valid & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
-            value = tl.load(x_ptr + plane + hh * x_sh + ww * x_sw, mask=inside, other=0.0).to(tl.float32)
-            acc += value * tl.load(w_ptr + channel * 9 + tap).to(tl.float32)
+        # One address per element, the taps scalar offsets from it: fewer integer instructions a tap (H200: the
+        # channel-scan kernel 4-14 % faster, the cross-scan one 0-3 %). Taps are added in the weight's order.
+        center = x_ptr + plane + h * x_sh + w * x_sw
+        for dh in tl.static_range(3):
+            row_inside = valid & (h >= 1 - dh) & (h < H + 1 - dh)
+            for dw in tl.static_range(3):
+                inside = row_inside & (w >= 1 - dw) & (w < W + 1 - dw)
+                value = tl.load(center + ((dh - 1) * x_sh + (dw - 1) * x_sw), mask=inside, other=0.0)
+                acc += value.to(tl.float32) * tl.load(w_ptr + channel * 9 + (dh * 3 + dw)).to(tl.float32)
         return acc / (1.0 + tl.exp(-acc))
 
     @triton.jit
@@ -53,7 +56,8 @@ if triton is not None:
         # k = program_id(1) % ORDERS. ORDERS = 4: every direction computes its own tile (pixel q = s, or L - 1 - s
         # for the reversed ones). ORDERS = 2: directions 0 and 1 only, each tile also stored, flipped in registers,
         # as the mirrored block of its reversed direction: half the convolution work, but the flip costs more
-        # than it saves on short sequences (H100: 2x slower at L = 1120, 1.6x faster at L = 17,600).
+        # than it saves on short sequences (H100: 2x slower at L = 1120, 1.6x faster at L = 17,600; H200: 1.4-1.5x
+        # faster at L = 4400).
         # Rows are LP >= L apart; positions L..LP-1 (the padding) get zeros.
         batch = tl.program_id(2).to(tl.int64)
         k = tl.program_id(1) % ORDERS
@@ -63,8 +67,12 @@ if triton is not None:
         s0 = tl.program_id(0) * BLOCK_S
         s = s0 + tl.arange(0, BLOCK_S)[None, :]
         q = tl.where(reverse == 1, L - 1 - s, s)
-        h = tl.where(column_major == 0, q // W, q % H)
-        w = tl.where(column_major == 0, q % W, q // H)
+        # q = h * W + w in the row-major orders, w * H + h in the column-major ones: one division either way.
+        inner = tl.where(column_major == 0, W, H)
+        outer_index = q // inner
+        inner_index = q - outer_index * inner
+        h = tl.where(column_major == 0, outer_index, inner_index)
+        w = tl.where(column_major == 0, inner_index, outer_index)
         valid = (channel < D) & (s < L)
         acc = tl.zeros([BLOCK_C, BLOCK_S], dtype=tl.float32)
         if HAS_BIAS:
@@ -98,7 +106,8 @@ if triton is not None:
         if HAS_BIAS:
             acc += tl.load(b_ptr + channel, mask=channel < D, other=0.0).to(tl.float32)
         plane = batch * x_sb + channel * x_sc
-        h, w = pixel // W, pixel % W
+        h = pixel // W
+        w = pixel - h * W
         v = _conv3x3_silu(acc, x_ptr, plane, h, w, H, W, x_sh, x_sw, w_ptr, tl.minimum(channel, D - 1), valid)
         v = v.to(out_ptr.dtype.element_ty)
         out = out_ptr + (batch * 2 * P + pixel) * D
@@ -162,7 +171,9 @@ if triton is not None:
 
 
 # Sequences longer than this take the two-order cross-scan kernel (flipped stores), shorter ones four orders.
-FLIPPED_STORES_ABOVE = 8192
+# H200 sweep (docs/benchmarks.md, session 20), fp16, µs: at L = 4400 two orders 8.0 / 12.9 against four 11.3 / 19.5
+# (D = 192 / 384); at L = 1120 four orders stay the faster with these tiles (7.2 / 11.5 against 10.8 / 16.8).
+FLIPPED_STORES_ABOVE = 2048
 # The kernels' spatial sequences are padded to a multiple of this many steps (module docstring).
 SEQUENCE_ALIGN = 8
 
