@@ -131,6 +131,19 @@ def test_cross_merge_norm(triton_device, out_dtype, channels, height, width):
         fused.cross_merge_norm(F.pad(ys, (0, fused.SEQUENCE_ALIGN)), height, width, norm, out_dtype)
 
 
+@pytest.mark.parametrize("ys_dtype", [torch.float16, torch.bfloat16])
+@torch.no_grad()
+def test_cross_merge_norm_of_half_precision_scans(triton_device, ys_dtype):
+    """SS2D's scans may hand over y in half precision (models/ssm.py): merged in float32, it gives exactly what the
+    same values in float32 give, padded or not."""
+    device, channels, height, width = triton_device, 24, 11, 17
+    norm = norm_of(channels, device)
+    ys = torch.randn(1, 4, channels, fused.padded_length(height * width), device=device).to(ys_dtype)
+    y = fused.cross_merge_norm(ys, height, width, norm, torch.float16)
+    assert y.dtype == torch.float16
+    assert torch.equal(y, fused.cross_merge_norm(ys.float(), height, width, norm, torch.float16))
+
+
 @pytest.mark.parametrize("mode", ["official", "intended"])
 @pytest.mark.parametrize(("channels", "height", "width"), [(16, 5, 7), (130, 2, 3), (3, 2, 40)])
 @torch.no_grad()

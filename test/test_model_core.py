@@ -258,6 +258,25 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     assert worst < 1e-4
 
 
+def test_half_precision_y_only_in_inference_on_half_inputs_and_not_in_the_tssm():
+    torch.manual_seed(0)
+    ss2d_like = DirectionalSSM(4, 6, 4, 2, half_precision_y=True)
+    xs = torch.randn(1, 4, 6, 20)
+    with torch.no_grad():
+        assert ss2d_like(xs).dtype == torch.float32  # float32 inputs: float32 y
+        ss2d_like.bfloat16()
+        y16 = ss2d_like(xs.bfloat16())
+        ss2d_like.half_precision_y = False
+        y32 = ss2d_like(xs.bfloat16())
+    assert y16.dtype == torch.bfloat16 and y32.dtype == torch.float32 and torch.equal(y16, y32.bfloat16())
+    ss2d_like.half_precision_y = True
+    assert ss2d_like(xs.bfloat16()).dtype == torch.float32  # with autograd (training): float32 as before
+    model = small_model()
+    halves = {name for name, m in model.named_modules() if isinstance(m, DirectionalSSM) and m.half_precision_y}
+    scans = {name for name, m in model.named_modules() if isinstance(m, DirectionalSSM)}
+    assert halves == {name for name in scans if "tssm" not in name} and halves != scans
+
+
 def test_state_matrix_is_cached_without_autograd_and_follows_a_log():
     ssm = DirectionalSSM(2, 3, 4, 1)
     with torch.no_grad():

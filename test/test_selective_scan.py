@@ -229,6 +229,18 @@ def test_low_precision_inputs_give_exactly_the_upcast_result(backend, dtype):
     assert y.dtype == torch.float32 and torch.equal(y, y_upcast)
 
 
+@pytest.mark.parametrize("backend", ["reference", "torch", "numba"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_y_in_input_dtype_is_the_float32_y_rounded(backend, dtype):
+    # The CPU backends compute y in float32 and round it; the cuda backend's kernels store it rounded
+    # (test_cuda_inference_kernels_store_y_in_the_input_dtype).
+    inputs = make_inputs(2, 6, 16, 90, 3, dtype=dtype)
+    with torch.no_grad():
+        y32 = selective_scan(**inputs, delta_softplus=True, backend=backend)
+        y = selective_scan(**inputs, delta_softplus=True, backend=backend, y_in_input_dtype=True)
+    assert y32.dtype == torch.float32 and y.dtype == dtype and torch.equal(y, y32.to(dtype))
+
+
 def test_numba_exp_is_accurate_over_the_float32_range_and_keeps_nan_and_overflow():
     from mambaseg_core.ops.selective_scan.numba_scan import _exp  # the scan's exp (a polynomial, no libm call)
 
@@ -590,6 +602,42 @@ def test_cuda_resident_kernel_matches_reference(dtype, batch, channels, groups, 
 @pytest.mark.cuda
 @needs_cuda
 @pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize(("state", "length"), [(1, 301), (1, 4350), (16, 301), (16, 4350)])
+def test_cuda_inference_kernels_store_y_in_the_input_dtype(dtype, state, length):
+    """With y_in_input_dtype every inference kernel stores y rounded to the inputs' dtype, bit for bit the float32 y
+    rounded (odd rows end off the vector stores): the default launch, every compiled warp-scan configuration and the
+    state-resident kernel; the training kernels' y is cast after."""
+    inputs = make_inputs(1, 70, state, length, 2, dtype=dtype, device="cuda", seed=state + length)
+    with torch.no_grad():
+        y32 = selective_scan(**inputs, delta_softplus=True, backend="cuda")
+        pairs = [(y32, selective_scan(**inputs, delta_softplus=True, backend="cuda", y_in_input_dtype=True))]
+        for config in cuda_scan.inference_configs(dtype, state):
+            kwargs = dict(**inputs, delta_softplus=True, config=config)
+            pairs.append(
+                (
+                    cuda_scan.selective_scan_infer_config(**kwargs),
+                    cuda_scan.selective_scan_infer_config(**kwargs, y_in_input_dtype=True),
+                )
+            )
+        if state >= 9:
+            for lanes_per_row in (1, 2, 4):
+                kwargs = dict(**inputs, delta_softplus=True, segment_len=96, lanes_per_row=lanes_per_row)
+                pairs.append(
+                    (
+                        cuda_scan.selective_scan_resident(**kwargs),
+                        cuda_scan.selective_scan_resident(**kwargs, y_in_input_dtype=True),
+                    )
+                )
+    for wide, narrow in pairs:
+        assert wide.dtype == torch.float32 and narrow.dtype == dtype and torch.equal(narrow, wide.to(dtype))
+    trained = {k: v.clone().requires_grad_() if k == "u" else v for k, v in inputs.items()}
+    y = selective_scan(**trained, delta_softplus=True, backend="cuda", y_in_input_dtype=True)
+    assert y.dtype == dtype and y.requires_grad
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
 @pytest.mark.parametrize("state", [1, 16])
 @pytest.mark.parametrize("kernel", ["warp scan", "state-resident"])
 def test_cuda_inference_softplus_is_accurate_on_every_branch(dtype, state, kernel):
@@ -634,21 +682,22 @@ def h(*size):
 
 cases = [
     (lambda: ext.default_infer_config(1, 0, torch.float32, 16), ValueError, "rows and L must be >= 1, got 1 and 0"),
-    (lambda: ext.forward_infer(z(1, 4), z(1, 4), z(1, 1), z(1, 1, 1, 4), z(1, 1, 1, 4), None, None, False),
+    (lambda: ext.forward_infer(z(1, 4), z(1, 4), z(1, 1), z(1, 1, 1, 4), z(1, 1, 1, 4), None, None, False, False),
      RuntimeError, r"u must be \\(batch, channels, L\\), got \\[1, 4\\]"),
-    (lambda: ext.forward_infer(h(1, 4, 8), z(1, 4, 8), z(4, 2), h(1, 1, 2, 8), h(1, 1, 2, 8), None, None, False),
+    (lambda: ext.forward_infer(h(1, 4, 8), z(1, 4, 8), z(4, 2), h(1, 1, 2, 8), h(1, 1, 2, 8), None, None, False,
+                               False),
      RuntimeError, "delta must be Half, got Float"),
     (lambda: ext.forward_infer_config(h(1, 4, 8), h(1, 4, 8), z(4, 16), h(1, 2, 16, 8), h(1, 2, 16, 8), None, None,
-                                      True, 8, 4, 4),
+                                      True, False, 8, 4, 4),
      ValueError, r"\\(items=8, warps=4, states=4\\) is not compiled for Half inputs with N=16"),
     (lambda: ext.forward_infer_resident(z(1, 4, 8), z(1, 4, 8), z(4, 4), z(1, 2, 4, 8), z(1, 2, 4, 8), None, None,
-                                        True, 0, 0),
+                                        True, False, 0, 0),
      ValueError, "the state-resident kernel needs N >= 9, got N=4"),
     (lambda: ext.forward_infer_resident(z(1, 4, 8), z(1, 4, 8), z(4, 16), z(1, 2, 16, 8), z(1, 2, 16, 8), None, None,
-                                        True, -1, 0),
+                                        True, False, -1, 0),
      ValueError, "segment_len must be in"),
     (lambda: ext.forward_infer_resident(z(1, 4, 8), z(1, 4, 8), z(4, 16), z(1, 2, 16, 8), z(1, 2, 16, 8), None, None,
-                                        True, 0, 3),
+                                        True, False, 0, 3),
      ValueError, r"lanes_per_row must be 1, 2 or 4 \\(0: the default\\), got 3"),
 ]
 for call, error, pattern in cases:

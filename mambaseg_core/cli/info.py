@@ -92,10 +92,12 @@ def _thop_macs(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torc
 def _shape_only_scans(tally: list[int]) -> Iterator[None]:
     """Replace the selective scan by its output shape and add its analytic MACs to `tally`."""
 
-    def fake_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False, backend="auto"):
+    def fake_scan(
+        u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False, backend="auto", *, y_in_input_dtype=False
+    ):
         batch, channels, length = u.shape
         tally.append(3 * batch * channels * length * A.shape[1])
-        return torch.empty(u.shape, dtype=torch.float32, device=u.device)
+        return torch.empty(u.shape, dtype=u.dtype if y_in_input_dtype else torch.float32, device=u.device)
 
     with mock.patch.object(ssm_module, "selective_scan", fake_scan):
         yield

@@ -21,6 +21,10 @@ class DirectionalSSM(nn.Module):
 
     In SS2D the features are the D inner channels and the sequence is the H*W pixels; in the TSSM the
     features are the P = H*W pixels and the sequence is the channels.
+
+    With `half_precision_y`, inference (no autograd) on fp16/bf16 inputs returns y in their dtype, as the official
+    SS2D gets it from mamba_ssm: half the bytes written by the scan and read by the merge. SS2D's y stays far inside
+    fp16's range; the TSSM's does not (|y| up to 3.7e5 in the trained demo model): it keeps float32.
     """
 
     def __init__(
@@ -31,9 +35,11 @@ class DirectionalSSM(nn.Module):
         dt_rank: int,
         *,
         backend: str = "auto",
+        half_precision_y: bool = False,
     ):
         super().__init__()
         self.directions, self.features, self.d_state, self.dt_rank = directions, features, d_state, dt_rank
+        self.half_precision_y = half_precision_y
         # The official TSSM ("vc") casts its scan inputs to fp32 and SS2D v05 does not ("force_fp32=False"). No cast
         # is needed here for either: every selective-scan backend upcasts fp16/bf16 inputs exactly and computes in
         # fp32 (a cast would only add four copies and double the scan's input reads in bf16).
@@ -70,7 +76,7 @@ class DirectionalSSM(nn.Module):
         return self._A.get([self.A_log], lambda: -self.A_log.detach().float().exp())
 
     def forward(self, xs: torch.Tensor) -> torch.Tensor:
-        """xs (B, K, F, L) -> ys (B, K, F, L) float32."""
+        """xs (B, K, F, L) -> ys (B, K, F, L): float32, or xs's dtype under `half_precision_y` (class docstring)."""
         batch, directions, features, length = xs.shape
         if directions != self.directions or features != self.features:
             raise ValueError(
@@ -92,6 +98,7 @@ class DirectionalSSM(nn.Module):
             self.dt_proj_bias.reshape(-1).float(),
             delta_softplus=True,
             backend=self.backend,
+            y_in_input_dtype=self.half_precision_y and not torch.is_grad_enabled(),
         )
         return ys.view(batch, directions, features, length)
 

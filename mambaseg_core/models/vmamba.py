@@ -89,7 +89,9 @@ class SS2D(nn.Module):
         inner = int(ssm_ratio * dim)
         self.in_proj = Linear2d(dim, inner, bias=False)
         self.conv = nn.Conv2d(inner, inner, kernel_size=3, padding=1, groups=inner, bias=conv_bias)
-        self.scan = DirectionalSSM(4, inner, d_state, resolve_dt_rank(dt_rank, dim), backend=scan_backend)
+        self.scan = DirectionalSSM(
+            4, inner, d_state, resolve_dt_rank(dt_rank, dim), backend=scan_backend, half_precision_y=True
+        )
         self.out_norm = LayerNorm2d(inner)
         self.out_proj = Linear2d(inner, dim, bias=False)
 

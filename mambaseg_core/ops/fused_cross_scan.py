@@ -129,12 +129,13 @@ if triton is not None:
         L = H * W
         ys = ys_ptr + ((plane // D) * 4 * D + plane % D) * LP  # direction k's row at + k * D * LP
         row_major, col_major = h * W + w, w * H + h
-        merged = tl.load(ys + row_major, mask=inside, other=0.0) + tl.load(
+        # ys in float32 or half precision; the sum in float32.
+        merged = tl.load(ys + row_major, mask=inside, other=0.0).to(tl.float32) + tl.load(
             ys + 2 * D * LP + (L - 1 - row_major), mask=inside, other=0.0
-        )
-        merged += tl.load(ys + D * LP + col_major, mask=inside, other=0.0) + tl.load(
+        ).to(tl.float32)
+        merged += tl.load(ys + D * LP + col_major, mask=inside, other=0.0).to(tl.float32) + tl.load(
             ys + 3 * D * LP + (L - 1 - col_major), mask=inside, other=0.0
-        )
+        ).to(tl.float32)
         tl.store(out_ptr + plane * L + row_major, merged, mask=inside)
 
     @triton.jit
@@ -246,15 +247,16 @@ def cross_merge_norm(
     block: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """(B, 4, D, L') -> (B, D, H, W) channels-last in out_dtype: norm(cross_merge(ys[..., :H*W])) for norm a
-    LayerNorm2d; L' is H*W or padded_length(H*W), as conv_silu_cross_scan makes it. `block` (rows, columns of the
+    LayerNorm2d, the merge in float32 (ys float32 or half precision); L' is H*W or padded_length(H*W), as
+    conv_silu_cross_scan makes it. `block` (rows, columns of the
     merge kernel's pixel tile) overrides its tile, for tuning."""
     batch, _, channels, stored = ys.shape
     length = height * width
     if ys.shape[:2] != (batch, 4) or stored not in (length, padded_length(length)):
         raise ValueError(f"ys must be (B, 4, D, L) with L = {length} or {padded_length(length)}, got {tuple(ys.shape)}")
     if not kernels_apply("cross_merge_norm", ys, norm.weight, norm.bias):
-        return norm(scan_order.cross_merge(ys[..., :length], height, width)).to(out_dtype)
-    merged = torch.empty(batch, channels, height, width, dtype=ys.dtype, device=ys.device)
+        return norm(scan_order.cross_merge(ys[..., :length].float(), height, width)).to(out_dtype)
+    merged = torch.empty(batch, channels, height, width, dtype=torch.float32, device=ys.device)
     block_h, block_w = block or (_tile(height, 16), _tile(width, 32))
     grid = (triton.cdiv(height, block_h) * triton.cdiv(width, block_w), batch * channels)
     _cross_merge_kernel[grid](

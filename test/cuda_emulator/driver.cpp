@@ -14,8 +14,9 @@
 // B and C are read from evenly spaced slabs with NaN gaps between them (ScanParams::bc_group_stride).
 // Checks per configuration: max |y - reference| / max |reference| <= kTolerance (every y written and finite,
 // nothing written out of bounds),
-// and bit-identical y across configurations that differ only in states per pass (the kernel sums the states
-// in the same order whatever kStates).
+// bit-identical y across configurations that differ only in states per pass (the kernel sums the states
+// in the same order whatever kStates), and for fp16/bf16 inputs y stored in their dtype (y_in_input_dtype) equal,
+// bit for bit, to the fp32 y rounded to nearest (every element written, nothing out of bounds).
 // Needs the kernel sources with launches rewritten for emu.h (see test/test_selective_scan_emulated.py).
 #include "emu.h"
 #include "harness.h"
@@ -27,6 +28,7 @@
 #include <cstring>
 #include <map>
 #include <string>
+#include <type_traits>
 #include <utility>
 
 namespace {
@@ -39,9 +41,30 @@ using harness::kBatch;
 
 constexpr double kTolerance = 2e-5;  // relative to max |reference|; as the fp32 forward tolerance of the GPU tests
 
+// For T = fp16/bf16: launches again with y in T (ScanParams::y_in_input_dtype) and returns " narrow y exact" if every
+// element is y32's rounded to nearest (and nothing was written out of bounds), else " narrow y DIFFERENT" and counts
+// a failure; "" for fp32 inputs.
+template <typename T, typename Launch>
+std::string check_narrow_y(ScanParams p, const harness::GuardedBuffer<float>& y32, Launch launch, int& failures) {
+  if constexpr (std::is_same_v<T, float>) {
+    return "";
+  } else {
+    harness::GuardedBuffer<T> y(y32.size());
+    p.y = y.data(), p.y_in_input_dtype = true;
+    bool same = launch(p) && y.intact();
+    for (size_t i = 0; same && i < y.size(); ++i) {
+      const T expected = harness::from_host_float<T>(y32[i]);
+      same = std::memcmp(&y[i], &expected, sizeof(T)) == 0;
+    }
+    failures += !same;
+    return same ? " narrow y exact" : " narrow y DIFFERENT";
+  }
+}
+
 // Runs the state-resident kernel on a case (p: its inputs) with its default plan, and with 1, 2 and 4 lanes a row and
 // segments of one to three tiles (rows of several segments: the compose launch, the carry kernel, the apply
 // launch); returns the number of failed checks.
+template <typename T>
 int run_resident(ScanParams p, ScanDtype dtype, const Case& c, const std::vector<double>& expected) {
   int failures = 0;
   const std::pair<int, int> plans[] = {
@@ -57,11 +80,16 @@ int run_resident(ScanParams p, ScanDtype dtype, const Case& c, const std::vector
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     const bool intact = y.intact() && maps.intact() && carries.intact();
     const double error = intact ? harness::relative_error(y, expected) : INFINITY;
-    const bool ok = error <= kTolerance;
+    bool ok = error <= kTolerance;
+    int narrow_failures = 0;
+    const std::string narrow = check_narrow_y<T>(
+        p, y, [&](const ScanParams& q) { return mambaseg::launch_scan_fwd_resident(q, dtype, nullptr), true; },
+        narrow_failures);
+    ok = ok && narrow_failures == 0;
     failures += !ok;
-    std::printf("%s %s resident segment_len=%d segments=%d lanes_per_row=%d rel_err=%.2e (%.2fs)\n",
+    std::printf("%s %s resident segment_len=%d segments=%d lanes_per_row=%d rel_err=%.2e%s (%.2fs)\n",
                 ok ? "ok" : "FAIL", harness::describe(c).c_str(), p.tile_len, p.n_tiles, p.lanes_per_row, error,
-                seconds);
+                narrow.c_str(), seconds);
     std::fflush(stdout);
   }
   return failures;
@@ -122,13 +150,18 @@ int run_case(const Case& c, ScanDtype dtype) {
       std::snprintf(bitwise, sizeof bitwise, " bitwise %s (%d,%d,%d)", same ? "equal to" : "DIFFERENT from",
                     other.items, other.warps, other.states);
     }
+    int narrow_failures = 0;
+    const std::string narrow = check_narrow_y<T>(
+        p, y, [&](const ScanParams& q) { return mambaseg::launch_scan_fwd_infer_config(q, dtype, config, nullptr); },
+        narrow_failures);
+    ok = ok && narrow_failures == 0;
     failures += !ok;
-    std::printf("%s %s config=(%d,%d,%d) %s rel_err=%.2e%s (%.2fs)\n", ok ? "ok" : "FAIL",
+    std::printf("%s %s config=(%d,%d,%d) %s rel_err=%.2e%s%s (%.2fs)\n", ok ? "ok" : "FAIL",
                 harness::describe(c).c_str(), config.items, config.warps, config.states,
-                launched ? "launched" : "NOT-LAUNCHED", error, bitwise, seconds);
+                launched ? "launched" : "NOT-LAUNCHED", error, bitwise, narrow.c_str(), seconds);
     std::fflush(stdout);
   }
-  if (c.state >= mambaseg::kResidentMinState) failures += run_resident(p, dtype, c, expected);
+  if (c.state >= mambaseg::kResidentMinState) failures += run_resident<T>(p, dtype, c, expected);
   return failures;
 }
 

@@ -123,15 +123,22 @@ def selective_scan(
     delta_bias: torch.Tensor | None = None,
     delta_softplus: bool = False,
     backend: str = "auto",
+    *,
+    y_in_input_dtype: bool = False,
 ) -> torch.Tensor:
-    """Mamba-1 selective scan; see `selective_scan_reference` for the semantics and shapes."""
+    """Mamba-1 selective scan; see `selective_scan_reference` for the semantics and shapes. y is float32, or in
+    u's dtype with `y_in_input_dtype` (as `mamba_ssm` returns it), which the CUDA inference kernel writes directly:
+    half the bytes for half-precision inputs. Every backend computes in float32 either way."""
     _check_inputs(u, delta, A, B, C, D, delta_bias)
     if backend == "auto":
         backend = _auto_backend(u, A, needs_grad(u, delta, A, B, C, D, delta_bias))
     elif backend not in BACKENDS:
         raise ValueError(f"unknown selective-scan backend {backend!r}; choose one of auto, {', '.join(BACKENDS)}")
     fn = _load_backend(backend)
-    return fn(u, delta, A, B, C, D, delta_bias, delta_softplus)
+    if backend == "cuda":  # the only backend that can write y in another dtype than float32
+        return fn(u, delta, A, B, C, D, delta_bias, delta_softplus, y_in_input_dtype=y_in_input_dtype)
+    y = fn(u, delta, A, B, C, D, delta_bias, delta_softplus)
+    return y.to(u.dtype) if y_in_input_dtype else y
 
 
 __all__ = [

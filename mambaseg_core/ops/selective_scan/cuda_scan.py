@@ -116,12 +116,13 @@ def _register_inference_op(extension: ModuleType) -> Any:
         D: torch.Tensor | None,
         delta_bias: torch.Tensor | None,
         delta_softplus: bool,
+        y_in_input_dtype: bool,
     ) -> torch.Tensor:
-        return extension.forward_infer(u, delta, A, B, C, D, delta_bias, delta_softplus)
+        return extension.forward_infer(u, delta, A, B, C, D, delta_bias, delta_softplus, y_in_input_dtype)
 
     @selective_scan_infer.register_fake
-    def _(u, delta, A, B, C, D, delta_bias, delta_softplus):
-        return u.new_empty(u.shape, dtype=torch.float32)
+    def _(u, delta, A, B, C, D, delta_bias, delta_softplus, y_in_input_dtype):
+        return u.new_empty(u.shape, dtype=u.dtype if y_in_input_dtype else torch.float32)
 
     return selective_scan_infer
 
@@ -184,8 +185,11 @@ def make_cuda_scan(extension: ModuleType):
         D: torch.Tensor | None = None,
         delta_bias: torch.Tensor | None = None,
         delta_softplus: bool = False,
+        y_in_input_dtype: bool = False,
     ) -> torch.Tensor:
-        """Same semantics and shapes as `selective_scan_reference`; CUDA tensors, N <= MAX_STATE; float32 out."""
+        """Same semantics and shapes as `selective_scan_reference`; CUDA tensors, N <= MAX_STATE; y in float32, or
+        in u's dtype with `y_in_input_dtype` (written so by the inference kernel, cast after the training one)."""
+        y_dtype = u.dtype if y_in_input_dtype else torch.float32
         if not u.is_cuda:
             raise ValueError(f"selective-scan backend 'cuda' needs CUDA tensors, got u on {u.device}")
         if A.shape[1] > MAX_STATE:
@@ -193,12 +197,14 @@ def make_cuda_scan(extension: ModuleType):
                 f"selective-scan backend 'cuda' supports N <= {MAX_STATE}, got A of shape {tuple(A.shape)}"
             )
         if u.numel() == 0:
-            return u.new_zeros(u.shape, dtype=torch.float32)
+            return u.new_zeros(u.shape, dtype=y_dtype)
         inference = not needs_grad(u, delta, A, B, C, D, delta_bias)
         u, delta, A, B, C, D, delta_bias = _kernel_inputs(u, delta, A, B, C, D, delta_bias, strided_bc=inference)
         if inference:
-            return scan_infer(u, delta, A, B, C, D, delta_bias, delta_softplus)
-        return _CudaScanFunction.apply(extension, u, delta, A, B, C, D, delta_bias, delta_softplus)
+            y = scan_infer(u, delta, A, B, C, D, delta_bias, delta_softplus, u.dtype == y_dtype)
+        else:
+            y = _CudaScanFunction.apply(extension, u, delta, A, B, C, D, delta_bias, delta_softplus)
+        return y if y.dtype == y_dtype else y.to(y_dtype)
 
     return selective_scan_cuda
 
@@ -239,10 +245,12 @@ def selective_scan_infer_config(
     delta_softplus: bool = False,
     *,
     config: InferConfig,
+    y_in_input_dtype: bool = False,
 ) -> torch.Tensor:
     """The inference kernel in one explicit configuration, for benchmarks and tests (not a backend: no
     autograd, no shape checks beyond the kernel binding's). Same semantics as `selective_scan_reference`;
-    float32 out. ValueError naming the compiled ones if `config` is not compiled for these inputs."""
+    float32 out, or in the kernel inputs' dtype with `y_in_input_dtype`. ValueError naming the compiled ones if
+    `config` is not compiled for these inputs."""
     u, delta, A, B, C, D, delta_bias = _direct_kernel_inputs(u, delta, A, B, C, D, delta_bias)
     compiled = inference_configs(u.dtype, A.shape[1])
     if config not in compiled:
@@ -251,7 +259,9 @@ def selective_scan_infer_config(
             f"N={A.shape[1]}; compiled (items, warps, states): {', '.join(str(tuple(c)) for c in compiled)}"
         )
     items, warps, states = config
-    return load_extension().forward_infer_config(u, delta, A, B, C, D, delta_bias, delta_softplus, items, warps, states)
+    return load_extension().forward_infer_config(
+        u, delta, A, B, C, D, delta_bias, delta_softplus, y_in_input_dtype, items, warps, states
+    )
 
 
 class ResidentPlan(NamedTuple):
@@ -285,12 +295,14 @@ def selective_scan_resident(
     *,
     segment_len: int = 0,
     lanes_per_row: int = 0,
+    y_in_input_dtype: bool = False,
 ) -> torch.Tensor:
     """The state-resident inference kernel (csrc/scan_fwd_resident.cu; what the `cuda` backend runs without autograd
     where `uses_resident_kernel`) with rows cut into segments of `segment_len` steps (rounded up to whole 32-step
     tiles) and `lanes_per_row` (1, 2 or 4) lanes sharing a row's states (0: the default plan's), for benchmarks and
-    tests: no autograd. Same semantics as `selective_scan_reference`; float32 out. ValueError if N < 9."""
+    tests: no autograd. Same semantics as `selective_scan_reference`; float32 out, or in the kernel inputs' dtype
+    with `y_in_input_dtype`. ValueError if N < 9."""
     u, delta, A, B, C, D, delta_bias = _direct_kernel_inputs(u, delta, A, B, C, D, delta_bias)
     return load_extension().forward_infer_resident(
-        u, delta, A, B, C, D, delta_bias, delta_softplus, segment_len, lanes_per_row
+        u, delta, A, B, C, D, delta_bias, delta_softplus, y_in_input_dtype, segment_len, lanes_per_row
     )

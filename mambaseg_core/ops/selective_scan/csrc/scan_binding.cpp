@@ -135,7 +135,7 @@ std::vector<at::Tensor> forward(const at::Tensor& u, const at::Tensor& delta, co
   auto f32 = u.options().dtype(at::kFloat);
   at::Tensor y = at::empty(u.sizes(), f32);
   at::Tensor maps = tile_buffer(p, u, 2 * p.state), carries = tile_buffer(p, u, p.state);
-  p.y = y.data_ptr<float>(), p.tile_maps = maps.data_ptr<float>(), p.tile_carries = carries.data_ptr<float>();
+  p.y = y.data_ptr(), p.tile_maps = maps.data_ptr<float>(), p.tile_carries = carries.data_ptr<float>();
   mambaseg::launch_scan_fwd(p, scan_dtype(u.scalar_type()), c10::cuda::getCurrentCUDAStream());
   check_launch();
   return {y, carries};
@@ -149,11 +149,13 @@ struct InferKernel {
   int lanes_per_row = 0;
 };
 
-// Returns y (batch, channels, L) fp32; nothing is kept for a backward. Runs `kernel`, or the default if it names
-// none: the state-resident kernel where uses_resident says so, else the warp-scan kernel's default configuration.
+// Returns y (batch, channels, L), fp32 or, with y_in_input_dtype, in u's dtype; nothing is kept for a backward.
+// Runs `kernel`, or the default if it names none: the state-resident kernel where uses_resident says so, else the
+// warp-scan kernel's default configuration.
 at::Tensor run_forward_infer(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
                              const at::Tensor& C, const std::optional<at::Tensor>& D,
-                             const std::optional<at::Tensor>& delta_bias, bool softplus, InferKernel kernel) {
+                             const std::optional<at::Tensor>& delta_bias, bool softplus, bool y_in_input_dtype,
+                             InferKernel kernel) {
   // B and C as they are where the kernel reads them in place (slices of one projection), else contiguous copies.
   const bool in_place = B.dim() == 4 && C.dim() == 4 && slab_stride(B) >= 0 && slab_stride(B) == slab_stride(C);
   const at::Tensor Bk = in_place ? B : B.contiguous(), Ck = in_place ? C : C.contiguous();
@@ -182,8 +184,8 @@ at::Tensor run_forward_infer(const at::Tensor& u, const at::Tensor& delta, const
     mambaseg::plan_resident(p, *kernel.segment_len, kernel.lanes_per_row);
   }
   const c10::cuda::CUDAGuard guard(u.device());
-  at::Tensor y = at::empty(u.sizes(), u.options().dtype(at::kFloat));
-  p.y = y.data_ptr<float>();
+  at::Tensor y = at::empty(u.sizes(), y_in_input_dtype ? u.options() : u.options().dtype(at::kFloat));
+  p.y = y.data_ptr(), p.y_in_input_dtype = y_in_input_dtype;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   if (kernel.config) {
     require(mambaseg::launch_scan_fwd_infer_config(p, dtype, *kernel.config, stream),
@@ -201,28 +203,28 @@ at::Tensor run_forward_infer(const at::Tensor& u, const at::Tensor& delta, const
 
 at::Tensor forward_infer(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
                          const at::Tensor& C, const std::optional<at::Tensor>& D,
-                         const std::optional<at::Tensor>& delta_bias, bool softplus) {
-  return run_forward_infer(u, delta, A, B, C, D, delta_bias, softplus, {});
+                         const std::optional<at::Tensor>& delta_bias, bool softplus, bool y_in_input_dtype) {
+  return run_forward_infer(u, delta, A, B, C, D, delta_bias, softplus, y_in_input_dtype, {});
 }
 
 // The warp-scan inference kernel in one explicit configuration (for tuning); ValueError if it is not compiled.
 at::Tensor forward_infer_config(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
                                 const at::Tensor& B, const at::Tensor& C, const std::optional<at::Tensor>& D,
-                                const std::optional<at::Tensor>& delta_bias, bool softplus, int64_t items,
-                                int64_t warps, int64_t states) {
+                                const std::optional<at::Tensor>& delta_bias, bool softplus, bool y_in_input_dtype,
+                                int64_t items, int64_t warps, int64_t states) {
   const InferConfig config{static_cast<int>(items), static_cast<int>(warps), static_cast<int>(states)};
-  return run_forward_infer(u, delta, A, B, C, D, delta_bias, softplus, {config, std::nullopt});
+  return run_forward_infer(u, delta, A, B, C, D, delta_bias, softplus, y_in_input_dtype, {config, std::nullopt});
 }
 
 // The state-resident inference kernel with segments of `segment_len` steps and `lanes_per_row` lanes a row (0: its
 // defaults); ValueError if N < 9.
 at::Tensor forward_infer_resident(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
                                   const at::Tensor& B, const at::Tensor& C, const std::optional<at::Tensor>& D,
-                                  const std::optional<at::Tensor>& delta_bias, bool softplus, int64_t segment_len,
-                                  int64_t lanes_per_row) {
+                                  const std::optional<at::Tensor>& delta_bias, bool softplus, bool y_in_input_dtype,
+                                  int64_t segment_len, int64_t lanes_per_row) {
   require<std::invalid_argument>(segment_len >= 0 && segment_len < (int64_t(1) << 31),
                                  "segment_len must be in [0, 2^31), got ", segment_len);
-  return run_forward_infer(u, delta, A, B, C, D, delta_bias, softplus,
+  return run_forward_infer(u, delta, A, B, C, D, delta_bias, softplus, y_in_input_dtype,
                            {std::nullopt, static_cast<int>(segment_len), static_cast<int>(lanes_per_row)});
 }
 
@@ -296,7 +298,7 @@ std::vector<at::Tensor> backward(const at::Tensor& u, const at::Tensor& delta, c
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "selective scan forward: (y, tile_carries)");
-  m.def("forward_infer", &forward_infer, "selective scan forward for inference: y");
+  m.def("forward_infer", &forward_infer, "selective scan forward for inference: y (fp32, or in u's dtype)");
   m.def("forward_infer_config", &forward_infer_config,
         "selective scan forward for inference in one compiled configuration (items, warps, states): y");
   m.def("forward_infer_resident", &forward_infer_resident,

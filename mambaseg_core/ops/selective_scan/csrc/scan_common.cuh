@@ -29,6 +29,15 @@ __device__ __forceinline__ float to_float<__half>(__half x) { return __half2floa
 template <>
 __device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 x) { return __bfloat162float(x); }
 
+template <typename T>
+__device__ __forceinline__ T from_float(float x);
+template <>
+__device__ __forceinline__ float from_float<float>(float x) { return x; }
+template <>
+__device__ __forceinline__ __half from_float<__half>(float x) { return __float2half_rn(x); }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+
 // kItems consecutive elements from step t0 of each of kRows rows, as kLoadBytes-wide vector loads (in bounds and
 // aligned: the caller checked). Every raw load is issued before the first conversion: a conversion between loads
 // (fp16/bf16 -> float is an instruction, float -> float is none) would make each row's load wait for the previous
@@ -89,28 +98,46 @@ __device__ __forceinline__ void load_items(const T* row, int t0, int length, flo
   load_rows<kItems>(rows, t0, length, reinterpret_cast<float (&)[1][kItems]>(out));
 }
 
-// Stores kItems consecutive floats from step t0 (none past `length`): 16-byte stores where kItems is a multiple of
-// 4 and the run is aligned, 8-byte ones where it is even (6 or 12 steps a lane), else one float at a time.
-template <int kItems>
-__device__ __forceinline__ void store_items(float* row, int t0, int length, const float (&v)[kItems]) {
+// Stores kItems consecutive values from step t0 (none past `length`) as T, rounded to nearest: the widest of 16-
+// and 8-byte stores that divides the run and that its alignment allows where it is in bounds, else one at a time.
+template <int kItems, typename T>
+__device__ __forceinline__ void store_items(T* row, int t0, int length, const float (&v)[kItems]) {
+  constexpr int kBytes = kItems * static_cast<int>(sizeof(T));
   const uintptr_t address = reinterpret_cast<uintptr_t>(row + t0);
-  if constexpr (kItems % 4 == 0) {
-    if (t0 + kItems <= length && (address & 15) == 0) {
+  const auto store_vectors = [&](auto vector) {
+    using Vector = decltype(vector);
+    constexpr int kPerStore = static_cast<int>(sizeof(Vector) / sizeof(T));
 #pragma unroll
-      for (int i = 0; i < kItems; i += 4)
-        *reinterpret_cast<float4*>(row + t0 + i) = make_float4(v[i], v[i + 1], v[i + 2], v[i + 3]);
-      return;
+    for (int i = 0; i < kItems / kPerStore; ++i) {
+      Vector packed;
+      T* items = reinterpret_cast<T*>(&packed);
+#pragma unroll
+      for (int j = 0; j < kPerStore; ++j) items[j] = from_float<T>(v[i * kPerStore + j]);
+      reinterpret_cast<Vector*>(row + t0)[i] = packed;
     }
-  } else if constexpr (kItems % 2 == 0) {
-    if (t0 + kItems <= length && (address & 7) == 0) {
-#pragma unroll
-      for (int i = 0; i < kItems; i += 2) *reinterpret_cast<float2*>(row + t0 + i) = make_float2(v[i], v[i + 1]);
-      return;
+  };
+  if (t0 + kItems <= length) {
+    if constexpr (kBytes % 16 == 0) {
+      if ((address & 15) == 0) return store_vectors(uint4{});
+    }
+    if constexpr (kBytes % 8 == 0) {
+      if ((address & 7) == 0) return store_vectors(uint2{});
     }
   }
 #pragma unroll
   for (int i = 0; i < kItems; ++i)
-    if (t0 + i < length) row[t0 + i] = v[i];
+    if (t0 + i < length) row[t0 + i] = from_float<T>(v[i]);
+}
+
+// The inference kernels' y store: fp32, or the inputs' dtype T where p.y_in_input_dtype (half the bytes written
+// and read by the merge; SS2D's y stays far inside fp16's range, the TSSM's does not: models/ssm.py).
+template <int kItems, typename T>
+__device__ __forceinline__ void store_y(const ScanParams& p, int64_t offset, int t0, int length,
+                                        const float (&y)[kItems]) {
+  if (p.y_in_input_dtype)
+    store_items<kItems>(static_cast<T*>(p.y) + offset, t0, length, y);
+  else
+    store_items<kItems>(static_cast<float*>(p.y) + offset, t0, length, y);
 }
 
 // dt = softplus(delta + bias) (or delta + bias), zero on padded steps so they act as the identity.

@@ -59,7 +59,7 @@ __global__ void __launch_bounds__(kMaxThreads, 2) scan_fwd_kernel(ScanParams p) 
       }
     }
   }
-  store_items<kItems>(p.y + row_offset, t0, L, y);
+  store_items<kItems>(static_cast<float*>(p.y) + row_offset, t0, L, y);
 }
 
 template <typename T, int kMaxN>

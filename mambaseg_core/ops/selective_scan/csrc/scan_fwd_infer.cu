@@ -139,7 +139,7 @@ __global__ void __launch_bounds__(kWarps * 32) scan_fwd_infer_kernel(ScanParams 
         }
       }
     }
-    store_items<kItems>(p.y + row_offset, t0, L, y);
+    store_y<kItems, T>(p, row_offset, t0, L, y);
   }
 }
 

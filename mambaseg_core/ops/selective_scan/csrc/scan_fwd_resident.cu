@@ -188,7 +188,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32) scan_fwd_resident_kernel(
 #pragma unroll
           for (int i = 0; i < kStepsPerLoad; ++i) y[i] += __shfl_xor_sync(0xffffffffu, y[i], offset);
         }
-        if (active && part == 0) store_items<kStepsPerLoad>(p.y + row * L, t0, end, y);
+        if (active && part == 0) store_y<kStepsPerLoad, T>(p, row * L, t0, end, y);
       }
     }
   }

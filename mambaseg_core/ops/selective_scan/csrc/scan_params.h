@@ -31,10 +31,11 @@ struct ScanParams {
   int64_t bc_group_stride;
   const float* D;           // may be null
   const float* delta_bias;  // may be null
-  // Forward: y (B, C, L); per tile (row = batch * C + channel) its map from a zero state, (B*C, n_tiles, 2, N),
-  // and the state entering it, (B*C, n_tiles, N), saved for the backward. All fp32. The per-tile buffers are
-  // used only when n_tiles > 1.
-  float* y;
+  // Forward: y (B, C, L), fp32, or (inference kernels, y_in_input_dtype) in the inputs' dtype; per tile
+  // (row = batch * C + channel) its map from a zero state, (B*C, n_tiles, 2, N), and the state entering it,
+  // (B*C, n_tiles, N), saved for the backward, fp32. The per-tile buffers are used only when n_tiles > 1.
+  void* y;
+  bool y_in_input_dtype;
   float* tile_maps;
   float* tile_carries;
   // Backward: dy (B, C, L); gradients, fp32, the reduced ones zero-initialised; the reverse scan's tile buffers.
