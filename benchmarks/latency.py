@@ -27,6 +27,7 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -68,7 +69,7 @@ DATASETS = {
     ),
 }
 FRAME_US = 50_000  # 20 Hz camera
-SECTIONS = ("model", "e2e", "breakdown", "graph", "accuracy")
+SECTIONS = ("model", "e2e", "realtime", "breakdown", "graph", "accuracy")
 
 
 def make_engine(model: MambaSeg, mode: str) -> InferenceEngine:
@@ -165,23 +166,28 @@ def synthetic_stream(sensor: tuple[int, int], rate: int, frames: int, seed: int 
     return stream
 
 
+def warm_segmenter(base: MambaSeg, dataset: str, mode: str) -> tuple[Segmenter, float]:
+    """A Segmenter with the dataset's window settings, warmed up at the sensor's frame shape; (it, warm-up ms)."""
+    _, sensor, settings, _ = DATASETS[dataset]
+    config = load_config(SegmenterConfig, {**settings, "output_resolution": "network", **ENGINE_MODES[mode]._asdict()})
+    seg = Segmenter(copy.deepcopy(base), config, "cuda")
+    frame_shape = (*sensor, 3) if base.config.image_channels == 3 else sensor  # DDD17's DAVIS frames are gray
+    warmup_ms = seg.warmup(frame_shape)  # the frames' shape: no recapture at the first frame
+    gc.collect()  # as mambaseg_node does after start-up: no full GC pass over the model's objects mid-stream
+    gc.freeze()
+    return seg, warmup_ms
+
+
 def bench_end_to_end(datasets: list[str], modes: list[str], frames: int) -> str:
     rows = []
     for dataset in datasets:
-        _, sensor, settings, rate = DATASETS[dataset]
+        _, sensor, _, rate = DATASETS[dataset]
         base = build_model(dataset)
         stream = synthetic_stream(sensor, rate, frames + 4)
         image_bytes = np.random.default_rng(1).integers(0, 256, (*sensor, 3), dtype=np.uint8).tobytes()
         channels = base.config.image_channels
-        frame_shape = (*sensor, 3) if channels == 3 else sensor  # DDD17's DAVIS frames are gray
         for mode in modes:
-            config = load_config(
-                SegmenterConfig, {**settings, "output_resolution": "network", **ENGINE_MODES[mode]._asdict()}
-            )
-            seg = Segmenter(copy.deepcopy(base), config, "cuda")
-            warmup_ms = seg.warmup(frame_shape)  # the frames' shape: no recapture at the first frame
-            gc.collect()  # as mambaseg_node does after start-up: no full GC pass over the model's objects mid-stream
-            gc.freeze()
+            seg, warmup_ms = warm_segmenter(base, dataset, mode)
             decoder = Evt3Decoder(width=sensor[1], height=sensor[0])
             stats: dict[str, list[float]] = defaultdict(list)
             for k, packets in enumerate(stream):
@@ -234,6 +240,101 @@ def bench_end_to_end(datasets: list[str], modes: list[str], frames: int) -> str:
         "+ render p50",
     ]
     return table(headers, rows)
+
+
+def bench_real_time(datasets: list[str], modes: list[str], frames: int) -> str:
+    rows = []
+    for dataset in datasets:
+        _, sensor, _, rate = DATASETS[dataset]
+        base = build_model(dataset)
+        stream = synthetic_stream(sensor, rate, frames + 5)
+        image = np.random.default_rng(1).integers(0, 256, (*sensor, 3), dtype=np.uint8)
+        if base.config.image_channels == 1:
+            image = np.ascontiguousarray(image[..., 1])
+        for mode in modes:
+            seg, _ = warm_segmenter(base, dataset, mode)
+            ms = replay_in_real_time(seg, Evt3Decoder(width=sensor[1], height=sensor[0]), stream, image)
+            row = [dataset, mode] + [f"{statistics.median(ms[key]):.2f}" for key in REAL_TIME_PARTS]
+            row += [f"{statistics.median(ms['latency']):.2f}", f"{percentile(ms['latency'], 99):.2f}"]
+            row += [f"{max(ms['latency']):.2f}"]
+            rows.append(row)
+            print(row, flush=True)
+            gc.unfreeze()
+            del seg
+            torch.cuda.empty_cache()
+        del base
+        torch.cuda.empty_cache()
+    headers = ["size", "mode"] + [f"{label} p50" for label in REAL_TIME_PARTS.values()]
+    headers += ["bytes -> ids p50", "bytes -> ids p99", "max"]
+    return table(headers, rows)
+
+
+# The parts of a real-time frame (replay_in_real_time's keys): what the latency holds, then the sensor-bound wait.
+REAL_TIME_PARTS = {
+    "last_decode": "decoding + append of the packet that completes the window",
+    "handover": "to the worker's wake-up",
+    "segment": "segment (image -> ids)",
+    "wait": "image due -> window complete (sensor-bound, not in the latency)",
+}
+
+
+def replay_in_real_time(
+    seg: Segmenter, decoder: Evt3Decoder, stream: list[list[bytes]], image: np.ndarray, warmup: int = 4
+) -> dict[str, list[float]]:
+    """mambaseg_node's two threads at the sensors' pace (wall clock): a feeder thread decodes each 1 ms EVT3 packet
+    when its last event is due, appends it to the Segmenter and notifies (the node's executor); this thread (the
+    node's worker) takes each frame when its image is due, waits on that condition until the events reach the frame
+    stamp, and segments. Latency = from the later of the image's due time and the start of the decoding of the packet
+    that completes the window, to class ids on the host: that packet's decoding, the hand-over between the threads
+    and their contention (GIL, CPU) are inside it; the window's other packets were decoded as they arrived, as in
+    the node.
+
+    Returns ms per frame (after `warmup`) for "latency" and each REAL_TIME_PARTS key."""
+    packets = [packet for frame in stream for packet in frame]
+    per_frame = len(stream[0])
+    arrived = threading.Condition()
+    started = [0.0] * len(packets)  # perf_counter when each packet's decoding began, and ended
+    ended = [0.0] * len(packets)
+    origin = time.perf_counter() + 0.1  # wall time of stream time 0
+
+    def feed() -> None:
+        for j, packet in enumerate(packets):
+            wait_until(origin + (j + 1) * 1e-3)  # a packet is sent once its last millisecond is over
+            started[j] = time.perf_counter()
+            seg.add_events(decoder.decode(packet))
+            ended[j] = time.perf_counter()
+            with arrived:
+                arrived.notify_all()
+
+    feeder = threading.Thread(target=feed, name="feeder", daemon=True)
+    feeder.start()
+    ms: dict[str, list[float]] = defaultdict(list)
+    for k in range(len(stream) - 1):  # the last frame's stamp has no packet after it
+        stamp = (k + 1) * FRAME_US
+        image_due = origin + stamp * 1e-6
+        wait_until(image_due)
+        taken = time.perf_counter()
+        with arrived:
+            arrived.wait_for(lambda s=stamp: seg.events_reached(s), timeout=1.0)
+        woke = time.perf_counter()
+        result = seg.segment(image, stamp)
+        done = time.perf_counter()
+        assert result is not None
+        j = (k + 1) * per_frame  # the packet with the first events at or after the stamp
+        begin = max(image_due, started[j])
+        if k >= warmup:
+            parts = {"last_decode": ended[j] - started[j], "handover": woke - ended[j], "segment": done - woke}
+            parts.update(wait=begin - taken, latency=done - begin)
+            for key, seconds in parts.items():
+                ms[key].append(seconds * 1e3)
+    feeder.join()
+    return ms
+
+
+def wait_until(deadline: float) -> None:
+    """Sleep until perf_counter() reaches `deadline` (overshoots by ~0.1 ms; no spinning: it would hold the GIL)."""
+    if (left := deadline - time.perf_counter()) > 0:
+        time.sleep(left)
 
 
 # ---- 3. where the time goes ------------------------------------------------------------------------------------
@@ -656,6 +757,11 @@ def main() -> None:
             "network size, forward, ids to the host; `+ render` adds the palette and overlay on the CPU. "
             "`voxel` and `preprocess` are the host's time to queue that GPU work; `forward` waits for all of it.",
             lambda: bench_end_to_end(args.datasets, args.e2e_modes, args.frames),
+        ),
+        "realtime": (
+            "### End to end in real time (the node's threads at the sensors' pace; packet bytes + image -> ids)\n\n"
+            + " ".join((replay_in_real_time.__doc__ or "").split("\n\n")[0].split()),
+            lambda: bench_real_time(args.datasets, args.e2e_modes, args.frames),
         ),
         "breakdown": (
             "### Where the time goes (eager forward, CUDA events per module)",
