@@ -6,9 +6,9 @@ Thin glue over `mambaseg_core.pipeline.Segmenter` (which does all tensor work):
   ring buffer.
 - `image` (sensor_msgs/Image): converted to RGB/gray and put in a one-frame slot; a newer frame replaces a
   waiting one (counted as `dropped_busy`).
-- A worker thread takes the frame, waits up to `max_event_latency_ms` for events up to the frame stamp,
-  segments it and publishes `~/raw_mask` (mono8, 255 = unlabeled), `~/colored_mask` and `~/overlay` (rgb8),
-  each with the input image's header.
+- A worker thread takes the frame, stages its pixels for the GPU, waits up to `max_event_latency_ms` for events up
+  to the frame stamp, segments it and publishes `~/raw_mask` (mono8, 255 = unlabeled), `~/colored_mask` and
+  `~/overlay` (rgb8), each with the input image's header.
 - `/diagnostics` every `diagnostics_period_s`: rates, latency percentiles, the p50 time of every stage (queue,
   event wait, the Segmenter's stages, each publish), every drop/reject counter, device,
   scan backend, model.
@@ -348,6 +348,7 @@ class MambaSegNode(Node):
     def _work(self) -> None:
         while (frame := self._slot.take()) is not None:
             taken = time.monotonic()
+            self.segmenter.stage_image(frame.image)  # the pixels' copy overlaps the wait for the window's last events
             if not self._wait_for_events(frame):
                 if self._slot.closed:
                     return

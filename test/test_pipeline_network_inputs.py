@@ -33,11 +33,11 @@ def make_events(n: int, height: int, width: int, seed: int = 0) -> EventBatch:
     return EventBatch.from_arrays(x, y, t, rng.integers(0, 2, n))
 
 
-def packed_inputs(seg: Segmenter, packer: FramePacker, image: np.ndarray, stamp_us: int):
+def packed_inputs(seg: Segmenter, packer: FramePacker, image: np.ndarray, stamp_us: int, staged: bool = False):
     """The packed path, step by step as the Segmenter takes it on a CUDA device, here on the CPU."""
     fixed = seg.config.window_events if seg.config.window_mode == "count" else None
     used = seg._send_window(seg.buffer, stamp_us, packer.events_sink(image, fixed))
-    packer.pack_image(image)
+    packer.pack_image(image, staged=staged)
     make_inputs = packer.frame(seg.image_channels, seg.event_bins, seg.network_size, seg.config.image_fit)
     return make_inputs, packer.packed(), used
 
@@ -95,6 +95,37 @@ def test_staging_only_the_rows_a_crop_keeps_gives_the_inputs_of_the_whole_frame(
     assert make_inputs.layout.image_shape == (NET_H, NET_W, 3) and used == expected.events_used == 900
     torch.testing.assert_close(image_tensor, expected.image, rtol=0, atol=0)
     assert float((voxels - expected.events).abs().max()) < 1e-5 and float(voxels.abs().sum()) > 0
+
+
+@pytest.mark.parametrize("in_place", [False, True], ids=["copied", "in place"])
+def test_pixels_staged_ahead_of_the_window_give_the_frame_packed_after_it(in_place):
+    """stage_image copies a frame's pixels before its window is known (the node does it while the window's last
+    events arrive); pack_image(staged=True) then skips the copy, and the frame is the one packed in order. Nothing
+    is staged before the first frame of a shape or while a frame read in place is held; a new layout in between
+    drops what was staged (pack_image copies what it is given)."""
+    settings = {"window_mode": "duration", "window_duration_us": 20_000}
+    seg = Segmenter(make_model(), load_config(SegmenterConfig, settings), "cpu")
+    seg.add_events(make_events(3000, NET_H, NET_W))
+    first, second, third = (make_image_like(seed) for seed in (5, 6, 7))
+    packer = FramePacker("cpu", in_place=in_place)
+    assert not packer.stage_image(first)  # no layout yet
+    packed_inputs(seg, packer, first, 20_000)
+    assert packer.stage_image(second) == (not in_place)  # in place, the first frame is held until released
+    packer.release_window()
+    assert packer.stage_image(second) and not packer.stage_image(second[:-1])  # only the layout's shape
+    make_inputs, packed, _ = packed_inputs(seg, packer, second, 40_000, staged=True)
+    torch.testing.assert_close(make_inputs(packed)[0], seg.prepare(second, 40_000).image, rtol=0, atol=0)
+    packer.release_window()
+    burst = make_events(MIN_CAPACITY + 10, NET_H, NET_W, seed=1)
+    seg.add_events(EventBatch(burst.x, burst.y, burst.t // 10 + 50_000, burst.p))  # a window over the capacity
+    assert packer.stage_image(third)
+    make_inputs, packed, used = packed_inputs(seg, packer, second, 60_000, staged=True)
+    assert used > MIN_CAPACITY and make_inputs.layout.capacity == 2 * MIN_CAPACITY  # a new layout
+    torch.testing.assert_close(make_inputs(packed)[0], seg.prepare(second, 60_000).image, rtol=0, atol=0)
+
+
+def make_image_like(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (NET_H, NET_W, 3), dtype=np.uint8)
 
 
 def test_no_events_give_an_all_zero_grid():

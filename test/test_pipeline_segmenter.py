@@ -18,6 +18,7 @@ from mambaseg_core.events import voxel as voxel_module
 from mambaseg_core.models import MambaSeg, load_model_config
 from mambaseg_core.pipeline import EventClock, Segmenter, SegmenterConfig, build_model
 from mambaseg_core.pipeline.colorize import colorize, palette_lut
+from mambaseg_core.pipeline.network_inputs import FramePacker
 from mambaseg_core.pipeline.ros_messages import mask_image
 
 NET_H, NET_W = TINY_MODEL["image_size"]
@@ -376,3 +377,56 @@ def test_cuda_graph_segmenter_equals_eager_and_captures_once_per_event_capacity(
         captures.append(segs[True].engine.captures)
     print("captures after each frame:", captures)
     assert captures == [1, 1, 2, 2, 2]  # the burst grows the packed layout once; it never shrinks back
+
+
+def test_stage_image_has_nothing_to_do_ahead_on_a_cpu_device(model):
+    seg = segmenter(model)
+    seg.add_events(make_events(500, 0, 10_000))
+    image = make_image(seed=3)
+    assert not seg.stage_image(image)  # the CPU path converts the frame in segment()
+    np.testing.assert_array_equal(seg.segment(image, 10_000).class_ids, direct_ids(model, image, seg.window(10_000)))
+
+
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda",
+            marks=[
+                pytest.mark.cuda,
+                pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: the pinned frame buffer"),
+            ],
+        ),
+    ],
+)
+def test_pixels_staged_ahead_are_used_for_that_frame_only(model, device):
+    """The node stages a frame's pixels while its last events arrive: segment() of that array gives the ids of an
+    unstaged frame, the network sees the pixels of the array it is given (never those staged for another), and a
+    bad image is left to segment(). On the CPU the GPU path's FramePacker is put in by hand."""
+    segs = []
+    for _ in range(2):
+        gpu_model = copy.deepcopy(model)
+        gpu_model.set_scan_backend("torch")  # no extension build inside a unit test
+        segs.append(Segmenter(gpu_model, load_config(SegmenterConfig, {"window_events": 700}), device))
+        if device == "cpu":
+            segs[-1]._packer = FramePacker("cpu", in_place=False)  # in place would need a CUDA stream to release
+    staging, plain = segs
+    assert not staging.stage_image(make_image(seed=1))  # before the first frame: no buffer laid out yet
+    for frame in range(4):
+        events, stamp = make_events(900, frame * 10_000, (frame + 1) * 10_000, seed=frame), (frame + 1) * 10_000
+        for seg in segs:
+            seg.add_events(events)
+        image = make_image(seed=frame)
+        assert staging.stage_image(image) == (frame > 0)
+        np.testing.assert_array_equal(staging.segment(image, stamp).class_ids, plain.segment(image, stamp).class_ids)
+    # The network's inputs (with random weights the ids hardly depend on the image): the staged array's pixels, and
+    # for an array other than the one staged, its own.
+    for staged, given in ((image, image), (make_image(seed=10), make_image(seed=11))):
+        assert staging.stage_image(staged)
+        seen, expected = staging.prepare(given, 40_000).image, plain.prepare(given, 40_000).image
+        torch.testing.assert_close(seen, expected, rtol=0, atol=0)
+    bad = make_image().astype(np.int16)
+    assert not staging.stage_image(bad)  # segment() says why
+    with pytest.raises(ValueError, match="must be uint8 or uint16"):
+        staging.segment(bad, 40_000)

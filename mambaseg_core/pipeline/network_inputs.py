@@ -191,6 +191,15 @@ class PackedFrame:
         return _dense(image), _dense(fit(voxels, self.network_size, self.image_fit)[None])
 
 
+def _image_bits(image: np.ndarray) -> int:
+    return 8 if image.dtype == np.uint8 else 16
+
+
+def _holds(layout: PackedLayout, image: np.ndarray) -> bool:
+    """Whether `layout` has the place of `image`'s pixels (its shape and bit depth)."""
+    return layout.image_shape == image.shape and layout.image_bits == _image_bits(image)
+
+
 def _dense(x: torch.Tensor) -> torch.Tensor:
     """x itself where it is NCHW- or channels-last-contiguous, else an NCHW copy. An RGB frame's (H, W, 3) pixels
     are a channels-last image: the stem's convolution wants that layout, so copying it to NCHW was a wasted pass."""
@@ -202,7 +211,8 @@ class FramePacker:
     read (on a CPU device, plain host memory); copying, a device buffer filled from the ring buffer's storage and
     a reused host buffer (pinned for a CUDA device) that holds the layout's tail.
 
-    Per frame: `events_sink(image, capacity)` is the ring buffer's sink for the window (it sizes the layout to the
+    Per frame: optionally `stage_image` (the pixels' copy ahead of the window, while its last events are still on
+    their way), then `events_sink(image, capacity)`, the ring buffer's sink for the window (it sizes the layout to the
     window and records where the window lies; copying, it starts the events' copies), then `pack_image` (copying, it
     starts the tail's copy), then `packed` and `frame`; in place, once the frame's GPU work is done,
     `release_window` (appends into the window wait for it, and the next frame may not rewrite the buffer before).
@@ -229,6 +239,7 @@ class FramePacker:
         self._events_copied = torch.cuda.Event() if copies else None
         self._tail_copied = torch.cuda.Event() if copies else None
         self.capacity = 0  # event slots of the current layout (grows, never shrinks)
+        self._image_staged = False  # the host buffer holds pixels that `stage_image` copied for the next frame
 
     def events_sink(self, image: np.ndarray, fixed_capacity: int | None) -> Sink:
         """The ring-buffer sink (EventRingBuffer.send_window) of a frame of `image`'s shape and dtype: it sizes the
@@ -289,12 +300,12 @@ class FramePacker:
             self.capacity = fixed_capacity
         elif max(count, 1) > self.capacity:
             self.capacity = max(MIN_CAPACITY, 1 << (count - 1).bit_length())
-        bits = 8 if image.dtype == np.uint8 else 16
-        return PackedLayout(tuple(int(n) for n in image.shape), bits, self.capacity, self.in_place)
+        return PackedLayout(tuple(int(n) for n in image.shape), _image_bits(image), self.capacity, self.in_place)
 
     def _use(self, layout: PackedLayout) -> None:
         if layout == self._layout:
             return
+        self._image_staged = False  # the pixels would be in the old layout's place
         # Normal tensors even when staged under a caller's inference mode: later frames write into them outside it.
         with torch.inference_mode(False):
             if not self.in_place and (self._packed is None or self._packed.numel() < layout.nbytes):
@@ -307,15 +318,30 @@ class FramePacker:
         self._layout = layout
         self._host_views = layout.tail_views(self._host.numpy())
 
-    def pack_image(self, image: np.ndarray) -> PackedLayout:
-        """Copy the frame's pixels into the host buffer (copying, and start the tail's upload), after
-        `events_sink`'s sink ran; returns the layout."""
+    def stage_image(self, image: np.ndarray) -> bool:
+        """Copy a frame's pixels into the host buffer ahead of its window; True if done. It is not (False) before
+        the first frame of this shape and dtype, or while the last frame read in place is held (the GPU may read the
+        buffer). `pack_image(image, staged=True)` then skips its copy, unless a new layout came in between."""
         layout = self._layout
-        bits = 8 if image.dtype == np.uint8 else 16
-        if layout is None or layout.image_shape != image.shape or layout.image_bits != bits:
+        if layout is None or self._window_read is not None or not _holds(layout, image):
+            return False
+        if self._tail_copied is not None:  # the last frame's upload out of the host buffer is over
+            self._tail_copied.synchronize()
+        np.copyto(self._host_views["image"], image, casting="safe")
+        self._image_staged = True
+        return True
+
+    def pack_image(self, image: np.ndarray, staged: bool = False) -> PackedLayout:
+        """Copy the frame's pixels into the host buffer (copying, and start the tail's upload), after
+        `events_sink`'s sink ran; returns the layout. staged: `stage_image` already copied these pixels (the
+        caller vouches that `image` is that array, unchanged)."""
+        layout = self._layout
+        if layout is None or not _holds(layout, image):
             raise RuntimeError("FramePacker.pack_image: no events_sink ran for an image of this shape and dtype")
         assert self._host is not None
-        np.copyto(self._host_views["image"], image, casting="safe")
+        if not (staged and self._image_staged):
+            np.copyto(self._host_views["image"], image, casting="safe")
+        self._image_staged = False
         if self._packed is not None:
             self._packed[layout.tail : layout.nbytes].copy_(
                 self._host[: layout.nbytes - layout.tail], non_blocking=True

@@ -229,6 +229,7 @@ class Segmenter:
             parallel_branches=config.parallel_branches and self.device.type == "cuda",
         )
         self._packer = FramePacker(self.device) if self.device.type == "cuda" else None
+        self._staged_image: np.ndarray | None = None  # the frame whose pixels stage_image copied ahead
 
     # ---- event stream -------------------------------------------------------------------------------
 
@@ -324,16 +325,34 @@ class Segmenter:
             }
             timings["preprocess"] = _ms_since(start)
             return network_inputs_as_given, {name: v[None].contiguous() for name, v in inputs.items()}, len(events)
-        if self.config.image_fit == "crop_bottom":  # the rows dropped are never staged: the same inputs, less to copy
-            image = image[: self.network_size[0]]
-        events_used = self._send_window(ring, stamp_us, self._packer.events_sink(image, self._capacity()))
+        staged, self._staged_image = image is self._staged_image, None
+        pixels = self._staged_pixels(image)
+        events_used = self._send_window(ring, stamp_us, self._packer.events_sink(pixels, self._capacity()))
         timings["window"] = _ms_since(start)
         start = time.perf_counter()
-        self._packer.pack_image(image)
+        self._packer.pack_image(pixels, staged=staged)
         timings["preprocess"] = _ms_since(start)
         timings["voxel"] = 0.0  # on the device, inside forward
         make_inputs = self._packer.frame(self.image_channels, self.event_bins, self.network_size, self.config.image_fit)
         return make_inputs, {"packed": self._packer.packed()}, events_used
+
+    def _staged_pixels(self, image: np.ndarray) -> np.ndarray:
+        """What a GPU frame stages of `image`: with crop_bottom only the rows kept (the same inputs, less to copy)."""
+        return image[: self.network_size[0]] if self.config.image_fit == "crop_bottom" else image
+
+    def stage_image(self, image: np.ndarray) -> bool:
+        """Copy a frame's pixels to where the GPU reads them now, ahead of its events: mambaseg_node calls this while
+        it waits for the last events of the frame's window, and `segment` of this same array (left unchanged) skips
+        the copy. Returns whether it was done; not on a CPU device, before the first frame of this shape and dtype,
+        or for an image that `segment` will reject (and say why)."""
+        if self._packer is None:
+            return False
+        try:
+            self.check_image(image)
+        except ValueError:
+            return False
+        self._staged_image = image if self._packer.stage_image(self._staged_pixels(image)) else None
+        return self._staged_image is not None
 
     def _unfit_ids(self, ids: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """(H, W) uint8 ids at the network size -> (H_in, W_in) at the input size, the inverse of `fit`."""
