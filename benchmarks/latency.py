@@ -251,6 +251,9 @@ def bench_real_time(datasets: list[str], modes: list[str], frames: int) -> str:
         image = np.random.default_rng(1).integers(0, 256, (*sensor, 3), dtype=np.uint8)
         if base.config.image_channels == 1:
             image = np.ascontiguousarray(image[..., 1])
+        # The decoder's numba kernels compile on their first call (1-3 s): in the feeder, the stream would fall behind
+        # and its catch-up would contend with the first frames.
+        Evt3Decoder(width=sensor[1], height=sensor[0]).decode(stream[0][0])
         for mode in modes:
             seg, _ = warm_segmenter(base, dataset, mode)
             for ahead in (False, True):
