@@ -81,15 +81,21 @@ def test_segment_outputs_and_ids_match_the_model_called_directly(model):
     assert int(result.class_ids.max()) < 6
 
 
-def test_colored_mask_and_overlay_are_rendered_on_first_access_only(model):
-    seg = segmenter(model, window_mode="count", window_events=700)
+@pytest.mark.parametrize("image_channels", [3, 1], ids=["rgb", "gray"])
+def test_colored_mask_and_overlay_are_rendered_on_first_access_only(image_channels):
+    """The ids come back first: the colours, the overlay and the image under it (for a gray frame, a 3-channel copy)
+    are made only when asked for."""
+    torch.manual_seed(0)
+    seg = segmenter(MambaSeg(load_model_config(tiny_config(image_channels))).eval(), window_events=700)
     seg.add_events(make_events(3000, 0, 100_000))
-    result = seg.segment(make_image(), 60_000)
+    image = make_image()[..., 1] if image_channels == 1 else make_image()
+    result = seg.segment(image, 60_000)
     assert result is not None
-    assert "colored" not in vars(result) and "overlay" not in vars(result)
+    assert not {"colored", "overlay", "overlay_base"} & set(vars(result))
     assert mask_image(result, "raw_mask") is result.class_ids and "colored" not in vars(result)
     overlaid = mask_image(result, "overlay")
     assert "colored" in vars(result) and mask_image(result, "overlay") is overlaid  # rendered once, then cached
+    np.testing.assert_array_equal(result.overlay_base, np.repeat(image[..., None], 3, 2) if image.ndim == 2 else image)
     np.testing.assert_array_equal(result.colored, colorize(result.class_ids, palette_lut(seg.classes.palette)))
     with pytest.raises(KeyError, match="unknown output"):
         mask_image(result, "depth")

@@ -30,9 +30,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Literal
 
@@ -151,8 +151,8 @@ STAGES = ("window", "voxel", "preprocess", "forward", "postprocess")
 class SegmentationResult:
     """Masks of one frame. (H', W') is the input or the network size per `output_resolution`.
 
-    `colored` and `overlay` are rendered on first access, so that a consumer can publish the class ids first and
-    never pays for renderings it does not use.
+    `colored` and `overlay` (and the image under it) are rendered on first access, so that a consumer can publish the
+    class ids first and never pays for renderings it does not use.
     """
 
     class_ids: np.ndarray  # (H', W') uint8, 255 = unlabeled
@@ -162,9 +162,14 @@ class SegmentationResult:
     # the image into the pinned staging buffer and starting its upload, and voxel is 0. forward runs until the
     # class ids are on the host; postprocess is the resizing back to the output size (not the renderings).
     timings_ms: dict[str, float]
-    overlay_base: np.ndarray  # (H', W', 3) uint8 RGB: the image under the overlay
+    render_base: Callable[[], np.ndarray]  # -> overlay_base, from the frame's array (left unchanged until then)
     palette_lut: np.ndarray  # (256, 3) uint8: class id -> colour (colorize.palette_lut)
     overlay_alpha: float
+
+    @cached_property
+    def overlay_base(self) -> np.ndarray:
+        """(H', W', 3) uint8 RGB: the image under the overlay."""
+        return self.render_base()
 
     @cached_property
     def colored(self) -> np.ndarray:
@@ -413,8 +418,8 @@ class Segmenter:
                 self._packer.release_window()
 
     def _network_view(self, image: np.ndarray) -> np.ndarray:
-        """The frame as the network sees it, for the overlay at the network resolution: fitted on the host (OpenCV's
-        area/linear resampling stands in for torch's antialiased bilinear) and gray for a gray model."""
+        """The frame as the network sees it, as RGB for the overlay at the network resolution: fitted on the host
+        (OpenCV's area/linear resampling stands in for torch's antialiased bilinear) and gray for a gray model."""
         height, width = self.network_size
         if image.shape[:2] != (height, width):
             if self.config.image_fit == "crop_bottom":
@@ -425,12 +430,13 @@ class Segmenter:
                 image = cv2.resize(image, (width, height), interpolation=method)
         if self.image_channels == 1 and image.ndim == 3:
             image = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
-        return image
+        return to_rgb8(image)
 
     def segment(self, image: np.ndarray, stamp_us: int) -> SegmentationResult | None:
         """Segment one frame (image (H, W) gray or (H, W, 3) RGB, uint8/uint16) taken at `stamp_us` (image clock).
 
-        Returns None when the window holds no events and `missing_events` is `skip`.
+        Returns None when the window holds no events and `missing_events` is `skip`. The result's overlay is made
+        from `image` when first asked for: leave the array unchanged until then.
         Raises ValueError for images of the wrong dtype, layout or size.
         """
         total_start = time.perf_counter()
@@ -452,9 +458,9 @@ class Segmenter:
         start = time.perf_counter()
         if self.config.output_resolution == "input":
             ids = self._unfit_ids(ids, (int(image.shape[0]), int(image.shape[1])))
-            base = to_rgb8(image)
+            base = partial(to_rgb8, image)
         else:
-            base = to_rgb8(self._network_view(image))
+            base = partial(self._network_view, image)
         timings["postprocess"] = _ms_since(start)
         timings["total"] = _ms_since(total_start)
         self.stats.frames += 1
