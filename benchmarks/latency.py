@@ -45,9 +45,10 @@ from _report import table, write_section
 from mambaseg_core.config import load_config
 from mambaseg_core.data.dsec import scaled_num_events
 from mambaseg_core.events import EventBatch
-from mambaseg_core.events.evt3 import Evt3Decoder, encode_evt3
+from mambaseg_core.events.evt3 import encode_evt3
 from mambaseg_core.models import MambaSeg, load_model, load_model_config, load_official_checkpoint
 from mambaseg_core.pipeline import ENGINE_MODES, STAGES, InferenceEngine, Segmenter, SegmenterConfig
+from mambaseg_core.pipeline.event_clock import EventStream
 
 ROOT = Path(__file__).resolve().parents[1]
 # The official implementation's reference fixture (../shared/reference/README.md): a small gray model, 64x96 inputs.
@@ -166,6 +167,15 @@ def synthetic_stream(sensor: tuple[int, int], rate: int, frames: int, seed: int 
     return stream
 
 
+def add_packet(seg: Segmenter, events: EventStream, packet: bytes) -> None:
+    """One EVT3 packet as mambaseg_node takes it: decoded by the topic's EventStream, moved into the image clock (the
+    packet stamped with its first event's time, as metavision_driver stamps it with its first buffer's arrival), and
+    appended."""
+    batch = events.decode("evt3", packet)
+    if len(batch):
+        seg.add_events(events.align(batch, int(batch.t[0]), "evt3")[0])
+
+
 def warm_segmenter(base: MambaSeg, dataset: str, mode: str) -> tuple[Segmenter, float]:
     """A Segmenter with the dataset's window settings, warmed up at the sensor's frame shape; (it, warm-up ms)."""
     _, sensor, settings, _ = DATASETS[dataset]
@@ -188,12 +198,12 @@ def bench_end_to_end(datasets: list[str], modes: list[str], frames: int) -> str:
         channels = base.config.image_channels
         for mode in modes:
             seg, warmup_ms = warm_segmenter(base, dataset, mode)
-            decoder = Evt3Decoder(width=sensor[1], height=sensor[0])
+            events = EventStream(sensor_size=sensor)
             stats: dict[str, list[float]] = defaultdict(list)
             for k, packets in enumerate(stream):
                 start = time.perf_counter()
                 for packet in packets:
-                    seg.add_events(decoder.decode(packet))
+                    add_packet(seg, events, packet)
                 decode_ms = (time.perf_counter() - start) * 1e3
                 image = np.frombuffer(image_bytes, np.uint8).reshape(*sensor, 3)
                 if channels == 1:
@@ -253,13 +263,12 @@ def bench_real_time(datasets: list[str], modes: list[str], frames: int) -> str:
             image = np.ascontiguousarray(image[..., 1])
         # The decoder's numba kernels compile on their first call (1-3 s): in the feeder, the stream would fall behind
         # and its catch-up would contend with the first frames.
-        Evt3Decoder(width=sensor[1], height=sensor[0]).decode(stream[0][0])
+        EventStream(sensor_size=sensor).decode("evt3", stream[0][0])
         for mode in modes:
             seg, _ = warm_segmenter(base, dataset, mode)
             for ahead in (False, True):
                 seg.reset()
-                decoder = Evt3Decoder(width=sensor[1], height=sensor[0])
-                ms = replay_in_real_time(seg, decoder, stream, image, stage_image=ahead)
+                ms = replay_in_real_time(seg, EventStream(sensor_size=sensor), stream, image, stage_image=ahead)
                 row = [dataset, mode, "yes" if ahead else "no"]
                 row += [f"{statistics.median(ms[key]):.2f}" for key in REAL_TIME_PARTS]
                 row += [f"{statistics.median(ms['latency']):.2f}", f"{percentile(ms['latency'], 99):.2f}"]
@@ -288,7 +297,7 @@ REAL_TIME_PARTS = {
 
 def replay_in_real_time(
     seg: Segmenter,
-    decoder: Evt3Decoder,
+    events: EventStream,
     stream: list[list[bytes]],
     image: np.ndarray,
     stage_image: bool = True,
@@ -314,7 +323,7 @@ def replay_in_real_time(
         for j, packet in enumerate(packets):
             wait_until(origin + (j + 1) * 1e-3)  # a packet is sent once its last millisecond is over
             started[j] = time.perf_counter()
-            seg.add_events(decoder.decode(packet))
+            add_packet(seg, events, packet)
             ended[j] = time.perf_counter()
             with arrived:
                 arrived.notify_all()
