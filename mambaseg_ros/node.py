@@ -9,8 +9,8 @@ Thin glue over `mambaseg_core.pipeline.Segmenter` (which does all tensor work):
 - A worker thread takes the frame, stages its pixels for the GPU, waits up to `max_event_latency_ms` for events up
   to the frame stamp, segments it and publishes `~/raw_mask` (mono8, 255 = unlabeled), `~/colored_mask` and
   `~/overlay` (rgb8), each with the input image's header.
-- `/diagnostics` every `diagnostics_period_s`: rates, latency percentiles, the p50 time of every stage (queue,
-  event wait, the Segmenter's stages, each publish), every drop/reject counter, device,
+- `/diagnostics` every `diagnostics_period_s`: rates, latency percentiles, the p50 time of every stage (queue, the
+  pixels staged, event wait, the Segmenter's stages, each publish), every drop/reject counter, device,
   scan backend, model.
 Malformed input never stops the node: each kind is counted (see `_Counters`) and reported.
 """
@@ -349,11 +349,16 @@ class MambaSegNode(Node):
         while (frame := self._slot.take()) is not None:
             taken = time.monotonic()
             self.segmenter.stage_image(frame.image)  # the pixels' copy overlaps the wait for the window's last events
+            staged = time.monotonic()
             if not self._wait_for_events(frame):
                 if self._slot.closed:
                     return
                 self.counters.add("late_events")
-            stages = {"queue": (taken - frame.received) * 1e3, "wait_events": (time.monotonic() - taken) * 1e3}
+            stages = {
+                "queue": (taken - frame.received) * 1e3,
+                "stage_image": (staged - taken) * 1e3,
+                "wait_events": (time.monotonic() - staged) * 1e3,
+            }
             try:
                 result = self.segmenter.segment(frame.image, frame.stamp_us)
             except ValueError as exc:

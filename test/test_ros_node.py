@@ -83,7 +83,7 @@ def test_one_mask_per_image_matching_the_segmenter(context, tmp_path):
 
     # Every stage of the worker is timed, in order, and the stages add up to no more than the node's latency.
     values = reported()
-    stages = ["queue", "wait_events", "window", "voxel", "preprocess", "forward", "postprocess"]
+    stages = ["queue", "stage_image", "wait_events", "window", "voxel", "preprocess", "forward", "postprocess"]
     stages += ["publish_raw_mask", "publish_colored_mask", "publish_overlay"]
     assert values["stages_are"].endswith(", ".join(stages)), values["stages_are"]
     stage_ms = {name: float(values[f"stage_p50_ms.{name}"]) for name in stages}
