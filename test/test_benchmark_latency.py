@@ -1,4 +1,5 @@
-"""benchmarks/latency.py's stage breakdown of a profiled CUDA-graph replay: the parts that need no GPU."""
+"""benchmarks/latency.py, the parts that need no GPU: the stage breakdown of a profiled CUDA-graph replay, and the
+real-time replay's bookkeeping."""
 
 from __future__ import annotations
 
@@ -6,7 +7,15 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from seg_harness import TINY_MODEL
+
+from mambaseg_core.config import load_config
+from mambaseg_core.models import MambaSeg, load_model_config
+from mambaseg_core.pipeline import Segmenter, SegmenterConfig
+from mambaseg_core.pipeline.event_clock import EventStream
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -99,3 +108,28 @@ def test_timeline_summary_counts_union_and_the_time_each_kernel_ran_alone(latenc
         ("c", 1, pytest.approx(0.007), pytest.approx(0.0)),
         ("b", 1, pytest.approx(0.004), pytest.approx(0.002)),
     ]
+
+
+def test_real_time_replay_times_each_frame_from_the_packet_that_completes_its_window(latency):
+    """The node's two threads at the sensors' pace with a tiny CPU model: one latency per frame after the warm-up,
+    made of the completing packet's decoding, the hand-over and the segmentation; every packet decoded once."""
+    torch.manual_seed(0)
+    height, width = TINY_MODEL["image_size"]
+    seg = Segmenter(
+        MambaSeg(load_model_config(TINY_MODEL)).eval(),
+        load_config(SegmenterConfig, {"window_events": 2000, "output_resolution": "network"}),
+        "cpu",
+    )
+    stream = latency.synthetic_stream((height, width), 200_000, 8)
+    EventStream(sensor_size=(height, width)).decode("evt3", stream[0][0])  # the decoder compiled, as the benchmark does
+    events = EventStream(sensor_size=(height, width))
+    image = np.zeros((height, width, 3), np.uint8)
+    ms = latency.replay_in_real_time(seg, events, stream, image, warmup=2)
+    assert set(ms) == {"latency", *latency.REAL_TIME_PARTS}
+    assert all(len(values) == 8 - 1 - 2 for values in ms.values())  # the last frame's stamp has no packet after it
+    parts = np.sum([ms[key] for key in ("last_decode", "handover", "segment")], axis=0)
+    # The completing packet falls due 1 ms after the image: the latency starts with its decoding (or, when the
+    # worker is still busy with an earlier frame, at the image's due time, later than the parts' sum allows).
+    assert np.all(np.asarray(ms["latency"]) <= parts + 1e-6) and np.all(np.asarray(ms["latency"]) > 0)
+    assert min(ms[key][0] for key in ("last_decode", "segment")) > 0
+    assert events._evt3.stats.events == sum(50 * 200 for _ in stream)  # every packet decoded: 200 events per ms
