@@ -10,6 +10,9 @@ import sys
 import cv2
 import numpy as np
 import pytest
+
+pytest.importorskip("rosbags", reason="needs rosbags (make setup installs it)")
+
 from seg_harness import REPO_ROOT, process_env, write_tiny_model_config
 from test_bags_convert import one_torch_thread  # noqa: F401  (autouse fixture)
 

@@ -12,6 +12,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+pytest.importorskip("rosbags", reason="needs rosbags (make setup installs it)")
+
 from seg_harness import TINY_MODEL
 
 from mambaseg_core.bags import (

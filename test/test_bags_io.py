@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import yaml
 
+pytest.importorskip("rosbags", reason="needs rosbags (make setup installs it)")
+
 from mambaseg_core.bags import (
     EVENT_PACKET,
     IMAGE,

@@ -10,6 +10,9 @@ import cv2
 import numpy as np
 import pytest
 import yaml
+
+pytest.importorskip("rclpy", reason="needs the ROS 2 Python wheels")
+
 from seg_harness import TINY_MODEL, process_env
 
 from mambaseg_core.events import EventBatch, Evt3Decoder, decode_mono
