@@ -167,6 +167,17 @@ def synthetic_stream(sensor: tuple[int, int], rate: int, frames: int, seed: int 
     return stream
 
 
+def stream_and_frame(dataset: str, frames: int) -> tuple[MambaSeg, tuple[int, int], list[list[bytes]], np.ndarray]:
+    """(model, sensor (H, W), `frames` frames of EVT3 packets at the dataset's event rate, one camera frame: RGB,
+    or gray for a gray model as DDD17's DAVIS frames are)."""
+    _, sensor, _, rate = DATASETS[dataset]
+    base = build_model(dataset)
+    frame = np.random.default_rng(1).integers(0, 256, (*sensor, 3), dtype=np.uint8)
+    if base.config.image_channels == 1:
+        frame = np.ascontiguousarray(frame[..., 1])
+    return base, sensor, synthetic_stream(sensor, rate, frames), frame
+
+
 def add_packet(seg: Segmenter, events: EventStream, packet: bytes) -> None:
     """One EVT3 packet as mambaseg_node takes it: decoded by the topic's EventStream, moved into the image clock (the
     packet stamped with its first event's time, as metavision_driver stamps it with its first buffer's arrival), and
@@ -191,11 +202,8 @@ def warm_segmenter(base: MambaSeg, dataset: str, mode: str) -> tuple[Segmenter, 
 def bench_end_to_end(datasets: list[str], modes: list[str], frames: int) -> str:
     rows = []
     for dataset in datasets:
-        _, sensor, _, rate = DATASETS[dataset]
-        base = build_model(dataset)
-        stream = synthetic_stream(sensor, rate, frames + 4)
-        image_bytes = np.random.default_rng(1).integers(0, 256, (*sensor, 3), dtype=np.uint8).tobytes()
-        channels = base.config.image_channels
+        base, sensor, stream, frame = stream_and_frame(dataset, frames + 4)
+        image_bytes = frame.tobytes()
         for mode in modes:
             seg, warmup_ms = warm_segmenter(base, dataset, mode)
             events = EventStream(sensor_size=sensor)
@@ -205,9 +213,7 @@ def bench_end_to_end(datasets: list[str], modes: list[str], frames: int) -> str:
                 for packet in packets:
                     add_packet(seg, events, packet)
                 decode_ms = (time.perf_counter() - start) * 1e3
-                image = np.frombuffer(image_bytes, np.uint8).reshape(*sensor, 3)
-                if channels == 1:
-                    image = image[..., 1]
+                image = np.frombuffer(image_bytes, np.uint8).reshape(frame.shape)
                 result = seg.segment(image, (k + 1) * FRAME_US)
                 assert result is not None
                 if k < 4:  # warm-up frames: the ring buffer and allocator settle
@@ -255,12 +261,7 @@ def bench_end_to_end(datasets: list[str], modes: list[str], frames: int) -> str:
 def bench_real_time(datasets: list[str], modes: list[str], frames: int) -> str:
     rows = []
     for dataset in datasets:
-        _, sensor, _, rate = DATASETS[dataset]
-        base = build_model(dataset)
-        stream = synthetic_stream(sensor, rate, frames + 5)
-        image = np.random.default_rng(1).integers(0, 256, (*sensor, 3), dtype=np.uint8)
-        if base.config.image_channels == 1:
-            image = np.ascontiguousarray(image[..., 1])
+        base, sensor, stream, image = stream_and_frame(dataset, frames + 5)
         # The decoder's numba kernels compile on their first call (1-3 s): in the feeder, the stream would fall behind
         # and its catch-up would contend with the first frames.
         EventStream(sensor_size=sensor).decode("evt3", stream[0][0])
