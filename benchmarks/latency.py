@@ -187,12 +187,11 @@ def add_packet(seg: Segmenter, events: EventStream, packet: bytes) -> None:
         seg.add_events(events.align(batch, int(batch.t[0]), "evt3")[0])
 
 
-def warm_segmenter(base: MambaSeg, dataset: str, mode: str) -> tuple[Segmenter, float]:
-    """A Segmenter with the dataset's window settings, warmed up at the sensor's frame shape; (it, warm-up ms)."""
-    _, sensor, settings, _ = DATASETS[dataset]
+def warm_segmenter(base: MambaSeg, dataset: str, mode: str, frame_shape: tuple[int, ...]) -> tuple[Segmenter, float]:
+    """A Segmenter with the dataset's window settings, warmed up at the frames' shape; (it, warm-up ms)."""
+    settings = DATASETS[dataset][2]
     config = load_config(SegmenterConfig, {**settings, "output_resolution": "network", **ENGINE_MODES[mode]._asdict()})
     seg = Segmenter(copy.deepcopy(base), config, "cuda")
-    frame_shape = (*sensor, 3) if base.config.image_channels == 3 else sensor  # DDD17's DAVIS frames are gray
     warmup_ms = seg.warmup(frame_shape)  # the frames' shape: no recapture at the first frame
     gc.collect()  # as mambaseg_node does after start-up: no full GC pass over the model's objects mid-stream
     gc.freeze()
@@ -205,7 +204,7 @@ def bench_end_to_end(datasets: list[str], modes: list[str], frames: int) -> str:
         base, sensor, stream, frame = stream_and_frame(dataset, frames + 4)
         image_bytes = frame.tobytes()
         for mode in modes:
-            seg, warmup_ms = warm_segmenter(base, dataset, mode)
+            seg, warmup_ms = warm_segmenter(base, dataset, mode, frame.shape)
             events = EventStream(sensor_size=sensor)
             stats: dict[str, list[float]] = defaultdict(list)
             for k, packets in enumerate(stream):
@@ -266,7 +265,7 @@ def bench_real_time(datasets: list[str], modes: list[str], frames: int) -> str:
         # and its catch-up would contend with the first frames.
         EventStream(sensor_size=sensor).decode("evt3", stream[0][0])
         for mode in modes:
-            seg, _ = warm_segmenter(base, dataset, mode)
+            seg, _ = warm_segmenter(base, dataset, mode, image.shape)
             for ahead in (False, True):
                 seg.reset()
                 ms = replay_in_real_time(seg, EventStream(sensor_size=sensor), stream, image, stage_image=ahead)
