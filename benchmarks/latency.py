@@ -280,7 +280,7 @@ def bench_real_time(datasets: list[str], modes: list[str], frames: int) -> str:
             torch.cuda.empty_cache()
         del base
         torch.cuda.empty_cache()
-    headers = ["size", "mode", "pixels staged while waiting (node)"]
+    headers = ["size", "mode", "image staged and its stage 0 run while waiting (node)"]
     headers += [f"{label} p50" for label in REAL_TIME_PARTS.values()]
     headers += ["bytes -> ids p50", "bytes -> ids p99", "max"]
     return table(headers, rows)
@@ -305,11 +305,11 @@ def replay_in_real_time(
 ) -> dict[str, list[float]]:
     """mambaseg_node's two threads at the sensors' pace (wall clock): a feeder thread decodes each 1 ms EVT3 packet
     when its last event is due, appends it to the Segmenter and notifies (the node's executor); this thread (the
-    node's worker) takes each frame when its image is due, stages its pixels (`stage_image`, as the node does), waits
-    on that condition until the events reach the frame stamp, and segments. Latency = from the later of the image's
-    due time and the start of the decoding of the packet that completes the window, to class ids on the host: that
-    packet's decoding, the hand-over between the threads and their contention (GIL, CPU) are inside it; the
-    window's other packets were decoded as they arrived, as in the node.
+    node's worker) takes each frame when its image is due, starts it on its image (`stage_image`, as the node does),
+    waits on that condition until the events reach the frame stamp, and segments. Latency = from the later of the
+    image's due time and the start of the decoding of the packet that completes the window, to class ids on the
+    host: that packet's decoding, the hand-over between the threads and their contention (GIL, CPU) are inside it;
+    the window's other packets were decoded as they arrived, as in the node.
 
     Returns ms per frame (after `warmup`) for "latency" and each REAL_TIME_PARTS key."""
     packets = [packet for frame in stream for packet in frame]

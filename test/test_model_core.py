@@ -80,6 +80,26 @@ def test_batch_items_are_independent():
     torch.testing.assert_close(both[1:], second, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("modality", ["fused", "events_only", "image_only"])
+def test_the_image_stage_0_made_ahead_gives_the_logits_of_the_whole_forward(modality):
+    """The image's stem and stage-0 encoder need no events: made first (what the node runs while the frame's last
+    events arrive), then the rest, the logits are those of one forward, bit for bit."""
+    model = small_model(modality=modality).eval()
+    randomise_non_default_parameters(model)
+    inputs = inputs_for(model)
+    with torch.no_grad():
+        whole = model(**inputs)
+        ahead = model.image_stage0(inputs["image"])
+        split = model(image=None, events=inputs["events"], image_stage0=ahead)
+        other = model(image=None, events=inputs["events"], image_stage0=model.image_stage0(inputs["image"].flip(-1)))
+    assert torch.equal(split, whole)
+    assert torch.equal(other, whole) == (modality == "events_only")  # the stage 0 given is the image that counts
+    with pytest.raises(ValueError, match="image or its stage 0"):
+        model(image=None, events=inputs["events"])
+    with pytest.raises(ValueError, match="batch sizes differ"):
+        model(image=None, events=inputs["events"][:1], image_stage0=ahead)
+
+
 def test_own_checkpoint_round_trip(tmp_path: Path):
     model = small_model().eval()
     randomise_non_default_parameters(model)

@@ -367,7 +367,9 @@ def test_cuda_graph_segmenter_equals_eager_and_captures_once_per_event_capacity(
         gpu_model.set_scan_backend("torch")  # no extension build inside a unit test
         segs[graphed] = Segmenter(gpu_model, load_config(SegmenterConfig, {**settings, "cuda_graph": graphed}), "cuda")
         segs[graphed].warmup()
-    assert segs[True].engine.captures == 1
+    # The whole forward's graph, and where the frame is read in place those of the image part ahead and the rest.
+    warm = 3 if segs[True]._packer is not None and segs[True]._packer.in_place else 1
+    assert segs[True].engine.captures == warm
     # Quiet frames (a few hundred events), then a burst over the smallest capacity (16384), then quiet again.
     counts = [300, 500, 20_000, 400, 600]
     captures = []
@@ -382,7 +384,7 @@ def test_cuda_graph_segmenter_equals_eager_and_captures_once_per_event_capacity(
         np.testing.assert_array_equal(results[True].class_ids, results[False].class_ids)
         captures.append(segs[True].engine.captures)
     print("captures after each frame:", captures)
-    assert captures == [1, 1, 2, 2, 2]  # the burst grows the packed layout once; it never shrinks back
+    assert captures == [warm, warm] + [warm + 1] * 3  # the burst grows the packed layout once, never shrinks back
 
 
 def test_stage_image_has_nothing_to_do_ahead_on_a_cpu_device(model):
@@ -436,3 +438,46 @@ def test_pixels_staged_ahead_are_used_for_that_frame_only(model, device):
     assert not staging.stage_image(bad)  # segment() says why
     with pytest.raises(ValueError, match="must be uint8 or uint16"):
         staging.segment(bad, 40_000)
+
+
+CUDA = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+
+@pytest.mark.parametrize(
+    "device, graphed",
+    [("cpu", False), pytest.param("cuda", False, marks=CUDA), pytest.param("cuda", True, marks=CUDA)],
+    ids=["cpu", "cuda eager", "cuda graph"],
+)
+def test_the_image_part_run_ahead_serves_its_own_frame_only(model, monkeypatch, device, graphed):
+    """Read in place (the GPU default; on the CPU a packer put in by hand), stage_image queues the image's stem and
+    stage-0 encoder, and segment() of that array runs only the rest of the forward; any other array gets the whole
+    forward. The ids are those of a Segmenter that never stages, eager or through the parts' CUDA graphs."""
+    segs = []
+    for _ in range(2):
+        gpu_model = copy.deepcopy(model)
+        gpu_model.set_scan_backend("torch")  # no extension build inside a unit test
+        config = load_config(SegmenterConfig, {"window_events": 700, "cuda_graph": graphed})
+        segs.append(Segmenter(gpu_model, config, device))
+        if device == "cpu":
+            segs[-1]._packer = FramePacker("cpu", in_place=True)
+    staging, plain = segs
+    if device == "cuda" and not staging._packer.in_place:
+        pytest.skip("the frame is not read in place here (no Triton): nothing runs ahead")
+    calls: list[str] = []
+    for name in ("class_ids_after", "class_ids_from"):
+        original = getattr(staging.engine, name)
+        monkeypatch.setattr(staging.engine, name, lambda *a, _f=original, _n=name, **k: calls.append(_n) or _f(*a, **k))
+    images = [make_image(seed=seed) for seed in range(5)]
+    for frame, image in enumerate(images[:3]):
+        events, stamp = make_events(900, frame * 10_000, (frame + 1) * 10_000, seed=frame), (frame + 1) * 10_000
+        for seg in segs:
+            seg.add_events(events)
+        assert staging.stage_image(image) == (frame > 0)
+        np.testing.assert_array_equal(staging.segment(image, stamp).class_ids, plain.segment(image, stamp).class_ids)
+    assert calls == ["class_ids_from", "class_ids_after", "class_ids_after"]
+    assert staging.stage_image(images[3])
+    other = staging.segment(images[4], 30_000).class_ids
+    np.testing.assert_array_equal(other, plain.segment(images[4], 30_000).class_ids)
+    assert calls[-1] == "class_ids_from"  # not the array staged: the whole forward
+    if graphed:
+        assert staging.engine.captures == 3  # the whole forward, the image part, the rest

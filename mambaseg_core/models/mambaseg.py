@@ -36,6 +36,15 @@ class MambaSegFeatures(NamedTuple):
     head_maps: list[torch.Tensor] | None = None
 
 
+class ImageStage0(NamedTuple):
+    """The image encoder's stage 0, which needs no events (MambaSeg.image_stage0): o = its blocks' output, a =
+    out_norm(o), n = the stage-0 DDIM's image norm of a; each (B, C_0, H_0, W_0)."""
+
+    o: torch.Tensor
+    a: torch.Tensor
+    n: torch.Tensor
+
+
 class MambaSeg(nn.Module):
     """Image + event-voxel-grid semantic segmentation, computing what the official model computes.
 
@@ -100,29 +109,20 @@ class MambaSeg(nn.Module):
                 module.backend = backend
         self.config.scan_backend = backend  # type: ignore[assignment]
 
-    def _check_inputs(self, image: torch.Tensor, events: torch.Tensor) -> None:
+    def _check_input(self, name: str, tensor: torch.Tensor) -> None:
         height, width = self.config.image_size
-        expected = {
-            "image": (self.config.image_channels, height, width),
-            "events": (self.config.event_bins, height, width),
-        }
-        for name, tensor in (("image", image), ("events", events)):
-            if tensor.dim() != 4 or tuple(tensor.shape[1:]) != expected[name]:
-                raise ValueError(
-                    f"{name} must be (B, {', '.join(map(str, expected[name]))}), got {tuple(tensor.shape)}; "
-                    f"the model is locked to image_size {height}x{width} because its TSSM weights are sized by "
-                    "the token count of every stage"
-                )
-        if image.shape[0] != events.shape[0]:
-            raise ValueError(f"image and events batch sizes differ: {image.shape[0]} vs {events.shape[0]}")
+        channels = self.config.image_channels if name == "image" else self.config.event_bins
+        if tensor.dim() != 4 or tuple(tensor.shape[1:]) != (channels, height, width):
+            raise ValueError(
+                f"{name} must be (B, {channels}, {height}, {width}), got {tuple(tensor.shape)}; "
+                f"the model is locked to image_size {height}x{width} because its TSSM weights are sized by "
+                "the token count of every stage"
+            )
 
-    def _select_modality(self, image: torch.Tensor, events: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(image, events) as config.modality sees them: the dropped input becomes zeros of its shape."""
-        if self.config.modality == "image_only":
-            return image, torch.zeros_like(events)
-        if self.config.modality == "events_only":
-            return torch.zeros_like(image), events
-        return image, events
+    def _as_seen(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        """An input as config.modality sees it: the dropped one becomes zeros of its shape."""
+        dropped = {"image_only": "events", "events_only": "image"}.get(self.config.modality)
+        return torch.zeros_like(tensor) if name == dropped else tensor
 
     def compile_branch_units(self, **compile_kwargs: Any) -> None:
         """torch.compile every unit that runs inside one branch of `forward_features` (stems, VSS blocks, out-norms,
@@ -151,27 +151,53 @@ class MambaSeg(nn.Module):
             x, pending = self._run(block.forward_deferred, x, pending)
         return norm_twice(x, pending, encoder.out_norms[i].params(), fusion_norm.params())
 
-    def forward_features(self, *, image: torch.Tensor, events: torch.Tensor) -> MambaSegFeatures:
-        """Run both encoders and the fusion modules; see MambaSegFeatures for the shapes."""
-        self._check_inputs(image, events)
-        image, events = self._select_modality(image, events)
+    def image_stage0(self, image: torch.Tensor) -> ImageStage0:
+        """The part of the forward that needs the image alone: its stem and stage-0 encoder. forward(image_stage0=)
+        takes it made ahead, e.g. while the frame's last events are still on their way."""
+        self._check_input("image", image)
+        x = self.image_encoder.stem(self._as_seen("image", image))
+        return ImageStage0(*self._encoder_stage(self.image_encoder, 0, x, self.fusion[0].image_norm))
+
+    def forward_features(
+        self, *, image: torch.Tensor | None, events: torch.Tensor, image_stage0: ImageStage0 | None = None
+    ) -> MambaSegFeatures:
+        """Run both encoders and the fusion modules; see MambaSegFeatures for the shapes. image_stage0: the image's
+        stage 0 made ahead (`image_stage0`), in place of `image` (None)."""
+        if image_stage0 is None:
+            if image is None:
+                raise ValueError("forward needs the image or its stage 0 made ahead (image_stage0)")
+            self._check_input("image", image)
+            image = self._as_seen("image", image)
+        self._check_input("events", events)
+        events = self._as_seen("events", events)
         image_encoder, event_encoder = self.image_encoder, self.event_encoder
+        batch = image_stage0.o.shape[0] if image_stage0 is not None else image.shape[0]  # type: ignore[union-attr]
+        if batch != events.shape[0]:
+            raise ValueError(f"image and events batch sizes differ: {batch} vs {events.shape[0]}")
         # The two encoders meet only in the fusion modules: each step runs as two branches (models/branches.py).
-        x_image, x_events = run_branches(
-            partial(image_encoder.stem.__call__, image), partial(event_encoder.stem.__call__, events)
-        )
+        if image_stage0 is None:
+            x_image, x_events = run_branches(
+                partial(image_encoder.stem.__call__, image), partial(event_encoder.stem.__call__, events)
+            )
+        else:
+            x_image, x_events = None, event_encoder.stem(events)
         # Nothing on the way to the next stage waits for a decoder input: F_i, and in CUDA inference the head's
         # projection of it, are made beside stage i+1's encoders (a third branch), the last ones after the loop.
         decoder_inputs: list[tuple[torch.Tensor, torch.Tensor | None]] = []  # (F_i, its head projection or None)
         fusion_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
         decoder_input: Callable[[], tuple[torch.Tensor, torch.Tensor | None]] | None = None
         for i, fusion in enumerate(self.fusion):
-            stages = (
-                partial(self._encoder_stage, image_encoder, i, x_image, fusion.image_norm),
-                partial(self._encoder_stage, event_encoder, i, x_events, fusion.event_norm),
-            )
+            event_stage = partial(self._encoder_stage, event_encoder, i, x_events, fusion.event_norm)
             previous = [decoder_input] if decoder_input is not None else []
-            (o_image, a_image, n_image), (o_events, a_events, n_events), *made = run_branches(*stages, *previous)
+            if x_image is None:  # stage 0, the image's made ahead
+                assert image_stage0 is not None and not previous
+                (o_image, a_image, n_image), (o_events, a_events, n_events) = image_stage0, event_stage()
+                made = []
+            else:
+                image_stage = partial(self._encoder_stage, image_encoder, i, x_image, fusion.image_norm)
+                (o_image, a_image, n_image), (o_events, a_events, n_events), *made = run_branches(
+                    image_stage, event_stage, *previous
+                )
             decoder_inputs.extend(made)
             delta_image, delta_events = self._run(fusion.forward_deferred, a_image, a_events, n_image, n_events)
             if i < len(image_encoder.downsamples):
@@ -208,14 +234,22 @@ class MambaSeg(nn.Module):
         f, total = stage_residuals(a, delta, o, projection_dtype(o))
         return f, encoder.downsamples[i](total)
 
-    def forward(self, *, image: torch.Tensor, events: torch.Tensor, upsample: bool = True) -> torch.Tensor:
+    def forward(
+        self,
+        *,
+        image: torch.Tensor | None,
+        events: torch.Tensor,
+        upsample: bool = True,
+        image_stage0: ImageStage0 | None = None,
+    ) -> torch.Tensor:
         """Logits (B, num_classes, H, W), bilinearly upsampled from 1/4 resolution; with upsample=False the decoder's
-        1/4-resolution logits (what ops/upsample_argmax turns into full-resolution class ids in one pass)."""
-        features = self.forward_features(image=image, events=events)
+        1/4-resolution logits (what ops/upsample_argmax turns into full-resolution class ids in one pass).
+        image_stage0: the image's stage 0 made ahead (`image_stage0`), in place of the image (None)."""
+        features = self.forward_features(image=image, events=events, image_stage0=image_stage0)
         if features.head_maps is not None:
             logits = self.decoder.forward_projected(features.head_maps)
         else:
             logits = self.decoder(features.decoder_inputs)
         if not upsample:
             return logits
-        return F.interpolate(logits, size=tuple(image.shape[-2:]), mode="bilinear", align_corners=False)
+        return F.interpolate(logits, size=tuple(events.shape[-2:]), mode="bilinear", align_corners=False)

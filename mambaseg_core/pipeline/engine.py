@@ -16,6 +16,9 @@ compiled, optionally as one CUDA graph replayed per frame.
   shape recaptures. `class_ids_from` captures the making of the network inputs too (e.g. the voxel grid and the
   image of a packed frame, pipeline/network_inputs.py, read in place in pinned host memory): the graph is then kept
   per input-making function and input shapes (and, read in place, the inputs' addresses).
+- Image ahead (`image_stage0_from`, then `class_ids_after`): the image's stem and stage-0 encoder, which need no
+  events, run first (the Segmenter queues them while the frame's last events arrive), then the rest of the forward
+  from the voxel grid on; with `cuda_graph` each part is a graph of its own (the rest reads the first's outputs).
 The engine owns the model: a half-precision engine casts the model's weights in place.
 """
 
@@ -23,12 +26,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import Literal, NamedTuple
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn as nn
 
 from mambaseg_core.models.branches import parallel_branches
+from mambaseg_core.models.mambaseg import ImageStage0
 from mambaseg_core.ops.selective_scan import available_backends
 from mambaseg_core.ops.upsample_argmax import upsample_argmax
 
@@ -59,6 +65,9 @@ ENGINE_MODES: dict[str, EngineMode] = {
 
 # (named input tensors) -> (image (B, C, H, W), events (B, bins, H, W)) network inputs (InferenceEngine.class_ids_from).
 MakeInputs = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+# The same, of one of the two (InferenceEngine.image_stage0_from, class_ids_after).
+MakeImage = Callable[..., torch.Tensor]
+MakeEvents = Callable[..., torch.Tensor]
 
 
 def network_inputs_as_given(image: torch.Tensor, events: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,6 +88,17 @@ def cast_matmul_weights(model: nn.Module, dtype: torch.dtype) -> None:
             weight = getattr(module, name, None)
             if isinstance(weight, nn.Parameter):
                 weight.data = weight.data.to(dtype)
+
+
+@dataclass
+class _GraphSlot:
+    """One captured CUDA graph: the key it was captured for, its input buffers and its output."""
+
+    graph: torch.cuda.CUDAGraph | None = None
+    key: tuple = ()
+    inputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    output: Any = None
+    pool: tuple | None = None  # the memory pool it captures into (None: its own)
 
 
 class InferenceEngine:
@@ -121,10 +141,12 @@ class InferenceEngine:
                 compile_units(dynamic=False)
             else:
                 self._forward = torch.compile(model, dynamic=False)
-        self._graph: torch.cuda.CUDAGraph | None = None
-        self._graph_key: tuple = ()
-        self._static: dict[str, torch.Tensor] = {}  # the captured graph's inputs
-        self._static_ids = torch.empty(0)  # and its output
+        # The captured graphs: the whole forward, and its two parts for frames whose image runs ahead.
+        self._graphs = {name: _GraphSlot() for name in ("whole", "image", "rest")}
+        if cuda_graph:
+            # The rest reads the image part's outputs, which stay allocated, and the two replay in that order: they
+            # can share one pool, so running ahead costs about one forward's activations, not two.
+            self._graphs["image"].pool = self._graphs["rest"].pool = torch.cuda.graph_pool_handle()
         self.captures = 0  # CUDA graphs captured (a new input shape or input-making function recaptures)
 
     def _branches(self) -> contextlib.AbstractContextManager:
@@ -162,43 +184,96 @@ class InferenceEngine:
         graph's input buffers): the caller keeps them unchanged until the result has been read. A make_inputs whose
         `reads_inputs_in_place` is true reads them where they lie (e.g. pinned host memory, by Triton kernels): no
         copy, and the CUDA graph binds their addresses, so the caller refills the same buffers every frame."""
-        in_place = bool(getattr(make_inputs, "reads_inputs_in_place", False))
+        return self._call("whole", make_inputs, (), inputs, partial(self._class_ids_eager, make_inputs))
+
+    def image_stage0_from(self, make_image: MakeImage, **inputs: torch.Tensor) -> ImageStage0:
+        """The image's stage 0 (MambaSeg.image_stage0) of make_image(**inputs), queued on the device now, ahead of
+        the frame's events (inputs as for `class_ids_from`); then `class_ids_after`. With `cuda_graph` a graph of its
+        own, whose outputs the next call overwrites."""
+        if not hasattr(self.model, "image_stage0"):
+            raise ValueError(f"{type(self.model).__name__} has no image_stage0 to run ahead of the events")
+        return self._call("image", make_image, (), inputs, partial(self._image_stage0_eager, make_image))
+
+    def class_ids_after(
+        self, image_stage0: ImageStage0, make_events: MakeEvents, **inputs: torch.Tensor
+    ) -> torch.Tensor:
+        """As `class_ids_from`, for a frame whose image's stage 0 was made ahead (`image_stage0_from`): the rest of
+        the forward, from the voxel grid make_events(**inputs) on."""
+        bound = tuple(tensor.data_ptr() for tensor in image_stage0)  # a graph reads them where they lie
+        run = partial(self._class_ids_after_eager, image_stage0, make_events)
+        return self._call("rest", make_events, bound, inputs, run)
+
+    def _call(
+        self,
+        slot_name: str,
+        make: Callable[..., object],
+        bound: tuple,
+        inputs: dict[str, torch.Tensor],
+        run: Callable[[dict[str, torch.Tensor]], Any],
+    ) -> Any:
+        """run(inputs), eagerly or through the slot's CUDA graph (captured again when `make`, the inputs' shapes, the
+        addresses the graph reads in place or `bound` change)."""
+        in_place = bool(getattr(make, "reads_inputs_in_place", False))
         if not self.cuda_graph:
             if not in_place:
                 inputs = {name: value.to(self.device, non_blocking=True) for name, value in inputs.items()}
-            return self._class_ids_eager(make_inputs, inputs)
+            return run(inputs)
+        slot = self._graphs[slot_name]
         key = (
-            make_inputs,
+            make,
+            bound,
             tuple(
                 (name, tuple(value.shape), value.dtype, value.data_ptr() if in_place else None)
                 for name, value in sorted(inputs.items())
             ),
         )
-        if self._graph is None or key != self._graph_key:
-            self._capture(make_inputs, inputs, key, in_place)
+        if slot.graph is None or key != slot.key:
+            self._capture(slot, run, inputs, key, in_place)
         if not in_place:
             for name, value in inputs.items():  # host inputs (pinned: asynchronously) go straight into the graph's
-                self._static[name].copy_(value, non_blocking=True)
-        assert self._graph is not None
-        self._graph.replay()
-        return self._static_ids
+                slot.inputs[name].copy_(value, non_blocking=True)
+        assert slot.graph is not None
+        slot.graph.replay()
+        return slot.output
 
-    def _capture(self, make_inputs: MakeInputs, inputs: dict[str, torch.Tensor], key: tuple, in_place: bool) -> None:
-        self._graph = None
+    def _image_stage0_eager(self, make_image: MakeImage, inputs: dict[str, torch.Tensor]) -> ImageStage0:
+        with torch.inference_mode():
+            image = make_image(**inputs)
+            with self._autocast(), self._branches():
+                return self.model.image_stage0(image)  # type: ignore[operator]
+
+    def _class_ids_after_eager(
+        self, image_stage0: ImageStage0, make_events: MakeEvents, inputs: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        with torch.inference_mode():
+            events = make_events(**inputs)
+            with self._autocast(), self._branches():
+                logits = self._forward(image=None, events=events, upsample=False, image_stage0=image_stage0)
+            return upsample_argmax(logits, tuple(events.shape[-2:]))
+
+    def _capture(
+        self,
+        slot: _GraphSlot,
+        run: Callable[[dict[str, torch.Tensor]], Any],
+        inputs: dict[str, torch.Tensor],
+        key: tuple,
+        in_place: bool,
+    ) -> None:
+        slot.graph = None
         if in_place:
-            self._static = dict(inputs)
+            slot.inputs = dict(inputs)
         else:
-            self._static = {name: value.detach().to(self.device, copy=True) for name, value in inputs.items()}
+            slot.inputs = {name: value.detach().to(self.device, copy=True) for name, value in inputs.items()}
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
             for _ in range(2):
-                self._class_ids_eager(make_inputs, self._static)
+                run(slot.inputs)
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self._static_ids = self._class_ids_eager(make_inputs, self._static)
-        self._graph, self._graph_key = graph, key
+        with torch.cuda.graph(graph, pool=slot.pool):
+            slot.output = run(slot.inputs)
+        slot.graph, slot.key = graph, key
         self.captures += 1
 
     def __repr__(self) -> str:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Literal
 
@@ -146,9 +146,52 @@ class WindowRead:
 
 
 @dataclass(frozen=True)
+class PackedImage:
+    """packed (as for a PackedFrame) -> image (1, C, H, W) float32 on `device`: the part of a frame that needs none of
+    its events, which the engine can run ahead of them (with the image's stage 0). A value: read in place, equal for
+    every layout of the frame (the image lies in the same place whatever the event capacity)."""
+
+    layout: PackedLayout
+    image_channels: int
+    network_size: tuple[int, int]
+    image_fit: ImageFit
+    device: torch.device
+
+    @property
+    def reads_inputs_in_place(self) -> bool:
+        return self.layout.in_place
+
+    def __call__(self, packed: torch.Tensor) -> torch.Tensor:
+        height, width = self.layout.image_shape[:2]
+        cropped = self.image_fit == "crop_bottom" or (height, width) == self.network_size  # same width: top rows
+        image = camera_image(
+            self.layout.device_views(packed)["image"], self.layout.image_bits, self.image_channels,
+            rows=self.network_size[0] if cropped else None, device=self.device,
+        )  # fmt: skip
+        if not cropped:
+            image = fit(image[0], self.network_size, self.image_fit)[None]
+        return _dense(image)
+
+
+@dataclass(frozen=True)
+class PackedEvents:
+    """packed -> voxel grid (1, bins, H, W): the part of `frame` that needs its events (a value, as PackedFrame)."""
+
+    frame: PackedFrame
+
+    @property
+    def reads_inputs_in_place(self) -> bool:
+        return self.frame.reads_inputs_in_place
+
+    def __call__(self, packed: torch.Tensor) -> torch.Tensor:
+        return self.frame.events(packed)
+
+
+@dataclass(frozen=True)
 class PackedFrame:
     """packed (uint8 bytes of `layout`: on `device`, or in pinned host memory read in place) -> (image (1, C, H, W),
     voxel grid (1, bins, H, W)) float32 on `device`; the events read from `ring` where the layout keeps them there.
+    Its two parts, for an engine that runs the image's ahead: `image_part` and `events_part`.
 
     A value (equal settings, equal objects): the InferenceEngine keeps one CUDA graph per PackedFrame and inputs."""
 
@@ -165,16 +208,22 @@ class PackedFrame:
         """Whether `packed` is read where it lies, host memory included (InferenceEngine.class_ids_from)."""
         return self.layout.in_place
 
+    @cached_property
+    def image_part(self) -> PackedImage:
+        layout = replace(self.layout, capacity=0) if self.layout.in_place else self.layout  # no events in the buffer
+        return PackedImage(layout, self.image_channels, self.network_size, self.image_fit, self.device)
+
+    @cached_property
+    def events_part(self) -> PackedEvents:
+        return PackedEvents(self)
+
     def __call__(self, packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.image_part(packed), self.events(packed)
+
+    def events(self, packed: torch.Tensor) -> torch.Tensor:
+        """The voxel grid (1, bins, H, W) of the frame's window."""
         views = self.layout.device_views(packed)
         height, width = self.layout.image_shape[:2]
-        cropped = self.image_fit == "crop_bottom" or (height, width) == self.network_size  # same width: top rows
-        image = camera_image(
-            views["image"], self.layout.image_bits, self.image_channels,
-            rows=self.network_size[0] if cropped else None, device=self.device,
-        )  # fmt: skip
-        if not cropped:
-            image = fit(image[0], self.network_size, self.image_fit)[None]
         first, count = views["window"]
         if self.layout.in_place:
             if self.ring is None:
@@ -188,7 +237,7 @@ class PackedFrame:
             x, y, t, p, bins=self.event_bins, height=height, width=width, device=self.device, count=count,
             **placement,
         )  # fmt: skip
-        return _dense(image), _dense(fit(voxels, self.network_size, self.image_fit)[None])
+        return _dense(fit(voxels, self.network_size, self.image_fit)[None])
 
 
 def _image_bits(image: np.ndarray) -> int:

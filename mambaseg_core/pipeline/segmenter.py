@@ -45,11 +45,12 @@ from mambaseg_core.config import ConfigError
 from mambaseg_core.data.classes import CLASS_SETS, IGNORE_INDEX
 from mambaseg_core.events import EventBatch, EventRingBuffer, voxel_grid
 from mambaseg_core.events.ring_buffer import Sink
+from mambaseg_core.models.mambaseg import ImageStage0
 from mambaseg_core.ops.camera_image import image_tensor
 from mambaseg_core.ops.selective_scan import available_backends
 from mambaseg_core.pipeline.colorize import colorize, overlay, palette_lut, to_rgb8
 from mambaseg_core.pipeline.engine import PRECISIONS, InferenceEngine, MakeInputs, Precision, network_inputs_as_given
-from mambaseg_core.pipeline.network_inputs import FramePacker, fit
+from mambaseg_core.pipeline.network_inputs import FramePacker, PackedImage, fit
 
 log = logging.getLogger(__name__)
 
@@ -235,6 +236,7 @@ class Segmenter:
         )
         self._packer = FramePacker(self.device) if self.device.type == "cuda" else None
         self._staged_image: np.ndarray | None = None  # the frame whose pixels stage_image copied ahead
+        self._ahead: _ImageAhead | None = None  # and whose image's stage 0 it queued on the GPU
 
     # ---- event stream -------------------------------------------------------------------------------
 
@@ -346,18 +348,34 @@ class Segmenter:
         return image[: self.network_size[0]] if self.config.image_fit == "crop_bottom" else image
 
     def stage_image(self, image: np.ndarray) -> bool:
-        """Copy a frame's pixels to where the GPU reads them now, ahead of its events: mambaseg_node calls this while
-        it waits for the last events of the frame's window, and `segment` of this same array (left unchanged) skips
-        the copy. Returns whether it was done; not on a CPU device, before the first frame of this shape and dtype,
-        or for an image that `segment` will reject (and say why)."""
+        """Start a frame on its image alone, ahead of its events: mambaseg_node calls this while it waits for the last
+        events of the frame's window. The pixels go where the GPU reads them, and (read in place, the GPU default)
+        the image's stem and stage-0 encoder are queued on the GPU; `segment` of this same array (left unchanged)
+        does the rest. Returns whether it was done; not on a CPU device, before the first frame of this shape and
+        dtype, or for an image that `segment` will reject (and say why)."""
         if self._packer is None:
             return False
         try:
             self.check_image(image)
         except ValueError:
             return False
+        if self._ahead is not None:  # a frame staged and never segmented: its image part may still read the buffer
+            torch.cuda.current_stream(self.device).synchronize()
+            self._ahead = None
         self._staged_image = image if self._packer.stage_image(self._staged_pixels(image)) else None
+        if self._staged_image is not None and self._packer.in_place and hasattr(self.model, "image_stage0"):
+            part = self._packer.frame(self.image_channels, self.event_bins, self.network_size, self.config.image_fit)
+            stage0 = self.engine.image_stage0_from(part.image_part, packed=self._packer.packed())
+            self._ahead = _ImageAhead(image, part.image_part, stage0)
         return self._staged_image is not None
+
+    def _class_ids(self, image: np.ndarray, make_inputs: MakeInputs, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The frame's (1, H, W) class ids on the device: the rest of the forward if `stage_image` ran its image's
+        part ahead (the same array, and the image where that part read it), else the whole forward."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead.image is image and ahead.part == getattr(make_inputs, "image_part", None):
+            return self.engine.class_ids_after(ahead.stage0, make_inputs.events_part, **inputs)  # type: ignore[attr-defined]
+        return self.engine.class_ids_from(make_inputs, **inputs)
 
     def _unfit_ids(self, ids: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """(H, W) uint8 ids at the network size -> (H_in, W_in) at the input size, the inverse of `fit`."""
@@ -390,9 +408,13 @@ class Segmenter:
         throwaway = EventRingBuffer(1_000_000, 2)
         throwaway.append(EventBatch.from_arrays([0, 1], [0, 1], [0, 1], [0, 1]))  # compiles the numba append
         before_any_event = self._buffer.earliest_time or 0  # events strictly before it: none
-        with self._frame():
-            make_inputs, inputs, _ = self._stage(np.zeros(image_shape, image_dtype), self._buffer, before_any_event, {})
-            self.engine.class_ids_from(make_inputs, **inputs).cpu()
+        dummy: np.ndarray = np.zeros(image_shape, image_dtype)
+        for ahead in (False, True):  # the whole forward's graph, then (GPU) those of the image part ahead and the rest
+            if ahead and not self.stage_image(dummy):
+                break
+            with self._frame():
+                make_inputs, inputs, _ = self._stage(dummy, self._buffer, before_any_event, {})
+                self._class_ids(dummy, make_inputs, inputs).cpu()
         return _ms_since(start)
 
     def prepare(self, image: np.ndarray, stamp_us: int) -> NetworkInputs:
@@ -451,7 +473,7 @@ class Segmenter:
                     log.warning("no events before frame at %d us: running image-only (zero voxel grid)", stamp_us)
                 self.stats.image_only += 1
             start = time.perf_counter()
-            ids = self.engine.class_ids_from(make_inputs, **inputs)[0].cpu()  # the one wait for the GPU
+            ids = self._class_ids(image, make_inputs, inputs)[0].cpu()  # the one wait for the GPU
             if self._packer is not None:
                 self._packer.release_window()  # the GPU is done with the window
             timings["forward"] = _ms_since(start)
@@ -465,6 +487,15 @@ class Segmenter:
         timings["total"] = _ms_since(total_start)
         self.stats.frames += 1
         return SegmentationResult(ids.numpy(), events_used, timings, base, self._lut, self.config.overlay_alpha)
+
+
+@dataclass(frozen=True)
+class _ImageAhead:
+    """A frame's image part queued ahead of its events by Segmenter.stage_image."""
+
+    image: np.ndarray  # the frame's array (compared by identity)
+    part: PackedImage  # where it read the pixels
+    stage0: ImageStage0  # its outputs on the device
 
 
 def _ms_since(start: float) -> float:
