@@ -348,7 +348,7 @@ class MambaSegNode(Node):
     def _work(self) -> None:
         while (frame := self._slot.take()) is not None:
             taken = time.monotonic()
-            self.segmenter.stage_image(frame.image)  # the pixels' copy overlaps the wait for the window's last events
+            self.segmenter.stage_image(frame.image)  # pixels' copy + image's stage 0 overlap the wait
             staged = time.monotonic()
             if not self._wait_for_events(frame):
                 if self._slot.closed:
