@@ -22,7 +22,10 @@ Per frame (image (H_in, W_in[, 3]) at `stamp_us`, network input (H, W) = model.c
 On CUDA devices steps 2-5 run on the GPU, reading the frame where it lies: the event window in the ring buffer's
 pinned storage, the image in a pinned buffer that its pixels (with `crop_bottom` only the rows kept) are copied into
 (pipeline/network_inputs.py); with `cuda_graph` the conversion to network inputs is part of the captured graph. The
-host waits for the GPU once per frame, when the class ids come back.
+host waits for the GPU once per frame, when the class ids come back. A caller that gets the frame before its
+window is complete (mambaseg_node, which waits for the packet after the image stamp) calls `stage_image` first: the
+pixels are copied and the image's stem and stage-0 encoder queued on the GPU (their own CUDA graph) while it waits,
+and `segment` of that same array runs only the rest of the forward.
 """
 
 from __future__ import annotations
