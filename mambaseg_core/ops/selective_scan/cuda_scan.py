@@ -2,12 +2,18 @@
 
 The build is cached under $MAMBASEG_BUILD_DIR (default ~/.cache/mambaseg/torch_extensions), one folder per
 torch/CUDA version and GPU architecture, so only the first call of a fresh machine compiles (about a minute).
+Builds into one folder are serialised by an flock, which ends with its process: torch's own lock is a file that a
+build killed midway (Ctrl-C on a node's first start) leaves behind, and every later load would wait for it forever.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
+import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any, NamedTuple
@@ -16,6 +22,8 @@ import torch
 
 from mambaseg_core.ops.selective_scan.autograd import needs_grad
 from mambaseg_core.ops.selective_scan.errors import BackendUnavailableError
+
+log = logging.getLogger(__name__)
 
 CSRC = Path(__file__).resolve().with_name("csrc")
 SOURCES = ("scan_binding.cpp", "scan_fwd.cu", "scan_fwd_infer.cu", "scan_fwd_resident.cu", "scan_bwd.cu")
@@ -32,6 +40,21 @@ def _build_dir() -> Path:
     return path
 
 
+@contextlib.contextmanager
+def build_lock(directory: Path) -> Iterator[None]:
+    """Hold the build folder's flock; holding it, a torch lock file in the folder is one a killed build left."""
+    with open(directory / "mambaseg_build.flock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released by the kernel when its process dies, however it dies
+        stale = directory / "lock"  # torch.utils.cpp_extension's FileBaton
+        if stale.exists():
+            log.warning("removing %s, left by a CUDA selective-scan build that was killed midway", stale)
+            stale.unlink()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 @functools.cache
 def load_extension() -> ModuleType:
     """Compile (or load the cached build of) the kernels; BackendUnavailableError saying why if impossible."""
@@ -44,15 +67,17 @@ def load_extension() -> ModuleType:
             "selective-scan backend 'cuda' is built on first use and needs the CUDA toolkit (nvcc); "
             "none found: install it or set CUDA_HOME"
         )
+    build_directory = _build_dir()
     try:
-        return cpp_extension.load(
-            name="mambaseg_selective_scan",
-            sources=[str(CSRC / name) for name in SOURCES],
-            extra_cflags=["-O3"],
-            extra_cuda_cflags=["-O3", "--use_fast_math", "-lineinfo"],
-            build_directory=str(_build_dir()),
-            verbose=False,
-        )
+        with build_lock(build_directory):
+            return cpp_extension.load(
+                name="mambaseg_selective_scan",
+                sources=[str(CSRC / name) for name in SOURCES],
+                extra_cflags=["-O3"],
+                extra_cuda_cflags=["-O3", "--use_fast_math", "-lineinfo"],
+                build_directory=str(build_directory),
+                verbose=False,
+            )
     except Exception as exc:  # the build log is in the message: hand its tail to the user
         raise BackendUnavailableError(f"building the CUDA selective scan failed:\n{str(exc)[-3000:]}") from exc
 
