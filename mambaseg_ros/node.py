@@ -197,7 +197,8 @@ class MambaSegNode(Node):
         Evt3Decoder().decode(encode_evt3(EventBatch.from_arrays([0, 1], [0, 1], [0, 1], [0, 1])))
         self.scan_backend = self.segmenter.scan_backend
         self.get_logger().info(
-            f"ready: {self._model_description()} on {self.device}, network input {height}x{width}, "
+            f"ready: {self._model_description()} on {self.device} ({self.segmenter.engine.precision}), "
+            f"network input {height}x{width}, "
             f"{len(self.segmenter.classes.names)} classes ({self.segmenter.classes.key}), scan {self.scan_backend}, "
             f"warm-up {warmup_ms:.0f} ms"
         )
@@ -430,6 +431,7 @@ class MambaSegNode(Node):
             "device": self.device + (" (fallback from " + self.settings.device + ")" if self.device_fallback else ""),
             "scan_backend": self.scan_backend,
             "model": self._model_description(),
+            "precision": self.segmenter.engine.precision,
             "network_input": "x".join(map(str, self.segmenter.network_size)),
             "window": (
                 f"{self.settings.segmenter.window_events} events"

@@ -60,9 +60,9 @@ PARAMETERS: tuple[_Spec, ...] = (
     _Spec("scan_backend", "", "Selective-scan backend override (auto|reference|torch|cuda|mamba_ssm); empty = model's"),
     _Spec(
         "precision",
-        "fp32",
-        "Matrix products in fp32 (the accuracy reference), bf16 or fp16",
-        choices=("fp32", "bf16", "fp16"),
+        "auto",
+        "Matrix products in fp32 (the accuracy reference), bf16 or fp16; auto = fp16 on a GPU, fp32 on the CPU",
+        choices=("auto", "fp32", "bf16", "fp16"),
     ),
     _Spec("cuda_graph", True, "Replay one captured CUDA graph per frame (CUDA devices; ignored on CPU)"),
     _Spec("compile", False, "torch.compile the forward (fuses small kernels; 1-2 min of compilation at start-up)"),

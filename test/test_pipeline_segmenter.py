@@ -23,6 +23,7 @@ from mambaseg_core.pipeline.ros_messages import mask_image
 
 NET_H, NET_W = TINY_MODEL["image_size"]
 BINS = TINY_MODEL["event_bins"]
+CUDA = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 
 def tiny_config(image_channels: int = 3) -> dict:
@@ -246,6 +247,7 @@ def test_reset_forgets_events(model):
         ({"class_set": "cityscapes"}, "class_set"),
         ({"window_events": 10, "buffer_max_events": 5}, "buffer_max_events"),
         ({"palette": [[0, 0, 256]]}, "palette[0]"),
+        ({"precision": "fp8"}, "precision"),
     ],
 )
 def test_config_errors_name_the_key(override, key):
@@ -253,6 +255,15 @@ def test_config_errors_name_the_key(override, key):
         load_config(SegmenterConfig, override)
     print(info.value)
     assert info.value.key == key
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
+def test_auto_precision_is_fp16_on_a_gpu_and_fp32_on_the_cpu(model, device):
+    seg = Segmenter(copy.deepcopy(model), load_config(SegmenterConfig, {"precision": "auto"}), device)
+    assert seg.config.precision == "auto"
+    assert seg.engine.precision == ("fp16" if device == "cuda" else "fp32")
+    explicit = Segmenter(copy.deepcopy(model), load_config(SegmenterConfig, {"precision": "bf16"}), device)
+    assert explicit.engine.precision == "bf16"  # an explicit precision is kept on any device
 
 
 def test_class_set_must_match_the_model(model):
@@ -438,9 +449,6 @@ def test_pixels_staged_ahead_are_used_for_that_frame_only(model, device):
     assert not staging.stage_image(bad)  # segment() says why
     with pytest.raises(ValueError, match="must be uint8 or uint16"):
         staging.segment(bad, 40_000)
-
-
-CUDA = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 
 @pytest.mark.parametrize(

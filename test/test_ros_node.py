@@ -83,6 +83,7 @@ def test_one_mask_per_image_matching_the_segmenter(context, tmp_path):
 
     # Every stage of the worker is timed, in order, and the stages add up to no more than the node's latency.
     values = reported()
+    assert values["precision"] == "fp32"  # the default, auto, on the CPU
     stages = ["queue", "stage_image", "wait_events", "window", "voxel", "preprocess", "forward", "postprocess"]
     stages += ["publish_raw_mask", "publish_colored_mask", "publish_overlay"]
     assert values["stages_are"].endswith(", ".join(stages)), values["stages_are"]

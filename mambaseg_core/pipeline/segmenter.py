@@ -78,7 +78,8 @@ class SegmenterConfig:
     class_set: str = "auto"  # dsec11 | dsec19 | ddd17 | auto (from the model's class count)
     class_names: list[str] | None = None  # overrides the class set's names (one per class)
     palette: list[tuple[int, int, int]] | None = None  # overrides the class set's RGB palette (one per class)
-    precision: Precision = "fp32"  # fp32 (accuracy reference) | bf16 | fp16 matrix products (InferenceEngine)
+    # fp32 (accuracy reference) | bf16 | fp16 matrix products (InferenceEngine) | auto: fp16 on CUDA, else fp32
+    precision: Precision | Literal["auto"] = "fp32"
     cuda_graph: bool = False  # replay one captured CUDA graph per frame (CUDA devices; ignored with a warning on CPU)
     compile: bool = False  # torch.compile the forward (fuses small kernels; minutes of compilation at warm-up)
     parallel_branches: bool = True  # image and event branches on parallel CUDA streams (ignored on CPU)
@@ -103,8 +104,8 @@ class SegmenterConfig:
                 "buffer_duration_us",
                 f"must be >= window_duration_us ({self.window_duration_us}), got {self.buffer_duration_us}",
             )
-        if self.precision not in PRECISIONS:
-            raise ConfigError("precision", f"must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
+        if self.precision not in (*PRECISIONS, "auto"):
+            raise ConfigError("precision", f"must be one of {[*sorted(PRECISIONS), 'auto']}, got {self.precision!r}")
         if not 0.0 <= self.overlay_alpha <= 1.0:
             raise ConfigError("overlay_alpha", f"must be in [0, 1], got {self.overlay_alpha}")
         if self.class_set != "auto" and self.class_set not in CLASS_SETS:
@@ -230,9 +231,11 @@ class Segmenter:
         use_graph = config.cuda_graph and self.device.type == "cuda"
         if config.cuda_graph and not use_graph:
             log.warning("cuda_graph ignored: the model runs on %s, not a CUDA device", self.device)
+        # auto: fp16 where it is fast and keeps >= 99.9 % of the fp32 argmax (docs/benchmarks.md); CPUs lack fast fp16.
+        precision = config.precision if config.precision != "auto" else "fp16" if self.device.type == "cuda" else "fp32"
         self.engine = InferenceEngine(
             self.model,
-            precision=config.precision,
+            precision=precision,
             cuda_graph=use_graph,
             compile=config.compile,
             parallel_branches=config.parallel_branches and self.device.type == "cuda",
