@@ -67,6 +67,11 @@ PARAMETERS: tuple[_Spec, ...] = (
     _Spec("cuda_graph", True, "Replay one captured CUDA graph per frame (CUDA devices; ignored on CPU)"),
     _Spec("compile", False, "torch.compile the forward (fuses small kernels; 1-2 min of compilation at start-up)"),
     _Spec("parallel_branches", True, "Image and event branches on parallel CUDA streams (ignored on CPU)"),
+    _Spec(
+        "image_ahead",
+        True,
+        "Run the image's stem and stage-0 encoder while waiting for a frame's last events (GPU; false: a graph less)",
+    ),
     # event window
     _Spec(
         "window_mode",
@@ -259,6 +264,7 @@ def read_settings(node: Any) -> NodeSettings:
                 "cuda_graph": values["cuda_graph"],
                 "compile": values["compile"],
                 "parallel_branches": values["parallel_branches"],
+                "image_ahead": values["image_ahead"],
             },
         )
     except ConfigError as exc:

@@ -451,20 +451,23 @@ def test_pixels_staged_ahead_are_used_for_that_frame_only(model, device):
         staging.segment(bad, 40_000)
 
 
+@pytest.mark.parametrize("image_ahead", [True, False], ids=["ahead", "pixels only"])
 @pytest.mark.parametrize(
     "device, graphed",
     [("cpu", False), pytest.param("cuda", False, marks=CUDA), pytest.param("cuda", True, marks=CUDA)],
     ids=["cpu", "cuda eager", "cuda graph"],
 )
-def test_the_image_part_run_ahead_serves_its_own_frame_only(model, monkeypatch, device, graphed):
+def test_the_image_part_run_ahead_serves_its_own_frame_only(model, monkeypatch, device, graphed, image_ahead):
     """Read in place (the GPU default; on the CPU a packer put in by hand), stage_image queues the image's stem and
     stage-0 encoder, and segment() of that array runs only the rest of the forward; any other array gets the whole
-    forward. The ids are those of a Segmenter that never stages, eager or through the parts' CUDA graphs."""
+    forward. The ids are those of a Segmenter that never stages, eager or through the parts' CUDA graphs. With
+    image_ahead off, stage_image stages the pixels only and every frame runs the whole forward."""
     segs = []
-    for _ in range(2):
+    for staging_segmenter in (True, False):
         gpu_model = copy.deepcopy(model)
         gpu_model.set_scan_backend("torch")  # no extension build inside a unit test
-        config = load_config(SegmenterConfig, {"window_events": 700, "cuda_graph": graphed})
+        settings = {"window_events": 700, "cuda_graph": graphed, "image_ahead": image_ahead or not staging_segmenter}
+        config = load_config(SegmenterConfig, settings)
         segs.append(Segmenter(gpu_model, config, device))
         if device == "cpu":
             segs[-1]._packer = FramePacker("cpu", in_place=True)
@@ -482,10 +485,11 @@ def test_the_image_part_run_ahead_serves_its_own_frame_only(model, monkeypatch, 
             seg.add_events(events)
         assert staging.stage_image(image) == (frame > 0)
         np.testing.assert_array_equal(staging.segment(image, stamp).class_ids, plain.segment(image, stamp).class_ids)
-    assert calls == ["class_ids_from", "class_ids_after", "class_ids_after"]
+    rest = "class_ids_after" if image_ahead else "class_ids_from"
+    assert calls == ["class_ids_from", rest, rest]
     assert staging.stage_image(images[3])
     other = staging.segment(images[4], 30_000).class_ids
     np.testing.assert_array_equal(other, plain.segment(images[4], 30_000).class_ids)
     assert calls[-1] == "class_ids_from"  # not the array staged: the whole forward
     if graphed:
-        assert staging.engine.captures == 3  # the whole forward, the image part, the rest
+        assert staging.engine.captures == (3 if image_ahead else 1)  # the whole forward[, the image part, the rest]

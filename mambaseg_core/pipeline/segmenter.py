@@ -83,6 +83,8 @@ class SegmenterConfig:
     cuda_graph: bool = False  # replay one captured CUDA graph per frame (CUDA devices; ignored with a warning on CPU)
     compile: bool = False  # torch.compile the forward (fuses small kernels; minutes of compilation at warm-up)
     parallel_branches: bool = True  # image and event branches on parallel CUDA streams (ignored on CPU)
+    # stage_image also runs the image's stem and stage-0 encoder ahead (GPU; false: the pixels only, a graph less)
+    image_ahead: bool = True
 
     def validate(self) -> None:
         if self.window_events < 1:
@@ -355,10 +357,10 @@ class Segmenter:
 
     def stage_image(self, image: np.ndarray) -> bool:
         """Start a frame on its image alone, ahead of its events: mambaseg_node calls this while it waits for the last
-        events of the frame's window. The pixels go where the GPU reads them, and (read in place, the GPU default)
-        the image's stem and stage-0 encoder are queued on the GPU; `segment` of this same array (left unchanged)
-        does the rest. Returns whether it was done; not on a CPU device, before the first frame of this shape and
-        dtype, or for an image that `segment` will reject (and say why)."""
+        events of the frame's window. The pixels go where the GPU reads them, and (with `image_ahead`, read in place:
+        the GPU defaults) the image's stem and stage-0 encoder are queued on the GPU; `segment` of this same array
+        (left unchanged) does the rest. Returns whether it was done; not on a CPU device, before the first frame of
+        this shape and dtype, or for an image that `segment` will reject (and say why)."""
         if self._packer is None:
             return False
         try:
@@ -369,7 +371,8 @@ class Segmenter:
             torch.cuda.current_stream(self.device).synchronize()
             self._ahead = None
         self._staged_image = image if self._packer.stage_image(self._staged_pixels(image)) else None
-        if self._staged_image is not None and self._packer.in_place and hasattr(self.model, "image_stage0"):
+        ahead = self.config.image_ahead and self._packer.in_place and hasattr(self.model, "image_stage0")
+        if self._staged_image is not None and ahead:
             part = self._packer.frame(self.image_channels, self.event_bins, self.network_size, self.config.image_fit)
             stage0 = self.engine.image_stage0_from(part.image_part, packed=self._packer.packed())
             self._ahead = _ImageAhead(image, part.image_part, stage0)
@@ -416,7 +419,7 @@ class Segmenter:
         before_any_event = self._buffer.earliest_time or 0  # events strictly before it: none
         dummy: np.ndarray = np.zeros(image_shape, image_dtype)
         for ahead in (False, True):  # the whole forward's graph, then (GPU) those of the image part ahead and the rest
-            if ahead and not self.stage_image(dummy):
+            if ahead and not (self.config.image_ahead and self.stage_image(dummy)):
                 break
             with self._frame():
                 make_inputs, inputs, _ = self._stage(dummy, self._buffer, before_any_event, {})
