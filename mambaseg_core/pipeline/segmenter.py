@@ -83,7 +83,7 @@ class SegmenterConfig:
     cuda_graph: bool = False  # replay one captured CUDA graph per frame (CUDA devices; ignored with a warning on CPU)
     compile: bool = False  # torch.compile the forward (fuses small kernels; minutes of compilation at warm-up)
     parallel_branches: bool = True  # image and event branches on parallel CUDA streams (ignored on CPU)
-    # stage_image also runs the image's stem and stage-0 encoder ahead (GPU; false: the pixels only, a graph less)
+    # stage_image also runs the image's stem and stage-0 encoder ahead (GPU; false: pixels only, 2 graphs less)
     image_ahead: bool = True
 
     def validate(self) -> None:
