@@ -510,6 +510,12 @@ def measure_at_sensor_pace(
     got = [s for s in timed if s in run.received]
     from_packet = np.array([(run.received[s] - sent[s][1]) * 1e3 for s in got])
     from_image = np.array([(run.received[s] - sent[s][0]) * 1e3 for s in got])
+    frames_path = workdir / f"frames_{mode.replace(' ', '_')}.json"  # per frame, for looking into the tail
+    frames_path.write_text(
+        json.dumps({"stamps_us": got, "from_packet_ms": from_packet.tolist(), "from_image_ms": from_image.tolist(),
+                    "node_diagnostics": run.stats()})
+    )  # fmt: skip
+    print(f"per-frame latencies: {frames_path}")
     image_columns = latency_columns(from_image)
     row = [mode, len(timed), len(got), len(timed) - len(got), *latency_columns(from_packet)]
     return [*row, image_columns[0], image_columns[2], *run.node_columns(rc)], notes
