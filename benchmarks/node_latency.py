@@ -84,7 +84,9 @@ def parse_args() -> argparse.Namespace:
         help="engine modes, one node start each (default: fp32 graph on CUDA, fp32 eager on CPU)",
     )
     parser.add_argument("--frames", type=int, default=60, help="timed frames")
-    parser.add_argument("--warmup", type=int, default=5, help="lock-step frames before timing")
+    parser.add_argument(
+        "--warmup", type=int, help="frames before timing (default 5, lock-step; --pace sensor: 20, the first second)"
+    )
     parser.add_argument("--rate", type=float, default=10.0, help="publish rate of timed frames, Hz")
     parser.add_argument("--events-per-frame", type=int, default=100_000)
     parser.add_argument("--packets-per-frame", type=int, default=10)
@@ -203,6 +205,8 @@ def run_pipeline_only(args: argparse.Namespace, config_path: str, height: int, w
 
 def main() -> int:
     args = parse_args()
+    if args.warmup is None:
+        args.warmup = 20 if args.pace == "sensor" else 5
     if args.publish_sensor:
         return publish_at_sensor_pace(args)
     workdir = Path(tempfile.mkdtemp(prefix="node_latency_"))
@@ -487,8 +491,9 @@ def measure_at_sensor_pace(
     run = NodeUnderTest(args, mode, params, workdir, clock=time.time)
     times_path = workdir / f"sent_{mode.replace(' ', '_')}.json"
     try:
-        ready = run.spin_until(lambda: "ready:" in run.log_path.read_text(), args.startup_timeout)
-        if not ready:
+        # Its first /diagnostics: the node spins. Packets sent before (while its main() still froze the start-up
+        # heap out of the GC, up to ~1 s) would queue, and their catch-up made the first ~25 frames wait 50 ms.
+        if not run.spin_until(lambda: bool(run.diagnostics), args.startup_timeout):
             raise RuntimeError(f"the node did not come up; see {run.log_path}")
         publisher = subprocess.Popen(
             [sys.executable, __file__, "--publish-sensor", str(times_path), "--dataset", args.dataset,

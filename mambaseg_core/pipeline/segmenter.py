@@ -167,7 +167,8 @@ class SegmentationResult:
     # Per stage (STAGES), and "total". On CUDA devices the uploads, the voxel grid and the image conversion run
     # within forward: there window is starting the events' copies out of the ring buffer, preprocess is copying
     # the image into the pinned staging buffer and starting its upload, and voxel is 0. forward runs until the
-    # class ids are on the host; postprocess is the resizing back to the output size (not the renderings).
+    # class ids are on the host at the output size (the resizing back to the input size runs on the device, before
+    # the copy); postprocess is what is left on the host before the renderings (binding the image under them).
     timings_ms: dict[str, float]
     render_base: Callable[[], np.ndarray]  # -> overlay_base, from the frame's array (left unchanged until then)
     palette_lut: np.ndarray  # (256, 3) uint8: class id -> colour (colorize.palette_lut)
@@ -482,13 +483,15 @@ class Segmenter:
                     log.warning("no events before frame at %d us: running image-only (zero voxel grid)", stamp_us)
                 self.stats.image_only += 1
             start = time.perf_counter()
-            ids = self._class_ids(image, make_inputs, inputs)[0].cpu()  # the one wait for the GPU
+            ids = self._class_ids(image, make_inputs, inputs)[0]
+            if self.config.output_resolution == "input":  # on the device: no host work after the wait below
+                ids = self._unfit_ids(ids, (int(image.shape[0]), int(image.shape[1])))
+            ids = ids.cpu()  # the one wait for the GPU
             if self._packer is not None:
                 self._packer.release_window()  # the GPU is done with the window
             timings["forward"] = _ms_since(start)
         start = time.perf_counter()
         if self.config.output_resolution == "input":
-            ids = self._unfit_ids(ids, (int(image.shape[0]), int(image.shape[1])))
             base = partial(to_rgb8, image)
         else:
             base = partial(self._network_view, image)
