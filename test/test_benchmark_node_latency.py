@@ -16,7 +16,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "node_latency.py"
 
 
 def test_sensor_pace_times_every_mask_from_the_window_completing_packet():
-    frames = 6
+    frames = 10
     cmd = [sys.executable, str(SCRIPT), "--pace", "sensor", "--tiny", "--device", "cpu", "--dataset", "DDD17"]
     cmd += ["--frames", str(frames), "--warmup", "2", "--no-write", "--startup-timeout", "120"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=240)

@@ -484,17 +484,15 @@ class Segmenter:
                 self.stats.image_only += 1
             start = time.perf_counter()
             ids = self._class_ids(image, make_inputs, inputs)[0]
-            if self.config.output_resolution == "input":  # on the device: no host work after the wait below
+            at_input_size = self.config.output_resolution == "input"
+            if at_input_size:  # on the device: no host work after the wait below
                 ids = self._unfit_ids(ids, (int(image.shape[0]), int(image.shape[1])))
             ids = ids.cpu()  # the one wait for the GPU
             if self._packer is not None:
                 self._packer.release_window()  # the GPU is done with the window
             timings["forward"] = _ms_since(start)
         start = time.perf_counter()
-        if self.config.output_resolution == "input":
-            base = partial(to_rgb8, image)
-        else:
-            base = partial(self._network_view, image)
+        base = partial(to_rgb8, image) if at_input_size else partial(self._network_view, image)
         timings["postprocess"] = _ms_since(start)
         timings["total"] = _ms_since(total_start)
         self.stats.frames += 1
