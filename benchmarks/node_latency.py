@@ -314,7 +314,7 @@ class NodeUnderTest:
         params = {**params, **ENGINE_MODES[mode]._asdict(), "checkpoint": args.checkpoint}
         params.update(allow_random_weights=not args.checkpoint, device=args.device, scan_backend=args.scan_backend)
         params.update(image_reliability="reliable", events_reliability="reliable", diagnostics_period_s=0.5)
-        tag = mode.replace(" ", "_")
+        self.tag = tag = mode.replace(" ", "_")  # names its files in `workdir`
         params_path = workdir / f"params_{tag}.yaml"
         params_path.write_text(yaml.safe_dump({"/**": {"ros__parameters": params}}))
         self.env = {
@@ -489,7 +489,7 @@ def measure_at_sensor_pace(
         "event_msg_type": "event_packet",
     }
     run = NodeUnderTest(args, mode, params, workdir, clock=time.time)
-    times_path = workdir / f"sent_{mode.replace(' ', '_')}.json"
+    times_path = workdir / f"sent_{run.tag}.json"
     try:
         # Its first /diagnostics: the node spins. Packets sent before (while its main() still froze the start-up
         # heap out of the GC, up to ~1 s) would queue, and their catch-up made the first ~25 frames wait 50 ms.
@@ -515,7 +515,7 @@ def measure_at_sensor_pace(
     got = [s for s in timed if s in run.received]
     from_packet = np.array([(run.received[s] - sent[s][1]) * 1e3 for s in got])
     from_image = np.array([(run.received[s] - sent[s][0]) * 1e3 for s in got])
-    frames_path = workdir / f"frames_{mode.replace(' ', '_')}.json"  # per frame, for looking into the tail
+    frames_path = workdir / f"frames_{run.tag}.json"  # per frame, for looking into the tail
     frames_path.write_text(
         json.dumps({"stamps_us": got, "from_packet_ms": from_packet.tolist(), "from_image_ms": from_image.tolist(),
                     "node_diagnostics": run.stats()})
